@@ -1,0 +1,1 @@
+"""Example zoo plugin: a tiny vector-quantised autoencoder on the embedded digits."""

@@ -1,0 +1,169 @@
+"""The trainer: stages, freezing, several optimizers, EMA, early stopping, NaN, resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from tests.core.toy_plugin import ToyConfig, ToyPlugin
+from zoo import checkpoint as ckpt
+from zoo.errors import RunError, TrainingError, UnknownNameError
+from zoo.train import GlobalBatchSampler, TrainOptions, lr_factor, train
+from zoo.distributed import WorldInfo
+
+
+def run_toy(run_dir: Path, **fields) -> torch.nn.Module:
+    options = {k: fields.pop(k) for k in list(fields) if k in TrainOptions.__dataclass_fields__}
+    return train(ToyPlugin(), ToyConfig(**fields), run_dir, options=TrainOptions(device="cpu", progress="quiet", **options))
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_stages_run_in_order_and_loss_goes_down(tmp_path):
+    run_toy(tmp_path / "run", steps=100)
+    rows = [r for r in metrics(tmp_path / "run") if r.get("stage") == "regress" and "loss" in r]
+    assert rows[-1]["loss"] < 0.2 * rows[0]["loss"]
+    ends = [r["stage"] for r in metrics(tmp_path / "run") if r.get("event") == "end"]
+    assert ends == ["regress", "adversarial", "critic_only"]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["completed"] == ends
+
+
+def test_frozen_parameters_stay_frozen(tmp_path):
+    torch.manual_seed(0)
+    model = run_toy(tmp_path / "a", steps=10, stage="regress")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model = run_toy(tmp_path / "a", steps=10, stage="critic_only")
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("generator."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("critic."))
+
+
+def test_second_optimizer_respects_start_step_and_every(tmp_path):
+    run_toy(tmp_path / "run", steps=20, stage="adversarial", log_every=1)
+    rows = [r for r in metrics(tmp_path / "run") if r.get("stage") == "adversarial" and "step" in r and "event" not in r]
+    critic_steps = [r["step"] - 1 for r in rows if "critic/loss" in r]
+    assert critic_steps == list(range(5, 20, 2))
+    assert all("generator/grad_norm" in r for r in rows)
+
+
+def test_lr_schedule_warmup_then_cosine():
+    spec = ToyPlugin().stages(ToyConfig())[0].optimizers[0]
+    spec.warmup_steps, spec.min_lr_ratio = 10, 0.1
+    factors = [lr_factor(spec, s, 110) for s in range(110)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0) and factors[-1] == pytest.approx(0.1, abs=1e-3)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+
+
+def test_ema_weights_are_copied_in_at_the_end(tmp_path):
+    plain = run_toy(tmp_path / "plain", steps=20, stage="regress")
+    averaged = run_toy(tmp_path / "ema", steps=20, stage="regress", ema_decay=0.9)
+    assert not torch.equal(plain.generator[0].weight, averaged.generator[0].weight)
+
+
+def test_early_stopping_stops_and_restores_best(tmp_path):
+    run_toy(tmp_path / "run", steps=400, stage="regress", patience=2)
+    rows = metrics(tmp_path / "run")
+    end = [r for r in rows if r.get("event") == "end"][0]
+    assert end["step"] < 400
+    validation = [r["val_loss"] for r in rows if "val_loss" in r]
+    assert len(validation) >= 3 and min(validation) < validation[0]
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path):
+    with pytest.raises(TrainingError, match="loss is nan.*last good checkpoint"):
+        run_toy(tmp_path / "run", steps=30, stage="regress", nan_at_step=12, checkpoint_every=5)
+    _, state = ckpt.read_trainer_checkpoint(tmp_path / "run")
+    assert state["stage"] == "regress" and state["step"] == 10
+
+
+def test_existing_run_needs_resume_and_same_config(tmp_path):
+    run_toy(tmp_path / "run", steps=5, stage="regress")
+    with pytest.raises(RunError, match="--resume"):
+        run_toy(tmp_path / "run", steps=5)
+    with pytest.raises(RunError, match="another config"):
+        run_toy(tmp_path / "run", steps=6, resume=True)
+    with pytest.raises(UnknownNameError, match="Did you mean 'regress'"):
+        run_toy(tmp_path / "other", steps=5, stage="regres")
+
+
+def test_global_batches_split_across_ranks():
+    single = list(GlobalBatchSampler(10, 4, 5, 0, 0, WorldInfo()))
+    halves = [list(GlobalBatchSampler(10, 4, 5, 0, 0, WorldInfo(rank, 2))) for rank in (0, 1)]
+    assert [a + b for a, b in zip(*halves)] == single
+    assert list(GlobalBatchSampler(10, 4, 5, 0, 2, WorldInfo())) == single[2:]
+
+
+TRAIN_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    torch.set_num_threads(1)
+    sys.path.insert(0, {root!r})
+    from tests.core.toy_plugin import ToyConfig, ToyPlugin
+    from zoo.train import TrainOptions, train
+    run_dir, resume = sys.argv[1], sys.argv[2] == "resume"
+    config = ToyConfig(steps=40, dropout=0.2)
+    train(ToyPlugin(), config, run_dir, options=TrainOptions(device="cpu", progress="quiet", resume=resume,
+          checkpoint_every=3))
+""")
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path):
+    script = tmp_path / "train_toy.py"
+    script.write_text(TRAIN_SCRIPT.format(root=str(ROOT)))
+    run = lambda run_dir, mode: [sys.executable, str(script), str(run_dir), mode]  # noqa: E731
+    subprocess.run(run(tmp_path / "straight", "fresh"), check=True)
+
+    victim = subprocess.Popen(run(tmp_path / "killed", "fresh"), env={**os.environ, "TOY_SLEEP": "0.02"})
+    latest = tmp_path / "killed" / "state" / "latest.json"
+    deadline = time.time() + 60
+    while time.time() < deadline:  # kill mid-way through the second stage
+        if latest.exists() and "adversarial-" in latest.read_text() and "done" not in latest.read_text():
+            break
+        time.sleep(0.01)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    record = json.loads((tmp_path / "killed" / "config.json").read_text())
+    assert record.get("completed") == ["regress"], "the kill should land inside the second stage"
+    subprocess.run(run(tmp_path / "killed", "resume"), check=True)
+
+    straight = ckpt.load_tensors(tmp_path / "straight" / "model.safetensors")
+    resumed = ckpt.load_tensors(tmp_path / "killed" / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    torch.set_num_threads(1)
+    sys.path.insert(0, {root!r})
+    from tests.core.toy_plugin import ToyConfig, ToyPlugin
+    from zoo.train import TrainOptions, train
+    train(ToyPlugin(), ToyConfig(steps=15, batch_size=8), sys.argv[1],
+          options=TrainOptions(device="cpu", progress="quiet", stage="adversarial"))
+""")
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process_with_the_whole_batch(tmp_path):
+    script = tmp_path / "ddp_toy.py"
+    script.write_text(DDP_SCRIPT.format(root=str(ROOT)))
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one")], check=True)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                    str(script), str(tmp_path / "two")], check=True, timeout=240)
+    one = ckpt.load_tensors(tmp_path / "one" / "model.safetensors")
+    two = ckpt.load_tensors(tmp_path / "two" / "model.safetensors")
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], rtol=1e-5, atol=1e-6)

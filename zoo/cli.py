@@ -1,0 +1,368 @@
+"""`zoo list | plugins | info | train | sample | eval | export | run`.
+
+A thin layer over `zoo.api`; torch is imported only by the commands that need it, so
+`zoo run` works where torch is not installed. Errors users cause print as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import pydantic
+
+from zoo.config import validate
+from zoo.errors import ZooError
+
+# model-specific option flags -------------------------------------------------------------
+
+
+def _flag_type(annotation: Any) -> tuple[Any, dict[str, Any]]:
+    """argparse keyword arguments for a pydantic field annotation."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _flag_type(inner[0]) if len(inner) == 1 else (str, {})
+    if origin is typing.Literal:
+        choices = typing.get_args(annotation)
+        return type(choices[0]), {"choices": choices}
+    if origin in (list, tuple, set):
+        args = typing.get_args(annotation)
+        item_type, extra = _flag_type(args[0] if args else str)
+        return item_type, {**extra, "nargs": "+"}
+    if annotation is bool:
+        return bool, {"action": argparse.BooleanOptionalAction}
+    if annotation in (int, float, str):
+        return annotation, {}
+    if annotation is Path:
+        return str, {}
+    return str, {}
+
+
+def add_option_flags(parser: argparse.ArgumentParser, schema: type[pydantic.BaseModel]) -> None:
+    """One flag per field (`top_k` -> `--top-k`, plus aliases from json_schema_extra)."""
+    group = parser.add_argument_group("sample options")
+    for name, field in schema.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        flags = [f"--{name.replace('_', '-')}", *extra.get("flags", [])]
+        value_type, kwargs = _flag_type(field.annotation)
+        if "action" not in kwargs:
+            kwargs["type"] = value_type
+        default = field.get_default(call_default_factory=True)
+        group.add_argument(*flags, dest=name, default=argparse.SUPPRESS,
+                           help=f"{field.description or ''} (default: {default})", **kwargs)
+
+
+def parse_options(schema: type[pydantic.BaseModel], prog: str, argv: list[str],
+                  common: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], Any]:
+    """Parse the command's own flags plus the model's options; validate the options."""
+    parser = argparse.ArgumentParser(prog=prog)
+    for flag, kwargs in common.items():
+        parser.add_argument(flag, **kwargs)
+    add_option_flags(parser, schema)
+    namespace = vars(parser.parse_args(argv))
+    own = {key.lstrip("-").replace("-", "_") for key in common}
+    command_args = {k: v for k, v in namespace.items() if k in own}
+    options = validate(schema, {k: v for k, v in namespace.items() if k not in own}, what="sample option")
+    return command_args, options
+
+
+# commands --------------------------------------------------------------------------------
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from zoo.registry import get_registry
+
+    registry = get_registry()
+    rows = []
+    for name, entry in sorted(registry.models.items()):
+        plugin = entry.plugin
+        presets = registry.presets(name)
+        _, config = _default_config(name)
+        rows.append({"name": name, "plugin": entry.module, "source": entry.source, "version": plugin.version,
+                     "presets": list(presets), "default_preset": plugin.default_preset,
+                     "stages": plugin.stage_names(config), "components": list(plugin.components)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    _print_table(["model", "version", "presets", "stages", "components", "source"],
+                 [[r["name"], r["version"], ", ".join(r["presets"]), ", ".join(r["stages"]),
+                   ", ".join(r["components"]), r["source"]] for r in rows])
+    _report_failures(registry)
+
+
+def cmd_plugins(args: argparse.Namespace) -> None:
+    from zoo.registry import get_registry
+
+    registry = get_registry()
+    infos = [vars(info) for info in registry.plugins.values()]
+    if args.json:
+        print(json.dumps(infos, indent=2))
+        return
+    _print_table(["plugin", "version", "models", "source", "status"],
+                 [[i["name"], i["version"] or "", ", ".join(i["models"]), i["source"],
+                   f"FAILED: {i['error']}" if i["error"] else "ok"] for i in infos])
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    if args.run:
+        from zoo.checkpoint import read_run_record
+
+        print(json.dumps(read_run_record(Path(args.run)), indent=2))
+        return
+    if not args.model:
+        raise ZooError("zoo info needs a MODEL or --run DIR")
+    from zoo.registry import get_registry
+
+    registry = get_registry()
+    plugin = registry.get(args.model)
+    preset, config = _default_config(args.model, args.preset)
+    print(f"{plugin.name} {plugin.version}: {plugin.description}\n")
+    print(f"presets (default {plugin.default_preset}):")
+    for name, values in registry.presets(args.model).items():
+        print(f"  {name}: {json.dumps(values)}")
+    print(f"\nstages ({preset or 'defaults'}):")
+    for stage in plugin.stages(config):
+        optimizers = ", ".join(f"{o.name} lr {o.lr:g}" for o in stage.optimizers)
+        print(f"  {stage.name}: {stage.steps} steps, batch {stage.batch_size}, optimizers: {optimizers}")
+    print(f"\nexport components: {', '.join(plugin.components)}")
+    print("\nconfig fields (set with --set key=value):")
+    for line in _describe_fields(plugin.Config, config.model_dump()):
+        print(f"  {line}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    if args.nproc_per_node and args.nproc_per_node > 1:
+        sys.exit(_launch_torchrun(args.nproc_per_node))
+    from zoo import api
+
+    overrides = {"seed": args.seed} if args.seed is not None else None
+    progress = "json" if args.json else "quiet" if args.quiet else "bar"
+    run = api.train(args.model, preset=args.preset, overrides=overrides, run_dir=args.out,
+                    config_file=args.config, assignments=args.set or [], stage=args.stage, resume=args.resume,
+                    from_run=args.from_run, device=args.device, precision=args.precision, progress=progress,
+                    checkpoint_every=args.checkpoint_every)
+    if progress != "json" and int(os.environ.get("RANK", "0")) == 0:
+        grids = sorted((run.run_dir / "samples").glob("*.png"))
+        print(f"run directory: {run.run_dir}")
+        if grids:
+            print(f"sample grid: {grids[-1]}")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from zoo import api
+    from zoo.registry import get_registry
+
+    plugin = get_registry().get(args.model)
+    common = {
+        "--run": {"default": str(Path("runs") / args.model), "help": "run directory (default: runs/MODEL)"},
+        "--out": {"default": f"{args.model}_sample.png", "help": "output image (texts go beside it)"},
+        "--device": {"default": "auto", "help": "auto, cpu or cuda"},
+    }
+    command, options = parse_options(plugin.SampleOptions, f"zoo sample {args.model}", args.rest, common)
+    run = api.load_run(command["run"], model=args.model, device=command["device"])
+    output = plugin.sample(run.model, run.config, options, run.device)
+    _emit(output, Path(command["out"]))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from zoo import api
+
+    run = api.load_run(args.run or Path("runs") / args.model, model=args.model, device=args.device)
+    metrics = run.evaluate()
+    from zoo.checkpoint import atomic_write_json
+
+    atomic_write_json(run.run_dir / "eval.json", metrics)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        _print_table(["metric", "value"], [[k, f"{v:.4g}" if isinstance(v, float) else str(v)] for k, v in metrics.items()])
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from zoo import api
+
+    run = api.load_run(args.run or Path("runs") / args.model, model=args.model, device="cpu")
+    components = args.components.split(",") if args.components else None
+    manifest = run.export(Path(args.out), opset=args.opset, precision=args.precision, components=components)
+    rows = []
+    for name, entry in manifest["components"].items():
+        errors = entry.get("validation", [])
+        worst = max((e["max_abs_error"] for e in errors), default=float("nan"))
+        rows.append([name, entry["exporter"], f"{worst:.2e}", entry["file"]])
+    _print_table(["component", "exporter", "max abs error", "file"], rows)
+    print(f"export directory: {args.out}")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from zoo import runtime
+
+    loaded = runtime.load(Path(args.export_dir), provider=args.provider, intra_op_threads=args.threads)
+    common = {
+        "--out": {"default": f"{loaded.manifest['model']}_run.png", "help": "output image (texts go beside it)"},
+    }
+    command, options = parse_options(loaded.options_class, f"zoo run {args.export_dir}", args.rest, common)
+    _emit(loaded.sample(options), Path(command["out"]))
+
+
+# helpers ---------------------------------------------------------------------------------
+
+
+def _default_config(model: str, preset: str | None = None):
+    from zoo.api import resolve_config
+
+    _, preset_name, config = resolve_config(model, preset)
+    return preset_name, config
+
+
+def _describe_fields(schema: type[pydantic.BaseModel], values: dict[str, Any], prefix: str = "") -> list[str]:
+    lines = []
+    for name, field in schema.model_fields.items():
+        value = values.get(name)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+            lines.extend(_describe_fields(annotation, value or {}, f"{prefix}{name}."))
+            continue
+        type_name = getattr(annotation, "__name__", str(annotation)).replace("typing.", "")
+        lines.append(f"{prefix}{name}: {type_name} = {json.dumps(value)}  {field.description or ''}")
+    return lines
+
+
+def _emit(output, out: Path) -> None:
+    output.save(out)
+    if output.texts:
+        for text in output.texts:
+            print(text)
+    if output.images is not None:
+        print(f"wrote {out}")
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*header)
+    for row in rows:
+        table.add_row(*[str(cell) for cell in row])
+    Console().print(table)
+
+
+def _report_failures(registry) -> None:
+    for info in registry.failures:
+        print(f"warning: plugin {info.name} ({info.source}) failed to load: {info.error}", file=sys.stderr)
+
+
+def _launch_torchrun(nproc: int) -> int:
+    """Re-run this very command under torchrun, one process per device."""
+    argv = sys.argv[1:]
+    cleaned, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        if item == "--nproc-per-node":
+            skip = True
+            continue
+        if item.startswith("--nproc-per-node="):
+            continue
+        cleaned.append(item)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "zoo", *cleaned]
+    return subprocess.call(command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zoo", description="A model zoo for discrete-latent image generation.")
+    parser.add_argument("--registry", type=Path, help="user registry file (also $ZOO_REGISTRY)")
+    parser.add_argument("--strict", action="store_true", help="fail when a plugin fails to load (also $ZOO_STRICT=1)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    listing = commands.add_parser("list", help="models, their presets, stages and components")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=cmd_list)
+
+    plugins = commands.add_parser("plugins", help="loaded plugins and the ones that failed")
+    plugins.add_argument("--json", action="store_true")
+    plugins.set_defaults(handler=cmd_plugins)
+
+    info = commands.add_parser("info", help="a model's description, presets, config fields, stages")
+    info.add_argument("model", nargs="?")
+    info.add_argument("--preset")
+    info.add_argument("--run", type=Path, help="print a run directory's resolved config instead")
+    info.set_defaults(handler=cmd_info)
+
+    train = commands.add_parser("train", help="train a model's stages into a run directory")
+    train.add_argument("model")
+    train.add_argument("--preset")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    train.add_argument("--config", type=Path, help="YAML/JSON file of config fields")
+    train.add_argument("--out", type=Path, help="run directory (default: runs/MODEL)")
+    train.add_argument("--stage", help="run only this stage")
+    train.add_argument("--from", dest="from_run", type=Path, help="take earlier stages' weights from this run")
+    train.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    train.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 autocast (CUDA or CPU)")
+    train.add_argument("--checkpoint-every", type=int, default=200, help="steps between trainer checkpoints")
+    train.add_argument("--nproc-per-node", type=int, help="start torchrun with N processes (DDP)")
+    mode = train.add_mutually_exclusive_group()
+    mode.add_argument("--quiet", action="store_true", help="no progress bar")
+    mode.add_argument("--json", action="store_true", help="progress as JSON lines")
+    train.set_defaults(handler=cmd_train)
+
+    sample = commands.add_parser("sample", add_help=False, help="sample from a trained run (MODEL --help: options)")
+    sample.add_argument("model")
+    sample.add_argument("rest", nargs=argparse.REMAINDER)
+    sample.set_defaults(handler=cmd_sample)
+
+    evaluate = commands.add_parser("eval", help="evaluate a trained run")
+    evaluate.add_argument("model")
+    evaluate.add_argument("--run", type=Path, help="run directory (default: runs/MODEL)")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(handler=cmd_eval)
+
+    export = commands.add_parser("export", help="export a trained run to ONNX")
+    export.add_argument("model")
+    export.add_argument("--run", type=Path, help="run directory (default: runs/MODEL)")
+    export.add_argument("--out", type=Path, required=True, help="export directory")
+    export.add_argument("--opset", type=int)
+    export.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    export.add_argument("--components", help="comma-separated subset of components")
+    export.set_defaults(handler=cmd_export)
+
+    run = commands.add_parser("run", add_help=False, help="sample from an export with onnxruntime (no torch)")
+    run.add_argument("export_dir")
+    run.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"])
+    run.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    run.add_argument("rest", nargs=argparse.REMAINDER)
+    run.set_defaults(handler=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.strict:
+        os.environ["ZOO_STRICT"] = "1"
+    if args.registry:
+        os.environ["ZOO_REGISTRY"] = str(args.registry)
+    try:
+        args.handler(args)
+    except ZooError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

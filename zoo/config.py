@@ -1,0 +1,155 @@
+"""Config schemas' common base and config resolution (no torch here).
+
+Resolution order, later wins: the schema's defaults < a preset < the registry's
+overrides for that preset < a YAML/JSON file (`--config`) < `--set key.sub=value`.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+
+from zoo.errors import ConfigError
+
+
+class ZooConfig(pydantic.BaseModel):
+    """Base of every plugin's `Config`: unknown fields are errors, not silently ignored."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", validate_assignment=True)
+
+    seed: int = pydantic.Field(0, description="fixes data order, initialisation and sampling")
+
+
+class SampleOptionsBase(pydantic.BaseModel):
+    """Base of every plugin's `SampleOptions`; each field becomes a `zoo sample` flag."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    seed: int = pydantic.Field(0, description="random seed of the sampling loop")
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _field_annotation(schema: type[pydantic.BaseModel], dotted: str) -> Any:
+    """The annotation of `a.b.c` in a nested pydantic schema, or None if unknown."""
+    annotation: Any = schema
+    for part in dotted.split("."):
+        model = _model_in(annotation)
+        if model is None or part not in model.model_fields:
+            return None
+        annotation = model.model_fields[part].annotation
+    return annotation
+
+
+def _model_in(annotation: Any) -> type[pydantic.BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        model = _model_in(arg)
+        if model is not None:
+            return model
+    return None
+
+
+def _is_text(annotation: Any) -> bool:
+    if annotation in (str, Path):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bool(args) and all(_is_text(a) for a in args)
+    return False
+
+
+def parse_overrides(schema: type[pydantic.BaseModel], assignments: Iterable[str]) -> dict[str, Any]:
+    """`["a.b=3", "name=x"]` -> nested dict, values typed by the schema.
+
+    Text fields take the raw string; every other value is read as YAML, so `3`, `1e-4`,
+    `true`, `[1,2,3]` and `{a: 1}` mean what they look like.
+    """
+    result: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {assignment!r}")
+        annotation = _field_annotation(schema, key)
+        if annotation is None:
+            raise ConfigError(f"--set {key}: no such config field; `zoo info MODEL` lists them")
+        try:
+            value = raw if _is_text(annotation) else yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {key}: cannot read value {raw!r}: {error.problem}") from None
+        target = result
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return result
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
+    except (yaml.YAMLError, json.JSONDecodeError) as error:
+        raise ConfigError(f"config file {path} is not valid YAML/JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of config fields")
+    return data
+
+
+def validation_message(error: pydantic.ValidationError, what: str = "config field") -> str:
+    """pydantic's messages, one line per field."""
+    lines = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"]) or "(root)"
+        given = item.get("input")
+        shown = "" if isinstance(given, Mapping) else f" (got {given!r})"
+        lines.append(f"{what} '{location}': {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def validate(schema: type[pydantic.BaseModel], values: Mapping[str, Any], what: str = "config field") -> Any:
+    try:
+        return schema.model_validate(dict(values))
+    except pydantic.ValidationError as error:
+        raise ConfigError(validation_message(error, what)) from None
+
+
+def resolve(
+    schema: type[ZooConfig],
+    preset: Mapping[str, Any] | None = None,
+    registry_overrides: Mapping[str, Any] | None = None,
+    config_file: Path | None = None,
+    assignments: Iterable[str] = (),
+    overrides: Mapping[str, Any] | None = None,
+) -> ZooConfig:
+    """Merge every layer in order and validate once."""
+    values: dict[str, Any] = {}
+    for layer in (preset, registry_overrides):
+        if layer:
+            values = deep_merge(values, layer)
+    if config_file is not None:
+        values = deep_merge(values, load_config_file(config_file))
+    if overrides:
+        values = deep_merge(values, overrides)
+    values = deep_merge(values, parse_overrides(schema, assignments))
+    return validate(schema, values)

@@ -1,0 +1,45 @@
+"""Errors a user can cause. The CLI prints them as one line and exits non-zero."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ZooError(Exception):
+    """Base of every error whose message tells the user what to do."""
+
+
+class UnknownNameError(ZooError):
+    """A model, preset, stage or component name that does not exist."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str]) -> None:
+        known = sorted(known)
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        listing = ", ".join(known) if known else "none"
+        super().__init__(f"unknown {kind} {name!r}.{hint} Known: {listing}.")
+
+
+class ConfigError(ZooError):
+    """A config value that fails validation."""
+
+
+class PluginError(ZooError):
+    """A plugin that cannot be loaded or that conflicts with another."""
+
+
+class RunError(ZooError):
+    """A run directory that is missing, corrupt or belongs to another model."""
+
+
+class DataError(ZooError):
+    """A data set that cannot be read or is empty."""
+
+
+class ExportError(ZooError):
+    """An export that fails, or an export directory that is incomplete or tampered with."""
+
+
+class TrainingError(ZooError):
+    """A training run that has to stop (non-finite loss, bad stage selection)."""

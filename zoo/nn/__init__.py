@@ -1,0 +1,1 @@
+"""Layers shared by plugins: quantisers, taming-style blocks, masked convolutions, GAN parts."""

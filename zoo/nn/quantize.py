@@ -1,0 +1,177 @@
+"""Vector quantisation shared by every discrete-latent model.
+
+`VectorQuantizer` covers both codebook update rules in use: by loss (VQ-VAE / VQGAN, with
+taming's `legacy` placement of beta) and by exponential moving averages (VQ-VAE-2).
+Codes that go unused are restarted from recent encoder outputs, the standard cure for
+codebook collapse.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+def nearest_code_indices(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest codebook row (squared L2) for every row of `vectors`.
+
+    vectors (N, C), codebook (K, C) -> (N,) int64. Distances are taken in fp32 even under
+    autocast: in bf16 near-ties pick the wrong code often enough to hurt.
+    """
+    if torch.is_autocast_enabled(vectors.device.type):
+        with torch.autocast(vectors.device.type, enabled=False):
+            return nearest_code_indices(vectors.float(), codebook.float())
+    distances = (
+        vectors.pow(2).sum(1, keepdim=True)
+        - 2 * vectors @ codebook.t()
+        + codebook.pow(2).sum(1)[None, :]
+    )  # (N, K)
+    return distances.argmin(dim=1)
+
+
+def code_statistics(indices: torch.Tensor, num_codes: int) -> tuple[float, float]:
+    """(fraction of codes used, perplexity) of a set of code indices."""
+    counts = torch.bincount(indices.flatten(), minlength=num_codes).float()
+    probs = counts / counts.sum().clamp(min=1)
+    perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
+    return (counts > 0).float().mean().item(), perplexity.item()
+
+
+@dataclass
+class QuantizerOutput:
+    quantized: torch.Tensor  # (B, C, H, W), straight-through: gradients flow to the input
+    indices: torch.Tensor  # (B, H, W) int64
+    loss: torch.Tensor  # codebook + commitment terms (commitment only under EMA updates)
+    perplexity: torch.Tensor  # of this batch's code distribution
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-neighbour quantiser of a (B, C, H, W) feature map onto `num_codes` vectors.
+
+    ema_decay=None: the codebook learns from the loss ||sg[z] - e||^2 + beta ||z - sg[e]||^2;
+    `legacy=True` keeps taming-transformers' original placement of beta on the codebook
+    term instead, which published VQGAN checkpoints were trained with.
+    ema_decay=d: the codebook follows EMA cluster averages (VQ-VAE-2); the loss is the
+    commitment term alone.
+    dead_code_threshold: a code whose EMA usage (expected hits per batch) falls below it
+    is re-initialised from a random encoder output of the current batch; None disables.
+    """
+
+    def __init__(
+        self,
+        num_codes: int,
+        dim: int,
+        beta: float = 0.25,
+        legacy: bool = True,
+        ema_decay: float | None = None,
+        dead_code_threshold: float | None = 1e-3,
+        usage_decay: float = 0.99,
+        eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.num_codes, self.dim, self.beta, self.legacy = num_codes, dim, beta, legacy
+        self.ema_decay, self.dead_code_threshold, self.usage_decay, self.eps = ema_decay, dead_code_threshold, usage_decay, eps
+        codebook = torch.empty(num_codes, dim).uniform_(-1 / num_codes, 1 / num_codes)
+        if ema_decay is None:
+            self.codebook = nn.Parameter(codebook)
+        else:
+            self.register_buffer("codebook", codebook)
+            self.register_buffer("cluster_size", torch.zeros(num_codes))
+            self.register_buffer("cluster_sum", codebook.clone())
+        self.register_buffer("usage", torch.ones(num_codes))
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        batch, channels, height, width = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, channels)  # (N, C)
+        indices = nearest_code_indices(flat.detach(), self.codebook)
+        quantized_flat = F.embedding(indices, self.codebook)
+        one_hot = F.one_hot(indices, self.num_codes).type(flat.dtype)  # (N, K)
+
+        if self.training:
+            self._track_usage(one_hot)
+            if self.ema_decay is not None:
+                self._ema_update(flat.detach(), one_hot)
+
+        commitment = F.mse_loss(flat, quantized_flat.detach())
+        if self.ema_decay is not None:
+            loss = self.beta * commitment
+        else:
+            codebook_term = F.mse_loss(quantized_flat, flat.detach())
+            loss = commitment + self.beta * codebook_term if self.legacy else self.beta * commitment + codebook_term
+
+        quantized_flat = flat + (quantized_flat - flat).detach()
+        quantized = quantized_flat.view(batch, height, width, channels).permute(0, 3, 1, 2)
+        probs = one_hot.mean(0)
+        perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
+
+        if self.training and self.dead_code_threshold is not None:
+            self._restart_dead_codes(flat.detach())
+        return QuantizerOutput(quantized.contiguous(), indices.view(batch, height, width), loss, perplexity)
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) int64 -> (B, C, H, W) code vectors."""
+        return F.embedding(indices, self.codebook).permute(0, 3, 1, 2).contiguous()
+
+    def usage_fraction(self) -> float:
+        """Share of codes whose recent usage is above the dead-code threshold."""
+        threshold = self.dead_code_threshold or 0.0
+        return (self.usage > threshold).float().mean().item()
+
+    @torch.no_grad()
+    def _track_usage(self, one_hot: torch.Tensor) -> None:
+        hits = _all_reduce_sum(one_hot.sum(0).float())
+        self.usage.mul_(self.usage_decay).add_(hits, alpha=1 - self.usage_decay)
+
+    @torch.no_grad()
+    def _ema_update(self, flat: torch.Tensor, one_hot: torch.Tensor) -> None:
+        decay = self.ema_decay
+        counts = _all_reduce_sum(one_hot.sum(0).float())
+        sums = _all_reduce_sum(one_hot.float().t() @ flat.float())  # (K, C)
+        self.cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
+        self.cluster_sum.mul_(decay).add_(sums, alpha=1 - decay)
+        total = self.cluster_size.sum()
+        # Laplace smoothing keeps empty clusters from dividing by zero.
+        smoothed = (self.cluster_size + self.eps) / (total + self.num_codes * self.eps) * total
+        self.codebook.copy_(self.cluster_sum / smoothed[:, None])
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, flat: torch.Tensor) -> None:
+        dead = self.usage < self.dead_code_threshold
+        num_dead = int(dead.sum())
+        if num_dead == 0:
+            return
+        picks = torch.randint(0, flat.shape[0], (num_dead,), device=flat.device)
+        fresh = flat[picks].to(self.codebook.dtype)
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast(fresh, src=0)  # every rank must restart to the same vectors
+        self.codebook.data[dead] = fresh
+        if self.ema_decay is not None:
+            self.cluster_size[dead] = 1.0
+            self.cluster_sum[dead] = fresh
+        # A restarted code gets a grace period of one expected hit per batch.
+        self.usage[dead] = max(1.0, flat.shape[0] / self.num_codes)
+
+
+def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Statistics over the global batch, so N processes update like one with N times the batch."""
+    if dist.is_available() and dist.is_initialized():
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def init_codebook_from(quantizer: VectorQuantizer, vectors: torch.Tensor) -> None:
+    """Initialise a codebook with k random rows of `vectors` (N, C): starts every code alive."""
+    with torch.no_grad():
+        picks = torch.randperm(vectors.shape[0])[: quantizer.num_codes]
+        if picks.numel() < quantizer.num_codes:
+            picks = picks.repeat(math.ceil(quantizer.num_codes / picks.numel()))[: quantizer.num_codes]
+        quantizer.codebook.data.copy_(vectors[picks])
+        if quantizer.ema_decay is not None:
+            quantizer.cluster_sum.copy_(vectors[picks])
+            quantizer.cluster_size.fill_(1.0)

@@ -1,0 +1,55 @@
+"""What sampling returns, shared by the torch and onnxruntime paths (no torch here)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass
+class SampleOutput:
+    """Images as (N, H, W, 3) uint8 and/or texts; `extras` carries arrays a caller may
+    want to compare (e.g. the sampled token indices)."""
+
+    images: np.ndarray | None = None
+    texts: list[str] | None = None
+    columns: int | None = None  # grid width; default: about square
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def grid(self) -> Image.Image:
+        if self.images is None or len(self.images) == 0:
+            raise ValueError("this sample holds no images")
+        return image_grid(self.images, self.columns)
+
+    def save(self, out: Path) -> None:
+        """Write the image grid to `out` (a .png) and texts, if any, beside it."""
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if self.images is not None:
+            self.grid().save(out)
+        if self.texts is not None:
+            text_path = out if self.images is None else out.with_suffix(".txt")
+            text_path.write_text("\n".join(self.texts) + "\n")
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """(N, 3, H, W) floats in [-1, 1] -> (N, H, W, 3) uint8."""
+    images = np.clip((np.asarray(images, dtype=np.float32) + 1.0) * 127.5 + 0.5, 0, 255)
+    return images.astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> Image.Image:
+    """Tile (N, H, W, 3) uint8 images into one picture with a white border."""
+    n, h, w, _ = images.shape
+    columns = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    canvas = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, 3), 255, np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        top, left = pad + r * (h + pad), pad + c * (w + pad)
+        canvas[top : top + h, left : left + w] = image
+    return Image.fromarray(canvas)

@@ -1,0 +1,186 @@
+"""The interface every model plugin implements.
+
+A plugin module hands the registry `ModelPlugin` objects through the `zoo_register_models`
+hook (see `zoo.hookspecs`). Everything the core does with a model goes through this class:
+the trainer runs its `stages`, `zoo sample` calls `sample`, `zoo eval` calls `evaluate`,
+the exporter turns `export_components` into ONNX graphs and `zoo run` drives them with the
+torch-free loop named by `runtime`.
+
+This module imports no torch at run time, so the registry can list models cheaply.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from zoo.config import SampleOptionsBase, ZooConfig
+from zoo.outputs import SampleOutput
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+    from torch.utils.data import Dataset
+
+Batch = dict[str, Any]
+"""A collated batch: `image` (B, 3, H, W) in [-1, 1], `label` (B,), `caption` list[str], ..."""
+
+
+@dataclass
+class StepContext:
+    """What a loss function may know about the step it runs in."""
+
+    step: int  # 0-based step within the stage
+    total_steps: int
+    device: "torch.device"
+    # Shared by the optimizers of one step, e.g. a GAN's generator output reused by its
+    # discriminator update. Cleared before every step.
+    cache: dict[str, Any] = field(default_factory=dict)
+
+
+LossFn = Callable[["nn.Module", Batch, StepContext], Mapping[str, "torch.Tensor"]]
+"""Returns named scalars; the trainer back-propagates `loss` and logs every entry."""
+
+
+@dataclass
+class Optimizer:
+    """One optimizer of a stage: the modules it trains, the loss it minimises, its schedule.
+
+    A stage with several optimizers (a GAN's generator and discriminator) runs them in
+    order at every step, each with its own backward pass, clipping and schedule.
+    """
+
+    name: str
+    modules: Callable[["nn.Module"], list["nn.Module"]]
+    loss: LossFn
+    lr: float
+    algorithm: Literal["adamw", "adam"] = "adamw"
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0  # never applied to biases, norms and gains (parameters with ndim < 2)
+    warmup_steps: int = 0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = 0.0  # the cosine schedule ends at lr * min_lr_ratio
+    clip_grad_norm: float | None = None
+    start_step: int = 0  # first step at which this optimizer updates (e.g. a GAN's disc_start)
+    every: int = 1  # update every `every` steps
+
+
+@dataclass
+class Validation:
+    """Held-out loss measured during a stage; optionally stops the stage early."""
+
+    dataset: Callable[["StageContext"], "Dataset"]
+    every: int
+    patience: int | None = None  # evaluations without improvement before stopping; None never stops
+    batches: int = 8
+
+
+@dataclass
+class StageContext:
+    """What a stage's data builder may use: the model (with earlier stages' weights)."""
+
+    model: "nn.Module"
+    config: ZooConfig
+    cache_dir: Path  # inside the run directory; survives resumes
+    device: "torch.device"
+
+
+@dataclass
+class Stage:
+    """One training stage. Parameters of modules no optimizer names stay frozen."""
+
+    name: str
+    optimizers: list[Optimizer]
+    steps: int
+    batch_size: int
+    dataset: Callable[[StageContext], "Dataset"]
+    ema_decay: float | None = None  # EMA of trained weights, copied into the model at the end
+    validation: Validation | None = None
+    # Options for the sample grid written when the stage ends; None writes no grid.
+    sample_options: dict[str, Any] | None = None
+    # Runs once after the stage's data is built and before its first step (e.g. to
+    # initialise a codebook from data); must be deterministic given the seed.
+    on_start: Callable[["nn.Module", StageContext], None] | None = None
+
+
+@dataclass
+class Component:
+    """One graph the exporter turns into ONNX, and that `sample` runs through torch.
+
+    `make_inputs(size)` returns fresh random inputs keyed by input name; sizes 0, 1, 2
+    must differ in at least one dynamic axis. Size 0 is traced, the others validate.
+    """
+
+    name: str
+    module: "nn.Module"
+    make_inputs: Callable[[int], dict[str, "torch.Tensor"]]
+    input_names: list[str]
+    output_names: list[str]
+    dynamic_axes: dict[str, dict[int, str]]
+    exporter: Literal["dynamo", "torchscript"] = "dynamo"
+    tolerance: float = 1e-4  # max abs error allowed at fp32 (relative to max(1, |torch output|))
+
+
+@dataclass
+class ExportAssets:
+    """Small things the runtime loop needs besides the graphs."""
+
+    arrays: dict[str, "np.ndarray"] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)  # e.g. a tokenizer.json
+
+
+class ModelPlugin:
+    """Base class of a model plugin. Subclasses set the class attributes and override
+    `build`, `stages`, `evaluate` and `export_components`; `sample` is inherited: it runs
+    the plugin's torch-free runtime loop on the torch components, so `zoo sample` and
+    `zoo run` share one sampling algorithm."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    version: ClassVar[str] = "0.1.0"
+    Config: ClassVar[type[ZooConfig]]
+    SampleOptions: ClassVar[type[SampleOptionsBase]]
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    default_preset: ClassVar[str | None] = None
+    runtime: ClassVar[str]  # "package.module:Class", a zoo.runtime.loop.ModelRuntime subclass
+    components: ClassVar[tuple[str, ...]] = ()  # names of what export_components returns
+
+    def build(self, config: ZooConfig) -> "nn.Module":
+        raise NotImplementedError
+
+    def stages(self, config: ZooConfig) -> list[Stage]:
+        raise NotImplementedError
+
+    def evaluate(self, model: "nn.Module", config: ZooConfig, device: "torch.device") -> dict[str, float]:
+        raise NotImplementedError
+
+    def export_components(self, model: "nn.Module", config: ZooConfig) -> list[Component]:
+        raise NotImplementedError
+
+    def export_assets(self, model: "nn.Module", config: ZooConfig) -> ExportAssets:
+        return ExportAssets()
+
+    def stage_names(self, config: ZooConfig) -> list[str]:
+        return [stage.name for stage in self.stages(config)]
+
+    def runtime_class(self) -> type:
+        module_name, _, attr = self.runtime.partition(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+    def sample(
+        self,
+        model: "nn.Module",
+        config: ZooConfig,
+        options: SampleOptionsBase,
+        device: "torch.device",
+    ) -> SampleOutput:
+        from zoo.torch_components import TorchComponents
+
+        components = TorchComponents(self.export_components(model, config), device)
+        assets = self.export_assets(model, config)
+        runtime = self.runtime_class()(components, config.model_dump(mode="json"), assets.arrays, assets.files)
+        return runtime.sample(options)
