@@ -1,0 +1,49 @@
+"""`load_images(spec, ...)`: one entry point for a built-in data set name or a user's folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from zoo.data.base import Subset
+from zoo.data.digits import digits
+from zoo.data.embedded import photos, textures
+from zoo.data.folders import caption_set, has_captions, image_folder
+from zoo.data.shapes import shapes
+from zoo.errors import DataError, UnknownNameError
+
+GENERATED = {"photos": photos, "textures": textures, "shapes": shapes}  # these take a `count`
+BUILTIN_NAMES = ("digits", *GENERATED)
+
+
+def load_images(spec: str, size: int, split: str = "train", seed: int = 0, count: int | None = None) -> Dataset:
+    """A data set by name ("digits", "photos", "textures", "shapes") or by directory.
+
+    A directory with captions.jsonl/captions.csv is a caption set, any other an image
+    folder. `count` is the number of generated items (photos, textures, shapes; None: the
+    set's default); for digits and folders it keeps a seeded random `count` of them.
+    The train/test split of digits and folders is fixed (a stratified 10% is held out) and
+    does not depend on `seed`.
+    """
+    if spec in GENERATED:
+        return GENERATED[spec](size=size, split=split, seed=seed, **({} if count is None else {"count": count}))
+    if spec == "digits":
+        dataset: Dataset = digits(size=size, split=split, seed=seed)
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise UnknownNameError("data set", spec, BUILTIN_NAMES)
+        if not path.is_dir():
+            names = ", ".join(BUILTIN_NAMES)
+            raise DataError(f"data set {spec!r} is a file; pass a folder of images or one of {names}")
+        dataset = caption_set(path, size, split) if has_captions(path) else image_folder(path, size, split)
+    return _random_subset(dataset, count, seed)
+
+
+def _random_subset(dataset: Dataset, count: int | None, seed: int) -> Dataset:
+    if count is None or count >= len(dataset):
+        return dataset
+    keep = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:count])
+    return Subset(dataset, keep.tolist())
