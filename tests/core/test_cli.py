@@ -1,0 +1,121 @@
+"""The CLI and the Python API, end to end on the example plugin (found via its entry point)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import zoo
+from tests.conftest import zoo_command
+from zoo.cli import main
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exit:
+        code = exit.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, example_site):
+    """One short training of the example through the real console entry point."""
+    import os
+
+    from tests.conftest import EXAMPLE
+
+    run_dir = tmp_path_factory.mktemp("runs") / "ae"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLE), str(example_site)]),
+           "ZOO_LOAD_PLUGINS": "tiny_autoencoder", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(zoo_command("train", "tiny_autoencoder", "--preset", "fast", "--set", "steps=120",
+                                        "--out", str(run_dir), "--quiet", "--device", "cpu"),
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"sample grid: {run_dir}/samples/autoencoder.png" in result.stdout
+    return run_dir
+
+
+def test_training_writes_a_complete_run_and_learns(trained_run):
+    assert {p.name for p in trained_run.iterdir()} >= {"config.json", "model.safetensors", "metrics.jsonl", "samples", "state"}
+    record = json.loads((trained_run / "config.json").read_text())
+    assert record["model"] == "tiny_autoencoder" and record["preset"] == "fast" and record["config"]["steps"] == 120
+    rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    mse = [r["mse"] for r in rows if "mse" in r]
+    assert mse[-1] < 0.6 * mse[0]
+    assert Image.open(trained_run / "samples" / "autoencoder.png").size[0] > 16
+
+
+def test_sample_eval_and_info_on_the_run(trained_run, tmp_path, capsys, example_plugin_env):
+    out = tmp_path / "grid.png"
+    code, stdout, _ = cli(capsys, "sample", "tiny_autoencoder", "--run", str(trained_run), "--n", "4", "--seed", "3",
+                          "--out", str(out), "--device", "cpu")
+    assert code == 0 and out.is_file()
+    first = np.asarray(Image.open(out))
+    cli(capsys, "sample", "tiny_autoencoder", "--run", str(trained_run), "--n", "4", "--seed", "3", "--out", str(out))
+    assert np.array_equal(first, np.asarray(Image.open(out))), "same seed, same grid"
+    code, stdout, _ = cli(capsys, "eval", "tiny_autoencoder", "--run", str(trained_run), "--json")
+    assert code == 0 and json.loads(stdout)["psnr"] > 10
+    code, stdout, _ = cli(capsys, "info", "--run", str(trained_run))
+    assert json.loads(stdout)["config"]["steps"] == 120
+
+
+def test_python_api(trained_run, example_plugin_env):
+    assert "tiny_autoencoder" in zoo.list_models()
+    plugin, config, model = zoo.create_model("tiny_autoencoder", preset="fast", width=8)
+    assert config.width == 8 and model.encoder[0].out_channels == 8
+    run = zoo.load_run(trained_run)
+    output = run.sample(n=3, seed=0)
+    assert output.images.shape == (3, 16, 16, 3) and output.images.dtype == np.uint8
+    assert set(run.evaluate()) == {"mse", "psnr"}
+
+
+def test_listing_and_info(capsys, example_plugin_env):
+    code, stdout, _ = cli(capsys, "list", "--json")
+    [row] = [r for r in json.loads(stdout) if r["name"] == "tiny_autoencoder"]
+    assert row["stages"] == ["autoencoder"] and row["components"] == ["encoder", "decoder"]
+    assert row["presets"] == ["digits16", "fast"] and row["source"] == "entry point zoo-tiny-autoencoder"
+    code, stdout, _ = cli(capsys, "info", "tiny_autoencoder")
+    assert "codes: int = 32  codebook size" in stdout and "autoencoder: 300 steps, batch 32" in stdout
+    code, stdout, _ = cli(capsys, "sample", "tiny_autoencoder", "--help")
+    assert "--n N" in stdout and "number of images" in stdout
+
+
+def test_plugins_json_reports_failures(capsys, example_plugin_env, tmp_path):
+    (tmp_path / "broken.py").write_text("raise ImportError('needs a library that is missing')\n")
+    (tmp_path / "reg.yaml").write_text("plugins: [broken.py]\n")
+    code, stdout, _ = cli(capsys, "--registry", str(tmp_path / "reg.yaml"), "plugins", "--json")
+    infos = {i["name"]: i for i in json.loads(stdout)}
+    assert infos["zoo_tiny_autoencoder.plugin"]["error"] is None
+    assert "needs a library" in infos[str(tmp_path / "broken.py")]["error"]
+    code, _, stderr = cli(capsys, "--registry", str(tmp_path / "reg.yaml"), "--strict", "list")
+    assert code == 1 and "needs a library" in stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "tiny_autoencodr"], "unknown model 'tiny_autoencodr'. Did you mean 'tiny_autoencoder'?"),
+    (["train", "tiny_autoencoder", "--preset", "fsat"], "Did you mean 'fast'?"),
+    (["train", "tiny_autoencoder", "--set", "codes=many"], "config field 'codes': Input should be a valid integer"),
+    (["sample", "tiny_autoencoder", "--run", "/nonexistent"], "is not a run directory"),
+])
+def test_user_errors_are_one_line(capsys, example_plugin_env, args, message):
+    code, _, stderr = cli(capsys, *args)
+    assert code == 1 and message in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_checkpoint_of_another_model_and_corrupt_weights(trained_run, tmp_path, capsys, example_plugin_env):
+    code, _, stderr = cli(capsys, "eval", "var", "--run", str(trained_run))
+    assert code == 1 and "holds a 'tiny_autoencoder' run, not 'var'" in stderr
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(trained_run, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    code, _, stderr = cli(capsys, "eval", "tiny_autoencoder", "--run", str(broken))
+    assert code == 1 and "not a readable safetensors file" in stderr
