@@ -350,11 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.strict:
-        os.environ["ZOO_STRICT"] = "1"
-    if args.registry:
-        os.environ["ZOO_REGISTRY"] = str(args.registry)
     try:
+        if args.strict or args.registry:
+            from zoo.registry import configure_registry
+
+            configure_registry(args.registry, args.strict)
         args.handler(args)
     except ZooError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -190,18 +190,26 @@ def _import_file(path: Path) -> ModuleType:
 
 
 _default: Registry | None = None
+_cli_choice: dict[str, Any] = {}
 
 
-def get_registry(registry_file: Path | None = None, strict: bool | None = None) -> Registry:
+def configure_registry(registry_file: Path | None = None, strict: bool = False) -> None:
+    """What `zoo --registry FILE --strict` asked for; overrides the environment."""
+    global _default
+    _cli_choice.update(registry_file=registry_file, strict=strict)
+    _default = None
+
+
+def get_registry() -> Registry:
     """The process-wide registry, built on first use."""
     global _default
-    if strict is None:
-        strict = os.environ.get("ZOO_STRICT", "") not in ("", "0")
-    if _default is None or registry_file is not None or strict != _default.strict:
-        _default = Registry(registry_file, strict)
+    if _default is None:
+        strict = _cli_choice.get("strict") or os.environ.get("ZOO_STRICT", "") not in ("", "0")
+        _default = Registry(_cli_choice.get("registry_file"), strict)
     return _default
 
 
 def reset_registry() -> None:
     global _default
     _default = None
+    _cli_choice.clear()

@@ -119,3 +119,39 @@ def test_checkpoint_of_another_model_and_corrupt_weights(trained_run, tmp_path, 
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     code, _, stderr = cli(capsys, "eval", "tiny_autoencoder", "--run", str(broken))
     assert code == 1 and "not a readable safetensors file" in stderr
+
+
+def _example_env(example_site) -> dict:
+    import os
+
+    from tests.conftest import EXAMPLE
+
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLE), str(example_site)]),
+            "ZOO_LOAD_PLUGINS": "tiny_autoencoder", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow
+def test_nproc_per_node_launches_torchrun_and_matches_one_process(tmp_path, example_site):
+    from zoo.checkpoint import load_tensors
+
+    common = ["train", "tiny_autoencoder", "--preset", "fast", "--set", "steps=6", "--set", "batch_size=8",
+              "--quiet", "--device", "cpu"]
+    env = _example_env(example_site)
+    for name, extra in (("one", []), ("two", ["--nproc-per-node", "2"])):
+        result = subprocess.run(zoo_command(*common, "--out", str(tmp_path / name), *extra),
+                                capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr
+    one, two = (load_tensors(tmp_path / n / "model.safetensors") for n in ("one", "two"))
+    for key in one:
+        np.testing.assert_allclose(one[key].numpy(), two[key].numpy(), rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_json_progress_mode(tmp_path, example_site):
+    result = subprocess.run(zoo_command("train", "tiny_autoencoder", "--preset", "fast", "--set", "steps=20",
+                                        "--out", str(tmp_path / "run"), "--json", "--device", "cpu"),
+                            capture_output=True, text=True, env=_example_env(example_site), timeout=300)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    steps = [e for e in events if e["event"] == "step"]
+    assert events[0] == {"event": "stage_start", "stage": "autoencoder", "total": 20, "done": 0}
+    assert [e["step"] for e in steps] == [10, 20] and all(e["images_per_s"] > 0 for e in steps)

@@ -167,3 +167,20 @@ def test_two_gloo_processes_match_one_process_with_the_whole_batch(tmp_path):
     two = ckpt.load_tensors(tmp_path / "two" / "model.safetensors")
     for key in one:
         torch.testing.assert_close(one[key], two[key], rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_autocast_trains(tmp_path):
+    run_toy(tmp_path / "run", steps=100, stage="regress", precision="bf16")
+    rows = [r for r in metrics(tmp_path / "run") if "loss" in r]
+    assert rows[-1]["loss"] < 0.3 * rows[0]["loss"]
+
+
+def test_cuda_asked_for_without_a_gpu_is_a_clear_error():
+    from zoo.device import choose_device
+    from zoo.errors import ZooError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert choose_device("auto").type == "cpu"
+    with pytest.raises(ZooError, match="no usable CUDA GPU"):
+        choose_device("cuda")

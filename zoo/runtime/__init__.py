@@ -1,0 +1,118 @@
+"""Run an export directory on onnxruntime, without torch.
+
+    import zoo.runtime
+
+    model = zoo.runtime.load("exports/var_digits")        # CUDA if usable, else CPU
+    output = model.sample({"count": 8, "seed": 0})       # the model's SampleOptions
+    output.save("samples.png")
+    model.components("decoder", indices=indices)          # one graph, numpy in and out
+
+`load` verifies the directory (manifest version, every file's sha256), imports the
+plugin's torch-free sampling loop named in the manifest, and opens one onnxruntime
+session per component. Nothing under `zoo.runtime` imports torch; onnxruntime itself is
+imported by `load`, so plugins can import `zoo.runtime.loop` cheaply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from zoo.config import SampleOptionsBase, validate
+from zoo.errors import ConfigError, ExportError
+from zoo.outputs import SampleOutput
+from zoo.runtime.loop import Components, ModelRuntime
+from zoo.runtime.manifest import import_object, load_assets, read_manifest, verify_files
+
+
+class LoadedExport:
+    """An export directory ready to run.
+
+    Attributes: `manifest` (the parsed manifest.json), `config` (the model's resolved
+    config, a dict), `components` (call one graph: `components(name, **arrays)`),
+    `runtime` (the plugin's sampling loop), `options_class` (its SampleOptions),
+    `providers` (which onnxruntime providers were tried and which one runs).
+    Public methods of the plugin's runtime (e.g. `reconstruct`, `caption`) are
+    available on this object too.
+    """
+
+    def __init__(
+        self,
+        export_dir: Path,
+        manifest: dict[str, Any],
+        components: Components,
+        runtime: ModelRuntime,
+        options_class: type[SampleOptionsBase],
+        providers: dict[str, Any],
+    ) -> None:
+        self.export_dir = export_dir
+        self.manifest = manifest
+        self.config: dict[str, Any] = manifest["config"]
+        self.components = components
+        self.runtime = runtime
+        self.options_class = options_class
+        self.providers = providers
+
+    @property
+    def model(self) -> str:
+        return self.manifest["model"]
+
+    def sample(self, options: Mapping[str, Any] | SampleOptionsBase | None = None) -> SampleOutput:
+        """Options as a dict (validated like `zoo sample`'s flags) or a SampleOptions."""
+        if options is None:
+            options = {}
+        if isinstance(options, SampleOptionsBase):
+            if not isinstance(options, self.options_class):
+                raise ConfigError(
+                    f"{self.model} takes {self.options_class.__name__} options, got {type(options).__name__}"
+                )
+        else:
+            options = validate(self.options_class, options, what="sample option")
+        return self.runtime.sample(options)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names this class lacks: hand out the runtime's public methods.
+        if name.startswith("_") or "runtime" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.runtime, name)
+
+    def __repr__(self) -> str:
+        return f"LoadedExport({self.model!r}, {str(self.export_dir)!r}, provider={self.providers['used']!r})"
+
+
+def load(
+    export_dir: str | Path,
+    provider: str | None = None,
+    graph_optimization_level: str = "all",
+    intra_op_threads: int | None = None,
+    inter_op_threads: int | None = None,
+    verify: bool = True,
+) -> LoadedExport:
+    """Open an export directory (see `LoadedExport`).
+
+    provider: None picks CUDA when it really works, else CPU; "cpu", "cuda" or
+    "tensorrt" forces one (an error if it cannot start). graph_optimization_level:
+    "disable", "basic", "extended" or "all". verify=False skips the sha256 checks
+    (they read every byte once).
+    """
+    from zoo.runtime.sessions import OnnxComponents, binding_device, open_sessions, session_options
+
+    export_dir = Path(export_dir)
+    manifest = read_manifest(export_dir)
+    if verify:
+        verify_files(export_dir, manifest)
+    runtime_class = import_object(manifest["runtime"], "runtime")
+    options_class = import_object(manifest["options"], "sample options")
+    if not (isinstance(runtime_class, type) and issubclass(runtime_class, ModelRuntime)):
+        raise ExportError(f"the export's runtime {manifest['runtime']!r} is not a zoo.runtime.ModelRuntime subclass")
+    options = session_options(graph_optimization_level, intra_op_threads, inter_op_threads)
+    graphs = {name: export_dir / spec["file"] for name, spec in manifest["components"].items()}
+    sessions, report = open_sessions(graphs, provider, options)
+    components = OnnxComponents(sessions, manifest["components"], binding_device(report.used))
+    arrays, files = load_assets(export_dir, manifest)
+    runtime = runtime_class(components, manifest["config"], arrays, files)
+    return LoadedExport(export_dir, manifest, components, runtime, options_class, report.as_dict())
+
+
+__all__ = ["Components", "LoadedExport", "ModelRuntime", "load"]

@@ -1,0 +1,238 @@
+"""onnxruntime sessions behind the `Components` interface, and the choice of provider
+(torch-free).
+
+Provider choice: with no request, CUDA is used when onnxruntime lists
+`CUDAExecutionProvider` AND a session really starts on it (the CUDA libraries load);
+otherwise CPU, silently. A requested provider (`cpu`, `cuda`, `tensorrt`) that cannot
+start is an error. TensorRT is never picked on its own: it builds an engine per graph
+on first use, which takes minutes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from zoo.errors import ConfigError, ExportError, UnknownNameError
+
+EXECUTION_PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+OPTIMIZATION_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+# onnxruntime's severities: 0 verbose, 1 info, 2 warning (its default), 3 error, 4 fatal.
+QUIET_SEVERITY = 3
+PROBE_SEVERITY = 4  # a missing CUDA library is logged as an error; probing must not print it
+DEFAULT_SEVERITY = 2
+
+
+@dataclass
+class ProviderReport:
+    requested: str | None
+    tried: list[str] = field(default_factory=list)
+    used: str = ""
+    failures: dict[str, str] = field(default_factory=dict)  # provider -> why it was not used
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requested": self.requested, "tried": self.tried, "used": self.used, "failures": self.failures}
+
+
+def session_options(
+    graph_optimization_level: str = "all",
+    intra_op_threads: int | None = None,
+    inter_op_threads: int | None = None,
+) -> ort.SessionOptions:
+    if graph_optimization_level not in OPTIMIZATION_LEVELS:
+        raise ConfigError(
+            f"graph_optimization_level must be one of {', '.join(OPTIMIZATION_LEVELS)}, got {graph_optimization_level!r}"
+        )
+    options = ort.SessionOptions()
+    options.graph_optimization_level = OPTIMIZATION_LEVELS[graph_optimization_level]
+    options.log_severity_level = QUIET_SEVERITY
+    if intra_op_threads is not None:
+        options.intra_op_num_threads = intra_op_threads
+    if inter_op_threads is not None:
+        options.inter_op_num_threads = inter_op_threads
+        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    return options
+
+
+def open_sessions(
+    graphs: dict[str, Path], provider: str | None, options: ort.SessionOptions
+) -> tuple[dict[str, ort.InferenceSession], ProviderReport]:
+    """One session per graph, all on the same provider (see the module docstring)."""
+    if provider is not None and provider not in EXECUTION_PROVIDERS:
+        raise UnknownNameError("provider", provider, EXECUTION_PROVIDERS)
+    available = ort.get_available_providers()
+    if provider is None:
+        candidates = ["cuda", "cpu"] if "CUDAExecutionProvider" in available else ["cpu"]
+    else:
+        candidates = [provider]
+    report = ProviderReport(requested=provider)
+    for candidate in candidates:
+        wanted = EXECUTION_PROVIDERS[candidate][0]
+        report.tried.append(wanted)
+        try:
+            sessions = _sessions_on(graphs, candidate, options, available)
+        except _ProviderUnusable as reason:
+            report.failures[wanted] = str(reason)
+            if provider is not None:
+                raise ExportError(
+                    f"--provider {provider}: {wanted} cannot run here ({reason}); use --provider cpu, or install "
+                    "onnxruntime-gpu with the CUDA and cuDNN versions it requires"
+                ) from None
+            continue
+        report.used = wanted
+        return sessions, report
+    raise AssertionError("the CPU provider is always a candidate")
+
+
+class _ProviderUnusable(Exception):
+    pass
+
+
+def _sessions_on(
+    graphs: dict[str, Path], candidate: str, options: ort.SessionOptions, available: list[str]
+) -> dict[str, ort.InferenceSession]:
+    providers = EXECUTION_PROVIDERS[candidate]
+    wanted = providers[0]
+    if wanted not in available:
+        raise _ProviderUnusable(f"this onnxruntime build offers only {', '.join(available)}")
+    probing = candidate != "cpu"
+    if probing:
+        ort.set_default_logger_severity(PROBE_SEVERITY)
+    sessions = {}
+    try:
+        for name, path in graphs.items():
+            try:
+                # onnxruntime prints (not logs) its retry when TensorRT fails to start.
+                with contextlib.redirect_stdout(io.StringIO()) if probing else contextlib.nullcontext():
+                    session = ort.InferenceSession(str(path), options, providers=providers)
+            except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/... types
+                if probing:
+                    raise _ProviderUnusable(_first_line(error)) from None
+                raise ExportError(f"onnxruntime cannot load {path.name}: {_first_line(error)}; export again") from None
+            # onnxruntime falls back to CPU by itself when a provider's libraries do not load.
+            if session.get_providers()[0] != wanted:
+                raise _ProviderUnusable(f"{wanted} did not start (its libraries or the device are missing)")
+            sessions[name] = session
+    finally:
+        if probing:
+            ort.set_default_logger_severity(DEFAULT_SEVERITY)
+    return sessions
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__
+
+
+class OnnxComponents:
+    """Runs an export's graphs by component name with numpy inputs (the `Components`
+    protocol of zoo.runtime.loop). Inputs are checked against the manifest first, so a
+    wrong shape gives one line instead of onnxruntime's page-long error. On CUDA and
+    TensorRT, inputs and outputs go through IO binding (outputs are allocated on the
+    device, then copied back once) instead of `session.run`'s implicit copies."""
+
+    def __init__(
+        self,
+        sessions: dict[str, ort.InferenceSession],
+        specs: dict[str, dict[str, Any]],
+        binding_device: str | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.specs = specs
+        self.binding_device = binding_device  # "cuda" to run through IO binding; None: session.run
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.sessions
+
+    def __iter__(self):
+        return iter(self.sessions)
+
+    def __call__(self, name: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        if name not in self.sessions:
+            raise UnknownNameError("component", name, self.sessions)
+        spec = self.specs[name]
+        feeds = check_inputs(name, spec["inputs"], inputs)
+        output_names = [output["name"] for output in spec["outputs"]]
+        session = self.sessions[name]
+        try:
+            if self.binding_device:
+                values = _run_bound(session, feeds, output_names, self.binding_device)
+            else:
+                values = session.run(output_names, feeds)
+        except Exception as error:  # onnxruntime's own exception types
+            shapes = {key: value.shape for key, value in feeds.items()}
+            raise ExportError(f"component {name!r} failed in onnxruntime on inputs {shapes}: {_first_line(error)}") from None
+        return dict(zip(output_names, values, strict=True))
+
+
+def binding_device(provider: str) -> str | None:
+    """Where IO binding puts inputs and outputs for a provider (None: no IO binding)."""
+    return "cuda" if provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else None
+
+
+def _run_bound(
+    session: ort.InferenceSession, feeds: dict[str, np.ndarray], output_names: list[str], device: str
+) -> list[np.ndarray]:
+    binding = session.io_binding()
+    for name, array in feeds.items():
+        binding.bind_cpu_input(name, array)  # copied to the device once
+    for name in output_names:
+        binding.bind_output(name, device)  # allocated on the device by onnxruntime
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()
+
+
+def check_inputs(component: str, specs: list[dict[str, Any]], inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Inputs by name as contiguous arrays, after checking names, dtypes, ranks, fixed
+    sizes, and that axes sharing a name (e.g. `batch`) agree."""
+    expected = [spec["name"] for spec in specs]
+    unknown = sorted(set(inputs) - set(expected))
+    if unknown:
+        raise ExportError(f"component {component!r} has no input {unknown[0]!r}; its inputs are {', '.join(expected)}")
+    missing = [name for name in expected if name not in inputs]
+    if missing:
+        raise ExportError(f"component {component!r} needs input {missing[0]!r}; its inputs are {', '.join(expected)}")
+    feeds: dict[str, np.ndarray] = {}
+    named_sizes: dict[str, tuple[str, int]] = {}  # axis name -> (input that set it, size)
+    for spec in specs:
+        name, shape = spec["name"], spec["shape"]
+        array = np.ascontiguousarray(inputs[name])
+        wanted_shape = "(" + ", ".join(str(dim) for dim in shape) + ")"
+        if array.dtype != np.dtype(spec["dtype"]):
+            raise ExportError(
+                f"input {name!r} of component {component!r} must be {spec['dtype']}, got {array.dtype}; convert it with .astype"
+            )
+        if array.ndim != len(shape):
+            raise ExportError(
+                f"input {name!r} of component {component!r} must have {len(shape)} dimensions {wanted_shape}, got shape {array.shape}"
+            )
+        for axis, (dim, size) in enumerate(zip(shape, array.shape)):
+            if isinstance(dim, int) and dim != size:
+                raise ExportError(
+                    f"input {name!r} of component {component!r} must have shape {wanted_shape}, got {array.shape}: axis {axis} "
+                    f"is fixed at {dim} in the exported graph (export with that axis dynamic to change it)"
+                )
+            if isinstance(dim, str):
+                first = named_sizes.setdefault(dim, (name, size))
+                if first[1] != size:
+                    raise ExportError(
+                        f"inputs of component {component!r} disagree on axis {dim!r}: {first[0]!r} has {first[1]}, "
+                        f"{name!r} has {size}"
+                    )
+        feeds[name] = array
+    return feeds
