@@ -194,10 +194,11 @@ def cmd_export(args: argparse.Namespace) -> None:
     manifest = run.export(Path(args.out), opset=args.opset, precision=args.precision, components=components)
     rows = []
     for name, entry in manifest["components"].items():
-        errors = entry.get("validation", [])
-        worst = max((e["max_abs_error"] for e in errors), default=float("nan"))
-        rows.append([name, entry["exporter"], f"{worst:.2e}", entry["file"]])
-    _print_table(["component", "exporter", "max abs error", "file"], rows)
+        outputs = [errors for run in entry["validation"] for errors in run["outputs"].values()]
+        worst_abs = max((e["max_abs_error"] for e in outputs if "max_abs_error" in e), default=0.0)
+        mismatch = max((e["mismatch_fraction"] for e in outputs if "mismatch_fraction" in e), default=0.0)
+        rows.append([name, entry["exporter"], f"{worst_abs:.2e}", f"{mismatch:.3g}", entry["file"]])
+    _print_table(["component", "exporter", "max abs error", "integer mismatch", "file"], rows)
     print(f"export directory: {args.out}")
 
 

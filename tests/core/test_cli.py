@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -155,3 +157,43 @@ def test_json_progress_mode(tmp_path, example_site):
     steps = [e for e in events if e["event"] == "step"]
     assert events[0] == {"event": "stage_start", "stage": "autoencoder", "total": 20, "done": 0}
     assert [e["step"] for e in steps] == [10, 20] and all(e["images_per_s"] > 0 for e in steps)
+
+
+BLOCK_TORCH = """
+import importlib.abc, sys
+
+class BlockTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+        return None
+
+sys.meta_path.insert(0, BlockTorch())
+"""
+
+
+def test_export_then_run_without_torch_matches_sample(trained_run, tmp_path, capsys, example_plugin_env, example_site):
+    code, stdout, stderr = cli(capsys, "export", "tiny_autoencoder", "--run", str(trained_run), "--out", str(tmp_path / "export"))
+    assert code == 0, stderr
+    assert "decoder" in stdout and (tmp_path / "export" / "manifest.json").is_file()
+    cli(capsys, "sample", "tiny_autoencoder", "--run", str(trained_run), "--n", "4", "--seed", "3",
+        "--out", str(tmp_path / "torch.png"), "--device", "cpu")
+
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(BLOCK_TORCH)
+    env = _example_env(example_site)
+    env["PYTHONPATH"] = os.pathsep.join([str(blocker), env["PYTHONPATH"]])
+    probe = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, text=True, env=env)
+    assert probe.returncode != 0 and "torch is blocked" in probe.stderr
+    result = subprocess.run(zoo_command("run", str(tmp_path / "export"), "--n", "4", "--seed", "3",
+                                        "--out", str(tmp_path / "onnx.png")),
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    onnx_image = np.asarray(Image.open(tmp_path / "onnx.png")).astype(int)
+    torch_image = np.asarray(Image.open(tmp_path / "torch.png")).astype(int)
+    assert np.abs(onnx_image - torch_image).max() <= 1  # uint8 rounding of fp32 differences
+
+    result = subprocess.run(zoo_command("run", str(tmp_path / "export"), "--n", "0"),
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 1 and "sample option 'n'" in result.stderr

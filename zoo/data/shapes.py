@@ -111,6 +111,11 @@ class Shapes(Dataset):
     def __len__(self) -> int:
         return self.count
 
+    @property
+    def captions(self) -> list[str]:
+        """Every item's caption without drawing its image (as `CaptionSet.captions`), e.g. to train a tokenizer."""
+        return [caption(self._attributes(index)[0]) for index in range(self.count)]
+
     def _attributes(self, index: int) -> tuple[dict[str, str], np.random.Generator]:
         rng = item_rng(self.seed, self.split, index)
         attributes = {

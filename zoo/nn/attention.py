@@ -2,7 +2,7 @@
 
 Export-friendly: no Python branches on tensor values, and the cache is an input whose
 grown copy is an output (never updated in place), so one graph serves every decoding step.
-A cache holds keys and values stacked on a leading axis: (2, B, heads, past, head_dim).
+A cache holds keys and values stacked on axis 1: (B, 2, heads, past, head_dim).
 """
 
 from __future__ import annotations
@@ -47,20 +47,20 @@ class MultiHeadAttention(nn.Module):
         x: torch.Tensor,  # (B, T, C)
         source: torch.Tensor,  # (B, S, C)
         mask: torch.Tensor | None = None,  # bool, broadcastable to (B, heads, T, P + S); True = attend
-        past: torch.Tensor | None = None,  # (2, B, heads, P, C / heads) keys and values of earlier positions
+        past: torch.Tensor | None = None,  # (B, 2, heads, P, C / heads) keys and values of earlier positions
     ) -> tuple[torch.Tensor, torch.Tensor]:
         batch, length, width = x.shape
         query = self.split_heads(self.query(x))  # (B, heads, T, D)
         key, value = self.key_value(source).chunk(2, dim=-1)
         key, value = self.split_heads(key), self.split_heads(value)  # (B, heads, S, D)
         if past is not None:
-            key = torch.cat([past[0], key], dim=2)  # (B, heads, P + S, D)
-            value = torch.cat([past[1], value], dim=2)
+            key = torch.cat([past[:, 0], key], dim=2)  # (B, heads, P + S, D)
+            value = torch.cat([past[:, 1], value], dim=2)
         attended = F.scaled_dot_product_attention(
             query, key, value, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )  # (B, heads, T, D)
         attended = attended.transpose(1, 2).reshape(batch, length, width)
-        return self.out(attended), torch.stack([key, value])  # (B, T, C), (2, B, heads, P + S, D)
+        return self.out(attended), torch.stack([key, value], dim=1)  # (B, T, C), (B, 2, heads, P + S, D)
 
 
 class FeedForward(nn.Sequential):
@@ -103,7 +103,7 @@ class DecoderBlock(nn.Module):
         self,
         x: torch.Tensor,  # (B, T, C) the new positions
         memory: torch.Tensor,  # (B, M, C) what every position may look at
-        past: torch.Tensor | None = None,  # (2, B, heads, P, D) this layer's cache
+        past: torch.Tensor | None = None,  # (B, 2, heads, P, D) this layer's cache
     ) -> tuple[torch.Tensor, torch.Tensor]:
         past_length = 0 if past is None else past.shape[3]
         mask = causal_mask(x.shape[1], past_length, x.device)
@@ -112,4 +112,4 @@ class DecoderBlock(nn.Module):
         x = x + self.dropout(attended)
         x = x + self.dropout(self.cross_attention(self.cross_attention_norm(x), memory)[0])
         x = x + self.dropout(self.feedforward(self.feedforward_norm(x)))
-        return x, present  # (B, T, C), (2, B, heads, P + T, D)
+        return x, present  # (B, T, C), (B, 2, heads, P + T, D)

@@ -1,0 +1,1 @@
+"""multimodal_caption: an image autoencoder and a captioner sharing one latent (see model.py)."""

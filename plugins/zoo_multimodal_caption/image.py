@@ -1,0 +1,115 @@
+"""The image half of the model: image -> latent and latent -> image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from zoo.errors import ConfigError, ZooError
+from zoo_multimodal_caption.config import ImageConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def conv_backbone(channels: list[int], pool_size: int) -> nn.Sequential:
+    """(B, 3, S, S) -> (B, channels[-1] * pool_size^2): k4 s2 p1 convs with ReLU, then a pool."""
+    layers: list[nn.Module] = []
+    for in_channels, out_channels in zip([3, *channels[:-1]], channels, strict=True):
+        layers += [nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1), nn.ReLU()]
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(pool_size), nn.Flatten())
+
+
+class TimmBackbone(nn.Module):
+    """A timm classifier without its head ((B, 3, S, S) in [-1, 1] -> (B, features)),
+    fed with the normalisation its weights were trained with."""
+
+    def __init__(self, model_name: str) -> None:
+        super().__init__()
+        try:
+            import timm  # lazily: optional, and it pulls in torchvision
+        except Exception as error:  # a torchvision built for another torch raises RuntimeError
+            raise ZooError(
+                f"image.encoder 'timm:{model_name}' needs timm, which failed to import "
+                f"({type(error).__name__}: {error}); install a timm/torchvision matching your torch or use image.encoder=conv"
+            ) from None
+        try:
+            self.model = timm.create_model(model_name, pretrained=False, num_classes=0)
+        except Exception as error:
+            raise ConfigError(f"timm cannot build image encoder {model_name!r}: {error}") from None
+        config = getattr(self.model, "pretrained_cfg", None) or {}
+        self.register_buffer("mean", torch.tensor(config.get("mean", IMAGENET_MEAN)).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(config.get("std", IMAGENET_STD)).view(1, 3, 1, 1), persistent=False)
+        self.num_features = self.model.num_features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(((images + 1) / 2 - self.mean) / self.std)
+
+
+def load_backbone_weights(backbone: nn.Module, path: Path) -> None:
+    """Load a safetensors state dict into `backbone`. Extra keys (a classifier head saved
+    with the full model) are ignored; every key the backbone has must be there."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"image.encoder_weights: file {path} does not exist")
+    try:
+        state = load_file(str(path))
+    except Exception as error:
+        raise ConfigError(f"image.encoder_weights: {path} is not a safetensors file: {error}") from None
+    wanted = backbone.state_dict()
+    missing = sorted(set(wanted) - set(state))
+    if missing:
+        raise ConfigError(
+            f"image.encoder_weights: {path} lacks {len(missing)} of the encoder's {len(wanted)} tensors "
+            f"(first: {', '.join(missing[:3])}); was it saved from the same backbone?"
+        )
+    for key, tensor in wanted.items():
+        if state[key].shape != tensor.shape:
+            raise ConfigError(
+                f"image.encoder_weights: {key} has shape {tuple(state[key].shape)} in {path}, "
+                f"the encoder expects {tuple(tensor.shape)}"
+            )
+    backbone.load_state_dict({key: state[key] for key in wanted})
+
+
+class ImageEncoder(nn.Module):
+    """(B, 3, S, S) in [-1, 1] -> (B, latent)."""
+
+    def __init__(self, config: ImageConfig, latent_dim: int) -> None:
+        super().__init__()
+        if config.encoder == "conv":
+            self.backbone: nn.Module = conv_backbone(config.channels, config.pool_size)
+            features = config.channels[-1] * config.pool_size**2
+        else:
+            self.backbone = TimmBackbone(config.encoder.removeprefix("timm:"))
+            features = self.backbone.num_features
+        if config.encoder_weights is not None:
+            load_backbone_weights(self.backbone, config.encoder_weights)
+        self.to_latent = nn.Linear(features, latent_dim)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.to_latent(self.backbone(images))  # (B, latent)
+
+
+class ImageDecoder(nn.Module):
+    """(B, latent) -> (B, 3, S, S) in [-1, 1]: a linear stem to the smallest feature map,
+    then k4 s2 p1 transposed convs mirroring the encoder's widths."""
+
+    def __init__(self, config: ImageConfig, latent_dim: int) -> None:
+        super().__init__()
+        widths = config.channels[::-1]  # e.g. 512, 256, 128, 64
+        self.stem_channels = widths[0]
+        self.stem_side = config.size // 2 ** len(widths)
+        self.stem = nn.Linear(latent_dim, self.stem_channels * self.stem_side**2)
+        layers: list[nn.Module] = []
+        for in_channels, out_channels in zip(widths, [*widths[1:], 3], strict=True):
+            layers += [nn.ReLU(), nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1)]
+        self.upsample = nn.Sequential(*layers, nn.Tanh())
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        features = self.stem(latent).view(-1, self.stem_channels, self.stem_side, self.stem_side)  # (B, C, S/16, S/16)
+        return self.upsample(features)  # (B, 3, S, S)
