@@ -101,8 +101,9 @@ class VerticalStackConv(nn.Conv2d):
     kernel covers rows r - reach .. r."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, first: bool) -> None:
-        self.reach, self.first = kernel_size // 2, first
-        super().__init__(in_channels, out_channels, (self.reach + (0 if first else 1), kernel_size))
+        reach = kernel_size // 2
+        super().__init__(in_channels, out_channels, (reach + (0 if first else 1), kernel_size))
+        self.reach, self.first = reach, first
 
     @property
     def rows(self) -> int:
@@ -124,8 +125,9 @@ class HorizontalStackConv(nn.Conv2d):
     """Output (r, c) sees row r, columns c - reach .. c - 1 (first layer) or .. c (later)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, first: bool) -> None:
-        self.reach, self.first = kernel_size // 2, first
-        super().__init__(in_channels, out_channels, (1, self.reach + (0 if first else 1)))
+        reach = kernel_size // 2
+        super().__init__(in_channels, out_channels, (1, reach + (0 if first else 1)))
+        self.reach, self.first = reach, first
 
     @property
     def columns(self) -> int:

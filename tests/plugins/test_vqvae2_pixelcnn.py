@@ -1,0 +1,238 @@
+"""The vqvae2_pixelcnn plugin: causal masks, fast == naive sampling, training, codes cache, export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from zoo.config import deep_merge, resolve
+from zoo.errors import ConfigError
+from zoo_vqvae2_pixelcnn.config import VQVAE2Config, VQVAE2SampleOptions
+from zoo_vqvae2_pixelcnn.plugin import VQVAE2PixelCNNPlugin, cached_codes
+from zoo_vqvae2_pixelcnn.pixelcnn import PixelCNNPrior
+
+torch.set_num_threads(1)
+
+TINY = {
+    "data": "digits",
+    "image_size": 16,
+    "class_conditional": True,
+    "eval_samples": 8,
+    "vqvae": {"channels": 16, "res_blocks": 1, "res_channels": 8, "code_dim": 8, "top_codes": 16, "bottom_codes": 16,
+              "dead_code_threshold": 0.1},
+    "prior_top": {"channels": 16, "blocks": 1, "condition_channels": 8, "dropout": 0.0},
+    "prior_bottom": {"channels": 16, "blocks": 1, "condition_channels": 8, "condition_blocks": 1, "dropout": 0.0},
+    "training": {
+        "vqvae": {"steps": 60, "batch_size": 16, "lr": 5e-3},
+        "prior_top": {"steps": 30, "batch_size": 32, "lr": 3e-3},
+        "prior_bottom": {"steps": 30, "batch_size": 32, "lr": 3e-3},
+    },
+}
+PLUGIN = VQVAE2PixelCNNPlugin()
+CPU = torch.device("cpu")
+
+
+def tiny_model(variant: str = "gated", **changes) -> tuple[VQVAE2Config, torch.nn.Module]:
+    prior = {"variant": variant}
+    config = resolve(VQVAE2Config, deep_merge(TINY, {"prior_top": prior, "prior_bottom": prior, **changes}))
+    torch.manual_seed(0)
+    return config, PLUGIN.build(config).eval()
+
+
+def receptive_field(prior: PixelCNNPrior, condition: torch.Tensor, row: int, col: int) -> np.ndarray:
+    """(H, W) bool: which input positions the logits at (row, col) depend on."""
+    side = prior.side
+    embedded = torch.randn(1, prior.embedding.embedding_dim, side, side, requires_grad=True)
+    prior.logits(embedded, condition)[0, :, row, col].sum().backward()
+    return (embedded.grad[0].abs().sum(0) > 0).numpy()
+
+
+def bottom_condition(prior: PixelCNNPrior) -> torch.Tensor:
+    with torch.no_grad():
+        return prior.condition(torch.zeros(1, 3, 3, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+
+
+def raster_order(side: int) -> np.ndarray:
+    return np.arange(side * side).reshape(side, side)
+
+
+# -- masks -----------------------------------------------------------------------------------
+
+
+def deep_bottom_prior(variant: str) -> PixelCNNPrior:
+    """A 6x6 bottom map, a 3x3 first layer and 3 blocks: deep enough for a blind spot, small
+    enough to check every position."""
+    config, model = tiny_model(variant, image_size=24, prior_bottom={"variant": variant, "blocks": 3, "first_kernel": 3})
+    return model.prior_bottom
+
+
+@pytest.mark.parametrize("variant", ["gated", "masked"])
+def test_logits_never_see_the_current_or_a_later_position(variant):
+    prior = deep_bottom_prior(variant)
+    condition = bottom_condition(prior)
+    order = raster_order(prior.side)
+    for row in range(prior.side):
+        for col in range(prior.side):
+            seen = receptive_field(prior, condition, row, col)
+            assert not seen[order >= order[row, col]].any(), (row, col)
+
+
+def test_the_gated_stacks_see_every_earlier_position_and_the_plain_masks_do_not():
+    blind_spots = {}
+    for variant in ("gated", "masked"):
+        prior = deep_bottom_prior(variant)
+        condition = bottom_condition(prior)
+        order, rows, cols = raster_order(prior.side), *np.indices((prior.side, prior.side))
+        reach = 1 + 3  # the first layer's reach plus one per block, up and to either side
+        missed = 0
+        for row in range(prior.side):
+            for col in range(prior.side):
+                seen = receptive_field(prior, condition, row, col)
+                in_reach = (order < order[row, col]) & (row - rows <= reach) & (np.abs(cols - col) <= reach)
+                missed += int((in_reach & ~seen).sum())
+        blind_spots[variant] = missed
+    assert blind_spots["gated"] == 0
+    # ... the plain masks miss positions up and to the right (the blind spot), e.g. (row-1, col+2).
+    assert blind_spots["masked"] > 0
+
+
+# -- sampling ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["gated", "masked"])
+def test_the_fast_step_gives_the_full_forward_logits(variant):
+    config, model = tiny_model(variant)
+    for name, prior in model.priors().items():
+        settings, side, batch = getattr(config, name), prior.side, 3
+        codes = torch.randint(0, prior.num_codes, (batch, side, side))
+        labels = torch.randint(0, 10, (batch,))
+        top = torch.randint(0, config.vqvae.top_codes, (batch, config.top_side, config.top_side))
+        with torch.no_grad():
+            condition = prior.condition(labels) if name == "prior_top" else prior.condition(top, labels)
+            full = prior.logits(prior.embed(codes), condition)  # (B, K, H, W)
+            vertical = torch.zeros(batch, *settings.vertical_cache_shape(side))
+            horizontal = torch.zeros(batch, *settings.horizontal_cache_shape(side))
+            for row in range(side):
+                row_index = torch.tensor([row])
+                row_bias, vertical = prior.row(codes, row_index, vertical, horizontal, condition)
+                horizontal = torch.zeros_like(horizontal)
+                for col in range(side):
+                    logits, horizontal = prior.step(codes, row_index, torch.tensor([col]), row_bias, horizontal)
+                    torch.testing.assert_close(logits, full[:, :, row, col], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["gated", "masked"])
+def test_fast_sampling_draws_the_same_codes_as_naive_sampling(variant):
+    config, model = tiny_model(variant)
+    options = {"n": 4, "seed": 3, "temperature": 1.0}
+    fast = PLUGIN.sample(model, config, VQVAE2SampleOptions(**options), CPU)
+    naive = PLUGIN.sample(model, config, VQVAE2SampleOptions(**options, naive=True), CPU)
+    for key in ("top_codes", "bottom_codes"):
+        np.testing.assert_array_equal(fast.extras[key], naive.extras[key])
+    assert fast.images.shape == (4, 16, 16, 3) and fast.images.dtype == np.uint8
+    # Untrained priors are close to uniform: different seeds give different codes.
+    other = PLUGIN.sample(model, config, VQVAE2SampleOptions(**{**options, "seed": 4}), CPU)
+    assert (other.extras["bottom_codes"] != fast.extras["bottom_codes"]).any()
+
+
+def test_sample_options_classes_top_k_and_errors():
+    config, model = tiny_model()
+    output = PLUGIN.sample(model, config, VQVAE2SampleOptions(n=5, classes=[3, 7]), CPU)
+    np.testing.assert_array_equal(output.extras["labels"], [3, 7, 3, 7, 3])
+    greedy = [PLUGIN.sample(model, config, VQVAE2SampleOptions(n=2, seed=seed, top_k=1), CPU) for seed in (0, 1)]
+    np.testing.assert_array_equal(greedy[0].extras["bottom_codes"], greedy[1].extras["bottom_codes"])
+    with pytest.raises(ConfigError, match="out of range"):
+        PLUGIN.sample(model, config, VQVAE2SampleOptions(n=1, classes=[10]), CPU)
+    unconditional, model = tiny_model(class_conditional=False)
+    with pytest.raises(ConfigError, match="class-conditional"):
+        PLUGIN.sample(model, unconditional, VQVAE2SampleOptions(n=1, classes=[1]), CPU)
+
+
+def test_the_declared_components_are_the_exported_ones():
+    config, model = tiny_model()
+    assert tuple(component.name for component in PLUGIN.export_components(model, config)) == PLUGIN.components
+
+
+def test_config_sizes_follow_the_strides():
+    config = resolve(VQVAE2Config, PLUGIN.presets["cifar32"])
+    assert (config.bottom_side, config.top_side) == (8, 4)
+    assert config.vqvae.top_codes == config.vqvae.bottom_codes == 512 and config.prior_top.blocks == 15
+    assert resolve(VQVAE2Config, {"image_size": 64}).bottom_side == 16
+    with pytest.raises(ConfigError, match="multiple of"):
+        resolve(VQVAE2Config, {"image_size": 36})
+
+
+# -- training, codes cache, evaluation, export ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    import zoo.api
+
+    run_dir = tmp_path_factory.mktemp("vqvae2") / "run"
+    return zoo.api.train("vqvae2_pixelcnn", overrides=TINY, run_dir=run_dir, device="cpu", log_every=5)
+
+
+def test_every_stage_trains_and_its_loss_goes_down(trained_run):
+    rows = [json.loads(line) for line in (trained_run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = {stage: [r["loss"] for r in rows if r.get("stage") == stage and "loss" in r]
+              for stage in ("vqvae", "prior_top", "prior_bottom")}
+    assert all(len(values) >= 5 for values in losses.values())
+    assert losses["vqvae"][-1] < 0.7 * losses["vqvae"][0]
+    for prior in ("prior_top", "prior_bottom"):
+        assert losses[prior][-1] < losses[prior][0] - 0.3, (prior, losses[prior])  # nats per code
+    assert (trained_run.run_dir / "samples" / "prior_bottom.png").is_file()
+
+
+def test_codes_are_extracted_once_and_cached_in_the_run(trained_run, monkeypatch):
+    from zoo.plugin import StageContext
+    import zoo_vqvae2_pixelcnn.plugin as plugin_module
+
+    cached = list((trained_run.run_dir / "cache").glob("codes_train_*.safetensors"))
+    assert len(cached) == 1
+    monkeypatch.setattr(plugin_module, "extract_codes", lambda *args: pytest.fail("codes were extracted again"))
+    context = StageContext(trained_run.model, trained_run.config, trained_run.run_dir / "cache", CPU)
+    codes = cached_codes(context, "train")
+    assert codes[0]["top"].shape == (2, 2) and codes[0]["bottom"].shape == (4, 4)
+
+
+def test_evaluate_reports_reconstruction_codebooks_bits_and_samples(trained_run):
+    metrics = trained_run.evaluate()
+    assert 10 < metrics["recon_psnr"] < 60 and metrics["recon_mse"] > 0
+    for level, codes in (("top", 16), ("bottom", 16)):
+        assert 0 < metrics[f"{level}_codebook_usage"] <= 1
+        assert 1 <= metrics[f"{level}_perplexity"] <= codes
+    # Trained priors beat a uniform guess over their codebooks (4 bits).
+    assert metrics["prior_top_bits_per_code"] < 4 and metrics["prior_bottom_bits_per_code"] < 4
+    assert 0 <= metrics["sample_confident_fraction"] <= 1
+
+
+def test_the_codebooks_can_also_learn_from_the_loss():
+    from zoo_vqvae2_pixelcnn.plugin import vqvae_loss
+
+    config, model = tiny_model(vqvae={**TINY["vqvae"], "ema_decay": None})
+    model.train()
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    vqvae_loss(model, {"image": images}, None)["loss"].backward()
+    for quantizer in (model.vqvae.quantizer_top, model.vqvae.quantizer_bottom):
+        assert isinstance(quantizer.codebook, torch.nn.Parameter) and quantizer.codebook.grad.abs().sum() > 0
+
+
+def test_greedy_onnx_sampling_gives_the_torch_codes(trained_run, tmp_path):
+    from zoo_onnx import export_model
+
+    import zoo.runtime
+
+    # The fast path's graphs (the naive `_logits` graphs and the encoder export the same way).
+    fast_path = ["decoder"] + [f"{prior}_{part}" for prior in ("prior_top", "prior_bottom")
+                               for part in ("condition", "row", "step")]
+    export_model(trained_run.plugin, trained_run.model, trained_run.config, tmp_path / "export", components=fast_path)
+    options = VQVAE2SampleOptions(n=3, classes=[1, 4, 9], top_k=1)
+    torch_output = trained_run.plugin.sample(trained_run.model, trained_run.config, options, CPU)
+    onnx_output = zoo.runtime.load(tmp_path / "export", provider="cpu").sample(options)
+    for key in ("top_codes", "bottom_codes"):
+        np.testing.assert_array_equal(onnx_output.extras[key], torch_output.extras[key])
+    assert np.abs(onnx_output.images.astype(int) - torch_output.images.astype(int)).max() <= 1
