@@ -1,0 +1,118 @@
+"""One component -> one checked ONNX file.
+
+The dynamo exporter (`torch.onnx.export(..., dynamo=True)`) runs by default; a
+component that sets `exporter="torchscript"` gets the TorchScript exporter. Either way
+the graph's dynamic axes carry the names the component declared, and a graph whose
+weights pass 2 GB is written with its weights in `<file>.data` beside it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+import torch
+
+from zoo.errors import ExportError
+from zoo.plugin import Component
+
+# The newest opset both torch exporters support (torch 2.13: dynamo's default, the
+# TorchScript exporter's maximum), so every component of an export has the same opset.
+DEFAULT_OPSET = 20
+# Protobuf cannot serialise a message past 2 GiB; keep a margin for the graph itself.
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**27
+
+
+def trace_component(component: Component, inputs: dict[str, torch.Tensor], path: Path, opset: int) -> None:
+    """Export `component` traced on `inputs` to `path` (torch's own layout, not final)."""
+    args = tuple(inputs[name] for name in component.input_names)
+    module = component.module.eval()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            if component.exporter == "torchscript":
+                torch.onnx.export(
+                    module, args, str(path), input_names=component.input_names, output_names=component.output_names,
+                    dynamic_axes=component.dynamic_axes, opset_version=opset, dynamo=False,
+                )
+            else:
+                # Axis names as strings: torch makes them Dim.DYNAMIC and names the graph's axes after them.
+                dynamic_shapes = tuple(
+                    {axis: name for axis, name in component.dynamic_axes.get(input_name, {}).items()} or None
+                    for input_name in component.input_names
+                )
+                program = torch.onnx.export(
+                    module, args, None, input_names=component.input_names, output_names=component.output_names,
+                    dynamic_shapes=dynamic_shapes, opset_version=opset, dynamo=True, verbose=False,
+                )
+                program.save(str(path))
+    except ExportError:
+        raise
+    except Exception as error:
+        hint = (
+            "avoid Python control flow on tensor values and in-place updates in the module, or set "
+            "Component.exporter='torchscript'" if component.exporter == "dynamo" else "check the module's forward"
+        )
+        raise ExportError(
+            f"component {component.name!r}: the {component.exporter} exporter failed: {root_cause(error)}; {hint}"
+        ) from None
+
+
+def finish_graph(source: Path, destination: Path, component: Component | None) -> None:
+    """Write `source` to `destination` as the export keeps it: output axes named as the
+    component declares them (dynamo names them by expression, e.g. `cache_length + 1`),
+    weights inline or, past 2 GB, in `destination.name + ".data"`."""
+    try:
+        model = ir.load(str(source))
+    except Exception as error:  # the exporter wrote a graph that is not valid ONNX
+        name = component.name if component is not None else source.stem
+        raise ExportError(f"component {name!r}: the exported graph is not valid ONNX: {root_cause(error)}") from None
+    if component is not None:
+        name_output_axes(model, component)
+    save_graph(model, destination)
+
+
+def name_output_axes(model: ir.Model, component: Component) -> None:
+    for value in model.graph.outputs:
+        declared = component.dynamic_axes.get(value.name, {})
+        if not declared or value.shape is None:
+            continue
+        dims = list(value.shape)
+        for axis, axis_name in declared.items():
+            if axis < len(dims) and isinstance(dims[axis], ir.SymbolicDim):
+                dims[axis] = axis_name
+        value.shape = ir.Shape(dims)
+
+
+def save_graph(model: ir.Model, destination: Path) -> None:
+    weight_bytes = sum(
+        value.const_value.nbytes for value in model.graph.initializers.values() if value.const_value is not None
+    )
+    external = destination.name + ".data" if weight_bytes > EXTERNAL_DATA_THRESHOLD else None
+    ir.save(model, str(destination), external_data=external)
+
+
+def is_large(path: Path) -> bool:
+    """Whether the graph at `path` (with its external data, if any) passes 2 GB."""
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0) > EXTERNAL_DATA_THRESHOLD
+
+
+def check_graph(path: Path, component_name: str) -> None:
+    """onnx.checker on the path, which also works past 2 GB."""
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as error:
+        raise ExportError(f"component {component_name!r}: onnx.checker rejects the graph: {root_cause(error)}") from None
+
+
+def root_cause(error: BaseException) -> str:
+    """The innermost cause's first non-empty line: torch wraps the useful message in
+    several generic ones."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    return text.split(" [Caused by")[0][:300]  # the TorchScript exporter appends its IR
