@@ -121,7 +121,7 @@ def engravings_step(threads: int) -> None:
     from torch.utils.data import default_collate
 
     from zoo.plugin import StageContext, StepContext
-    from zoo.train import build_optimizer, trained_parameters
+    from zoo.trainer import build_optimizer, trained_parameters
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -24,7 +24,7 @@ from zoo.errors import RunError
 from zoo.outputs import SampleOutput
 from zoo.plugin import ModelPlugin
 from zoo.registry import get_registry
-from zoo.train import TrainOptions, Trainer
+from zoo.trainer import TrainOptions, Trainer
 
 
 def list_models() -> list[str]:

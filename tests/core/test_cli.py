@@ -69,6 +69,10 @@ def test_sample_eval_and_info_on_the_run(trained_run, tmp_path, capsys, example_
 
 
 def test_python_api(trained_run, example_plugin_env):
+    import zoo.api
+    import zoo.trainer  # noqa: F401  (a submodule must not shadow the API function)
+
+    assert zoo.train is zoo.api.train
     assert "tiny_autoencoder" in zoo.list_models()
     plugin, config, model = zoo.create_model("tiny_autoencoder", preset="fast", width=8)
     assert config.width == 8 and model.encoder[0].out_channels == 8

@@ -26,9 +26,11 @@ def nearest_code_indices(vectors: torch.Tensor, codebook: torch.Tensor) -> torch
     if torch.is_autocast_enabled(vectors.device.type):
         with torch.autocast(vectors.device.type, enabled=False):
             return nearest_code_indices(vectors.float(), codebook.float())
+    # codebook @ vectors.T, not vectors @ codebook.T: onnxruntime's int8 export quantises
+    # MatMuls whose second operand is a constant, and quantised distances pick wrong codes.
     distances = (
         vectors.pow(2).sum(1, keepdim=True)
-        - 2 * vectors @ codebook.t()
+        - 2 * (codebook @ vectors.t()).t()
         + codebook.pow(2).sum(1)[None, :]
     )  # (N, K)
     return distances.argmin(dim=1)

@@ -18,7 +18,7 @@ from tests.conftest import ROOT
 from tests.core.toy_plugin import ToyConfig, ToyPlugin
 from zoo import checkpoint as ckpt
 from zoo.errors import RunError, TrainingError, UnknownNameError
-from zoo.train import GlobalBatchSampler, TrainOptions, lr_factor, train
+from zoo.trainer import GlobalBatchSampler, TrainOptions, lr_factor, train
 from zoo.distributed import WorldInfo
 
 
@@ -111,7 +111,7 @@ TRAIN_SCRIPT = textwrap.dedent("""
     torch.set_num_threads(1)
     sys.path.insert(0, {root!r})
     from tests.core.toy_plugin import ToyConfig, ToyPlugin
-    from zoo.train import TrainOptions, train
+    from zoo.trainer import TrainOptions, train
     run_dir, resume = sys.argv[1], sys.argv[2] == "resume"
     config = ToyConfig(steps=40, dropout=0.2)
     train(ToyPlugin(), config, run_dir, options=TrainOptions(device="cpu", progress="quiet", resume=resume,
@@ -150,7 +150,7 @@ DDP_SCRIPT = textwrap.dedent("""
     torch.set_num_threads(1)
     sys.path.insert(0, {root!r})
     from tests.core.toy_plugin import ToyConfig, ToyPlugin
-    from zoo.train import TrainOptions, train
+    from zoo.trainer import TrainOptions, train
     train(ToyPlugin(), ToyConfig(steps=15, batch_size=8), sys.argv[1],
           options=TrainOptions(device="cpu", progress="quiet", stage="adversarial"))
 """)
