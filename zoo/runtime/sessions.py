@@ -197,6 +197,16 @@ def _run_bound(
     return binding.copy_outputs_to_cpu()
 
 
+class _shape_text:
+    """A shape rendered for an error message only when one is raised (this runs per step)."""
+
+    def __init__(self, shape: list[Any]) -> None:
+        self.shape = shape
+
+    def __str__(self) -> str:
+        return "(" + ", ".join(str(dim) for dim in self.shape) + ")"
+
+
 def check_inputs(component: str, specs: list[dict[str, Any]], inputs: dict[str, Any]) -> dict[str, np.ndarray]:
     """The graph's inputs by name as contiguous arrays, after checking dtypes, ranks,
     fixed sizes, and that axes sharing a name (e.g. `batch`) agree. Inputs the graph does
@@ -211,7 +221,7 @@ def check_inputs(component: str, specs: list[dict[str, Any]], inputs: dict[str, 
     for spec in specs:
         name, shape = spec["name"], spec["shape"]
         array = np.ascontiguousarray(inputs[name])
-        wanted_shape = "(" + ", ".join(str(dim) for dim in shape) + ")"
+        wanted_shape = _shape_text(shape)
         if array.dtype != np.dtype(spec["dtype"]):
             raise ExportError(
                 f"input {name!r} of component {component!r} must be {spec['dtype']}, got {array.dtype}; convert it with .astype"
