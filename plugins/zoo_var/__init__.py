@@ -1,0 +1,1 @@
+"""VAR: visual autoregressive modelling by next-scale prediction (Tian et al., NeurIPS 2024)."""

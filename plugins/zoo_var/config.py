@@ -1,0 +1,203 @@
+"""VAR's config, presets and sample options (pydantic only: no torch here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from zoo.config import SampleOptionsBase, ZooConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TokenizerConfig(_Section):
+    """The multi-scale VQVAE. Defaults are the official release (vae_ch160v4096z32)."""
+
+    resolution: int = Field(256, description="image side in pixels")
+    channels: int = Field(160, description="base width of the encoder/decoder (taming's `ch`)")
+    channel_multipliers: list[int] = Field(
+        [1, 1, 2, 2, 4], description="width multiplier per resolution; the latent is resolution / 2^(len-1)"
+    )
+    res_blocks: int = Field(2, description="residual blocks per resolution")
+    attention_resolutions: list[int] = Field(
+        [16], description="feature-map sides that get self-attention after each residual block"
+    )
+    mid_attention: bool = Field(True, description="self-attention in the middle block")
+    dropout: float = Field(0.0, description="dropout inside residual blocks")
+    latent_channels: int = Field(32, description="code vector size (Cvae)")
+    vocab_size: int = Field(4096, description="codebook size")
+    patch_nums: list[int] = Field(
+        [1, 2, 3, 4, 5, 6, 8, 10, 13, 16],
+        description="side of the token map at each scale, small to large; the last equals the latent side",
+    )
+    beta: float = Field(0.25, description="commitment loss weight")
+    phi_ratio: float = Field(0.5, description="r in phi(h) = (1 - r) h + r conv3x3(h); 0 disables phi")
+    phi_count: int = Field(
+        4,
+        description="phi convolutions: 0 one per scale (non-shared), 1 one for all scales (fully shared), "
+        "K >= 2 partially shared (the paper's 4)",
+    )
+    quant_conv_kernel: int = Field(3, description="kernel of quant_conv and post_quant_conv")
+    dead_code_threshold: float | None = Field(
+        0.01, description="a code whose running hits per batch fall below this is re-initialised; null disables"
+    )
+
+
+class TransformerConfig(_Section):
+    """The VAR transformer. Width and heads follow the paper's rule unless given."""
+
+    depth: int = Field(16, description="number of AdaLN self-attention blocks")
+    width: int | None = Field(None, description="embedding width; default 64 * depth")
+    heads: int | None = Field(None, description="attention heads; default depth")
+    mlp_ratio: float = Field(4.0, description="FFN hidden width / width")
+    drop_path: float | None = Field(None, description="stochastic depth of the last block; default 0.1 * depth / 24")
+    attention_l2_norm: bool = Field(True, description="L2-normalise queries and keys, with a learnable per-head scale")
+    shared_adaln: bool = Field(False, description="one AdaLN projection shared by all blocks (SharedAdaLin)")
+    num_classes: int = Field(1000, description="class labels; one more 'unconditional' class is added for CFG")
+    condition_dropout: float = Field(0.1, description="probability of replacing the class by the unconditional one")
+
+    @property
+    def resolved_width(self) -> int:
+        return self.width or 64 * self.depth
+
+    @property
+    def resolved_heads(self) -> int:
+        return self.heads or self.depth
+
+    @property
+    def resolved_drop_path(self) -> float:
+        return 0.1 * self.depth / 24 if self.drop_path is None else self.drop_path
+
+
+class TokenizerTraining(_Section):
+    steps: int = Field(20000, description="optimizer steps of the `tokenizer` stage")
+    batch_size: int = Field(32, description="images per step")
+    lr: float = Field(2e-4, description="peak learning rate (Adam)")
+    warmup_steps: int = Field(500, description="linear warm-up steps")
+    reconstruction_loss: Literal["l1", "mse"] = Field("mse", description="pixel reconstruction loss")
+    vq_weight: float = Field(1.0, description="weight of the quantiser loss (codebook + beta * commitment)")
+    perceptual_weight: float = Field(
+        0.0, description="weight of the perceptual loss (needs perceptual_weights); 0 disables"
+    )
+    perceptual_backbone: str = Field("vgg16", description="timm backbone of the perceptual loss")
+    perceptual_weights: Path | None = Field(
+        None, description="local safetensors file with the perceptual backbone's weights"
+    )
+    gan_weight: float = Field(0.0, description="weight of the PatchGAN adversarial loss; 0 disables")
+    gan_start: int = Field(2000, description="step at which the discriminator and the adversarial term start")
+    gan_lr: float = Field(2e-4, description="discriminator learning rate")
+
+
+class TransformerTraining(_Section):
+    steps: int = Field(100000, description="optimizer steps of the `transformer` stage")
+    batch_size: int = Field(256, description="token maps per step")
+    lr_per_256: float = Field(1e-4, description="base learning rate; the peak lr is lr_per_256 * batch_size / 256")
+    warmup_steps: int = Field(2000, description="linear warm-up steps")
+    weight_decay: float = Field(0.05, description="AdamW weight decay (matrices only)")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
+    clip_grad_norm: float = Field(2.0, description="gradient norm clip")
+    label_smoothing: float = Field(0.0, description="label smoothing of the cross-entropy")
+    validate_every: int = Field(500, description="steps between held-out token losses")
+
+
+class Config(ZooConfig):
+    data: str = Field(
+        "digits",
+        description="training images: digits | photos | textures | a folder (class subfolders become labels)",
+    )
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="the multi-scale VQVAE")
+    transformer: TransformerConfig = Field(default_factory=TransformerConfig, description="the VAR transformer")
+    tokenizer_training: TokenizerTraining = Field(default_factory=TokenizerTraining, description="stage `tokenizer`")
+    transformer_training: TransformerTraining = Field(
+        default_factory=TransformerTraining, description="stage `transformer`"
+    )
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> Config:
+        tokenizer, transformer = self.tokenizer, self.transformer
+        latent = tokenizer.resolution // 2 ** (len(tokenizer.channel_multipliers) - 1)
+        if tokenizer.resolution % 2 ** (len(tokenizer.channel_multipliers) - 1):
+            raise ValueError(f"tokenizer.resolution must be divisible by 2^{len(tokenizer.channel_multipliers) - 1}")
+        patch_nums = tokenizer.patch_nums
+        if len(patch_nums) < 2 or patch_nums != sorted(set(patch_nums)) or patch_nums[0] < 1:
+            raise ValueError("tokenizer.patch_nums must be at least 2 increasing sides, e.g. [1, 2, 3, 4]")
+        if patch_nums[-1] != latent:
+            raise ValueError(f"the last of tokenizer.patch_nums must be the latent side {latent}, got {patch_nums[-1]}")
+        if transformer.resolved_width % transformer.resolved_heads:
+            raise ValueError("transformer width must be a multiple of its heads")
+        return self
+
+
+_PAPER_TRANSFORMER_STEPS = {"steps": 200000, "batch_size": 768, "warmup_steps": 4000}
+
+PRESETS: dict[str, dict] = {
+    # 16 px digits: the 8x8 originals hold all the detail, so a 4x4 latent with 4 scales
+    # (1+4+9+16 = 30 tokens) reconstructs them and keeps both stages inside 15 CPU minutes.
+    "digits": {
+        "data": "digits",
+        "tokenizer": {
+            "resolution": 16,
+            "channels": 32,
+            "channel_multipliers": [1, 2, 2],
+            "res_blocks": 1,
+            "attention_resolutions": [],
+            "latent_channels": 16,
+            "vocab_size": 256,
+            "patch_nums": [1, 2, 3, 4],
+        },
+        # Half the paper's width rule (64 * depth = 256): a quarter of the compute per step,
+        # which the CPU budget needs, and still >= 90% of samples read as the asked-for digit.
+        "transformer": {"depth": 4, "width": 128, "heads": 4, "num_classes": 10},
+        "tokenizer_training": {"steps": 600, "batch_size": 64, "lr": 1e-3, "warmup_steps": 50},
+        # The paper's lr_per_256 = 1e-4 is tuned for 200k steps on ImageNet; a 4-block model
+        # that must learn in a few hundred CPU steps needs a far larger step, so this preset
+        # raises it (peak lr 1e-3 at batch 64).
+        "transformer_training": {
+            "steps": 600,
+            "batch_size": 64,
+            "lr_per_256": 4e-3,
+            "warmup_steps": 50,
+            "validate_every": 200,
+        },
+    },
+    # The paper's ImageNet 256px models; set `data` to an ImageNet-style folder (class
+    # subfolders become labels). "photos" only makes them trainable out of the box.
+    **{
+        f"d{depth}": {
+            "data": "photos",
+            "tokenizer": {"resolution": 256},
+            "transformer": {"depth": depth, "num_classes": 1000},
+            "transformer_training": _PAPER_TRANSFORMER_STEPS,
+        }
+        for depth in (16, 20, 24, 30)
+    },
+}
+
+
+class SampleOptions(SampleOptionsBase):
+    classes: list[int] | None = Field(
+        None,
+        description="class labels to draw (--class, several allowed); default: classes 0..9 (or all, if fewer); "
+        "with --edit the default is the unconditional class (plain in-/out-painting)",
+        json_schema_extra={"flags": ["--class"]},
+    )
+    n: int = Field(8, ge=1, description="images per class (the grid has one row per class)")
+    cfg: float = Field(4.0, ge=0, description="classifier-free guidance; ramps as cfg * k / (K - 1) over scales k")
+    top_k: int = Field(
+        900, ge=0, description="keep the k most likely codes (clamped to the vocabulary); 0 keeps all, 1 is greedy"
+    )
+    top_p: float = Field(0.96, ge=0, le=1, description="nucleus sampling mass; 0 disables")
+    gumbel: float = Field(
+        0.0,
+        ge=0,
+        description="Gumbel-softmax smoothing of the code vectors (the official `more_smooth`, which uses 0.27); 0 is off",
+    )
+    kv_cache: bool = Field(True, description="reuse keys/values of earlier scales; false recomputes every scale")
+    edit: Path | None = Field(None, description="image to edit: its tokens outside --mask are kept at every scale")
+    mask: Path | None = Field(
+        None, description="edit mask image: white = regenerate, black = keep; default: regenerate the centre half"
+    )

@@ -1,0 +1,231 @@
+"""VAR's sampling loop, torch-free: the same code drives the torch components (`zoo sample`)
+and the onnxruntime sessions (`zoo run`).
+
+Per scale k (of K): the transformer predicts all side_k^2 tokens at once (the batch doubled:
+conditional rows, then unconditional ones), guidance mixes them with t = cfg * k / (K - 1),
+top-k / top-p filter the logits, a code is drawn (argmax when top_k == 1), and `embed_k`
+adds its vectors to f_hat and returns the next scale's input. Editing keeps the edit
+image's tokens outside the mask at every scale (the paper's zero-shot in-/out-painting).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zoo.errors import ZooError
+from zoo.outputs import SampleOutput, to_uint8
+from zoo.runtime.loop import ModelRuntime
+from zoo_var.config import SampleOptions
+from zoo_var.scales import area_matrix, scale_starts
+
+DEFAULT_CLASSES = 10  # with no --class: classes 0..9 (all of them for the digits)
+
+
+@dataclass
+class Geometry:
+    """What the loop needs to know of the model, read from its config dict."""
+
+    patch_nums: list[int]
+    latent_channels: int
+    resolution: int
+    num_classes: int
+    depth: int
+    heads: int
+    head_dim: int
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Geometry:
+        tokenizer, transformer = config["tokenizer"], config["transformer"]
+        width = transformer["width"] or 64 * transformer["depth"]
+        heads = transformer["heads"] or transformer["depth"]
+        return cls(
+            patch_nums=list(tokenizer["patch_nums"]),
+            latent_channels=tokenizer["latent_channels"],
+            resolution=tokenizer["resolution"],
+            num_classes=transformer["num_classes"],
+            depth=transformer["depth"],
+            heads=heads,
+            head_dim=width // heads,
+        )
+
+
+@dataclass
+class EditTargets:
+    tokens: list[np.ndarray]  # per scale (side_k^2,) int64: the edit image's tokens
+    keep: list[np.ndarray]  # per scale (side_k^2,) bool: True where the edit image's token is kept
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    weights = np.exp(shifted)
+    return weights / weights.sum(axis=-1, keepdims=True)
+
+
+def filter_top_k_top_p(logits: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
+    """Set to -inf every logit outside the top k (k clamped to the vocabulary; 0 keeps all)
+    and outside the smallest set holding `top_p` of the mass (0 keeps all), as the official
+    `sample_with_top_k_top_p_`."""
+    logits = logits.astype(np.float64, copy=True)
+    vocab = logits.shape[-1]
+    if 0 < top_k < vocab:
+        kth_largest = np.partition(logits, vocab - top_k, axis=-1)[..., vocab - top_k : vocab - top_k + 1]
+        logits[logits < kth_largest] = -np.inf
+    if top_p > 0:
+        order = np.argsort(logits, axis=-1, kind="stable")  # ascending
+        cumulative = np.cumsum(softmax(np.take_along_axis(logits, order, axis=-1)), axis=-1)
+        remove_sorted = cumulative <= 1 - top_p
+        remove_sorted[..., -1] = False  # always keep the most likely code
+        remove = np.zeros_like(remove_sorted)
+        np.put_along_axis(remove, order, remove_sorted, axis=-1)
+        logits[remove] = -np.inf
+    return logits
+
+
+def draw(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One code per row of (B, l, V) filtered logits, by inverse-CDF sampling."""
+    cumulative = np.cumsum(softmax(logits), axis=-1)
+    uniform = rng.random(logits.shape[:-1])[..., None] * cumulative[..., -1:]
+    return np.minimum((cumulative < uniform).sum(axis=-1), logits.shape[-1] - 1).astype(np.int64)
+
+
+def gumbel_softmax(logits: np.ndarray, tau: float, rng: np.random.Generator) -> np.ndarray:
+    gumbels = -np.log(rng.exponential(size=logits.shape))
+    return softmax((logits + gumbels) / tau)
+
+
+def read_image(path: Path, size: int) -> np.ndarray:
+    """An image file -> (1, 3, size, size) float32 in [-1, 1]."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), np.float32)
+    except (OSError, ValueError) as error:
+        raise ZooError(f"cannot read edit image {path}: {error}") from None
+    return (pixels.transpose(2, 0, 1)[None] / 127.5 - 1.0).astype(np.float32)
+
+
+def read_mask(path: Path | None, side: int) -> np.ndarray:
+    """(side, side) float in [0, 1], 1 where the image is regenerated. White = regenerate;
+    with no mask file, the centre half of the image is regenerated."""
+    if path is None:
+        mask = np.zeros((side, side))
+        low, high = round(side / 4), round(3 * side / 4)
+        mask[low:high, low:high] = 1.0
+        return mask
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L").resize((side, side), Image.Resampling.BOX), np.float64) / 255.0
+    except (OSError, ValueError) as error:
+        raise ZooError(f"cannot read edit mask {path}: {error}") from None
+
+
+class VARRuntime(ModelRuntime):
+    options_class = SampleOptions
+
+    def sample(self, options: SampleOptions) -> SampleOutput:
+        geometry = Geometry.from_config(self.config)
+        labels = self._labels(options, geometry)
+        edit = self._edit_targets(options, geometry) if options.edit is not None else None
+        rng = np.random.default_rng(options.seed)
+        tokens, f_hat = self._generate(labels, options, geometry, rng, edit)
+        images = self.components("decoder", f_hat=f_hat)["image"]
+        return SampleOutput(images=to_uint8(images), columns=options.n, extras={"tokens": tokens, "labels": labels})
+
+    def _labels(self, options: SampleOptions, geometry: Geometry) -> np.ndarray:
+        """Each class repeated n times; class -1 (or the null class) is unconditional."""
+        if options.classes:
+            classes = list(options.classes)
+        elif options.edit is not None:
+            classes = [geometry.num_classes]
+        else:
+            classes = list(range(min(DEFAULT_CLASSES, geometry.num_classes)))
+        for label in classes:
+            if not -1 <= label <= geometry.num_classes:
+                raise ZooError(
+                    f"class {label} is out of range: this model has classes 0..{geometry.num_classes - 1} "
+                    f"(-1 draws unconditionally)"
+                )
+        classes = [geometry.num_classes if label == -1 else label for label in classes]
+        return np.repeat(np.asarray(classes, np.int64), options.n)
+
+    def _edit_targets(self, options: SampleOptions, geometry: Geometry) -> EditTargets:
+        image = read_image(options.edit, geometry.resolution)
+        tokens = self.components("encoder", image=image)["tokens"][0]  # (L,)
+        side = geometry.patch_nums[-1]
+        keep_latent = 1.0 - read_mask(options.mask, side)  # 1 keeps the edit image
+        starts = scale_starts(geometry.patch_nums)
+        per_scale_tokens, per_scale_keep = [], []
+        for k, scale_side in enumerate(geometry.patch_nums):
+            rows = area_matrix(side, scale_side)
+            keep = (rows @ keep_latent @ rows.T) > 0.5
+            if scale_side * scale_side <= 3:
+                keep[:] = True  # the coarsest maps carry the global layout: take them from the image
+            per_scale_tokens.append(tokens[starts[k] : starts[k + 1]].astype(np.int64))
+            per_scale_keep.append(keep.reshape(-1))
+        return EditTargets(per_scale_tokens, per_scale_keep)
+
+    def _generate(
+        self,
+        labels: np.ndarray,
+        options: SampleOptions,
+        geometry: Geometry,
+        rng: np.random.Generator,
+        edit: EditTargets | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Scale by scale: returns the tokens (B, L) int64 and the final f_hat (B, C, h, w)."""
+        batch, channels, patch_nums = len(labels), geometry.latent_channels, geometry.patch_nums
+        num_scales, starts = len(patch_nums), scale_starts(patch_nums)
+        codebook = self.arrays["codebook"].astype(np.float32)  # (V, C)
+        # Guidance: the first half of the doubled batch is conditional, the second unconditional.
+        both_labels = np.concatenate([labels, np.full_like(labels, geometry.num_classes)])
+        empty_cache = np.zeros(
+            (geometry.depth, 2, 2 * batch, geometry.heads, 0, geometry.head_dim), np.float32
+        )
+        cache = empty_cache
+        f_hat = np.zeros((batch, channels, patch_nums[-1], patch_nums[-1]), np.float32)
+        scale_input = np.zeros((batch, patch_nums[0] ** 2, channels), np.float32)  # unused: scale 0 starts from SOS
+        all_inputs: list[np.ndarray] = []  # the no-cache path recomputes from these
+        tokens = []
+        for k in range(num_scales):
+            start, end = starts[k], starts[k + 1]
+            doubled_input = np.concatenate([scale_input, scale_input])
+            if options.kv_cache:
+                out = self.components(
+                    "transformer_step", labels=both_labels, scale_inputs=doubled_input,
+                    positions=np.arange(start, end, dtype=np.int64), cache=cache,
+                )
+                cache, logits = out["new_cache"], out["logits"]
+            else:
+                all_inputs.append(doubled_input)
+                out = self.components(
+                    "transformer_step", labels=both_labels, scale_inputs=np.concatenate(all_inputs, axis=1),
+                    positions=np.arange(0, end, dtype=np.int64), cache=empty_cache,
+                )
+                logits = out["logits"][:, start:end]
+            ratio = k / (num_scales - 1)
+            guidance = options.cfg * ratio
+            logits = (1 + guidance) * logits[:batch] - guidance * logits[batch:]  # (B, l, V)
+            filtered = filter_top_k_top_p(logits, options.top_k, options.top_p)
+            scale_tokens = filtered.argmax(axis=-1) if options.top_k == 1 else draw(filtered, rng)
+            if options.gumbel > 0:
+                tau = max(options.gumbel * (1 - 0.95 * ratio), 0.005)  # sharper at finer scales, as MaskGIT
+                codes = (gumbel_softmax(filtered * (1 + ratio), tau, rng) @ codebook).astype(np.float32)
+            else:
+                codes = codebook[scale_tokens]  # (B, l, C)
+            if edit is not None:
+                keep = edit.keep[k]
+                scale_tokens = np.where(keep[None], edit.tokens[k][None], scale_tokens)
+                codes = np.where(keep[None, :, None], codebook[edit.tokens[k]][None], codes)
+            tokens.append(scale_tokens.astype(np.int64))
+            out = self.components(f"embed_{k}", codes=np.ascontiguousarray(codes, np.float32), f_hat=f_hat)
+            f_hat = out["new_f_hat"]
+            if k < num_scales - 1:
+                scale_input = out["next_input"]
+        return np.concatenate(tokens, axis=1), f_hat

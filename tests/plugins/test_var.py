@@ -1,0 +1,287 @@
+"""The var plugin: quantiser, transformer mask and cache, training, paper sizes, export, editing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from zoo.errors import ConfigError, ZooError
+from zoo.config import resolve
+from zoo_var.config import PRESETS, Config, SampleOptions
+from zoo_var.model import VARModel
+from zoo_var.plugin import VARPlugin, transformer_parameter_count
+from zoo_var.runtime import filter_top_k_top_p
+from zoo_var.scales import area_matrix
+from zoo_var.tokenizer import bicubic_matrix, phi_index_per_scale, resample
+
+TINY = {
+    "tokenizer": {
+        "resolution": 16,
+        "channels": 8,
+        "channel_multipliers": [1, 2, 2],
+        "res_blocks": 1,
+        "attention_resolutions": [],
+        "latent_channels": 8,
+        "vocab_size": 32,
+        "patch_nums": [1, 2, 3, 4],
+    },
+    "transformer": {"depth": 2, "width": 32, "heads": 2, "num_classes": 10},
+    "tokenizer_training": {"steps": 60, "batch_size": 32, "lr": 3e-3, "warmup_steps": 5},
+    "transformer_training": {"steps": 200, "batch_size": 32, "lr_per_256": 2e-2, "warmup_steps": 10, "validate_every": 100},
+}
+
+
+def tiny_config(**overrides) -> Config:
+    return resolve(Config, PRESETS["digits"], overrides={**TINY, **overrides})
+
+
+def randomised_model(config: Config, seed: int = 0) -> VARModel:
+    """A model whose blocks are not near the identity (the official init starts the gates at ~0)."""
+    torch.manual_seed(seed)
+    model = VARModel(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    return model
+
+
+def scale_logits(model: VARModel, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    quantizer = model.quantizer
+    with torch.no_grad():
+        return model.transformer(labels, quantizer.teacher_forcing_input(quantizer.split_scales(tokens)))
+
+
+# -- tokenizer ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("side", [1, 2, 3, 5, 6, 8, 10, 13])
+def test_resampling_matrices_are_torch_interpolate(side):
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    area = torch.from_numpy(area_matrix(16, side))
+    assert torch.allclose(resample(x, area), F.interpolate(x, size=(side, side), mode="area"), atol=1e-12)
+    y = torch.randn(2, 3, side, side, dtype=torch.float64)
+    expected = F.interpolate(y, size=(16, 16), mode="bicubic", align_corners=False)
+    assert torch.allclose(resample(y, bicubic_matrix(side, 16)), expected, atol=1e-12)
+
+
+def test_phi_selection_follows_the_official_ticks():
+    # partially shared (4 convs, ticks linspace(1/12, 11/12, 4)) over the paper's 10 scales
+    assert phi_index_per_scale(10, 4) == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]
+    assert phi_index_per_scale(10, 0) == list(range(10))  # non-shared
+    assert phi_index_per_scale(10, 1) == [0] * 10  # fully shared
+
+
+def test_quantizer_paths_agree_and_gradients_pass_straight_through():
+    config = tiny_config()
+    torch.manual_seed(0)
+    model = VARModel(config)
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    model.train()
+    out = model.tokenizer(images)  # training mode: dead codes are restarted from the data
+    (F.mse_loss(out.reconstruction, images) + out.vq_loss).backward()
+    assert model.tokenizer.encoder.conv_in.weight.grad.abs().sum() > 0  # through the straight-through estimator
+    assert model.quantizer.codebook.grad.abs().sum() > 0  # codebook learns from the quantiser loss
+    assert model.quantizer.usage_fraction() > 0
+
+    model.eval()
+    quantizer = model.quantizer
+    with torch.no_grad():
+        features = model.tokenizer.features(images)
+        forward = quantizer(features)
+        tokens = model.tokenizer.encode_indices(images)
+        scales = quantizer.split_scales(tokens)
+        assert all(torch.equal(a, b) for a, b in zip(scales, forward.indices))
+        assert torch.allclose(quantizer.fhat_from_indices(scales), forward.quantized, atol=1e-5)
+        # the teacher-forcing input of training is what the sampling steps feed forward
+        f_hat = torch.zeros_like(features)
+        next_inputs = []
+        for k, scale_tokens in enumerate(scales):
+            f_hat, next_input = quantizer.add_scale(k, quantizer.lookup(scale_tokens), f_hat)
+            if next_input is not None:
+                next_inputs.append(next_input)
+        assert torch.allclose(torch.cat(next_inputs, 1), quantizer.teacher_forcing_input(scales), atol=1e-5)
+        assert torch.allclose(f_hat, forward.quantized, atol=1e-5)
+
+
+def test_dead_codes_are_restarted_from_data():
+    config = tiny_config()
+    model = VARModel(config).train()
+    quantizer = model.quantizer
+    quantizer.codebook.data.zero_()  # every code collapsed onto one vector
+    quantizer.usage.fill_(1.0)
+    quantizer.usage[1:] = 0.0  # all but code 0 look dead
+    with torch.no_grad():
+        quantizer(torch.randn(4, 8, 4, 4))
+    assert torch.unique(quantizer.codebook.data, dim=0).shape[0] > 16
+
+
+# -- transformer ----------------------------------------------------------------------------
+
+
+def test_a_token_changes_no_logits_of_its_own_or_earlier_scales():
+    config = tiny_config()
+    model = randomised_model(config)
+    starts = model.quantizer.scale_starts  # [0, 1, 5, 14, 30]
+    tokens = torch.randint(0, 32, (2, starts[-1]))
+    labels = torch.tensor([3, 10])
+    before = scale_logits(model, tokens, labels)
+    for k in range(3):
+        changed = tokens.clone()
+        changed[:, starts[k]] = (changed[:, starts[k]] + 1) % 32
+        after = scale_logits(model, changed, labels)
+        difference = (after - before).abs().amax(dim=(0, 2))  # per position
+        assert difference[: starts[k + 1]].max() == 0  # scales <= k untouched
+        assert difference[starts[k + 1] :].max() > 1e-4  # later scales see it
+
+
+def test_the_mask_hides_later_inputs_within_one_forward():
+    model = randomised_model(tiny_config())
+    starts = model.quantizer.scale_starts
+    labels = torch.tensor([1, 2])
+    teacher = torch.randn(2, starts[-1] - 1, 8)
+    with torch.no_grad():
+        before = model.transformer(labels, teacher)
+        for k in (1, 2, 3):
+            changed = teacher.clone()
+            changed[:, starts[k] - 1 : starts[k + 1] - 1] += 1.0  # the input of scale k
+            difference = (model.transformer(labels, changed) - before).abs().amax(dim=(0, 2))
+            assert difference[: starts[k]].max() == 0
+            assert difference[starts[k] : starts[k + 1]].min() > 0  # tokens of one scale see each other
+
+
+def test_kv_cache_sampling_equals_full_recompute():
+    config = tiny_config()
+    model = randomised_model(config)
+    plugin = VARPlugin()
+    options = dict(classes=[0, 7], n=2, top_k=1, cfg=1.5)
+    cached = plugin.sample(model, config, SampleOptions(**options), torch.device("cpu"))
+    full = plugin.sample(model, config, SampleOptions(**options, kv_cache=False), torch.device("cpu"))
+    assert cached.extras["tokens"].shape == (4, 30)
+    np.testing.assert_array_equal(cached.extras["tokens"], full.extras["tokens"])
+    assert len(np.unique(cached.extras["tokens"])) > 3  # not a degenerate constant sample
+    np.testing.assert_array_equal(cached.images, full.images)
+
+
+def test_top_k_top_p_filters_like_the_official_sampler():
+    logits = np.log(np.array([[[0.5, 0.3, 0.15, 0.05]]]))
+    assert np.isfinite(filter_top_k_top_p(logits, 2, 0.0)).tolist() == [[[True, True, False, False]]]
+    assert np.isfinite(filter_top_k_top_p(logits, 900, 0.0)).all()  # k clamped to the vocabulary
+    assert np.isfinite(filter_top_k_top_p(logits, 0, 0.7)).tolist() == [[[True, True, False, False]]]
+    assert np.isfinite(filter_top_k_top_p(logits, 0, 0.1)).tolist() == [[[True, False, False, False]]]
+
+
+def test_sample_options_reject_unknown_classes():
+    config = tiny_config()
+    with pytest.raises(ZooError, match="out of range"):
+        VARPlugin().sample(VARModel(config), config, SampleOptions(classes=[10 + 5]), torch.device("cpu"))
+
+
+# -- config and paper sizes -------------------------------------------------------------------
+
+
+def test_patch_nums_must_end_at_the_latent_side():
+    with pytest.raises(ConfigError, match="latent side"):
+        resolve(Config, PRESETS["digits"], overrides={"tokenizer": {"patch_nums": [1, 2, 3]}})
+
+
+@pytest.mark.parametrize("preset, paper", [("d16", 310e6), ("d20", 600e6), ("d24", 1.03e9), ("d30", 2.0e9)])
+def test_paper_presets_have_the_paper_sizes(preset, paper):
+    config = resolve(Config, PRESETS[preset])
+    with torch.device("meta"):
+        model = VARPlugin().build(config)
+    count = transformer_parameter_count(model)
+    assert abs(count - paper) / paper < 0.02, f"{preset}: {count / 1e6:.1f}M parameters, the paper says {paper / 1e6:.0f}M"
+    assert config.transformer.resolved_width == 64 * config.transformer.depth
+    assert config.tokenizer.vocab_size == 4096 and config.tokenizer.latent_channels == 32
+
+
+# -- training, export and editing ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    import zoo.api
+
+    run_dir = tmp_path_factory.mktemp("var") / "run"
+    run = zoo.api.train("var", overrides=TINY, run_dir=run_dir, device="cpu", log_every=10)
+    return run
+
+
+def test_both_stages_train_and_the_losses_go_down(trained_run):
+    rows = [json.loads(line) for line in (trained_run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    tokenizer = [r for r in rows if r.get("stage") == "tokenizer" and "reconstruction" in r]
+    transformer = [r for r in rows if r.get("stage") == "transformer" and "loss" in r]
+    assert tokenizer[-1]["reconstruction"] < 0.5 * tokenizer[0]["reconstruction"]
+    assert transformer[-1]["loss"] < transformer[0]["loss"] - 0.5  # nats per token
+    assert (trained_run.run_dir / "cache" / "var-tokens-train.safetensors").is_file()
+    assert (trained_run.run_dir / "samples" / "transformer.png").is_file()
+
+
+def test_optional_gan_term_trains_a_discriminator(tmp_path):
+    import zoo.api
+
+    overrides = {**TINY, "tokenizer_training": {**TINY["tokenizer_training"], "steps": 6, "gan_weight": 0.1, "gan_start": 2}}
+    zoo.api.train("var", overrides=overrides, run_dir=tmp_path / "run", stage="tokenizer", device="cpu", log_every=1)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "discriminator/loss" not in rows[1] and "discriminator/loss" in rows[2]  # from gan_start on
+    assert all(np.isfinite(r["tokenizer/adversarial"]) for r in rows[2:] if "tokenizer/adversarial" in r)
+
+
+def test_perceptual_loss_without_weights_is_a_clear_error(tmp_path):
+    import zoo.api
+
+    overrides = {**TINY, "tokenizer_training": {**TINY["tokenizer_training"], "steps": 2, "perceptual_weight": 1.0}}
+    with pytest.raises(ZooError, match="perceptual_weights"):
+        zoo.api.train("var", overrides=overrides, run_dir=tmp_path / "run", stage="tokenizer", device="cpu")
+
+
+def test_evaluate_reports_the_issue_metrics(trained_run):
+    metrics = trained_run.plugin.evaluate(trained_run.model, trained_run.config, torch.device("cpu"))
+    for key in ("tokenizer_psnr", "codebook_usage", "token_accuracy", "token_nll", "sample_accuracy", "sample_accuracy_9"):
+        assert key in metrics
+    assert metrics["tokenizer_psnr"] > 10 and 0 < metrics["codebook_usage"] <= 1
+    assert metrics["token_nll"] < np.log(32)  # better than uniform over the codebook
+
+
+def test_greedy_onnx_sampling_gives_the_torch_tokens(trained_run, tmp_path):
+    from zoo_onnx import export_model
+
+    import zoo.runtime
+
+    # every graph sampling needs (the encoder, used only for editing, is left out for time)
+    sampling = ["transformer_step", "embed_0", "embed_1", "embed_2", "embed_3", "decoder"]
+    manifest = export_model(trained_run.plugin, trained_run.model, trained_run.config, tmp_path / "export",
+                            components=sampling)
+    assert sorted(manifest["components"]) == sorted(sampling)
+    options = SampleOptions(classes=[2, 5], n=2, top_k=1)
+    torch_output = trained_run.plugin.sample(trained_run.model, trained_run.config, options, torch.device("cpu"))
+    onnx_output = zoo.runtime.load(tmp_path / "export").sample(options)
+    np.testing.assert_array_equal(onnx_output.extras["tokens"], torch_output.extras["tokens"])
+    assert np.abs(onnx_output.images.astype(int) - torch_output.images.astype(int)).max() <= 1
+
+
+def test_editing_keeps_the_tokens_outside_the_mask(trained_run, tmp_path):
+    from zoo.data import digits
+
+    config = trained_run.config
+    image = digits(16, split="test")[0]["image"]
+    Image.fromarray(((image.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)).save(tmp_path / "edit.png")
+    mask = np.zeros((16, 16), np.uint8)
+    mask[:, 8:] = 255  # regenerate the right half
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    options = SampleOptions(classes=[7], n=3, edit=tmp_path / "edit.png", mask=tmp_path / "mask.png", seed=1)
+    output = trained_run.plugin.sample(trained_run.model, config, options, torch.device("cpu"))
+
+    with torch.no_grad():
+        edited = torch.from_numpy(np.asarray(Image.open(tmp_path / "edit.png"), np.float32)).permute(2, 0, 1)[None]
+        source = trained_run.model.tokenizer.encode_indices(edited / 127.5 - 1).numpy()[0]
+    tokens = output.extras["tokens"]  # (3, 30)
+    last = tokens[:, 14:].reshape(3, 4, 4)
+    np.testing.assert_array_equal(last[:, :, :2], np.broadcast_to(source[14:].reshape(4, 4)[:, :2], (3, 4, 2)))
+    assert tokens[:, 0].tolist() == [source[0]] * 3  # the 1x1 scale always comes from the image
+    assert (last[:, :, 2:] != source[14:].reshape(4, 4)[None, :, 2:]).any()  # the right half was regenerated
