@@ -137,7 +137,7 @@ def engravings_step(threads: int) -> None:
         dataset = stage.dataset(StageContext(model, config, Path(cache), torch.device("cpu")))
     batch = default_collate([dataset[0]])
     params = trained_parameters(model, spec)
-    optimizer = build_optimizer(spec, params)
+    optimizer = build_optimizer(spec, model)
     start = time.perf_counter()
     losses = spec.loss(model, batch, StepContext(0, 1, torch.device("cpu")))
     losses["loss"].backward()

@@ -252,7 +252,8 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
     table = Table(*header)
     for row in rows:
         table.add_row(*[str(cell) for cell in row])
-    Console().print(table)
+    # Piped output is read by people and scripts alike: do not truncate cells to 80 columns.
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 def _report_failures(registry) -> None:

@@ -61,6 +61,7 @@ class Optimizer:
     algorithm: Literal["adamw", "adam"] = "adamw"
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0  # never applied to biases, norms and gains (parameters with ndim < 2)
+    no_weight_decay: tuple[str, ...] = ()  # parameter-name substrings also exempt from weight decay
     warmup_steps: int = 0
     schedule: Literal["cosine", "constant"] = "cosine"
     min_lr_ratio: float = 0.0  # the cosine schedule ends at lr * min_lr_ratio

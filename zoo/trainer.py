@@ -85,22 +85,30 @@ def lr_factor(spec: Optimizer, step: int, total: int) -> float:
 
 
 def trained_parameters(model: nn.Module, spec: Optimizer) -> list[nn.Parameter]:
+    return [param for _, param in named_trained_parameters(model, spec)]
+
+
+def named_trained_parameters(model: nn.Module, spec: Optimizer) -> list[tuple[str, nn.Parameter]]:
+    """The parameters of the optimizer's modules, once each, with their names in the model."""
+    names = {id(param): name for name, param in model.named_parameters()}
     seen: set[int] = set()
-    params = []
+    named = []
     for module in spec.modules(model):
         for param in module.parameters():
             if id(param) not in seen:
                 seen.add(id(param))
-                params.append(param)
-    return params
+                named.append((names.get(id(param), ""), param))
+    return named
 
 
-def build_optimizer(spec: Optimizer, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    # Weight decay on matrices and kernels only, never on biases, norms and gains.
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": spec.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
+def build_optimizer(spec: Optimizer, model: nn.Module) -> torch.optim.Optimizer:
+    # Weight decay on matrices and kernels only, never on biases, norms and gains, nor on
+    # the parameters the plugin names in `no_weight_decay` (e.g. position embeddings).
+    decayed, exempt = [], []
+    for name, param in named_trained_parameters(model, spec):
+        skip = param.ndim < 2 or any(part in name for part in spec.no_weight_decay)
+        (exempt if skip else decayed).append(param)
+    groups = [{"params": decayed, "weight_decay": spec.weight_decay}, {"params": exempt, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     algorithm = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[spec.algorithm]
     return algorithm(groups, lr=spec.lr, betas=spec.betas)
@@ -210,7 +218,7 @@ class Trainer:
             stage.on_start(model, context)
             freeze_all_but(model, stage)
         param_lists = [trained_parameters(model, spec) for spec in stage.optimizers]
-        optimizers = [build_optimizer(spec, params) for spec, params in zip(stage.optimizers, param_lists)]
+        optimizers = [build_optimizer(spec, model) for spec in stage.optimizers]
         ema = ({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
                if stage.ema_decay else None)
         validation = {"best": math.inf, "bad": 0, "best_weights": None}

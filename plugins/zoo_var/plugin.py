@@ -228,6 +228,8 @@ class VARPlugin(ModelPlugin):
                     algorithm="adamw",
                     betas=tuple(transformer_training.betas),
                     weight_decay=transformer_training.weight_decay,
+                    # as the official code: no decay on position/level embeddings and AdaLN gains
+                    no_weight_decay=("pos_start", "position_embedding", "level_embedding", "ada_gss", "log_scale"),
                     warmup_steps=transformer_training.warmup_steps,
                     min_lr_ratio=0.01,
                     clip_grad_norm=transformer_training.clip_grad_norm,

@@ -184,3 +184,14 @@ def test_cuda_asked_for_without_a_gpu_is_a_clear_error():
     assert choose_device("auto").type == "cpu"
     with pytest.raises(ZooError, match="no usable CUDA GPU"):
         choose_device("cuda")
+
+
+def test_weight_decay_skips_vectors_and_named_parameters():
+    from zoo.trainer import build_optimizer
+
+    model = ToyPlugin().build(ToyConfig())
+    spec = ToyPlugin().stages(ToyConfig())[0].optimizers[0]
+    spec.weight_decay, spec.no_weight_decay = 0.1, ("generator.3.",)
+    decayed, exempt = build_optimizer(spec, model).param_groups
+    assert [p.shape for p in decayed["params"]] == [torch.Size([16, 4])] and decayed["weight_decay"] == 0.1
+    assert len(exempt["params"]) == 3 and exempt["weight_decay"] == 0.0
