@@ -42,8 +42,12 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return images.astype(np.uint8).transpose(0, 2, 3, 1)
 
 
-def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> Image.Image:
-    """Tile (N, H, W, 3) uint8 images into one picture with a white border."""
+def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 2, min_side: int = 64) -> Image.Image:
+    """Tile (N, H, W, 3) uint8 images into one picture with a white border; images smaller
+    than `min_side` are enlarged by whole pixels (nearest) so a 16px digit is visible."""
+    factor = max(1, min_side // max(images.shape[1], images.shape[2]))
+    if factor > 1:
+        images = images.repeat(factor, axis=1).repeat(factor, axis=2)
     n, h, w, _ = images.shape
     columns = columns or math.ceil(math.sqrt(n))
     rows = math.ceil(n / columns)
