@@ -50,6 +50,11 @@ def average_gradients(parameters: list[torch.nn.Parameter], world: WorldInfo) ->
         offset += grad.numel()
 
 
+def barrier(world: WorldInfo) -> None:
+    if world.world_size > 1:
+        dist.barrier()
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

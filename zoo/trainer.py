@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Sampler, default_collate
 from zoo import checkpoint as ckpt
 from zoo.config import ZooConfig
 from zoo.device import Precision, autocast, choose_device
-from zoo.distributed import WorldInfo, average_gradients, init_from_env
+from zoo.distributed import WorldInfo, average_gradients, barrier, init_from_env, shutdown
 from zoo.errors import DataError, RunError, TrainingError, UnknownNameError
 from zoo.plugin import ModelPlugin, Optimizer, Stage, StageContext, StepContext
 from zoo.progress import Mode, Reporter, make_reporter
@@ -162,6 +162,7 @@ class Trainer:
             if existing["config"] != record["config"]:
                 raise RunError(f"{self.run_dir} was trained with another config; resume it without "
                                f"--set/--preset changes or pick another --out")
+        barrier(self.world)  # every process checks before rank 0 writes
         if self.world.is_main and not config_path.exists():
             ckpt.atomic_write_json(config_path, record)
 
@@ -203,6 +204,7 @@ class Trainer:
             self._run_stage(model, stage, index, completed, resume_state)
             completed = [s for s in completed if s != stage.name] + [stage.name]
             state = {}
+        shutdown()
         return model
 
     def _run_stage(self, model: nn.Module, stage: Stage, index: int, completed: list[str],
