@@ -19,7 +19,6 @@ import argparse
 import importlib
 import json
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ import zoo.runtime  # noqa: E402
 from zoo.config import validate  # noqa: E402
 from zoo.plugin import Component, ModelPlugin  # noqa: E402
 from zoo_onnx import export_model  # noqa: E402
+from timing import median_seconds
 
 BATCHES = (1, 16)
 RESULTS = ROOT / "benchmarks" / "results"
@@ -56,15 +56,6 @@ class MergedComponents:
         return self.exports[name].components(name, **inputs)
 
 
-def median_seconds(run: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def batched_inputs(component: Component, batch: int) -> dict[str, torch.Tensor] | None:

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,19 +38,12 @@ from zoo_multimodal_caption.config import PRESETS, CaptionConfig, CaptionSampleO
 from zoo_multimodal_caption.data import captioned_images  # noqa: E402
 from zoo_multimodal_caption.plugin import MultimodalCaptionPlugin  # noqa: E402
 from zoo_onnx import export_model  # noqa: E402
+from timing import median_seconds
 
 RESULTS = ROOT / "benchmarks" / "results" / "multimodal_caption.md"
 CAPTION_BATCHES = (1, 32)
 
 
-def median_seconds(run: Callable[[], object], repeats: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def train_shapes(run_dir: Path) -> tuple[zoo.api.Run, list[str]]:

@@ -14,12 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +35,7 @@ from zoo_onnx import export_model  # noqa: E402
 from zoo_var.config import PRESETS, Config, SampleOptions  # noqa: E402
 from zoo_var.plugin import VARPlugin, transformer_parameter_count  # noqa: E402
 from zoo_var.scales import scale_starts  # noqa: E402
+from timing import median_seconds
 
 RESULTS = ROOT / "benchmarks" / "results" / "var.md"
 
@@ -65,14 +64,6 @@ class TimedComponents:
         return out
 
 
-def median(run: Callable[[], object], repeats: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def table(header: list[str], rows: list[list[object]]) -> str:
@@ -170,11 +161,11 @@ def engines(run: zoo.api.Run, workdir: Path, repeats: int) -> str:
         numpy_inputs = {name: value.numpy() for name, value in inputs.items()}
         module = component.module.eval()
         with torch.inference_mode():
-            torch_ms = median(lambda: module(*args), repeats) * 1e3
+            torch_ms = median_seconds(lambda: module(*args), repeats) * 1e3
         cells = [component.name, f"{torch_ms:.2f}"]
         for precision in ("fp32", "int8"):
             loaded = exports[precision][0]
-            seconds = median(lambda: loaded.components(component.name, **numpy_inputs), repeats)
+            seconds = median_seconds(lambda: loaded.components(component.name, **numpy_inputs), repeats)
             cells += [f"{seconds * 1e3:.2f}", worst_error(manifests[precision], component.name)]
         rows.append(cells)
     text = table(["component", "torch ms", "ort fp32 ms", "fp32 error", "ort int8 ms", "int8 error"], rows)
@@ -182,13 +173,13 @@ def engines(run: zoo.api.Run, workdir: Path, repeats: int) -> str:
     options = SampleOptions(top_k=1)
     reference = plugin.sample(model, config, options, torch.device("cpu"))
     classifier = DigitsClassifier()
-    sample_rows = [["torch", f"{median(lambda: plugin.sample(model, config, options, torch.device('cpu')), repeats) * 1e3:.0f}",
+    sample_rows = [["torch", f"{median_seconds(lambda: plugin.sample(model, config, options, torch.device('cpu')), repeats) * 1e3:.0f}",
                     "1.000", f"{_accuracy(classifier, reference):.3f}", "-"]]
     for precision in ("fp32", "int8"):
         loaded, export_seconds = exports[precision]
         output = loaded.sample(options)
         agreement = (output.extras["tokens"] == reference.extras["tokens"]).mean()
-        sample_rows.append([f"onnxruntime {precision}", f"{median(lambda: loaded.sample(options), repeats) * 1e3:.0f}",
+        sample_rows.append([f"onnxruntime {precision}", f"{median_seconds(lambda: loaded.sample(options), repeats) * 1e3:.0f}",
                             f"{agreement:.3f}", f"{_accuracy(classifier, output):.3f}", f"{export_seconds:.0f}"])
     text += "\n\nGreedy sampling (top_k 1, 10 classes x 8 images), whole loop:\n\n" + table(
         ["engine", "ms", "tokens equal to torch", "sample accuracy", "export + validation s"], sample_rows)

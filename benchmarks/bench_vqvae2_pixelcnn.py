@@ -37,19 +37,12 @@ from zoo_onnx import export_model  # noqa: E402
 from zoo.config import resolve  # noqa: E402
 from zoo_vqvae2_pixelcnn.config import PRESETS, VQVAE2Config, VQVAE2SampleOptions  # noqa: E402
 from zoo_vqvae2_pixelcnn.plugin import VQVAE2PixelCNNPlugin  # noqa: E402
+from timing import median_seconds
 
 RESULTS = ROOT / "benchmarks" / "results" / "vqvae2_pixelcnn.md"
 CPU = torch.device("cpu")
 
 
-def median(run: Callable[[], object], repeats: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def once(run: Callable[[], object]) -> float:
@@ -111,7 +104,7 @@ def sampling(plugin: VQVAE2PixelCNNPlugin, model: torch.nn.Module, config: VQVAE
                 if naive and batch > 1:
                     seconds[naive] = once(lambda: sample(options))
                 else:
-                    seconds[naive] = median(lambda: sample(options), repeats)
+                    seconds[naive] = median_seconds(lambda: sample(options), repeats)
             rows.append([engine, batch, f"{seconds[True] / batch * 1e3:.1f}", f"{seconds[False] / batch * 1e3:.2f}",
                          f"{seconds[True] / seconds[False]:.1f}x"])
     return table(["engine", "batch", "naive ms/image", "fast ms/image", "speed-up"], rows)

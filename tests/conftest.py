@@ -52,5 +52,19 @@ def example_plugin_env(example_site, monkeypatch):
     reset_registry()
 
 
+BLOCK_TORCH = """
+import importlib.abc, sys
+
+class BlockTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+        return None
+
+sys.meta_path.insert(0, BlockTorch())
+"""
+"""Python source that makes `import torch` fail: for proving the runtime needs no torch."""
+
+
 def zoo_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "zoo", *args]

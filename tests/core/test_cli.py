@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -12,7 +13,8 @@ import pytest
 from PIL import Image
 
 import zoo
-from tests.conftest import zoo_command
+import zoo.api
+from tests.conftest import BLOCK_TORCH, zoo_command
 from zoo.cli import main
 
 
@@ -69,9 +71,7 @@ def test_sample_eval_and_info_on_the_run(trained_run, tmp_path, capsys, example_
 
 
 def test_python_api(trained_run, example_plugin_env):
-    import zoo.api
-    import zoo.trainer  # noqa: F401  (a submodule must not shadow the API function)
-
+    importlib.import_module("zoo.trainer")  # a submodule must not shadow the API function
     assert zoo.train is zoo.api.train
     assert "tiny_autoencoder" in zoo.list_models()
     plugin, config, model = zoo.create_model("tiny_autoencoder", preset="fast", width=8)
@@ -162,18 +162,6 @@ def test_json_progress_mode(tmp_path, example_site):
     assert events[0] == {"event": "stage_start", "stage": "autoencoder", "total": 20, "done": 0}
     assert [e["step"] for e in steps] == [10, 20] and all(e["images_per_s"] > 0 for e in steps)
 
-
-BLOCK_TORCH = """
-import importlib.abc, sys
-
-class BlockTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-        return None
-
-sys.meta_path.insert(0, BlockTorch())
-"""
 
 
 def test_export_then_run_without_torch_matches_sample(trained_run, tmp_path, capsys, example_plugin_env, example_site):

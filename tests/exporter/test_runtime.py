@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 
 import zoo.runtime
-from tests.conftest import EXAMPLE, ROOT
+from tests.conftest import BLOCK_TORCH, EXAMPLE, ROOT
 from tests.exporter.tiny_export_runtime import TinyRuntime, TinySampleOptions
 from zoo.config import SampleOptionsBase
 from zoo.errors import ConfigError, ExportError, UnknownNameError
@@ -190,16 +190,8 @@ def test_missing_directory(tmp_path):
         zoo.runtime.load(tmp_path / "nowhere")
 
 
-BLOCK_TORCH = """
-import importlib.abc, json, sys
-
-class BlockTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-        return None
-
-sys.meta_path.insert(0, BlockTorch())
+BLOCK_AND_CHECK = BLOCK_TORCH + """
+import json
 try:
     import torch
     sys.exit("torch was importable")
@@ -209,7 +201,7 @@ except ImportError:
 
 
 def test_an_export_loads_and_samples_with_torch_unimportable(tiny, fp32_export):
-    script = BLOCK_TORCH + textwrap.dedent(f"""
+    script = BLOCK_AND_CHECK + textwrap.dedent(f"""
         import zoo.runtime
         loaded = zoo.runtime.load({str(fp32_export[0])!r})
         output = loaded.sample({{"count": 2, "seed": 7, "top_k": 3}})
