@@ -1,0 +1,226 @@
+"""The QuantArt plugin: stages, evaluation, export components and the registry hook."""
+
+from __future__ import annotations
+
+import torch
+
+import zoo
+from zoo.nn.quantize import code_statistics, init_codebook_from, nearest_code_indices
+from zoo.outputs import to_uint8
+from zoo.plugin import Component, ExportAssets, ModelPlugin, Optimizer, Stage, StageContext
+from zoo_quantart import metrics
+from zoo_quantart.config import PRESETS, QuantArtConfig, QuantArtSampleOptions
+from zoo_quantart.data import code_pairs, content_images, stack_images, style_images
+from zoo_quantart.losses import transfer_losses, vqgan_losses
+from zoo_quantart.model import VQGAN, DecodeCodes, EncodeCodes, QuantArt, Stylize, TransferCodes
+
+ADAM_BETAS = (0.5, 0.9)  # taming's and QuantArt's choice for both generator and discriminator
+EVAL_BATCH = 8
+CODEBOOK_INIT_IMAGES = 64  # images whose encoder outputs seed each VQGAN codebook
+
+
+class QuantArtPlugin(ModelPlugin):
+    name = "quantart"
+    description = "QuantArt style transfer: a transfer module between the codes of a photo VQGAN and an art VQGAN"
+    version = "0.1.0"
+    Config = QuantArtConfig
+    SampleOptions = QuantArtSampleOptions
+    presets = PRESETS
+    default_preset = "tiny"
+    runtime = "zoo_quantart.runtime:QuantArtRuntime"
+
+    def build(self, config: QuantArtConfig) -> QuantArt:
+        return QuantArt(config)
+
+    def stages(self, config: QuantArtConfig) -> list[Stage]:
+        return [
+            self._vqgan_stage(config, "photo"),
+            self._vqgan_stage(config, "art"),
+            self._transfer_stage(config),
+        ]
+
+    @staticmethod
+    def _vqgan_stage(config: QuantArtConfig, domain: str) -> Stage:
+        training = config.training.vqgan_photo if domain == "photo" else config.training.vqgan_art
+        generator_loss, discriminator_loss = vqgan_losses(config, domain)
+
+        def vqgan(model: QuantArt) -> VQGAN:
+            return model.photo if domain == "photo" else model.art
+
+        def images(ctx: StageContext):
+            return content_images(ctx.config) if domain == "photo" else style_images(ctx.config)
+
+        @torch.no_grad()
+        def init_weights(model: QuantArt, ctx: StageContext) -> None:
+            if domain == "art" and ctx.config.art_from_photo:
+                # The paper fine-tunes its WikiArt VQGAN from the ImageNet one: the two code
+                # spaces start aligned, which the transfer stage's content loss relies on.
+                model.art.load_state_dict(model.photo.state_dict())
+                return
+            # Codes drawn from encoder outputs all start in use; taming's tiny uniform init
+            # collapses to a handful of codes in a short CPU run.
+            network = vqgan(model)
+            batch = stack_images(images(ctx), CODEBOOK_INIT_IMAGES).to(ctx.device)
+            features = torch.cat([network.quant_conv(network.encoder(chunk)) for chunk in batch.split(EVAL_BATCH)])
+            init_codebook_from(network.quantizer, features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]))
+
+        return Stage(
+            name=f"vqgan_{domain}",
+            optimizers=[
+                Optimizer("generator", lambda model: vqgan(model).generator_modules(), generator_loss,
+                          training.lr, algorithm="adam", betas=ADAM_BETAS, min_lr_ratio=0.1),
+                Optimizer("discriminator", lambda model: [vqgan(model).discriminator], discriminator_loss,
+                          training.lr, algorithm="adam", betas=ADAM_BETAS, min_lr_ratio=0.1,
+                          start_step=config.discriminator.disc_start),
+            ],
+            steps=training.steps,
+            batch_size=training.batch_size,
+            dataset=images,
+            on_start=init_weights,
+        )
+
+    @staticmethod
+    def _transfer_stage(config: QuantArtConfig) -> Stage:
+        training = config.training.transfer
+        transfer_loss, discriminator_loss = transfer_losses(config)
+        return Stage(
+            name="transfer",
+            optimizers=[
+                Optimizer("transfer", lambda model: [model.transfer], transfer_loss,
+                          training.lr, algorithm="adam", betas=ADAM_BETAS, min_lr_ratio=0.1),
+                Optimizer("latent_discriminator", lambda model: [model.latent_discriminator], discriminator_loss,
+                          training.lr, algorithm="adam", betas=ADAM_BETAS, min_lr_ratio=0.1,
+                          start_step=config.transfer.disc_start),
+            ],
+            steps=training.steps,
+            batch_size=training.batch_size,
+            dataset=code_pairs,
+            sample_options={},  # the held-out content x style grid
+        )
+
+    @torch.no_grad()
+    def evaluate(self, model: QuantArt, config: QuantArtConfig, device: torch.device) -> dict[str, float]:
+        """Held-out (content, style) pairs, stylised at the default balances (1, 1).
+
+        style distance: mean/std and Gram distances of RandomFeatures (see metrics.py) to the
+        style image, for the output and for the unstyled content image (ratio < 0.5 halves it);
+        content preservation: SSIM and feature distance of the output to the content image;
+        reconstruction PSNR and codebook usage of each VQGAN on its own held-out images.
+        """
+        model.eval()
+        count = config.data.eval_pairs
+        contents = stack_images(content_images(config, "test", count), count).to(device)
+        styles = stack_images(style_images(config, "test", count), count).to(device)
+        pairs = torch.arange(count)
+        contents, styles = contents[pairs % len(contents)], styles[(pairs + pairs // len(styles)) % len(styles)]
+
+        features = metrics.RandomFeatures().to(device)
+        totals: dict[str, list] = {key: [] for key in (
+            "style_out", "style_content", "gram_out", "gram_content", "ssim", "content_distance", "stylized_indices",
+            "photo_psnr", "art_psnr", "photo_indices", "art_indices")}
+        for start in range(0, count, EVAL_BATCH):
+            content, style = contents[start : start + EVAL_BATCH], styles[start : start + EVAL_BATCH]
+            ones = torch.ones(len(content), device=device)
+            content_codes, reference_codes = model.photo.encode_codes(content), model.art.encode_codes(style)
+            codes = model.stylize_codes(content_codes, reference_codes, ones, ones)
+            output = model.art.decode(codes).clamp(-1, 1)
+            out_features, content_features, style_features = features(output), features(content), features(style)
+            totals["style_out"].append(metrics.mean_std_distance(out_features, style_features))
+            totals["style_content"].append(metrics.mean_std_distance(content_features, style_features))
+            totals["gram_out"].append(metrics.gram_distance(out_features, style_features))
+            totals["gram_content"].append(metrics.gram_distance(content_features, style_features))
+            totals["content_distance"].append(metrics.content_distance(out_features, content_features))
+            totals["ssim"].append(torch.from_numpy(metrics.ssim(output, content)))
+            totals["stylized_indices"].append(_indices(codes, model.art))
+            for name, network, images in (("photo", model.photo, content), ("art", model.art, style)):
+                reconstruction, quantized = network(images)
+                totals[f"{name}_psnr"].append(metrics.psnr(reconstruction, images))
+                totals[f"{name}_indices"].append(quantized.indices.flatten())
+
+        mean = {key: torch.cat([v.flatten().float().cpu() for v in values]).mean().item()
+                for key, values in totals.items() if not key.endswith("indices")}
+        num_codes = config.vqgan.num_codes
+        usage = {key.removesuffix("_indices"): code_statistics(torch.cat(values), num_codes)
+                 for key, values in totals.items() if key.endswith("indices")}
+        return {
+            "style_distance_output": mean["style_out"],
+            "style_distance_content": mean["style_content"],
+            "style_distance_ratio": mean["style_out"] / max(mean["style_content"], 1e-12),
+            "gram_distance_output": mean["gram_out"],
+            "gram_distance_content": mean["gram_content"],
+            "gram_distance_ratio": mean["gram_out"] / max(mean["gram_content"], 1e-12),
+            "content_ssim": mean["ssim"],
+            "content_feature_distance": mean["content_distance"],
+            "photo_psnr": mean["photo_psnr"],
+            "art_psnr": mean["art_psnr"],
+            "photo_codebook_usage": usage["photo"][0],
+            "photo_perplexity": usage["photo"][1],
+            "art_codebook_usage": usage["art"][0],
+            "art_perplexity": usage["art"][1],
+            "stylized_codebook_usage": usage["stylized"][0],
+        }
+
+    def export_components(self, model: QuantArt, config: QuantArtConfig) -> list[Component]:
+        stride = 2 ** (len(config.vqgan.ch_mult) - 1)
+        side, dim = config.image_size, config.vqgan.embed_dim
+        generator = torch.Generator().manual_seed(config.seed)
+
+        # Size s: batch 2 + s (1 would be specialised by the tracer) and sides shrinking by one
+        # code per step; the reference is one code smaller than the content so the tracer
+        # keeps the two spatial sizes independent.
+        def images(size: int, shrink: int = 0) -> torch.Tensor:
+            image_side = side - stride * (size + shrink)
+            return torch.rand(2 + size, 3, image_side, image_side, generator=generator) * 2 - 1
+
+        def codes(size: int, shrink: int = 0) -> torch.Tensor:
+            code_side = side // stride - size - shrink
+            return torch.randn(2 + size, dim, code_side, code_side, generator=generator)
+
+        def balances(size: int) -> torch.Tensor:
+            return torch.rand(2 + size, generator=generator)
+
+        image_axes = {0: "batch", 2: "height", 3: "width"}
+        code_axes = {0: "batch", 2: "code_height", 3: "code_width"}
+        batch_axis = {0: "batch"}
+        return [
+            Component("photo_encoder", EncodeCodes(model.photo), lambda size: {"images": images(size)},
+                      ["images"], ["codes"], {"images": image_axes, "codes": code_axes}),
+            Component("art_encoder", EncodeCodes(model.art), lambda size: {"images": images(size)},
+                      ["images"], ["codes"], {"images": image_axes, "codes": code_axes}),
+            Component(
+                "transfer", TransferCodes(model),
+                lambda size: {"content_codes": codes(size), "reference_codes": codes(size, 1),
+                              "content_style_balance": balances(size), "fidelity_balance": balances(size)},
+                ["content_codes", "reference_codes", "content_style_balance", "fidelity_balance"], ["codes"],
+                {"content_codes": code_axes, "reference_codes": {0: "batch", 2: "reference_height", 3: "reference_width"},
+                 "content_style_balance": batch_axis, "fidelity_balance": batch_axis, "codes": code_axes},
+            ),
+            Component("art_decoder", DecodeCodes(model.art), lambda size: {"codes": codes(size)},
+                      ["codes"], ["images"], {"codes": code_axes, "images": image_axes}),
+            Component(
+                "stylize", Stylize(model),
+                lambda size: {"content": images(size), "style": images(size, 1),
+                              "content_style_balance": balances(size), "fidelity_balance": balances(size)},
+                ["content", "style", "content_style_balance", "fidelity_balance"], ["images"],
+                {"content": image_axes, "style": {0: "batch", 2: "style_height", 3: "style_width"},
+                 "content_style_balance": batch_axis, "fidelity_balance": batch_axis, "images": image_axes},
+            ),
+        ]
+
+    def export_assets(self, model: QuantArt, config: QuantArtConfig) -> ExportAssets:
+        """The held-out images `zoo sample` / `zoo run` stylise when no --content/--style is given."""
+        count = config.data.sample_images
+        return ExportAssets(arrays={
+            "content_images": to_uint8(stack_images(content_images(config, "test", count), count).numpy()),
+            "style_images": to_uint8(stack_images(style_images(config, "test", count), count).numpy()),
+        })
+
+
+def _indices(codes: torch.Tensor, vqgan: VQGAN) -> torch.Tensor:
+    """Art-codebook indices of (B, D, h, w) codes, flattened."""
+    return nearest_code_indices(codes.permute(0, 2, 3, 1).reshape(-1, codes.shape[1]), vqgan.quantizer.codebook)
+
+
+@zoo.hookimpl
+def zoo_register_models() -> list[ModelPlugin]:
+    return [QuantArtPlugin()]

@@ -1,0 +1,129 @@
+"""QuantArt's sampling loop (numpy + Pillow, no torch): read images, run the graphs, lay out grids.
+
+Graphs: `photo_encoder` and `art_encoder` (images -> quantised codes), `transfer` (content
+codes, reference codes, the two balances -> codes), `art_decoder` (codes -> images).
+Every content and style image is encoded once, then every pair (or every point of the
+balance sweep) is transferred and decoded in batches.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from zoo.errors import DataError
+from zoo.outputs import SampleOutput, to_uint8
+from zoo.runtime.loop import ModelRuntime
+from zoo_quantart.config import QuantArtSampleOptions
+
+BATCH = 16  # images per graph call: bounds memory at large sizes
+SWEEP_STEPS = 5  # balance values 0, 0.25, ..., 1 on each axis of the sweep
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+def square_image(image: Image.Image, size: int) -> np.ndarray:
+    """Any image -> centre-cropped square RGB (size, size, 3) uint8."""
+    image = ImageOps.exif_transpose(image).convert("RGB")
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side)))
+
+
+def read_images(spec: str, size: int, role: str) -> np.ndarray:
+    """An image file, or every readable image of a directory (sorted by name) -> (N, size, size, 3) uint8."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    elif path.is_file():
+        files = [path]
+    else:
+        raise DataError(f"--{role} {spec}: no such file or directory")
+    images = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                images.append(square_image(image, size))
+        except OSError:
+            if not path.is_dir():
+                raise DataError(f"--{role} {file}: not a readable image") from None
+    if not images:
+        raise DataError(f"--{role} {spec}: no readable images in this directory")
+    return np.stack(images)
+
+
+def to_model_input(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [-1, 1]."""
+    return (images.astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2).copy()
+
+
+class QuantArtRuntime(ModelRuntime):
+    options_class = QuantArtSampleOptions
+
+    def sample(self, options: QuantArtSampleOptions) -> SampleOutput:
+        size = self.image_side(options.size)
+        contents = self.images(options.content, "content", size)
+        styles = self.images(options.style, "style", size)
+        content_codes = self.run_batched("photo_encoder", "codes", images=to_model_input(contents))
+        reference_codes = self.run_batched("art_encoder", "codes", images=to_model_input(styles))
+
+        if options.sweep:
+            # rows: content-style balance, columns: fidelity balance, for the first pair
+            grid = np.linspace(0.0, 1.0, SWEEP_STEPS, dtype=np.float32)
+            content_style, fidelity = (axis.ravel() for axis in np.meshgrid(grid, grid, indexing="ij"))
+            content_pick = np.zeros(len(content_style), dtype=np.int64)
+            style_pick = np.zeros(len(content_style), dtype=np.int64)
+        else:
+            content_pick, style_pick = (axis.ravel() for axis in np.meshgrid(
+                np.arange(len(contents)), np.arange(len(styles)), indexing="ij"))
+            content_style = np.full(len(content_pick), options.content_style_balance, dtype=np.float32)
+            fidelity = np.full(len(content_pick), options.fidelity_balance, dtype=np.float32)
+
+        codes = self.run_batched(
+            "transfer", "codes",
+            content_codes=content_codes[content_pick], reference_codes=reference_codes[style_pick],
+            content_style_balance=content_style, fidelity_balance=fidelity,
+        )
+        stylized = self.run_batched("art_decoder", "images", codes=codes)  # (N, 3, H, W)
+        extras = {"stylized": stylized, "content_style_balance": content_style, "fidelity_balance": fidelity}
+        outputs = to_uint8(stylized)
+        if options.sweep:
+            return SampleOutput(images=outputs, columns=SWEEP_STEPS, extras=extras)
+        if len(outputs) == 1:
+            return SampleOutput(images=outputs, columns=1, extras=extras)
+        return SampleOutput(images=self.pair_grid(contents, styles, outputs), columns=len(styles) + 1, extras=extras)
+
+    def image_side(self, requested: int | None) -> int:
+        """The requested side rounded down to a multiple of the code stride."""
+        stride = 2 ** (len(self.config["vqgan"]["ch_mult"]) - 1)
+        side = requested or self.config["image_size"]
+        return max(stride, side // stride * stride)
+
+    def images(self, spec: str | None, role: str, size: int) -> np.ndarray:
+        """The user's images, or the held-out embedded ones shipped with the model."""
+        if spec is not None:
+            return read_images(spec, size, role)
+        shipped = self.arrays[f"{role}_images"]  # (N, S, S, 3) uint8
+        if shipped.shape[1] == size:
+            return shipped
+        return np.stack([square_image(Image.fromarray(image), size) for image in shipped])
+
+    def run_batched(self, component: str, output: str, **inputs: np.ndarray) -> np.ndarray:
+        count = len(next(iter(inputs.values())))
+        chunks = [
+            self.components(component, **{name: value[start : start + BATCH] for name, value in inputs.items()})[output]
+            for start in range(0, count, BATCH)
+        ]
+        return np.concatenate(chunks)
+
+    @staticmethod
+    def pair_grid(contents: np.ndarray, styles: np.ndarray, outputs: np.ndarray) -> np.ndarray:
+        """A table: the style images along the top, each content image starting its row of results."""
+        blank = np.full_like(contents[0], 255)
+        rows = [np.concatenate([blank[None], styles])]
+        per_row = len(styles)
+        for index, content in enumerate(contents):
+            rows.append(np.concatenate([content[None], outputs[index * per_row : (index + 1) * per_row]]))
+        return np.concatenate(rows)
