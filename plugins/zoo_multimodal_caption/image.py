@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from zoo.errors import ConfigError, ZooError
+from zoo.nn.backbone import load_backbone_weights
 from zoo_multimodal_caption.config import ImageConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -48,34 +48,6 @@ class TimmBackbone(nn.Module):
         return self.model(((images + 1) / 2 - self.mean) / self.std)
 
 
-def load_backbone_weights(backbone: nn.Module, path: Path) -> None:
-    """Load a safetensors state dict into `backbone`. Extra keys (a classifier head saved
-    with the full model) are ignored; every key the backbone has must be there."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"image.encoder_weights: file {path} does not exist")
-    try:
-        state = load_file(str(path))
-    except Exception as error:
-        raise ConfigError(f"image.encoder_weights: {path} is not a safetensors file: {error}") from None
-    wanted = backbone.state_dict()
-    missing = sorted(set(wanted) - set(state))
-    if missing:
-        raise ConfigError(
-            f"image.encoder_weights: {path} lacks {len(missing)} of the encoder's {len(wanted)} tensors "
-            f"(first: {', '.join(missing[:3])}); was it saved from the same backbone?"
-        )
-    for key, tensor in wanted.items():
-        if state[key].shape != tensor.shape:
-            raise ConfigError(
-                f"image.encoder_weights: {key} has shape {tuple(state[key].shape)} in {path}, "
-                f"the encoder expects {tuple(tensor.shape)}"
-            )
-    backbone.load_state_dict({key: state[key] for key in wanted})
-
-
 class ImageEncoder(nn.Module):
     """(B, 3, S, S) in [-1, 1] -> (B, latent)."""
 
@@ -88,7 +60,7 @@ class ImageEncoder(nn.Module):
             self.backbone = TimmBackbone(config.encoder.removeprefix("timm:"))
             features = self.backbone.num_features
         if config.encoder_weights is not None:
-            load_backbone_weights(self.backbone, config.encoder_weights)
+            load_backbone_weights(self.backbone, config.encoder_weights, "image.encoder_weights")
         self.to_latent = nn.Linear(features, latent_dim)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from zoo.errors import ConfigError, ZooError
+from zoo.nn.backbone import load_backbone_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -73,42 +74,13 @@ def build_timm_backbone(name: str) -> nn.Module:
         raise ConfigError(f"timm cannot build backbone {name!r} with features_only=True: {error}") from None
 
 
-def load_backbone_weights(backbone: nn.Module, path: Path) -> None:
-    """Load a safetensors state dict into `backbone`. Keys the backbone lacks (e.g. a
-    classifier head saved with the full model) are ignored; keys it needs must all be there."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"perceptual weights file {path} does not exist")
-    try:
-        state = load_file(str(path))
-    except Exception as error:
-        raise ConfigError(f"perceptual weights file {path} is not a safetensors file: {error}") from None
-    wanted = backbone.state_dict()
-    missing = sorted(set(wanted) - set(state))
-    if missing:
-        raise ConfigError(
-            f"perceptual weights file {path} lacks {len(missing)} of the backbone's {len(wanted)} tensors "
-            f"(first: {', '.join(missing[:3])}); was it saved from the same timm model?"
-        )
-    mismatched = [key for key in wanted if state[key].shape != wanted[key].shape]
-    if mismatched:
-        key = mismatched[0]
-        raise ConfigError(
-            f"perceptual weights file {path}: {key} has shape {tuple(state[key].shape)}, "
-            f"the backbone expects {tuple(wanted[key].shape)}"
-        )
-    backbone.load_state_dict({key: state[key] for key in wanted})
-
-
 def timm_perceptual_loss(backbone_name: str, weights: Path | None) -> PerceptualLoss | None:
     """The perceptual loss of timm backbone `backbone_name` with weights from `weights`;
     None (the loss is off) when no weights file is given."""
     if weights is None:
         return None
     backbone = build_timm_backbone(backbone_name)
-    load_backbone_weights(backbone, weights)
+    load_backbone_weights(backbone, weights, "perceptual weights file")
     config = getattr(backbone, "pretrained_cfg", None) or {}
     mean = tuple(config.get("mean", IMAGENET_MEAN))
     std = tuple(config.get("std", IMAGENET_STD))
