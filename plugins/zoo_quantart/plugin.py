@@ -28,6 +28,7 @@ class QuantArtPlugin(ModelPlugin):
     presets = PRESETS
     default_preset = "tiny"
     runtime = "zoo_quantart.runtime:QuantArtRuntime"
+    components = ("photo_encoder", "art_encoder", "transfer", "art_decoder", "stylize")
 
     def build(self, config: QuantArtConfig) -> QuantArt:
         return QuantArt(config)

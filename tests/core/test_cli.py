@@ -189,3 +189,14 @@ def test_export_then_run_without_torch_matches_sample(trained_run, tmp_path, cap
     result = subprocess.run(zoo_command("run", str(tmp_path / "export"), "--n", "0"),
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 1 and "sample option 'n'" in result.stderr
+
+
+def test_built_in_plugins_declare_the_components_they_export():
+    from zoo.registry import Registry
+
+    registry = Registry(strict=True)
+    for name in ("var", "vqvae2_pixelcnn", "quantart", "multimodal_caption"):
+        plugin = registry.get(name)
+        _, config, model = zoo.create_model(name)
+        assert set(plugin.components) <= {c.name for c in plugin.export_components(model, config)} | {"embed_k"}, name
+        assert plugin.components, name
