@@ -32,10 +32,12 @@ import zoo.api  # noqa: E402
 import zoo.runtime  # noqa: E402
 from zoo_onnx import export_model  # noqa: E402
 from zoo_quantart.data import content_images, stack_images, style_images  # noqa: E402
+from zoo_quantart.evaluation import evaluate_pairs  # noqa: E402
 from zoo_quantart.runtime import square_image  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "quantart.md"
 SIDES = (64, 256)
+BALANCES = [(c, f) for c in (0.0, 0.5, 0.75, 1.0) for f in (0.0, 1.0)]  # (content-style, fidelity)
 STYLE_RATIO_TARGET, SSIM_TARGET = 0.5, 0.4  # the issue's bar for the trained tiny preset
 
 
@@ -87,7 +89,16 @@ def latency(run, loaded, side: int, repeats: int) -> dict:
     return {"side": side, "torch_ms": torch_ms, "onnx_ms": onnx_ms, "max_abs_error": float(np.abs(actual - expected).max())}
 
 
-def markdown(speed, metrics, latencies, manifest, export_seconds, train_seconds, threads) -> str:
+def balance_sweep(run) -> list[dict]:
+    """Style distance ratio and content SSIM over the two inference knobs."""
+    rows = []
+    for content_style, fidelity in BALANCES:
+        scores = evaluate_pairs(run.model, run.config, torch.device("cpu"), content_style, fidelity)
+        rows.append({"content_style": content_style, "fidelity": fidelity, **scores})
+    return rows
+
+
+def markdown(speed, metrics, sweep, latencies, manifest, export_seconds, train_seconds, threads) -> str:
     lines = [
         "# quantart benchmark", "",
         f"Machine: {platform.machine()}, torch {torch.__version__}, {threads} thread(s) for torch and onnxruntime "
@@ -109,6 +120,11 @@ def markdown(speed, metrics, latencies, manifest, export_seconds, train_seconds,
         f"Target: style distance ratio (output / unstyled content, mean/std) <= {STYLE_RATIO_TARGET} and content SSIM >= "
         f"{SSIM_TARGET}: **{'met' if passed else 'NOT met'}** "
         f"(ratio {metrics['style_distance_ratio']:.3f}, SSIM {metrics['content_ssim']:.3f}).",
+        "", "### The two inference knobs", "",
+        "| content-style balance | fidelity balance | style distance ratio | Gram ratio | content SSIM | content feature distance |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        *[f"| {row['content_style']} | {row['fidelity']} | {row['style_distance_ratio']:.3f} | {row['gram_distance_ratio']:.3f} "
+          f"| {row['content_ssim']:.3f} | {row['content_feature_distance']:.3f} |" for row in sweep],
         "", "## Stylisation latency per image (stylize graph, batch 1)", "",
         "| side | torch eager ms | onnxruntime ms | speed-up | max abs error |", "| ---: | ---: | ---: | ---: | ---: |",
         *[f"| {row['side']} | {row['torch_ms']:.1f} | {row['onnx_ms']:.1f} | {row['torch_ms'] / row['onnx_ms']:.2f}x "
@@ -141,6 +157,7 @@ def main() -> None:
     run = zoo.api.load_run(run_dir, device="cpu")
     metrics = run.evaluate()
     print(json.dumps(metrics, indent=1), flush=True)
+    sweep = balance_sweep(run)
 
     export_dir = run_dir / "export"
     start = time.perf_counter()
@@ -149,7 +166,7 @@ def main() -> None:
     loaded = zoo.runtime.load(export_dir, provider="cpu", intra_op_threads=args.threads, inter_op_threads=1)
     latencies = [latency(run, loaded, side, args.repeats if side <= 64 else max(3, args.repeats // 2)) for side in SIDES]
 
-    report = markdown(training_speed(run_dir), metrics, latencies, manifest, export_seconds, train_seconds, args.threads)
+    report = markdown(training_speed(run_dir), metrics, sweep, latencies, manifest, export_seconds, train_seconds, args.threads)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(report)
     print(report)

@@ -36,7 +36,7 @@ class DiscriminatorConfig(_Section):
     base_channels: int = Field(32, ge=1, description="width of the first discriminator conv")
     num_layers: int = Field(2, ge=0, description="stride-2 layers of the PatchGAN")
     loss: Literal["hinge", "vanilla"] = Field("hinge", description="discriminator loss")
-    disc_start: int = Field(500, ge=0, description="step at which the discriminator and the adversarial term switch on")
+    disc_start: int = Field(600, ge=0, description="step at which the discriminator and the adversarial term switch on")
     factor: float = Field(1.0, ge=0, description="multiplies the adversarial term from disc_start on")
     weight: float = Field(0.8, ge=0, description="scale of the adaptive weight (taming's disc_weight)")
 
@@ -57,6 +57,7 @@ class TransferConfig(_Section):
     style_weight: float = Field(10.0, ge=0, description="MSE of channel means and stds against the reference codes")
     codebook_weight: float = Field(1.0, ge=0, description="quantisation loss of the transferred codes on the art codebook")
     adversarial_factor: float = Field(0.8, ge=0, description="weight of the latent discriminator's hinge term")
+    adaptive_weight: bool = Field(True, description="scale the adversarial term by taming's adaptive weight at the transfer module's last layer, against the content + style terms; the official code uses 1, which on short runs lets the straight-through adversarial gradient drag the continuous codes away from the art codebook")
     disc_start: int = Field(0, ge=0, description="step at which the latent discriminator switches on")
     discriminator_channels: int = Field(64, ge=1, description="width of the latent discriminator")
     discriminator_layers: int = Field(0, ge=0, description="extra layers of the latent discriminator (0 as in the paper)")
@@ -64,7 +65,7 @@ class TransferConfig(_Section):
 
 
 class VQGANTraining(_Section):
-    steps: int = Field(1000, ge=1, description="optimizer steps")
+    steps: int = Field(1200, ge=1, description="optimizer steps")
     batch_size: int = Field(8, ge=1, description="images per step")
     lr: float = Field(4e-4, gt=0, description="learning rate of generator and discriminator (Adam, betas 0.5, 0.9)")
 
@@ -108,7 +109,10 @@ class QuantArtConfig(ZooConfig):
 
 
 PRESETS: dict[str, dict] = {
-    "tiny": {},  # the defaults: 64 px, f=4 codes (16x16), all stages in minutes on a CPU
+    # The defaults (64 px, f=4 codes: 16x16) with a stronger content term: at the official
+    # weight 1 the tiny model over-stylises (measured content SSIM 0.31 at style ratio 0.12);
+    # 10 keeps SSIM near 0.4 while still cutting the style distance by more than half.
+    "tiny": {"transfer": {"content_weight": 10.0}},
     "paper": {
         # configs/vqgan_wikiart.yaml and configs/coco2art.yaml of siyuhuang/QuantArt
         "image_size": 256,
@@ -117,7 +121,7 @@ PRESETS: dict[str, dict] = {
             "z_channels": 256, "embed_dim": 256, "num_codes": 1024,
         },
         "discriminator": {"base_channels": 64, "num_layers": 3, "disc_start": 10000, "weight": 0.8},
-        "transfer": {"discriminator_channels": 64, "discriminator_layers": 0, "discriminator_downsample": True},
+        "transfer": {"adaptive_weight": False, "discriminator_channels": 64, "discriminator_layers": 0, "discriminator_downsample": True},
         "training": {
             "vqgan_photo": {"steps": 200000, "batch_size": 5, "lr": 4.5e-6 * 5},
             "vqgan_art": {"steps": 200000, "batch_size": 5, "lr": 4.5e-6 * 5},

@@ -119,14 +119,19 @@ def transfer_losses(config: QuantArtConfig) -> tuple[Callable, Callable]:
         output = quantized.quantized  # (B, D, h, w)
         content_term = F.mse_loss(output, content)
         style_term = style_loss(output, reference)
+        feature_loss = weights.content_weight * content_term + weights.style_weight * style_term
         factor = adversarial_factor(ctx.step, weights.disc_start, weights.adversarial_factor)
-        adversarial = generator_adversarial_loss(model.latent_discriminator(output)) if factor > 0 else output.new_zeros(())
+        if factor > 0:
+            adversarial = generator_adversarial_loss(model.latent_discriminator(output))
+            weight = (adaptive_weight(feature_loss, adversarial, model.transfer.last_layer)
+                      if weights.adaptive_weight else adversarial.new_ones(()))
+        else:
+            adversarial = weight = output.new_zeros(())
         ctx.cache["transferred"] = output.detach()
-        loss = (weights.content_weight * content_term + weights.style_weight * style_term
-                + weights.codebook_weight * quantized.loss + factor * adversarial)
+        loss = feature_loss + weights.codebook_weight * quantized.loss + weight * factor * adversarial
         return {
             "loss": loss, "content": content_term.detach(), "style": style_term.detach(),
-            "codebook": quantized.loss.detach(), "adversarial": adversarial.detach(),
+            "codebook": quantized.loss.detach(), "adversarial": adversarial.detach(), "adaptive_weight": weight,
         }
 
     def discriminator_step_loss(model: QuantArt, batch: Batch, ctx: StepContext) -> Losses:

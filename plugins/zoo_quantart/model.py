@@ -104,6 +104,11 @@ class StyleTransferModule(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(StyleTransferBlock(channels) for _ in range(block_num))
 
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The output projection of the last cross-attention, where the adaptive GAN weight is measured."""
+        return self.blocks[-1].attn_block.proj_out.weight
+
     def forward(self, content: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         codes = content
         for block in self.blocks:

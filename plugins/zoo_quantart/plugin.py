@@ -5,17 +5,17 @@ from __future__ import annotations
 import torch
 
 import zoo
-from zoo.nn.quantize import code_statistics, init_codebook_from, nearest_code_indices
+from zoo.nn.quantize import init_codebook_from
 from zoo.outputs import to_uint8
 from zoo.plugin import Component, ExportAssets, ModelPlugin, Optimizer, Stage, StageContext
-from zoo_quantart import metrics
 from zoo_quantart.config import PRESETS, QuantArtConfig, QuantArtSampleOptions
 from zoo_quantart.data import code_pairs, content_images, stack_images, style_images
+from zoo_quantart.evaluation import evaluate_pairs
 from zoo_quantart.losses import transfer_losses, vqgan_losses
 from zoo_quantart.model import VQGAN, DecodeCodes, EncodeCodes, QuantArt, Stylize, TransferCodes
 
 ADAM_BETAS = (0.5, 0.9)  # taming's and QuantArt's choice for both generator and discriminator
-EVAL_BATCH = 8
+ENCODE_BATCH = 8
 CODEBOOK_INIT_IMAGES = 64  # images whose encoder outputs seed each VQGAN codebook
 
 
@@ -62,7 +62,7 @@ class QuantArtPlugin(ModelPlugin):
             # collapses to a handful of codes in a short CPU run.
             network = vqgan(model)
             batch = stack_images(images(ctx), CODEBOOK_INIT_IMAGES).to(ctx.device)
-            features = torch.cat([network.quant_conv(network.encoder(chunk)) for chunk in batch.split(EVAL_BATCH)])
+            features = torch.cat([network.quant_conv(network.encoder(chunk)) for chunk in batch.split(ENCODE_BATCH)])
             init_codebook_from(network.quantizer, features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]))
 
         return Stage(
@@ -99,67 +99,9 @@ class QuantArtPlugin(ModelPlugin):
             sample_options={},  # the held-out content x style grid
         )
 
-    @torch.no_grad()
     def evaluate(self, model: QuantArt, config: QuantArtConfig, device: torch.device) -> dict[str, float]:
-        """Held-out (content, style) pairs, stylised at the default balances (1, 1).
-
-        style distance: mean/std and Gram distances of RandomFeatures (see metrics.py) to the
-        style image, for the output and for the unstyled content image (ratio < 0.5 halves it);
-        content preservation: SSIM and feature distance of the output to the content image;
-        reconstruction PSNR and codebook usage of each VQGAN on its own held-out images.
-        """
-        model.eval()
-        count = config.data.eval_pairs
-        contents = stack_images(content_images(config, "test", count), count).to(device)
-        styles = stack_images(style_images(config, "test", count), count).to(device)
-        pairs = torch.arange(count)
-        contents, styles = contents[pairs % len(contents)], styles[(pairs + pairs // len(styles)) % len(styles)]
-
-        features = metrics.RandomFeatures().to(device)
-        totals: dict[str, list] = {key: [] for key in (
-            "style_out", "style_content", "gram_out", "gram_content", "ssim", "content_distance", "stylized_indices",
-            "photo_psnr", "art_psnr", "photo_indices", "art_indices")}
-        for start in range(0, count, EVAL_BATCH):
-            content, style = contents[start : start + EVAL_BATCH], styles[start : start + EVAL_BATCH]
-            ones = torch.ones(len(content), device=device)
-            content_codes, reference_codes = model.photo.encode_codes(content), model.art.encode_codes(style)
-            codes = model.stylize_codes(content_codes, reference_codes, ones, ones)
-            output = model.art.decode(codes).clamp(-1, 1)
-            out_features, content_features, style_features = features(output), features(content), features(style)
-            totals["style_out"].append(metrics.mean_std_distance(out_features, style_features))
-            totals["style_content"].append(metrics.mean_std_distance(content_features, style_features))
-            totals["gram_out"].append(metrics.gram_distance(out_features, style_features))
-            totals["gram_content"].append(metrics.gram_distance(content_features, style_features))
-            totals["content_distance"].append(metrics.content_distance(out_features, content_features))
-            totals["ssim"].append(torch.from_numpy(metrics.ssim(output, content)))
-            totals["stylized_indices"].append(_indices(codes, model.art))
-            for name, network, images in (("photo", model.photo, content), ("art", model.art, style)):
-                reconstruction, quantized = network(images)
-                totals[f"{name}_psnr"].append(metrics.psnr(reconstruction, images))
-                totals[f"{name}_indices"].append(quantized.indices.flatten())
-
-        mean = {key: torch.cat([v.flatten().float().cpu() for v in values]).mean().item()
-                for key, values in totals.items() if not key.endswith("indices")}
-        num_codes = config.vqgan.num_codes
-        usage = {key.removesuffix("_indices"): code_statistics(torch.cat(values), num_codes)
-                 for key, values in totals.items() if key.endswith("indices")}
-        return {
-            "style_distance_output": mean["style_out"],
-            "style_distance_content": mean["style_content"],
-            "style_distance_ratio": mean["style_out"] / max(mean["style_content"], 1e-12),
-            "gram_distance_output": mean["gram_out"],
-            "gram_distance_content": mean["gram_content"],
-            "gram_distance_ratio": mean["gram_out"] / max(mean["gram_content"], 1e-12),
-            "content_ssim": mean["ssim"],
-            "content_feature_distance": mean["content_distance"],
-            "photo_psnr": mean["photo_psnr"],
-            "art_psnr": mean["art_psnr"],
-            "photo_codebook_usage": usage["photo"][0],
-            "photo_perplexity": usage["photo"][1],
-            "art_codebook_usage": usage["art"][0],
-            "art_perplexity": usage["art"][1],
-            "stylized_codebook_usage": usage["stylized"][0],
-        }
+        """Style and content metrics of held-out pairs at balances (1, 1); see evaluation.py."""
+        return evaluate_pairs(model, config, device)
 
     def export_components(self, model: QuantArt, config: QuantArtConfig) -> list[Component]:
         stride = 2 ** (len(config.vqgan.ch_mult) - 1)
@@ -215,11 +157,6 @@ class QuantArtPlugin(ModelPlugin):
             "content_images": to_uint8(stack_images(content_images(config, "test", count), count).numpy()),
             "style_images": to_uint8(stack_images(style_images(config, "test", count), count).numpy()),
         })
-
-
-def _indices(codes: torch.Tensor, vqgan: VQGAN) -> torch.Tensor:
-    """Art-codebook indices of (B, D, h, w) codes, flattened."""
-    return nearest_code_indices(codes.permute(0, 2, 3, 1).reshape(-1, codes.shape[1]), vqgan.quantizer.codebook)
 
 
 @zoo.hookimpl

@@ -207,6 +207,9 @@ def test_art_vqgan_starts_from_the_photo_vqgan(tmp_path):
 def test_transfer_stage_reduces_its_loss(trained):
     losses = _series(trained["metrics"], "transfer", "transfer/loss")
     assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses
+    # the latent discriminator is on from step 0, its term scaled by the adaptive weight
+    weights = _series(trained["metrics"], "transfer", "transfer/adaptive_weight")
+    assert len(weights) == len(losses) and all(np.isfinite(w) and w > 0 for w in weights)
 
 
 def test_transfer_stage_trains_only_the_transfer_module_and_latent_discriminator(trained):
