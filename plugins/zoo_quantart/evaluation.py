@@ -26,7 +26,7 @@ def evaluate_pairs(
 
     style distance: mean/std and Gram distances of RandomFeatures (see metrics.py) to the
     style image, for the output and for the unstyled content image (ratio < 0.5 halves it);
-    content preservation: SSIM and feature distance of the output to the content image;
+    content preservation: SSIM (luminance; RGB too) and feature distance of the output to the content image;
     reconstruction PSNR and codebook usage of each VQGAN on its own held-out images.
     """
     model.eval()
@@ -38,7 +38,7 @@ def evaluate_pairs(
 
     features = metrics.RandomFeatures().to(device)
     totals: dict[str, list] = {key: [] for key in (
-        "style_out", "style_content", "gram_out", "gram_content", "ssim", "content_distance", "stylized_indices",
+        "style_out", "style_content", "gram_out", "gram_content", "ssim", "ssim_rgb", "content_distance", "stylized_indices",
         "photo_psnr", "art_psnr", "photo_indices", "art_indices")}
     for start in range(0, count, EVAL_BATCH):
         content, style = contents[start : start + EVAL_BATCH], styles[start : start + EVAL_BATCH]
@@ -53,6 +53,7 @@ def evaluate_pairs(
         totals["gram_content"].append(metrics.gram_distance(content_features, style_features))
         totals["content_distance"].append(metrics.content_distance(out_features, content_features))
         totals["ssim"].append(torch.from_numpy(metrics.ssim(output, content)))
+        totals["ssim_rgb"].append(torch.from_numpy(metrics.ssim(output, content, luma=False)))
         totals["stylized_indices"].append(_indices(codes, model.art))
         for name, network, images in (("photo", model.photo, content), ("art", model.art, style)):
             reconstruction, quantized = network(images)
@@ -72,6 +73,7 @@ def evaluate_pairs(
         "gram_distance_content": mean["gram_content"],
         "gram_distance_ratio": mean["gram_out"] / max(mean["gram_content"], 1e-12),
         "content_ssim": mean["ssim"],
+        "content_ssim_rgb": mean["ssim_rgb"],
         "content_feature_distance": mean["content_distance"],
         "photo_psnr": mean["photo_psnr"],
         "art_psnr": mean["art_psnr"],

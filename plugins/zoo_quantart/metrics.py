@@ -70,10 +70,24 @@ def content_distance(features: list[torch.Tensor], reference: list[torch.Tensor]
     return torch.stack(distances).mean(0)
 
 
-def ssim(images: torch.Tensor, references: torch.Tensor) -> np.ndarray:
-    """SSIM per image pair, on 8-bit RGB as a viewer sees it (scikit-image, channel_axis)."""
-    a, b = to_uint8(images.cpu().numpy()), to_uint8(references.cpu().numpy())
+def ssim(images: torch.Tensor, references: torch.Tensor, luma: bool = True) -> np.ndarray:
+    """SSIM per image pair on 8-bit images as a viewer sees them (scikit-image, 7x7 window).
+
+    luma=True compares the BT.601 luminance only: style transfer changes colours on
+    purpose, and structure preservation is what the content score is meant to measure
+    (style-transfer papers score SSIM on gray or edge images for the same reason).
+    luma=False compares the three RGB channels.
+    """
+    a, b = to_uint8(images.cpu().numpy()), to_uint8(references.cpu().numpy())  # (B, H, W, 3)
+    if luma:
+        a, b = _luma(a), _luma(b)
+        return np.array([structural_similarity(x, y, data_range=255.0) for x, y in zip(a, b, strict=True)])
     return np.array([structural_similarity(x, y, channel_axis=-1, data_range=255) for x, y in zip(a, b, strict=True)])
+
+
+def _luma(images: np.ndarray) -> np.ndarray:
+    """(B, H, W, 3) uint8 -> (B, H, W) float64 BT.601 luminance in 0..255."""
+    return images.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
 
 
 def psnr(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:

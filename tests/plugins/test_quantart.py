@@ -224,12 +224,22 @@ def test_transfer_stage_trains_only_the_transfer_module_and_latent_discriminator
 
 def test_evaluate_reports_style_content_and_reconstruction_metrics(trained):
     metrics = trained["final_metrics"]
-    for key in ("style_distance_ratio", "gram_distance_ratio", "content_ssim", "photo_psnr", "art_psnr",
+    for key in ("style_distance_ratio", "gram_distance_ratio", "content_ssim", "content_ssim_rgb", "photo_psnr", "art_psnr",
                 "photo_codebook_usage", "art_codebook_usage", "stylized_codebook_usage"):
         assert np.isfinite(metrics[key]), key
     assert 0 < metrics["photo_codebook_usage"] <= 1 and -1 <= metrics["content_ssim"] <= 1
     assert metrics["style_distance_ratio"] == pytest.approx(
         metrics["style_distance_output"] / metrics["style_distance_content"])
+
+
+@pytest.mark.parametrize("luma", [True, False])
+def test_ssim_is_one_for_identical_images_and_low_for_noise(luma):
+    from zoo_quantart.metrics import ssim
+
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    noise = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    assert ssim(images, images, luma=luma) == pytest.approx([1.0, 1.0])
+    assert (ssim(noise, images, luma=luma) < 0.2).all()
 
 
 # --- sampling --------------------------------------------------------------------------------
