@@ -104,7 +104,7 @@ def markdown(speed, metrics, sweep, latencies, manifest, export_seconds, train_s
     lines = [
         "# quantart benchmark", "",
         f"Machine: {platform.machine()}, torch {torch.__version__}, {threads} thread(s) for torch and onnxruntime "
-        "(CPU provider); the machine was shared with other jobs, so absolute times are pessimistic.", "",
+        "(CPU provider); the machine may have been shared with other jobs, so absolute times are upper bounds.", "",
         "## Training (tiny preset)", "",
         "| stage | images/s | seconds |", "| --- | ---: | ---: |",
         *[f"| {row['stage']} | {row['images_per_s']:.1f} | {row['seconds']} |" for row in speed],
