@@ -43,8 +43,11 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 2, min_side: int = 64) -> Image.Image:
-    """Tile (N, H, W, 3) uint8 images into one picture with a white border; images smaller
-    than `min_side` are enlarged by whole pixels (nearest) so a 16px digit is visible."""
+    """Tile (N, H, W, 3) uint8 images into one picture with a white border (none around a
+    single image, which is saved as it is); images smaller than `min_side` are enlarged by
+    whole pixels (nearest) so a 16px digit is visible."""
+    if len(images) == 1:
+        pad = 0
     factor = max(1, min_side // max(images.shape[1], images.shape[2]))
     if factor > 1:
         images = images.repeat(factor, axis=1).repeat(factor, axis=2)
