@@ -57,7 +57,7 @@ class TransferConfig(_Section):
     style_weight: float = Field(10.0, ge=0, description="MSE of channel means and stds against the reference codes")
     codebook_weight: float = Field(1.0, ge=0, description="quantisation loss of the transferred codes on the art codebook")
     adversarial_factor: float = Field(0.8, ge=0, description="weight of the latent discriminator's hinge term")
-    adaptive_weight: bool = Field(True, description="scale the adversarial term by taming's adaptive weight at the transfer module's last layer, against the content + style terms; the official code uses 1, which on short runs lets the straight-through adversarial gradient drag the continuous codes away from the art codebook")
+    adaptive_weight: bool = Field(True, description="scale the adversarial term by taming's adaptive weight at the transfer module's last layer (its gradient there kept as large as that of the content + style terms, whatever the loss scales); the official code uses a constant 1, as the paper preset does")
     disc_start: int = Field(0, ge=0, description="step at which the latent discriminator switches on")
     discriminator_channels: int = Field(64, ge=1, description="width of the latent discriminator")
     discriminator_layers: int = Field(0, ge=0, description="extra layers of the latent discriminator (0 as in the paper)")

@@ -74,8 +74,7 @@ def ssim(images: torch.Tensor, references: torch.Tensor, luma: bool = True) -> n
     """SSIM per image pair on 8-bit images as a viewer sees them (scikit-image, 7x7 window).
 
     luma=True compares the BT.601 luminance only: style transfer changes colours on
-    purpose, and structure preservation is what the content score is meant to measure
-    (style-transfer papers score SSIM on gray or edge images for the same reason).
+    purpose, and structure preservation is what the content score is meant to measure.
     luma=False compares the three RGB channels.
     """
     a, b = to_uint8(images.cpu().numpy()), to_uint8(references.cpu().numpy())  # (B, H, W, 3)
