@@ -38,6 +38,7 @@ from zoo_multimodal_caption.config import PRESETS, CaptionConfig, CaptionSampleO
 from zoo_multimodal_caption.data import captioned_images  # noqa: E402
 from zoo_multimodal_caption.plugin import MultimodalCaptionPlugin  # noqa: E402
 from zoo_onnx import export_model  # noqa: E402
+from report import Report, validation_errors
 from timing import median_seconds
 
 RESULTS = ROOT / "benchmarks" / "results" / "multimodal_caption.md"
@@ -198,16 +199,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         start = time.perf_counter()
         manifest = export_model(run.plugin, run.model, run.config, Path(scratch) / "export")
-        worst = max(error["max_abs_error"] for component in manifest["components"].values()
-                    for record in component["validation"] for error in record["outputs"].values())
+        worst = max(validation_errors(manifest, name)[0] for name in manifest["components"])
         lines += [f"ONNX export: {time.perf_counter() - start:.0f} s, worst validation max abs error {worst:.2e}.", ""]
         lines += caption_speed(run, Path(scratch) / "export", args.threads, args.repeats)
     if not args.skip_engravings:
         lines += engravings_memory(args.threads)
-    text = "\n".join(lines)
-    print(text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text + "\n")
+    Report(RESULTS, "\n".join(lines)).write()
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ from zoo_onnx import export_model  # noqa: E402
 from zoo_quantart.data import content_images, stack_images, style_images  # noqa: E402
 from zoo_quantart.evaluation import evaluate_pairs  # noqa: E402
 from zoo_quantart.runtime import square_image  # noqa: E402
+from report import Report, validation_errors  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "quantart.md"
 SIDES = (64, 256)
@@ -67,24 +69,13 @@ def held_out_pair(config, side: int) -> dict[str, np.ndarray]:
             "content_style_balance": np.ones(1, np.float32), "fidelity_balance": np.ones(1, np.float32)}
 
 
-def median_ms(function, repeats: int) -> float:
-    for _ in range(2):
-        function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
 def latency(run, loaded, side: int, repeats: int) -> dict:
     inputs = held_out_pair(run.config, side)
     tensors = [torch.from_numpy(value) for value in inputs.values()]
     with torch.inference_mode():
-        torch_ms = median_ms(lambda: run.model.stylize(*tensors), repeats)
+        torch_ms = median_seconds(lambda: run.model.stylize(*tensors), repeats, warmup=2) * 1e3
         expected = run.model.stylize(*tensors).numpy()
-    onnx_ms = median_ms(lambda: loaded.components("stylize", **inputs), repeats)
+    onnx_ms = median_seconds(lambda: loaded.components("stylize", **inputs), repeats, warmup=2) * 1e3
     actual = loaded.components("stylize", **inputs)["images"]
     error = np.abs(actual - expected)
     return {"side": side, "torch_ms": torch_ms, "onnx_ms": onnx_ms,
@@ -138,10 +129,8 @@ def markdown(speed, metrics, sweep, latencies, manifest, export_seconds, train_s
         "", f"ONNX export of all five components: {export_seconds:.0f} s; validation max abs error per component:", "",
         "| component | max abs error |", "| --- | ---: |",
     ]
-    for name, entry in manifest["components"].items():
-        errors = [output["max_abs_error"] for check in entry["validation"] for output in check["outputs"].values()]
-        lines.append(f"| {name} | {max(errors):.1e} |")
-    return "\n".join(lines) + "\n"
+    lines += [f"| {name} | {validation_errors(manifest, name)[0]:.1e} |" for name in manifest["components"]]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -179,9 +168,7 @@ def main() -> None:
 
     report = markdown(training_speed(run_dir), metrics, sweep, latencies, manifest, export_seconds, train_seconds,
                       train_threads, args.precision, args.threads)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(report)
-    print(report)
+    Report(RESULTS, report).write()
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from zoo_onnx import export_model  # noqa: E402
 from zoo_var.config import PRESETS, Config, SampleOptions  # noqa: E402
 from zoo_var.plugin import VARPlugin, transformer_parameter_count  # noqa: E402
 from zoo_var.scales import scale_starts  # noqa: E402
+from report import Report, table, validation_errors
 from timing import median_seconds
 
 RESULTS = ROOT / "benchmarks" / "results" / "var.md"
@@ -64,12 +65,6 @@ class TimedComponents:
         return out
 
 
-
-
-def table(header: list[str], rows: list[list[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def train_digits(run_dir: Path) -> tuple[zoo.api.Run, str]:
@@ -187,12 +182,10 @@ def engines(run: zoo.api.Run, workdir: Path, repeats: int) -> str:
 
 
 def worst_error(manifest: dict, component: str) -> str:
-    """The largest validation error the exporter recorded for a component: max abs error of
-    float outputs, the share of differing elements of integer outputs (token indices)."""
-    checks = [output for check in manifest["components"][component]["validation"] for output in check["outputs"].values()]
-    floats = [output["max_abs_error"] for output in checks if "mismatch_fraction" not in output]
-    integers = [output["mismatch_fraction"] for output in checks if "mismatch_fraction" in output]
-    return ", ".join([*(f"{max(floats):.1e}" for _ in floats[:1]), *(f"{max(integers):.1%} differ" for _ in integers[:1])])
+    """Max abs error of float outputs, share of differing integer outputs (token indices)."""
+    floats, integers = validation_errors(manifest, component)
+    return ", ".join([*([f"{floats:.1e}"] if floats is not None else []),
+                      *([f"{integers:.1%} differ"] if integers is not None else [])])
 
 
 def _accuracy(classifier: DigitsClassifier, output) -> float:
@@ -225,23 +218,21 @@ def main() -> None:
     parser.add_argument("--skip-d12", action="store_true", help="skip the d12-sized latency rows")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    sections = [f"# VAR benchmark\n\nMachine: {platform.machine()} {platform.processor()}, torch {torch.__version__}, "
-                "1 thread for torch and onnxruntime (CPU provider); the machine was shared with other jobs, so "
-                "wall-clock figures are upper bounds."]
+    report = Report(RESULTS, f"# VAR benchmark\n\nMachine: {platform.machine()} {platform.processor()}, "
+                    f"torch {torch.__version__}, 1 thread for torch and onnxruntime (CPU provider); the machine was "
+                    "shared with other jobs, so wall-clock figures are upper bounds.")
 
     with tempfile.TemporaryDirectory(prefix="bench-var-") as scratch:
         workdir = Path(scratch)
         if args.run is None:
             run, text = train_digits(args.train_dir or workdir / "run")
-            sections.append("## Training the `digits` preset\n\n" + text)
+            report.add("## Training the `digits` preset\n\n" + text)
         else:
             run = zoo.api.load_run(args.run, device="cpu")
-            sections.append(f"## Training the `digits` preset (run {args.run})\n\n" + training_table(run))
-        print(sections[-1], flush=True)
+            report.add(f"## Training the `digits` preset (run {args.run})\n\n" + training_table(run))
 
         _, text = evaluate(run)
-        sections.append("## Evaluation (`evaluate`, default sample options: cfg 4, top-k 900, top-p 0.96)\n\n" + text)
-        print(sections[-1], flush=True)
+        report.add("## Evaluation (`evaluate`, default sample options: cfg 4, top-k 900, top-p 0.96)\n\n" + text)
 
         plugin = VARPlugin()
         rows = latency_rows("digits (10 classes x 8)", sampling_latency(plugin, run.model, run.config, {}, args.repeats),
@@ -256,21 +247,16 @@ def main() -> None:
             for batch in (1, 8):
                 results = sampling_latency(plugin, model, config, {"classes": list(range(batch)), "n": 1}, 2)
                 rows += latency_rows(f"d12 ({size:.0f}M, 680 tokens, batch {batch})", results, config)
-        sections.append("## Sampling latency, KV cache vs full recompute (torch, ms)\n\n"
+        report.add("## Sampling latency, KV cache vs full recompute (torch, ms)\n\n"
                         + table(["model", "part", "cached", "full recompute", "speed-up", "token ratio"], rows)
                         + "\n\n`token ratio`: positions the full recompute runs (the sum of every step's prefix) "
                         "over the L the cache runs, the speed-up's bound when linear layers dominate.")
-        print(sections[-1], flush=True)
 
-        sections.append("## torch vs onnxruntime vs int8 (digits, per call at validation size 1)\n\n"
+        report.add("## torch vs onnxruntime vs int8 (digits, per call at validation size 1)\n\n"
                         + engines(run, workdir / "exports", args.repeats))
-        print(sections[-1], flush=True)
-        sections.append("## Area downsampling to non-dividing sizes exports\n\n" + non_dividing_export(workdir))
-        print(sections[-1], flush=True)
+        report.add("## Area downsampling to non-dividing sizes exports\n\n" + non_dividing_export(workdir))
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n\n".join(sections) + "\n")
-    print(f"\nwritten to {RESULTS}")
+    report.write()
 
 
 if __name__ == "__main__":

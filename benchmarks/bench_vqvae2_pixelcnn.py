@@ -37,6 +37,7 @@ from zoo_onnx import export_model  # noqa: E402
 from zoo.config import resolve  # noqa: E402
 from zoo_vqvae2_pixelcnn.config import PRESETS, VQVAE2Config, VQVAE2SampleOptions  # noqa: E402
 from zoo_vqvae2_pixelcnn.plugin import VQVAE2PixelCNNPlugin  # noqa: E402
+from report import Report, table, validation_errors
 from timing import median_seconds
 
 RESULTS = ROOT / "benchmarks" / "results" / "vqvae2_pixelcnn.md"
@@ -49,12 +50,6 @@ def once(run: Callable[[], object]) -> float:
     start = time.perf_counter()
     run()
     return time.perf_counter() - start
-
-
-def table(header: list[str], rows: list[list[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def train(run_dir: Path, assignments: list[str]) -> tuple[zoo.api.Run, str]:
@@ -141,11 +136,9 @@ def parity(run: zoo.api.Run, export_dir: Path, manifest: dict) -> str:
     text = table(["greedy top codes equal", "greedy bottom codes equal", "max image difference (0-255)",
                   "seeded (temperature 1) codes equal"], rows)
     errors = []
-    for name, entry in manifest["components"].items():
-        checks = [output for check in entry["validation"] for output in check["outputs"].values()]
-        floats = [o["max_abs_error"] for o in checks if "mismatch_fraction" not in o]
-        integers = [o["mismatch_fraction"] for o in checks if "mismatch_fraction" in o]
-        errors.append([name, f"{max(floats):.1e}" if floats else "-", f"{max(integers):.1%}" if integers else "-"])
+    for name in manifest["components"]:
+        floats, integers = validation_errors(manifest, name)
+        errors.append([name, "-" if floats is None else f"{floats:.1e}", "-" if integers is None else f"{integers:.1%}"])
     return text + "\n\nExport validation (onnxruntime vs torch, batch 3 and 4):\n\n" + table(
         ["component", "max abs error (float outputs)", "differing codes (integer outputs)"], errors)
 
@@ -159,40 +152,33 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    sections = [f"# VQ-VAE-2 + PixelCNN benchmark (digits32)\n\nMachine: {platform.machine()}, torch {torch.__version__}, "
-                f"onnxruntime {onnxruntime.__version__}, CPU provider, 1 thread for torch and onnxruntime; "
-                "the machine's 2 cores were shared with other jobs, so timings are noisy."]
+    report = Report(RESULTS, f"# VQ-VAE-2 + PixelCNN benchmark (digits32)\n\nMachine: {platform.machine()}, "
+                    f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, CPU provider, 1 thread for torch "
+                    "and onnxruntime; the machine's 2 cores were shared with other jobs, so timings are noisy.")
     if args.run:
         run = zoo.api.load_run(args.run, device="cpu")
-        sections.append("## Training\n\n" + training_table(run) + f"\n\n(reused run {args.run})")
+        report.add("## Training\n\n" + training_table(run) + f"\n\n(reused run {args.run})")
     else:
         if args.out.exists():
             raise SystemExit(f"{args.out} exists; pass --run {args.out} to reuse it or another --out")
         run, text = train(args.out, args.assignments)
-        sections.append("## Training (`zoo train vqvae2_pixelcnn`, one thread)\n\n" + text)
-    print(sections[-1], flush=True)
+        report.add("## Training (`zoo train vqvae2_pixelcnn`, one thread)\n\n" + text)
 
     metrics, text = evaluate(run)
-    sections.append("## Evaluation\n\n" + text)
-    print(sections[-1], flush=True)
+    report.add("## Evaluation\n\n" + text)
 
     with tempfile.TemporaryDirectory() as workdir:
         export_dir = Path(workdir) / "export"
         start = time.perf_counter()
         manifest = export_model(run.plugin, run.model, run.config, export_dir)
         export_seconds = time.perf_counter() - start
-        sections.append("## Sampling time per image\n\ndigits32, the trained run:\n\n"
+        report.add("## Sampling time per image\n\ndigits32, the trained run:\n\n"
                         + sampling(run.plugin, run.model, run.config, export_dir, args.repeats))
-        print(sections[-1], flush=True)
-        sections.append(reference_sizes(Path(workdir), args.repeats))
-        print(sections[-1], flush=True)
-        sections.append(f"## torch vs onnxruntime\n\nExport of {len(manifest['components'])} components with validation: "
+        report.add(reference_sizes(Path(workdir), args.repeats))
+        report.add(f"## torch vs onnxruntime\n\nExport of {len(manifest['components'])} components with validation: "
                         f"{export_seconds:.0f} s.\n\n" + parity(run, export_dir, manifest))
-        print(sections[-1], flush=True)
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n\n".join(sections) + "\n")
-    print(f"\nwritten to {RESULTS}")
+    report.write()
 
 
 if __name__ == "__main__":
