@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zoo.config import SampleOptionsBase, ZooConfig
+from zoo.config import ConfigSection, SampleOptionsBase, ZooConfig
 from zoo.errors import ZooError
 from zoo.hookspecs import hookimpl
 from zoo.outputs import SampleOutput
@@ -28,7 +28,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "Component", "ExportAssets", "ModelPlugin", "Optimizer", "SampleOptionsBase", "SampleOutput",
+    "Component", "ConfigSection", "ExportAssets", "ModelPlugin", "Optimizer", "SampleOptionsBase", "SampleOutput",
     "Stage", "StageContext", "StepContext", "Validation", "ZooConfig", "ZooError", "hookimpl",
     *sorted(_API),
 ]

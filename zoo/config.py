@@ -19,10 +19,15 @@ import yaml
 from zoo.errors import ConfigError
 
 
-class ZooConfig(pydantic.BaseModel):
-    """Base of every plugin's `Config`: unknown fields are errors, not silently ignored."""
+class ConfigSection(pydantic.BaseModel):
+    """Base of a plugin's `Config` and of its nested sections: unknown fields are errors, not
+    silently ignored, and assignments are validated like construction."""
 
     model_config = pydantic.ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ZooConfig(ConfigSection):
+    """Base of every plugin's `Config`."""
 
     seed: int = pydantic.Field(0, description="fixes data order, initialisation and sampling")
 

@@ -5,16 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from zoo.config import SampleOptionsBase, ZooConfig
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from zoo.config import ConfigSection, SampleOptionsBase, ZooConfig
 
 
-class ImageConfig(_Section):
+class ImageConfig(ConfigSection):
     """The image autoencoder: strided convs -> pool -> latent -> linear -> transposed convs."""
 
     size: int = Field(64, ge=16, description="image side in pixels; a multiple of 2^len(channels)")
@@ -45,7 +41,7 @@ class ImageConfig(_Section):
         return self
 
 
-class TextConfig(_Section):
+class TextConfig(ConfigSection):
     """Tokenizer, text encoder (for the contrastive term and caption -> image) and caption decoder."""
 
     vocab_size: int = Field(
@@ -71,7 +67,7 @@ class TextConfig(_Section):
         return self
 
 
-class LossConfig(_Section):
+class LossConfig(ConfigSection):
     reconstruction_weight: float = Field(1.0, ge=0, description="weight of the image reconstruction MSE")
     caption_weight: float = Field(2.0, ge=0, description="weight of the caption cross-entropy (teacher forcing, pad ignored)")
     contrastive_weight: float = Field(0.5, ge=0, description="weight of the image/text InfoNCE term")
@@ -83,7 +79,7 @@ class LossConfig(_Section):
     )
 
 
-class TrainingConfig(_Section):
+class TrainingConfig(ConfigSection):
     steps: int = Field(800, ge=1, description="optimizer steps of the `joint` stage (early stopping may end it sooner)")
     batch_size: int = Field(64, ge=2, description="image/caption pairs per step (InfoNCE needs at least 2)")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
@@ -95,7 +91,7 @@ class TrainingConfig(_Section):
     patience: int | None = Field(10, ge=1, description="validations without improvement before stopping; null never stops")
 
 
-class DataConfig(_Section):
+class DataConfig(ConfigSection):
     source: str = Field(
         "shapes",
         description="'shapes' (embedded captioned shapes) or a caption-set directory (images + captions.jsonl/.csv)",

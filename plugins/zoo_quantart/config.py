@@ -5,16 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from zoo.config import SampleOptionsBase, ZooConfig
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from zoo.config import ConfigSection, SampleOptionsBase, ZooConfig
 
 
-class VQGANConfig(_Section):
+class VQGANConfig(ConfigSection):
     """Architecture of each of the two VQGANs (photo and art share it, as in the paper)."""
 
     ch: int = Field(32, ge=1, description="base width of the encoder and decoder")
@@ -30,7 +26,7 @@ class VQGANConfig(_Section):
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout in the residual blocks")
 
 
-class DiscriminatorConfig(_Section):
+class DiscriminatorConfig(ConfigSection):
     """The image PatchGAN of each VQGAN stage and how its term enters the generator loss."""
 
     base_channels: int = Field(32, ge=1, description="width of the first discriminator conv")
@@ -41,7 +37,7 @@ class DiscriminatorConfig(_Section):
     weight: float = Field(0.8, ge=0, description="scale of the adaptive weight (taming's disc_weight)")
 
 
-class PerceptualConfig(_Section):
+class PerceptualConfig(ConfigSection):
     """Optional perceptual term of the VQGAN stages: a timm backbone with local weights."""
 
     backbone: str = Field("resnet18", description="timm model name, built with features_only=True")
@@ -49,7 +45,7 @@ class PerceptualConfig(_Section):
     weight: float = Field(1.0, ge=0, description="weight of the perceptual term")
 
 
-class TransferConfig(_Section):
+class TransferConfig(ConfigSection):
     """The style transfer module and the losses of the `transfer` stage (weights as in the official code)."""
 
     block_num: int = Field(6, ge=1, description="blocks of ResnetBlock + self-attention + cross-attention to the reference codes")
@@ -64,25 +60,25 @@ class TransferConfig(_Section):
     discriminator_downsample: bool = Field(False, description="stride-2 first conv in the latent discriminator (the official code has it)")
 
 
-class VQGANTraining(_Section):
+class VQGANTraining(ConfigSection):
     steps: int = Field(1200, ge=1, description="optimizer steps")
     batch_size: int = Field(8, ge=1, description="images per step")
     lr: float = Field(4e-4, gt=0, description="learning rate of generator and discriminator (Adam, betas 0.5, 0.9)")
 
 
-class TransferTraining(_Section):
+class TransferTraining(ConfigSection):
     steps: int = Field(1000, ge=1, description="optimizer steps")
     batch_size: int = Field(16, ge=1, description="(content, style) pairs per step")
     lr: float = Field(4e-4, gt=0, description="learning rate of the transfer module and the latent discriminator (Adam, betas 0.5, 0.9)")
 
 
-class TrainingConfig(_Section):
+class TrainingConfig(ConfigSection):
     vqgan_photo: VQGANTraining = Field(default_factory=VQGANTraining, description="photo VQGAN stage")
     vqgan_art: VQGANTraining = Field(default_factory=VQGANTraining, description="art VQGAN stage")
     transfer: TransferTraining = Field(default_factory=TransferTraining, description="transfer stage")
 
 
-class DataConfig(_Section):
+class DataConfig(ConfigSection):
     content: str = Field("photos", description="content images: a zoo.data set name (photos) or a directory")
     style: str = Field("textures", description="style images: a zoo.data set name (textures) or a directory")
     count: int = Field(2000, ge=1, description="random crops per generated training set")

@@ -5,16 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from zoo.config import SampleOptionsBase, ZooConfig
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from zoo.config import ConfigSection, SampleOptionsBase, ZooConfig
 
 
-class TokenizerConfig(_Section):
+class TokenizerConfig(ConfigSection):
     """The multi-scale VQVAE. Defaults are the official release (vae_ch160v4096z32)."""
 
     resolution: int = Field(256, description="image side in pixels")
@@ -47,7 +43,7 @@ class TokenizerConfig(_Section):
     )
 
 
-class TransformerConfig(_Section):
+class TransformerConfig(ConfigSection):
     """The VAR transformer. Width and heads follow the paper's rule unless given."""
 
     depth: int = Field(16, description="number of AdaLN self-attention blocks")
@@ -73,7 +69,7 @@ class TransformerConfig(_Section):
         return 0.1 * self.depth / 24 if self.drop_path is None else self.drop_path
 
 
-class TokenizerTraining(_Section):
+class TokenizerTraining(ConfigSection):
     steps: int = Field(20000, description="optimizer steps of the `tokenizer` stage")
     batch_size: int = Field(32, description="images per step")
     lr: float = Field(2e-4, description="peak learning rate (Adam)")
@@ -92,7 +88,7 @@ class TokenizerTraining(_Section):
     gan_lr: float = Field(2e-4, description="discriminator learning rate")
 
 
-class TransformerTraining(_Section):
+class TransformerTraining(ConfigSection):
     steps: int = Field(100000, description="optimizer steps of the `transformer` stage")
     batch_size: int = Field(256, description="token maps per step")
     lr_per_256: float = Field(1e-4, description="base learning rate; the peak lr is lr_per_256 * batch_size / 256")

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from zoo.config import SampleOptionsBase, ZooConfig
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from zoo.config import ConfigSection, SampleOptionsBase, ZooConfig
 
 
-class VQVAEConfig(_Section):
+class VQVAEConfig(ConfigSection):
     """The two-level autoencoder (Razavi et al., 2019; sizes of rosinality/vq-vae-2-pytorch)."""
 
     channels: int = Field(128, ge=2, description="width of the encoders and decoders")
@@ -36,7 +32,7 @@ class VQVAEConfig(_Section):
         return value
 
 
-class PriorConfig(_Section):
+class PriorConfig(ConfigSection):
     """A gated PixelCNN over one level's code map."""
 
     variant: Literal["gated", "masked"] = Field(
@@ -88,7 +84,7 @@ class PriorConfig(_Section):
         return (self.blocks + 1, side, bias_channels)
 
 
-class StageTraining(_Section):
+class StageTraining(ConfigSection):
     steps: int = Field(1000, ge=1, description="optimizer steps")
     batch_size: int = Field(64, ge=1, description="images (or code maps) per step")
     lr: float = Field(3e-4, gt=0, description="peak learning rate (AdamW, cosine decay)")
@@ -97,7 +93,7 @@ class StageTraining(_Section):
     patience: int | None = Field(None, ge=1, description="stop after this many held-out checks without improvement and keep the best weights; null never stops")
 
 
-class TrainingConfig(_Section):
+class TrainingConfig(ConfigSection):
     vqvae: StageTraining = Field(default_factory=lambda: StageTraining(steps=2000, batch_size=64, lr=3e-4), description="the autoencoder stage")
     prior_top: StageTraining = Field(default_factory=lambda: StageTraining(steps=2000, batch_size=64, lr=3e-4), description="the top prior stage")
     prior_bottom: StageTraining = Field(default_factory=lambda: StageTraining(steps=2000, batch_size=64, lr=3e-4), description="the bottom prior stage")
