@@ -31,13 +31,13 @@ sys.path[:0] = [str(ROOT), str(ROOT / "plugins"), str(ROOT / "exporters")]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from timing import median_seconds
 
 import zoo  # noqa: E402
 import zoo.runtime  # noqa: E402
 from zoo.config import validate  # noqa: E402
 from zoo.plugin import Component, ModelPlugin  # noqa: E402
 from zoo_onnx import export_model  # noqa: E402
-from timing import median_seconds
 
 BATCHES = (1, 16)
 RESULTS = ROOT / "benchmarks" / "results"
@@ -56,14 +56,16 @@ class MergedComponents:
         return self.exports[name].components(name, **inputs)
 
 
-
-
 def batched_inputs(component: Component, batch: int) -> dict[str, torch.Tensor] | None:
     """make_inputs(0) with every axis named `batch` resized to `batch` (rows repeated), or
     None if the component has no batch axis (then only its traced size is timed)."""
     inputs = component.make_inputs(0)
-    batch_axes = [(name, axis) for name in component.input_names
-                  for axis, axis_name in component.dynamic_axes.get(name, {}).items() if axis_name == "batch"]
+    batch_axes = [
+        (name, axis)
+        for name in component.input_names
+        for axis, axis_name in component.dynamic_axes.get(name, {}).items()
+        if axis_name == "batch"
+    ]
     if not batch_axes:
         return inputs if batch == 1 else None
     for name, axis in batch_axes:
@@ -98,17 +100,21 @@ def bench_model(
         start = time.perf_counter()
         fp32_manifest = export_model(plugin, model, config, Path(scratch) / "fp32", precision="fp32")
         fp32_seconds = time.perf_counter() - start
-        fp32 = zoo.runtime.load(Path(scratch) / "fp32", provider="cpu", intra_op_threads=args.threads, inter_op_threads=1)
+        fp32 = zoo.runtime.load(
+            Path(scratch) / "fp32", provider="cpu", intra_op_threads=args.threads, inter_op_threads=1
+        )
         # int8 one component at a time: a component whose int8 error exceeds the bound is
         # reported (and runs at fp32 in the int8 sampling loop) instead of hiding the rest.
         int8, int8_manifests, int8_failures, int8_seconds = {}, {}, {}, 0.0
         for name in fp32_manifest["components"]:
             start = time.perf_counter()
             try:
-                int8_manifests[name] = export_model(plugin, model, config, Path(scratch) / f"int8_{name}",
-                                                    precision="int8", components=[name])
-                int8[name] = zoo.runtime.load(Path(scratch) / f"int8_{name}", provider="cpu",
-                                              intra_op_threads=args.threads, inter_op_threads=1)
+                int8_manifests[name] = export_model(
+                    plugin, model, config, Path(scratch) / f"int8_{name}", precision="int8", components=[name]
+                )
+                int8[name] = zoo.runtime.load(
+                    Path(scratch) / f"int8_{name}", provider="cpu", intra_op_threads=args.threads, inter_op_threads=1
+                )
             except zoo.ZooError as error:
                 int8_failures[name] = str(error)
             int8_seconds += time.perf_counter() - start
@@ -138,8 +144,11 @@ def bench_model(
                 if component.name in int8:
                     components = int8[component.name].components
                     timings["int8"] = median_seconds(lambda: components(component.name, **arrays), args.repeats)
-                int8_error = (worst_error(int8_manifests[component.name], component.name) if component.name in int8
-                              else "fails the bound")
+                int8_error = (
+                    worst_error(int8_manifests[component.name], component.name)
+                    if component.name in int8
+                    else "fails the bound"
+                )
                 lines.append(
                     f"| {component.name} | {batch} | {milliseconds(timings['torch'])} | {milliseconds(timings['fp32'])} | "
                     f"{milliseconds(timings['int8'])} | {speedup(timings['torch'], timings['fp32'])} | "
@@ -190,6 +199,7 @@ def load_targets(args: argparse.Namespace) -> list[tuple[str, Callable[[], tuple
 
         return [(getattr(importlib.import_module(module_name), attr).name, build_plugin)]
     if args.run:
+
         def build_run() -> tuple:
             run = zoo.load_run(args.run, device="cpu")
             return run.plugin, run.config, run.model
@@ -219,7 +229,9 @@ def main() -> None:
             table = bench_model(label, plugin, config, model, args)
         except Exception as error:  # one model failing must not hide the others' figures
             traceback.print_exc(limit=3)
-            table = f"## {label}\n\nfailed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}\n"
+            table = (
+                f"## {label}\n\nfailed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}\n"
+            )
         text = f"# Export benchmark: {label}\n\n{machine_note(args.threads)}\n{table}"
         print(text)
         (RESULTS / f"export_{label.split()[0]}.md").write_text(text)

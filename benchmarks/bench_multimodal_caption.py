@@ -30,6 +30,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "plugins"), str(ROOT / "exporters")]
 
 import onnxruntime  # noqa: E402
 import torch  # noqa: E402
+from report import Report, validation_errors
+from timing import median_seconds
 
 import zoo  # noqa: E402
 import zoo.runtime  # noqa: E402
@@ -38,18 +40,16 @@ from zoo_multimodal_caption.config import PRESETS, CaptionConfig, CaptionSampleO
 from zoo_multimodal_caption.data import captioned_images  # noqa: E402
 from zoo_multimodal_caption.plugin import MultimodalCaptionPlugin  # noqa: E402
 from zoo_onnx import export_model  # noqa: E402
-from report import Report, validation_errors
-from timing import median_seconds
 
 RESULTS = ROOT / "benchmarks" / "results" / "multimodal_caption.md"
 CAPTION_BATCHES = (1, 32)
 
 
-
-
 def train_shapes(run_dir: Path) -> tuple[zoo.api.Run, list[str]]:
     start = time.perf_counter()
-    run = zoo.train("multimodal_caption", preset="shapes", run_dir=run_dir, device="cpu", progress="quiet", log_every=25)
+    run = zoo.train(
+        "multimodal_caption", preset="shapes", run_dir=run_dir, device="cpu", progress="quiet", log_every=25
+    )
     seconds = time.perf_counter() - start
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "images_per_s" in r]
@@ -75,8 +75,12 @@ def evaluate(run: zoo.api.Run) -> list[str]:
     start = time.perf_counter()
     metrics = run.evaluate()
     seconds = time.perf_counter() - start
-    lines = [f"## Held-out metrics ({run.config.data.eval_count} images, greedy captions; {seconds:.0f} s)", "",
-             "| metric | value |", "|---|---|"]
+    lines = [
+        f"## Held-out metrics ({run.config.data.eval_count} images, greedy captions; {seconds:.0f} s)",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
     lines += [f"| {key} | {value:.4f} |" for key, value in metrics.items()]
     return lines + [""]
 
@@ -103,8 +107,10 @@ def caption_speed(run: zoo.api.Run, export_dir: Path, threads: int, repeats: int
             options = CaptionSampleOptions(kv_cache=kv_cache)
             for batch in CAPTION_BATCHES:
                 seconds = median_seconds(lambda: runtime.caption(images[:batch], options), repeats)
-                lines.append(f"| {engine} | {'yes' if kv_cache else 'no'} | {batch} | {batch / seconds:.1f} | "
-                             f"{seconds * 1e3:.1f} |")
+                lines.append(
+                    f"| {engine} | {'yes' if kv_cache else 'no'} | {batch} | {batch / seconds:.1f} | "
+                    f"{seconds * 1e3:.1f} |"
+                )
     return lines + [""]
 
 
@@ -137,15 +143,19 @@ def engravings_step(threads: int) -> None:
     torch.nn.utils.clip_grad_norm_(params, spec.clip_grad_norm)
     optimizer.step()
     step_seconds = time.perf_counter() - start
-    print(json.dumps({
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "expected_parameters": sum(parameter_counts(config).values()),
-        "build_seconds": build_seconds,
-        "step_seconds": step_seconds,
-        "rss_after_build_gb": after_build / 2**20,  # ru_maxrss is in KiB on Linux
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "loss": {k: round(v.item(), 4) for k, v in losses.items()},
-    }))
+    print(
+        json.dumps(
+            {
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "expected_parameters": sum(parameter_counts(config).values()),
+                "build_seconds": build_seconds,
+                "step_seconds": step_seconds,
+                "rss_after_build_gb": after_build / 2**20,  # ru_maxrss is in KiB on Linux
+                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                "loss": {k: round(v.item(), 4) for k, v in losses.items()},
+            }
+        )
+    )
 
 
 def engravings_memory(threads: int) -> list[str]:
@@ -172,7 +182,9 @@ def engravings_memory(threads: int) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="a trained multimodal_caption run (default: train the shapes preset)")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_multimodal_caption", help="run directory to train into")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "runs" / "bench_multimodal_caption", help="run directory to train into"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-engravings", action="store_true")

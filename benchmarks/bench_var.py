@@ -25,6 +25,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "plugins"), str(ROOT / "exporters")]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from report import Report, table, validation_errors
+from timing import median_seconds
 
 import zoo.api  # noqa: E402
 import zoo.runtime  # noqa: E402
@@ -32,16 +34,14 @@ from zoo.config import resolve  # noqa: E402
 from zoo.data import DigitsClassifier  # noqa: E402
 from zoo.torch_components import TorchComponents  # noqa: E402
 from zoo_onnx import export_model  # noqa: E402
-from zoo_var.config import PRESETS, Config, SampleOptions  # noqa: E402
-from zoo_var.plugin import VARPlugin, transformer_parameter_count  # noqa: E402
+from zoo_var.config import PRESETS, SampleOptions, VARConfig  # noqa: E402
+from zoo_var.plugin import VARPlugin  # noqa: E402
 from zoo_var.scales import scale_starts  # noqa: E402
-from report import Report, table, validation_errors
-from timing import median_seconds
 
 RESULTS = ROOT / "benchmarks" / "results" / "var.md"
 
 # A d12-sized transformer (width 768, 12 heads) on the paper's 256px token pyramid
-# (patch_nums 1..16, 4096 codes, Cvae 32). Random weights: only latency is measured, and
+# (patch_nums 1..16, 4096 codes, code_dim 32). Random weights: only latency is measured, and
 # a slim tokenizer keeps the 256px decoder from hiding the transformer's share.
 D12 = {
     "transformer": {"depth": 12},
@@ -65,13 +65,13 @@ class TimedComponents:
         return out
 
 
-
-
 def train_digits(run_dir: Path) -> tuple[zoo.api.Run, str]:
     start = time.perf_counter()
     run = zoo.api.train("var", run_dir=run_dir, device="cpu", log_every=50)
     total = time.perf_counter() - start
-    return run, training_table(run) + f"\n\nBoth stages, wall clock (incl. data encoding, validation, sample grid): {total:.0f} s."
+    return run, training_table(
+        run
+    ) + f"\n\nBoth stages, wall clock (incl. data encoding, validation, sample grid): {total:.0f} s."
 
 
 def training_table(run: zoo.api.Run) -> str:
@@ -83,9 +83,16 @@ def training_table(run: zoo.api.Run) -> str:
     for end in (r for r in rows if r.get("event") == "end"):
         stage = end["stage"]
         losses = [r for r in rows if r.get("stage") == stage and "loss" in r]
-        out.append([stage, end["step"], batches[stage], f"{end['seconds']:.0f}",
-                    f"{end['step'] * batches[stage] / end['seconds']:.0f}",
-                    f"{losses[0]['loss']:.3f} -> {losses[-1]['loss']:.3f}"])
+        out.append(
+            [
+                stage,
+                end["step"],
+                batches[stage],
+                f"{end['seconds']:.0f}",
+                f"{end['step'] * batches[stage] / end['seconds']:.0f}",
+                f"{losses[0]['loss']:.3f} -> {losses[-1]['loss']:.3f}",
+            ]
+        )
     return table(["stage", "steps", "batch", "seconds", "images/s", "loss first -> last log"], out)
 
 
@@ -95,11 +102,17 @@ def evaluate(run: zoo.api.Run) -> tuple[dict[str, float], str]:
     seconds = time.perf_counter() - start
     keys = ["tokenizer_psnr", "codebook_usage", "token_accuracy", "token_nll", "sample_accuracy"]
     rows = [[key, f"{metrics[key]:.4f}"] for key in keys]
-    per_class = ", ".join(f"{d}: {metrics[f'sample_accuracy_{d}']:.2f}" for d in range(10) if f"sample_accuracy_{d}" in metrics)
-    return metrics, table(["metric (held-out digits)", "value"], rows) + f"\n\nPer class: {per_class}. ({seconds:.0f} s)"
+    per_class = ", ".join(
+        f"{d}: {metrics[f'sample_accuracy_{d}']:.2f}" for d in range(10) if f"sample_accuracy_{d}" in metrics
+    )
+    return metrics, table(
+        ["metric (held-out digits)", "value"], rows
+    ) + f"\n\nPer class: {per_class}. ({seconds:.0f} s)"
 
 
-def sampling_latency(plugin: VARPlugin, model, config: Config, options: dict, repeats: int) -> dict[str, dict[str, float]]:
+def sampling_latency(
+    plugin: VARPlugin, model, config: VARConfig, options: dict, repeats: int
+) -> dict[str, dict[str, float]]:
     """Mean seconds of one `sample` call (after a warm-up call), with and without the KV
     cache, and the part of it spent in each graph."""
     components = TorchComponents(plugin.export_components(model, config), torch.device("cpu"))
@@ -121,7 +134,7 @@ def sampling_latency(plugin: VARPlugin, model, config: Config, options: dict, re
     return results
 
 
-def token_ratio(config: Config) -> float:
+def token_ratio(config: VARConfig) -> float:
     """Token positions the full recompute runs through the transformer over those the cache
     runs: sum over scales of the prefix length, over L. Linear layers dominate the cost,
     so this bounds the KV cache's speed-up (plus a little from attention's quadratic term)."""
@@ -129,14 +142,26 @@ def token_ratio(config: Config) -> float:
     return sum(ends) / ends[-1]
 
 
-def latency_rows(name: str, results: dict[str, dict[str, float]], config: Config) -> list[list[object]]:
+def latency_rows(name: str, results: dict[str, dict[str, float]], config: VARConfig) -> list[list[object]]:
     cached, full = results["cached"], results["full"]
     bound = f"{token_ratio(config):.2f}x"
     return [
-        [name, "whole sample", f"{cached['total'] * 1e3:.0f}", f"{full['total'] * 1e3:.0f}",
-         f"{full['total'] / cached['total']:.2f}x", bound],
-        [name, "transformer steps", f"{cached['transformer_step'] * 1e3:.0f}", f"{full['transformer_step'] * 1e3:.0f}",
-         f"{full['transformer_step'] / cached['transformer_step']:.2f}x", bound],
+        [
+            name,
+            "whole sample",
+            f"{cached['total'] * 1e3:.0f}",
+            f"{full['total'] * 1e3:.0f}",
+            f"{full['total'] / cached['total']:.2f}x",
+            bound,
+        ],
+        [
+            name,
+            "transformer steps",
+            f"{cached['transformer_step'] * 1e3:.0f}",
+            f"{full['transformer_step'] * 1e3:.0f}",
+            f"{full['transformer_step'] / cached['transformer_step']:.2f}x",
+            bound,
+        ],
     ]
 
 
@@ -148,7 +173,10 @@ def engines(run: zoo.api.Run, workdir: Path, repeats: int) -> str:
     for precision in ("fp32", "int8"):
         start = time.perf_counter()
         manifests[precision] = export_model(plugin, model, config, workdir / precision, precision=precision)
-        exports[precision] = (zoo.runtime.load(workdir / precision, provider="cpu", intra_op_threads=1), time.perf_counter() - start)
+        exports[precision] = (
+            zoo.runtime.load(workdir / precision, provider="cpu", intra_op_threads=1),
+            time.perf_counter() - start,
+        )
     rows = []
     for component in plugin.export_components(model, config):
         inputs = component.make_inputs(1)
@@ -168,24 +196,43 @@ def engines(run: zoo.api.Run, workdir: Path, repeats: int) -> str:
     options = SampleOptions(top_k=1)
     reference = plugin.sample(model, config, options, torch.device("cpu"))
     classifier = DigitsClassifier()
-    sample_rows = [["torch", f"{median_seconds(lambda: plugin.sample(model, config, options, torch.device('cpu')), repeats) * 1e3:.0f}",
-                    "1.000", f"{_accuracy(classifier, reference):.3f}", "-"]]
+    sample_rows = [
+        [
+            "torch",
+            f"{median_seconds(lambda: plugin.sample(model, config, options, torch.device('cpu')), repeats) * 1e3:.0f}",
+            "1.000",
+            f"{_accuracy(classifier, reference):.3f}",
+            "-",
+        ]
+    ]
     for precision in ("fp32", "int8"):
         loaded, export_seconds = exports[precision]
         output = loaded.sample(options)
         agreement = (output.extras["tokens"] == reference.extras["tokens"]).mean()
-        sample_rows.append([f"onnxruntime {precision}", f"{median_seconds(lambda: loaded.sample(options), repeats) * 1e3:.0f}",
-                            f"{agreement:.3f}", f"{_accuracy(classifier, output):.3f}", f"{export_seconds:.0f}"])
+        sample_rows.append(
+            [
+                f"onnxruntime {precision}",
+                f"{median_seconds(lambda: loaded.sample(options), repeats) * 1e3:.0f}",
+                f"{agreement:.3f}",
+                f"{_accuracy(classifier, output):.3f}",
+                f"{export_seconds:.0f}",
+            ]
+        )
     text += "\n\nGreedy sampling (top_k 1, 10 classes x 8 images), whole loop:\n\n" + table(
-        ["engine", "ms", "tokens equal to torch", "sample accuracy", "export + validation s"], sample_rows)
+        ["engine", "ms", "tokens equal to torch", "sample accuracy", "export + validation s"], sample_rows
+    )
     return text
 
 
 def worst_error(manifest: dict, component: str) -> str:
     """Max abs error of float outputs, share of differing integer outputs (token indices)."""
     floats, integers = validation_errors(manifest, component)
-    return ", ".join([*([f"{floats:.1e}"] if floats is not None else []),
-                      *([f"{integers:.1%} differ"] if integers is not None else [])])
+    return ", ".join(
+        [
+            *([f"{floats:.1e}"] if floats is not None else []),
+            *([f"{integers:.1%} differ"] if integers is not None else []),
+        ]
+    )
 
 
 def _accuracy(classifier: DigitsClassifier, output) -> float:
@@ -197,7 +244,7 @@ def non_dividing_export(workdir: Path) -> str:
     """The paper's pyramid needs area downsampling 16 -> 13, 10, 6, 5, 3: export the
     encoder and the embed graphs of a d12-sized config and report their errors."""
     plugin = VARPlugin()
-    config = resolve(Config, PRESETS["d16"], overrides=D12)
+    config = resolve(VARConfig, PRESETS["d16"], overrides=D12)
     torch.manual_seed(0)
     model = plugin.build(config).eval()
     names = ["encoder", *(f"embed_{k}" for k in range(len(config.tokenizer.patch_nums)))]
@@ -206,8 +253,9 @@ def non_dividing_export(workdir: Path) -> str:
     rows = []
     for name in names:
         rows.append([name, worst_error(manifest, name)])
-    return (f"Exported in {time.perf_counter() - start:.0f} s (dynamo exporter, explicit pooling matrices):\n\n"
-            + table(["component (patch_nums 1..16)", "max error vs torch"], rows))
+    return f"Exported in {time.perf_counter() - start:.0f} s (dynamo exporter, explicit pooling matrices):\n\n" + table(
+        ["component (patch_nums 1..16)", "max error vs torch"], rows
+    )
 
 
 def main() -> None:
@@ -218,9 +266,12 @@ def main() -> None:
     parser.add_argument("--skip-d12", action="store_true", help="skip the d12-sized latency rows")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    report = Report(RESULTS, f"# VAR benchmark\n\nMachine: {platform.machine()} {platform.processor()}, "
-                    f"torch {torch.__version__}, 1 thread for torch and onnxruntime (CPU provider); the machine was "
-                    "shared with other jobs, so wall-clock figures are upper bounds.")
+    report = Report(
+        RESULTS,
+        f"# VAR benchmark\n\nMachine: {platform.machine()} {platform.processor()}, "
+        f"torch {torch.__version__}, 1 thread for torch and onnxruntime (CPU provider); the machine was "
+        "shared with other jobs, so wall-clock figures are upper bounds.",
+    )
 
     with tempfile.TemporaryDirectory(prefix="bench-var-") as scratch:
         workdir = Path(scratch)
@@ -235,25 +286,30 @@ def main() -> None:
         report.add("## Evaluation (`evaluate`, default sample options: cfg 4, top-k 900, top-p 0.96)\n\n" + text)
 
         plugin = VARPlugin()
-        rows = latency_rows("digits (10 classes x 8)", sampling_latency(plugin, run.model, run.config, {}, args.repeats),
-                            run.config)
+        rows = latency_rows(
+            "digits (10 classes x 8)", sampling_latency(plugin, run.model, run.config, {}, args.repeats), run.config
+        )
         if not args.skip_d12:
-            config = resolve(Config, PRESETS["d16"], overrides=D12)
+            config = resolve(VARConfig, PRESETS["d16"], overrides=D12)
             torch.manual_seed(0)
             model = plugin.build(config).eval()
-            size = transformer_parameter_count(model) / 1e6
+            size = model.transformer_parameter_count() / 1e6
             # At batch 1 the small scales are matrix-vector products bound by streaming the
             # weights; batch 8 shows whether more rows per step change the ratio.
             for batch in (1, 8):
                 results = sampling_latency(plugin, model, config, {"classes": list(range(batch)), "n": 1}, 2)
                 rows += latency_rows(f"d12 ({size:.0f}M, 680 tokens, batch {batch})", results, config)
-        report.add("## Sampling latency, KV cache vs full recompute (torch, ms)\n\n"
-                        + table(["model", "part", "cached", "full recompute", "speed-up", "token ratio"], rows)
-                        + "\n\n`token ratio`: positions the full recompute runs (the sum of every step's prefix) "
-                        "over the L the cache runs, the speed-up's bound when linear layers dominate.")
+        report.add(
+            "## Sampling latency, KV cache vs full recompute (torch, ms)\n\n"
+            + table(["model", "part", "cached", "full recompute", "speed-up", "token ratio"], rows)
+            + "\n\n`token ratio`: positions the full recompute runs (the sum of every step's prefix) "
+            "over the L the cache runs, the speed-up's bound when linear layers dominate."
+        )
 
-        report.add("## torch vs onnxruntime vs int8 (digits, per call at validation size 1)\n\n"
-                        + engines(run, workdir / "exports", args.repeats))
+        report.add(
+            "## torch vs onnxruntime vs int8 (digits, per call at validation size 1)\n\n"
+            + engines(run, workdir / "exports", args.repeats)
+        )
         report.add("## Area downsampling to non-dividing sizes exports\n\n" + non_dividing_export(workdir))
 
     report.write()

@@ -15,7 +15,9 @@ def table(header: list[str], rows: list[list[object]]) -> str:
 def validation_errors(manifest: dict, component: str) -> tuple[float | None, float | None]:
     """The largest validation errors the exporter recorded for a component: (max abs error of
     float outputs, share of differing elements of integer outputs); None where it has none."""
-    checks = [output for check in manifest["components"][component]["validation"] for output in check["outputs"].values()]
+    checks = [
+        output for check in manifest["components"][component]["validation"] for output in check["outputs"].values()
+    ]
     floats = [output["max_abs_error"] for output in checks if "mismatch_fraction" not in output]
     integers = [output["mismatch_fraction"] for output in checks if "mismatch_fraction" in output]
     return max(floats, default=None), max(integers, default=None)

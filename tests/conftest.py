@@ -28,7 +28,10 @@ def write_entry_point_dist(site: Path) -> Path:
     dist_info = site / "zoo_tiny_autoencoder-0.1.0.dist-info"
     dist_info.mkdir(parents=True, exist_ok=True)
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: zoo-tiny-autoencoder\nVersion: 0.1.0\n")
-    (dist_info / "entry_points.txt").write_text("[zoo.plugins]\ntiny_autoencoder = zoo_tiny_autoencoder.plugin\n")
+    (dist_info / "entry_points.txt").write_text(
+        "[zoo.plugins]\ntiny_autoencoder = zoo_tiny_autoencoder.plugin\n\n"
+        "[zoo.runtimes]\ntiny_autoencoder = zoo_tiny_autoencoder.runtime:TinyAutoencoderRuntime\n"
+    )
     return site
 
 
@@ -44,7 +47,9 @@ def example_plugin_env(example_site, monkeypatch):
 
     for path in (str(EXAMPLE), str(example_site)):
         monkeypatch.syspath_prepend(path)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(EXAMPLE), str(example_site), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(EXAMPLE), str(example_site), os.environ.get("PYTHONPATH", "")])
+    )
     monkeypatch.delenv("ZOO_REGISTRY", raising=False)
     monkeypatch.setenv("ZOO_LOAD_PLUGINS", "tiny_autoencoder")  # the built-in plugins have their own tests
     reset_registry()

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from zoo.components import Component, ExportAssets
 from zoo.config import ConfigSection, SampleOptionsBase, ZooConfig
 from zoo.errors import ZooError
+from zoo.exporter import Exporter, ExportOptions
 from zoo.hookspecs import hookimpl
+from zoo.importer import Converted, Importer
 from zoo.outputs import SampleOutput
-from zoo.plugin import Component, ExportAssets, ModelPlugin, Optimizer, Stage, StageContext, StepContext, Validation
+from zoo.plugin import ModelPlugin, Optimizer, Stage, StageContext, StepContext, Validation
+from zoo.version import __version__
 
-__version__ = "0.1.0"
-
-_API = {"list_models", "get_plugin", "create_model", "resolve_config", "train", "load_run"}
+_API = {"list_models", "get_plugin", "create_model", "resolve_config", "train", "load_run", "import_checkpoint"}
 
 
 def __getattr__(name: str) -> Any:
@@ -28,7 +30,24 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "Component", "ConfigSection", "ExportAssets", "ModelPlugin", "Optimizer", "SampleOptionsBase", "SampleOutput",
-    "Stage", "StageContext", "StepContext", "Validation", "ZooConfig", "ZooError", "hookimpl",
+    "Component",
+    "ConfigSection",
+    "Converted",
+    "ExportAssets",
+    "ExportOptions",
+    "Exporter",
+    "Importer",
+    "ModelPlugin",
+    "Optimizer",
+    "SampleOptionsBase",
+    "SampleOutput",
+    "Stage",
+    "StageContext",
+    "StepContext",
+    "Validation",
+    "ZooConfig",
+    "ZooError",
+    "__version__",
+    "hookimpl",
     *sorted(_API),
 ]

@@ -1,10 +1,14 @@
 """The Python API; the CLI is a thin layer over it.
 
+Usage:
+
     import zoo
     zoo.list_models()
     plugin, config, model = zoo.create_model("var", preset="digits", seed=1)
     run = zoo.train("var", run_dir="runs/var")
     run = zoo.load_run("runs/var"); run.sample(classes=[3]).save("three.png"); run.evaluate()
+    run.export("exports/var", precision="int8")           # ONNX, the default format
+    run.export("exports/var_x", format="NAME")            # any registered exporter (`zoo plugins`)
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ from torch import nn
 
 from zoo import checkpoint as ckpt
 from zoo.config import ZooConfig, resolve, validate
-from zoo.device import choose_device
+from zoo.device import Precision, choose_device
 from zoo.errors import RunError
+from zoo.exporter import DEFAULT_FORMAT
+from zoo.importing import import_checkpoint as import_checkpoint  # re-exported as zoo.import_checkpoint
 from zoo.outputs import SampleOutput
 from zoo.plugin import ModelPlugin
+from zoo.progress import Mode
 from zoo.registry import get_registry
-from zoo.trainer import TrainOptions, Trainer
+from zoo.trainer import Trainer, TrainOptions
 
 
 def list_models() -> list[str]:
@@ -76,10 +83,12 @@ class Run:
         with torch.no_grad():
             return self.plugin.evaluate(self.model, self.config, self.device)
 
-    def export(self, out_dir: Path, **options: Any) -> dict[str, Any]:
-        from zoo_onnx import export_model
-
-        return export_model(self.plugin, self.model, self.config, Path(out_dir), **options)
+    def export(self, out_dir: Path | str, format: str = DEFAULT_FORMAT, **options: Any) -> dict[str, Any]:
+        """Export with the exporter registered for `format`; `options` are its `Options`
+        fields (ONNX: opset, precision, components, sign_key, device). Returns its manifest."""
+        exporter = get_registry().get_exporter(format)
+        parsed = validate(exporter.Options, options, what=f"{exporter.name} export option")
+        return exporter.export(self.plugin, self.model, self.config, Path(out_dir), parsed)
 
 
 def load_run(run_dir: Path | str, model: str | None = None, device: str = "auto") -> Run:
@@ -87,14 +96,18 @@ def load_run(run_dir: Path | str, model: str | None = None, device: str = "auto"
     run_dir = Path(run_dir)
     record = ckpt.read_run_record(run_dir)
     if model is not None and record["model"] != model:
-        raise RunError(f"{run_dir} holds a {record['model']!r} run, not {model!r}; "
-                       f"use `zoo ... {record['model']} --run {run_dir}` or another --run")
+        raise RunError(
+            f"{run_dir} holds a {record['model']!r} run, not {model!r}; "
+            f"use `zoo ... {record['model']} --run {run_dir}` or another --run"
+        )
     plugin = get_registry().get(record["model"])
     config = validate(plugin.Config, record["config"])
     weights = run_dir / ckpt.WEIGHTS_FILE
     if not weights.is_file():
-        raise RunError(f"{run_dir} has no {ckpt.WEIGHTS_FILE} yet: no stage has finished; "
-                       f"continue training with `zoo train {plugin.name} --out {run_dir} --resume`")
+        raise RunError(
+            f"{run_dir} has no {ckpt.WEIGHTS_FILE} yet: no stage has finished; "
+            f"continue training with `zoo train {plugin.name} --out {run_dir} --resume`"
+        )
     torch_device = choose_device(device)
     net = plugin.build(config)
     ckpt.load_weights(net, weights)
@@ -113,17 +126,24 @@ def train(
     resume: bool = False,
     from_run: Path | None = None,
     device: str = "auto",
-    precision: str = "fp32",
-    progress: str = "quiet",
+    precision: Precision = "fp32",
+    progress: Mode = "quiet",
     checkpoint_every: int = 200,
     log_every: int = 10,
 ) -> Run:
     """Train every stage (or one) of a model; returns the trained run."""
     plugin, preset_name, config = resolve_config(name, preset, config_file, assignments, overrides)
     run_dir = Path(run_dir or Path("runs") / name)
-    options = TrainOptions(device=device, precision=precision, progress=progress, stage=stage, resume=resume,
-                           from_run=Path(from_run) if from_run else None, checkpoint_every=checkpoint_every,
-                           log_every=log_every)
+    options = TrainOptions(
+        device=device,
+        precision=precision,
+        progress=progress,
+        stage=stage,
+        resume=resume,
+        from_run=Path(from_run) if from_run else None,
+        checkpoint_every=checkpoint_every,
+        log_every=log_every,
+    )
     trainer = Trainer(plugin, config, run_dir, preset_name, options)
     model = trainer.run()
     model.eval()

@@ -7,18 +7,23 @@
     RUN/cache/               data a stage derives once (e.g. token indices)
     RUN/state/latest.json    points at the newest complete trainer checkpoint:
     RUN/state/ckpt-N/        model.safetensors, tensors.safetensors, trainer.json
+    RUN/.lock                held by the process training the run; holds its PID
 
 A trainer checkpoint is a folder written in full before `latest.json` is switched to it
 (temp file + rename), so a kill at any moment leaves the previous checkpoint intact.
+Files get the mode the umask allows (0644 by default), like any other tool's output.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,44 +31,101 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-import zoo
 from zoo.errors import RunError
+from zoo.version import __version__
+
+if sys.platform == "win32":
+    import msvcrt
+else:
+    import fcntl
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 METRICS_FILE = "metrics.jsonl"
 STATE_DIR = "state"
+CACHE_DIR = "cache"
+LATEST_FILE = "latest.json"
+LOCK_FILE = ".lock"
+# The names write_trainer_checkpoint gives its folders; latest.json may point at nothing else.
+CHECKPOINT_NAME = re.compile(r"ckpt-[A-Za-z0-9_.-]+")
+
+
+def _read_umask() -> int:
+    # The umask can only be read by setting it. This runs once, at import, before any
+    # thread of ours creates files; a file another thread creates in between gets the
+    # stricter 0o077, never a looser mode.
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()
+FILE_MODE = 0o666 & ~UMASK
+DIR_MODE = 0o777 & ~UMASK  # what mkdir gives; tempfile.mkdtemp makes 0o700
 
 
 # atomic writes ---------------------------------------------------------------------------
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
+def _naming(error: OSError, path: Path) -> OSError:
+    """The error with the file it concerns: a failed write() (disk full) names none."""
+    return error if error.filename else OSError(error.errno, error.strerror, str(path))
+
+
+@contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A fresh temp file beside `path`: it replaces `path` when the block succeeds, and is
+    removed when it fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    temp = Path(name)
     try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
+        yield temp
+        os.chmod(temp, FILE_MODE)  # mkstemp (and safetensors) create 0600
         os.replace(temp, path)
+    except OSError as error:
+        temp.unlink(missing_ok=True)
+        raise _naming(error, path) from None
     except BaseException:
-        Path(temp).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with _replacing(Path(path)) as temp, open(temp, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
-def atomic_save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
-    # safetensors refuses shared storage; contiguous copies also fix non-contiguous views.
-    save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(temp), metadata=metadata)
-    os.replace(temp, path)
+# safetensors reports I/O failures as "... (os error 28) ..." (0.4: "IoError(Os { code: 28, ...")
+_OS_ERROR_CODE = re.compile(r"os error (\d+)|code: (\d+)")
+
+
+def _save_tensors_file(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """safetensors' save_file, failing with a plain OSError naming `path` when the disk does."""
+    try:
+        # safetensors refuses shared storage; contiguous copies also fix non-contiguous views.
+        save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(path), metadata=metadata)
+    except SafetensorError as error:
+        code = _OS_ERROR_CODE.search(str(error))
+        if code is None:
+            raise
+        number = int(code.group(1) or code.group(2))
+        raise OSError(number, os.strerror(number), str(path)) from None
+    os.chmod(path, FILE_MODE)  # safetensors writes through a 0600 temp file of its own
+
+
+def atomic_save_tensors(
+    path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    with _replacing(Path(path)) as temp:
+        _save_tensors_file(temp, tensors, metadata)
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -77,14 +139,21 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def run_record(model: str, plugin_version: str, preset: str | None, config: dict[str, Any]) -> dict[str, Any]:
-    return {"model": model, "plugin_version": plugin_version, "zoo_version": zoo.__version__,
-            "preset": preset, "config": config}
+    return {
+        "model": model,
+        "plugin_version": plugin_version,
+        "zoo_version": __version__,
+        "preset": preset,
+        "config": config,
+    }
 
 
 def read_run_record(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
-        raise RunError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); train one with `zoo train MODEL --out {run_dir}`")
+        raise RunError(
+            f"{run_dir} is not a run directory (no {CONFIG_FILE}); train one with `zoo train MODEL --out {run_dir}`"
+        )
     try:
         record = json.loads(path.read_text())
     except json.JSONDecodeError as error:
@@ -102,11 +171,17 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     unexpected = sorted(set(tensors) - set(own))
     # A module's extra state (torch's get_extra_state, e.g. a tokenizer serialised as bytes)
     # is opaque: its size is known only once it is set, so only its presence is checked.
-    mismatched = sorted(k for k in set(own) & set(tensors)
-                        if not k.endswith("_extra_state") and own[k].shape != tensors[k].shape)
+    mismatched = sorted(
+        k for k in set(own) & set(tensors) if not k.endswith("_extra_state") and own[k].shape != tensors[k].shape
+    )
     if missing or unexpected or mismatched:
-        detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
-                  else f"shape mismatch in {mismatched[:3]}")
+        detail = (
+            f"missing {missing[:3]}"
+            if missing
+            else f"unexpected {unexpected[:3]}"
+            if unexpected
+            else f"shape mismatch in {mismatched[:3]}"
+        )
         raise RunError(f"{path} does not fit this model ({detail}); it belongs to another model or config")
     model.load_state_dict(tensors)
 
@@ -161,27 +236,168 @@ def write_trainer_checkpoint(run_dir: Path, step_name: str, model: torch.nn.Modu
     partial.mkdir(parents=True)
     tensors: dict[str, torch.Tensor] = {}
     skeleton = flatten_state(state, "state", tensors)
-    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(partial / WEIGHTS_FILE))
-    save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(partial / "tensors.safetensors"))
-    (partial / "trainer.json").write_text(json.dumps(skeleton))
+    _save_tensors_file(partial / WEIGHTS_FILE, model.state_dict())
+    _save_tensors_file(partial / "tensors.safetensors", tensors)
+    atomic_write_json(partial / "trainer.json", skeleton)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(partial, folder)
-    atomic_write_json(state_dir / "latest.json", {"checkpoint": folder.name})
+    atomic_write_json(state_dir / LATEST_FILE, {"checkpoint": folder.name})
     for old in state_dir.glob("ckpt-*"):
         if old.name != folder.name:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def read_trainer_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """(weights path, trainer state) of the newest complete checkpoint, or None."""
+def _corrupt_latest(run_dir: Path, reason: str) -> RunError:
+    return RunError(
+        f"{STATE_DIR}/{LATEST_FILE} in {run_dir} is corrupt ({reason}); "
+        f"delete {Path(run_dir) / STATE_DIR} to restart the stage"
+    )
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The folder `latest.json` points at, or None before the first checkpoint.
+
+    The pointer must name a checkpoint folder inside RUN/state: a tampered or truncated
+    file never makes the trainer read from elsewhere."""
     state_dir = Path(run_dir) / STATE_DIR
-    latest = state_dir / "latest.json"
+    latest = state_dir / LATEST_FILE
     if not latest.is_file():
         return None
-    folder = state_dir / json.loads(latest.read_text())["checkpoint"]
+    try:
+        pointer = json.loads(latest.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise _corrupt_latest(run_dir, "not JSON") from None
+    if not isinstance(pointer, dict):
+        raise _corrupt_latest(run_dir, "not a JSON object")
+    name = pointer.get("checkpoint")
+    if not isinstance(name, str) or not CHECKPOINT_NAME.fullmatch(name):
+        raise _corrupt_latest(run_dir, f"'checkpoint' is {name!r}, not a checkpoint folder name")
+    folder = state_dir / name
+    if folder.resolve().parent != state_dir.resolve():  # e.g. a symlink to another directory
+        raise _corrupt_latest(run_dir, f"{name} leads outside {state_dir}")
+    return folder
+
+
+def read_trainer_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """(weights path, trainer state) of the newest complete checkpoint, or None."""
+    folder = latest_checkpoint(run_dir)
+    if folder is None:
+        return None
+    state_dir = folder.parent
     try:
         skeleton = json.loads((folder / "trainer.json").read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise RunError(f"trainer checkpoint {folder} is unreadable ({error}); delete {state_dir} to restart the stage") from None
+        raise RunError(
+            f"trainer checkpoint {folder} is unreadable ({error}); delete {state_dir} to restart the stage"
+        ) from None
     tensors = load_tensors(folder / "tensors.safetensors")
     return folder / WEIGHTS_FILE, unflatten_state(skeleton, tensors)
+
+
+# the life of a run directory -------------------------------------------------------------
+
+
+@contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold an OS advisory lock on RUN/.lock, so a second trainer of the same run directory
+    stops at once instead of interleaving metrics and reading half-written checkpoints.
+
+    The OS drops the lock when the process ends, even by SIGKILL, so a lock file left
+    behind never blocks anyone; the PID in it only names the holder in the message."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"{run_dir} is a file, not a run directory; pick another --out / run_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if not _try_lock(handle):
+            os.lseek(handle, 0, os.SEEK_SET)
+            holder = os.read(handle, 32).decode(errors="replace").strip() or "unknown"
+            raise RunError(
+                f"{run_dir} is being trained by another process (PID {holder}); "
+                f"wait for it to end or pick another --out / run_dir"
+            )
+        os.ftruncate(handle, 0)
+        os.lseek(handle, 0, os.SEEK_SET)
+        os.write(handle, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(handle)  # releases the lock
+
+
+# Windows locks byte ranges, and a locked byte cannot be read by others: lock one far past the PID.
+_WINDOWS_LOCK_OFFSET = 1 << 20
+
+
+def _try_lock(handle: int) -> bool:
+    try:
+        if sys.platform == "win32":
+            os.lseek(handle, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+            msvcrt.locking(handle, msvcrt.LK_NBLCK, 1)
+        else:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+# What a killed writer leaves: our atomic writes' `.NAME.XXXX.tmp`, safetensors' own
+# `.tmpXXXXXX`, and checkpoint folders written half-way.
+_TEMPORARY_FILES = (".*.tmp", ".tmp*")
+_PARTIAL_CHECKPOINTS = ".ckpt-*.partial"
+
+
+def remove_temporary_files(run_dir: Path) -> None:
+    """Delete the leftovers of killed writes. Only while holding the lock: a live writer's
+    temp files look the same."""
+    run_dir = Path(run_dir)
+    for folder in (run_dir, run_dir / STATE_DIR, run_dir / CACHE_DIR):
+        for pattern in _TEMPORARY_FILES:
+            for path in folder.glob(pattern):
+                if path.is_file():
+                    path.unlink(missing_ok=True)
+    for path in (run_dir / STATE_DIR).glob(_PARTIAL_CHECKPOINTS):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def discard_untrained(run_dir: Path) -> None:
+    """Forget an attempt that failed before its first checkpoint: its metrics and the data
+    its stage derived (from a config that is now replaced)."""
+    run_dir = Path(run_dir)
+    (run_dir / METRICS_FILE).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / CACHE_DIR, ignore_errors=True)
+
+
+# metrics ---------------------------------------------------------------------------------
+
+
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        with open(path, "a") as file:
+            file.write(json.dumps(record) + "\n")
+    except OSError as error:
+        raise _naming(error, path) from None
+
+
+def drop_metrics_after(run_dir: Path, stage: str, step: int) -> None:
+    """Drop the stage's records past `step`, and lines a kill cut short: a stage that
+    restarts from `step` logs the later steps again, and each (stage, step) is kept once."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if _keeps(line, stage, step)]
+    if kept != lines:
+        atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
+
+
+def _keeps(line: str, stage: str, step: int) -> bool:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    if not isinstance(record, dict):
+        return False
+    return record.get("stage") != stage or not isinstance(record.get("step"), int) or record["step"] <= step

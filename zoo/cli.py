@@ -1,25 +1,33 @@
-"""`zoo list | plugins | info | train | sample | eval | export | run`.
+"""`zoo list | plugins | info | train | sample | eval | export | run | keygen`.
 
 A thin layer over `zoo.api`; torch is imported only by the commands that need it, so
-`zoo run` works where torch is not installed. Errors users cause print as one line.
+`zoo run` works where torch is not installed. Errors users cause, and errors of the disk
+(full, read-only, a file where a folder should be), print as one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import subprocess
 import sys
 import types
 import typing
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import pydantic
 
 from zoo.config import validate
 from zoo.errors import ZooError
+from zoo.exporter import DEFAULT_FORMAT as DEFAULT_EXPORT_FORMAT
+from zoo.outputs import check_output_path
+
+if TYPE_CHECKING:
+    from zoo.progress import Mode  # rich, imported only when training
 
 # model-specific option flags -------------------------------------------------------------
 
@@ -46,31 +54,44 @@ def _flag_type(annotation: Any) -> tuple[Any, dict[str, Any]]:
     return str, {}
 
 
-def add_option_flags(parser: argparse.ArgumentParser, schema: type[pydantic.BaseModel]) -> None:
+def add_option_flags(
+    parser: argparse.ArgumentParser, schema: type[pydantic.BaseModel], title: str = "sample options"
+) -> None:
     """One flag per field (`top_k` -> `--top-k`, plus aliases from json_schema_extra)."""
-    group = parser.add_argument_group("sample options")
+    group = parser.add_argument_group(title)
     for name, field in schema.model_fields.items():
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        flags = [f"--{name.replace('_', '-')}", *extra.get("flags", [])]
+        aliases = cast("list[str]", extra.get("flags", []))  # json_schema_extra={"flags": [...]}: strings
+        flags = [f"--{name.replace('_', '-')}", *aliases]
         value_type, kwargs = _flag_type(field.annotation)
         if "action" not in kwargs:
             kwargs["type"] = value_type
         default = field.get_default(call_default_factory=True)
-        group.add_argument(*flags, dest=name, default=argparse.SUPPRESS,
-                           help=f"{field.description or ''} (default: {default})", **kwargs)
+        group.add_argument(
+            *flags,
+            dest=name,
+            default=argparse.SUPPRESS,
+            help=f"{field.description or ''} (default: {default})",
+            **kwargs,
+        )
 
 
-def parse_options(schema: type[pydantic.BaseModel], prog: str, argv: list[str],
-                  common: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], Any]:
-    """Parse the command's own flags plus the model's options; validate the options."""
+def parse_options(
+    schema: type[pydantic.BaseModel],
+    prog: str,
+    argv: list[str],
+    common: dict[str, dict[str, Any]],
+    what: str = "sample option",
+) -> tuple[dict[str, Any], Any]:
+    """Parse the command's own flags plus the model's (or exporter's) options; validate the options."""
     parser = argparse.ArgumentParser(prog=prog)
     for flag, kwargs in common.items():
         parser.add_argument(flag, **kwargs)
-    add_option_flags(parser, schema)
+    add_option_flags(parser, schema, title=f"{what}s")
     namespace = vars(parser.parse_args(argv))
     own = {key.lstrip("-").replace("-", "_") for key in common}
     command_args = {k: v for k, v in namespace.items() if k in own}
-    options = validate(schema, {k: v for k, v in namespace.items() if k not in own}, what="sample option")
+    options = validate(schema, {k: v for k, v in namespace.items() if k not in own}, what=what)
     return command_args, options
 
 
@@ -81,20 +102,40 @@ def cmd_list(args: argparse.Namespace) -> None:
     from zoo.registry import get_registry
 
     registry = get_registry()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, entry in sorted(registry.models.items()):
         plugin = entry.plugin
         presets = registry.presets(name)
         _, config = _default_config(name)
-        rows.append({"name": name, "plugin": entry.module, "source": entry.source, "version": plugin.version,
-                     "presets": list(presets), "default_preset": plugin.default_preset,
-                     "stages": plugin.stage_names(config), "components": list(plugin.components)})
+        rows.append(
+            {
+                "name": name,
+                "plugin": entry.module,
+                "source": entry.source,
+                "version": plugin.version,
+                "presets": list(presets),
+                "default_preset": plugin.default_preset,
+                "stages": plugin.stage_names(config),
+                "components": plugin.component_names(config),
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    _print_table(["model", "version", "presets", "stages", "components", "source"],
-                 [[r["name"], r["version"], ", ".join(r["presets"]), ", ".join(r["stages"]),
-                   ", ".join(r["components"]), r["source"]] for r in rows])
+    _print_table(
+        ["model", "version", "presets", "stages", "components", "source"],
+        [
+            [
+                r["name"],
+                r["version"],
+                ", ".join(r["presets"]),
+                ", ".join(r["stages"]),
+                ", ".join(r["components"]),
+                r["source"],
+            ]
+            for r in rows
+        ],
+    )
     _report_failures(registry)
 
 
@@ -106,9 +147,26 @@ def cmd_plugins(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(infos, indent=2))
         return
-    _print_table(["plugin", "version", "models", "source", "status"],
-                 [[i["name"], i["version"] or "", ", ".join(i["models"]), i["source"],
-                   f"FAILED: {i['error']}" if i["error"] else "ok"] for i in infos])
+    _print_table(
+        ["plugin", "version", "models", "exporters", "source", "status"],
+        [
+            [
+                i["name"],
+                i["version"] or "",
+                ", ".join(i["models"]),
+                ", ".join(i["exporters"]),
+                i["source"],
+                _plugin_status(i),
+            ]
+            for i in infos
+        ],
+    )
+
+
+def _plugin_status(info: dict[str, Any]) -> str:
+    if info["error"]:
+        return f"FAILED: {info['error']}"
+    return "; ".join(f"warning: {w}" for w in info["warnings"]) or "ok"
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -132,7 +190,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     for stage in plugin.stages(config):
         optimizers = ", ".join(f"{o.name} lr {o.lr:g}" for o in stage.optimizers)
         print(f"  {stage.name}: {stage.steps} steps, batch {stage.batch_size}, optimizers: {optimizers}")
-    print(f"\nexport components: {', '.join(plugin.components)}")
+    print(f"\nexport components: {', '.join(plugin.component_names(config))}")
     print("\nconfig fields (set with --set key=value):")
     for line in _describe_fields(plugin.Config, config.model_dump()):
         print(f"  {line}")
@@ -144,11 +202,22 @@ def cmd_train(args: argparse.Namespace) -> None:
     from zoo import api
 
     overrides = {"seed": args.seed} if args.seed is not None else None
-    progress = "json" if args.json else "quiet" if args.quiet else "bar"
-    run = api.train(args.model, preset=args.preset, overrides=overrides, run_dir=args.out,
-                    config_file=args.config, assignments=args.set or [], stage=args.stage, resume=args.resume,
-                    from_run=args.from_run, device=args.device, precision=args.precision, progress=progress,
-                    checkpoint_every=args.checkpoint_every)
+    progress: Mode = "json" if args.json else "quiet" if args.quiet else "bar"
+    run = api.train(
+        args.model,
+        preset=args.preset,
+        overrides=overrides,
+        run_dir=args.out,
+        config_file=args.config,
+        assignments=args.set or [],
+        stage=args.stage,
+        resume=args.resume,
+        from_run=args.from_run,
+        device=args.device,
+        precision=args.precision,
+        progress=progress,
+        checkpoint_every=args.checkpoint_every,
+    )
     if progress != "json" and int(os.environ.get("RANK", "0")) == 0:
         grids = sorted((run.run_dir / "samples").glob("*.png"))
         print(f"run directory: {run.run_dir}")
@@ -167,9 +236,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
         "--device": {"default": "auto", "help": "auto, cpu or cuda"},
     }
     command, options = parse_options(plugin.SampleOptions, f"zoo sample {args.model}", args.rest, common)
+    out = check_output_path(command["out"])
     run = api.load_run(command["run"], model=args.model, device=command["device"])
     output = plugin.sample(run.model, run.config, options, run.device)
-    _emit(output, Path(command["out"]))
+    _emit(output, out)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -183,34 +253,72 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
-        _print_table(["metric", "value"], [[k, f"{v:.4g}" if isinstance(v, float) else str(v)] for k, v in metrics.items()])
+        _print_table(
+            ["metric", "value"], [[k, f"{v:.4g}" if isinstance(v, float) else str(v)] for k, v in metrics.items()]
+        )
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    """`zoo export MODEL [--format NAME] --out DIR [--run DIR] [the exporter's options]`:
+    the flags after --format come from that exporter's `Options` (`zoo export MODEL
+    --format NAME --help` lists them)."""
     from zoo import api
+    from zoo.registry import get_registry
 
-    run = api.load_run(args.run or Path("runs") / args.model, model=args.model, device="cpu")
-    components = args.components.split(",") if args.components else None
-    manifest = run.export(Path(args.out), opset=args.opset, precision=args.precision, components=components)
-    rows = []
-    for name, entry in manifest["components"].items():
-        outputs = [errors for run in entry["validation"] for errors in run["outputs"].values()]
-        worst_abs = max((e["max_abs_error"] for e in outputs if "max_abs_error" in e), default=0.0)
-        mismatch = max((e["mismatch_fraction"] for e in outputs if "mismatch_fraction" in e), default=0.0)
-        rows.append([name, entry["exporter"], f"{worst_abs:.2e}", f"{mismatch:.3g}", entry["file"]])
-    _print_table(["component", "exporter", "max abs error", "integer mismatch", "file"], rows)
-    print(f"export directory: {args.out}")
+    registry = get_registry()
+    registry.get(args.model)  # an unknown model fails before the flags are read
+    chosen = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    chosen.add_argument("--format", default=args.format)
+    exporter = registry.get_exporter(chosen.parse_known_args(args.rest)[0].format)
+    common = {
+        "--format": {
+            "default": exporter.name,
+            "help": f"export format: {', '.join(sorted(registry.exporters))} (default {DEFAULT_EXPORT_FORMAT})",
+        },
+        "--run": {"type": Path, "default": Path("runs") / args.model, "help": "run directory (default: runs/MODEL)"},
+        "--out": {"type": Path, "required": True, "help": "export directory"},
+    }
+    command, options = parse_options(
+        exporter.Options,
+        f"zoo export {args.model} --format {exporter.name}",
+        args.rest,
+        common,
+        what=f"{exporter.name} export option",
+    )
+    run = api.load_run(command["run"], model=args.model, device="cpu")
+    manifest = run.export(command["out"], format=exporter.name, **options.model_dump(exclude_unset=True))
+    rows = exporter.summary(manifest)
+    if rows:
+        _print_table(list(rows[0]), [list(row.values()) for row in rows])
+    print(f"export directory: {command['out']}")
+    for line in exporter.notes(manifest, command["out"], options):
+        print(line)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
     from zoo import runtime
 
-    loaded = runtime.load(Path(args.export_dir), provider=args.provider, intra_op_threads=args.threads)
+    # `zoo run`'s own flags may also follow DIR, among the model's options.
+    late = argparse.ArgumentParser(prog=f"zoo run {args.export_dir}", add_help=False, allow_abbrev=False)
+    _add_run_flags(late, default=argparse.SUPPRESS)
+    _, args.rest = late.parse_known_args(args.rest, namespace=args)
+    loaded = runtime.load(
+        Path(args.export_dir), provider=args.provider, intra_op_threads=args.threads, verify_key=args.verify
+    )
     common = {
         "--out": {"default": f"{loaded.manifest['model']}_run.png", "help": "output image (texts go beside it)"},
     }
     command, options = parse_options(loaded.options_class, f"zoo run {args.export_dir}", args.rest, common)
-    _emit(loaded.sample(options), Path(command["out"]))
+    out = check_output_path(command["out"])
+    _emit(loaded.sample(options), out)
+
+
+def cmd_keygen(args: argparse.Namespace) -> None:
+    from zoo.runtime.signing import generate_key_pair
+
+    private, public = generate_key_pair(args.out)
+    print(f"private key: {private} (keep it secret; sign with `zoo export ... --sign {private}`)")
+    print(f"public key: {public} (give it to users; check with `zoo run DIR --verify {public}`)")
 
 
 # helpers ---------------------------------------------------------------------------------
@@ -259,6 +367,9 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
 def _report_failures(registry) -> None:
     for info in registry.failures:
         print(f"warning: plugin {info.name} ({info.source}) failed to load: {info.error}", file=sys.stderr)
+    for info in registry.plugins.values():
+        for warning in info.warnings:
+            print(f"warning: plugin {info.name} ({info.source}): {warning}", file=sys.stderr)
 
 
 def _launch_torchrun(nproc: int) -> int:
@@ -275,9 +386,29 @@ def _launch_torchrun(nproc: int) -> int:
         if item.startswith("--nproc-per-node="):
             continue
         cleaned.append(item)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "zoo", *cleaned]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "zoo",
+        *cleaned,
+    ]
     return subprocess.call(command)
+
+
+def _add_run_flags(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default=default)
+    parser.add_argument("--threads", type=int, default=default, help="onnxruntime intra-op threads")
+    parser.add_argument(
+        "--verify",
+        type=Path,
+        metavar="KEY.pub.pem",
+        default=default,
+        help="refuse the export unless manifest.sig is this Ed25519 public key's signature",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -331,27 +462,44 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(handler=cmd_eval)
 
-    export = commands.add_parser("export", help="export a trained run to ONNX")
+    export = commands.add_parser(
+        "export", add_help=False, help="export a trained run (ONNX by default; MODEL [--format F] --help: options)"
+    )
+    export.add_argument("--format", default=DEFAULT_EXPORT_FORMAT, help=argparse.SUPPRESS)  # also before MODEL
     export.add_argument("model")
-    export.add_argument("--run", type=Path, help="run directory (default: runs/MODEL)")
-    export.add_argument("--out", type=Path, required=True, help="export directory")
-    export.add_argument("--opset", type=int)
-    export.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
-    export.add_argument("--components", help="comma-separated subset of components")
+    export.add_argument("rest", nargs=argparse.REMAINDER)
     export.set_defaults(handler=cmd_export)
 
     run = commands.add_parser("run", add_help=False, help="sample from an export with onnxruntime (no torch)")
     run.add_argument("export_dir")
-    run.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"])
-    run.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    _add_run_flags(run, default=None)
     run.add_argument("rest", nargs=argparse.REMAINDER)
     run.set_defaults(handler=cmd_run)
+
+    keygen = commands.add_parser("keygen", help="make an Ed25519 key pair for signing exports")
+    keygen.add_argument(
+        "--out", type=Path, required=True, metavar="KEY", help="writes KEY.pem (private) and KEY.pub.pem"
+    )
+    keygen.set_defaults(handler=cmd_keygen)
     return parser
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Warnings (a renamed config field, an option's old value) as one line, like errors."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         if args.strict or args.registry:
             from zoo.registry import configure_registry
@@ -361,9 +509,23 @@ def main(argv: list[str] | None = None) -> None:
     except ZooError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+    except OSError as error:
+        print(f"error: {describe_os_error(error)}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+# A write that fails for these is the disk's doing, whatever the path.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def describe_os_error(error: OSError) -> str:
+    """`cannot write PATH: No space left on device`: the path and the reason, no traceback."""
+    verb = "cannot write" if error.errno in WRITE_ERRNOS else "cannot access"
+    where = f" {error.filename}" if error.filename else ""
+    return f"{verb}{where}: {error.strerror or error}"
 
 
 if __name__ == "__main__":

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import types
 import typing
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import pydantic
 import yaml
@@ -21,15 +22,64 @@ from zoo.errors import ConfigError
 
 class ConfigSection(pydantic.BaseModel):
     """Base of a plugin's `Config` and of its nested sections: unknown fields are errors, not
-    silently ignored, and assignments are validated like construction."""
+    silently ignored, and assignments are validated like construction.
+
+    `renamed_fields = {"old": "new"}` keeps a renamed field readable for a release: run
+    directories and `--set` flags written with the old name still work, with a warning.
+    """
 
     model_config = pydantic.ConfigDict(extra="forbid", validate_assignment=True)
+    renamed_fields: ClassVar[dict[str, str]] = {}
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _read_renamed_fields(cls, values: Any) -> Any:
+        if not (isinstance(values, Mapping) and cls.renamed_fields):
+            return values
+        values = dict(values)
+        for old, new in cls.renamed_fields.items():
+            if old not in values:
+                continue
+            if new in values:
+                raise ValueError(f"{old!r} is the old name of {new!r}; give only {new!r}")
+            _warn_renamed(old, new)
+            values[new] = values.pop(old)
+        return values
+
+
+def _warn_renamed(old: str, new: str) -> None:
+    warnings.warn(
+        f"config field {old!r} is now called {new!r}; the old name is read until zoo 0.3", FutureWarning, stacklevel=3
+    )
+
+
+def current_names(schema: type[pydantic.BaseModel], values: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` with renamed fields under their current names at every level of the schema,
+    so that layers using the old and the new name (a preset, then `--set`) merge on one key."""
+    renamed: dict[str, str] = getattr(schema, "renamed_fields", {})
+    result: dict[str, Any] = {}
+    for key, value in values.items():
+        name = renamed.get(key, key)
+        if name != key:
+            if name in values:
+                raise ConfigError(f"config field {key!r} is the old name of {name!r}; give only {name!r}")
+            _warn_renamed(key, name)
+        field = schema.model_fields.get(name)
+        section = _model_in(field.annotation) if field is not None else None
+        result[name] = current_names(section, value) if section is not None and isinstance(value, Mapping) else value
+    return result
+
+
+# The most images (or captions) one `zoo sample` / `zoo run` call makes: a 16 x 16 grid.
+# Every plugin's SampleOptions bounds its counts by it, so a typo cannot exhaust memory.
+MAX_SAMPLES = 256
 
 
 class ZooConfig(ConfigSection):
     """Base of every plugin's `Config`."""
 
-    seed: int = pydantic.Field(0, description="fixes data order, initialisation and sampling")
+    # numpy's generators take no negative seeds
+    seed: int = pydantic.Field(0, ge=0, description="fixes data order, initialisation and sampling")
 
 
 class SampleOptionsBase(pydantic.BaseModel):
@@ -37,7 +87,7 @@ class SampleOptionsBase(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
-    seed: int = pydantic.Field(0, description="random seed of the sampling loop")
+    seed: int = pydantic.Field(0, ge=0, description="random seed of the sampling loop")
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -55,6 +105,7 @@ def _field_annotation(schema: type[pydantic.BaseModel], dotted: str) -> Any:
     annotation: Any = schema
     for part in dotted.split("."):
         model = _model_in(annotation)
+        part = getattr(model, "renamed_fields", {}).get(part, part)
         if model is None or part not in model.model_fields:
             return None
         annotation = model.model_fields[part].annotation
@@ -98,8 +149,9 @@ def parse_overrides(schema: type[pydantic.BaseModel], assignments: Iterable[str]
             raise ConfigError(f"--set {key}: no such config field; `zoo info MODEL` lists them")
         try:
             value = raw if _is_text(annotation) else yaml.safe_load(raw)
-        except yaml.YAMLError as error:
-            raise ConfigError(f"--set {key}: cannot read value {raw!r}: {error.problem}") from None
+        except yaml.YAMLError as error:  # a ReaderError (a control character) has no `problem`
+            problem = error.problem if isinstance(error, yaml.MarkedYAMLError) else error
+            raise ConfigError(f"--set {key}: cannot read value {raw!r}: {problem}") from None
         target = result
         *parents, leaf = key.split(".")
         for parent in parents:
@@ -132,7 +184,10 @@ def validation_message(error: pydantic.ValidationError, what: str = "config fiel
     return "\n".join(lines)
 
 
-def validate(schema: type[pydantic.BaseModel], values: Mapping[str, Any], what: str = "config field") -> Any:
+Model = TypeVar("Model", bound=pydantic.BaseModel)
+
+
+def validate(schema: type[Model], values: Mapping[str, Any], what: str = "config field") -> Model:
     try:
         return schema.model_validate(dict(values))
     except pydantic.ValidationError as error:
@@ -148,13 +203,15 @@ def resolve(
     overrides: Mapping[str, Any] | None = None,
 ) -> ZooConfig:
     """Merge every layer in order and validate once."""
+    layers = [
+        preset,
+        registry_overrides,
+        load_config_file(config_file) if config_file is not None else None,
+        overrides,
+        parse_overrides(schema, assignments),
+    ]
     values: dict[str, Any] = {}
-    for layer in (preset, registry_overrides):
+    for layer in layers:
         if layer:
-            values = deep_merge(values, layer)
-    if config_file is not None:
-        values = deep_merge(values, load_config_file(config_file))
-    if overrides:
-        values = deep_merge(values, overrides)
-    values = deep_merge(values, parse_overrides(schema, assignments))
+            values = deep_merge(values, current_names(schema, layer))
     return validate(schema, values)

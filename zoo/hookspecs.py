@@ -16,7 +16,8 @@ Example, a complete plugin module::
     def zoo_register_models():
         return [MyModel()]
 
-Hooks are prefixed `zoo_` and called with keyword arguments; an implementation whose
+One module may implement several hooks (a package with a model and its own exporter);
+each hook below is optional. Hooks are prefixed `zoo_` and called with keyword arguments; an implementation whose
 name matches no spec below is rejected when the plugin loads.
 """
 
@@ -27,6 +28,8 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from zoo.exporter import Exporter
+    from zoo.importer import Importer
     from zoo.plugin import ModelPlugin
 
 hookspec = pluggy.HookspecMarker("zoo")
@@ -39,4 +42,59 @@ def zoo_register_models() -> list[ModelPlugin]:
 
     Model names are global: two plugins returning the same name is an error that names
     both. Importing the plugin module must be cheap; build nothing heavy here.
+    """
+
+
+@hookspec
+def zoo_register_exporters() -> list[Exporter]:
+    """Return the export formats this plugin provides, one `zoo.Exporter` instance each.
+
+    `zoo export MODEL --format NAME` and `Run.export(out_dir, format=NAME, **options)` find
+    an exporter by its `name`; `zoo export` builds its flags from the exporter's `Options`
+    (a pydantic model, one flag per field) and prints the rows of its `summary`. The built-in
+    ONNX exporter (format "onnx", the default) registers through this hook from its own
+    entry point, like any third party's::
+
+        class NpzExporter(zoo.Exporter):
+            name = "npz"
+            description = "each component's weights as one .npz"
+
+            def export(self, plugin, model, config, out_dir, options):
+                ...  # write files into out_dir
+                return {"files": [...]}
+
+        @zoo.hookimpl
+        def zoo_register_exporters():
+            return [NpzExporter()]
+
+    Format names are global like model names: a plugin returning a name another plugin
+    already holds fails to load (reported by `zoo plugins`), the rest still load. Import
+    the heavy machinery (torch, onnx) inside `export`, not at module level.
+    """
+
+
+@hookspec
+def zoo_register_importers() -> list[Importer]:
+    """Return converters of published checkpoints, one `zoo.Importer` instance each.
+
+    An importer turns the files of one published format of one model into zoo's config
+    values and state dict (`Importer.convert`); `zoo import MODEL FILE... --out RUN [--format
+    F]` and `zoo.import_checkpoint(...)` run it and write an ordinary run directory, so that
+    sample, eval, export and `train --from` work on it unchanged. Read the files with
+    `zoo.checkpoint_files.load_checkpoint`, which never runs code from a pickle::
+
+        class OfficialImporter(zoo.Importer):
+            model = "my_model"
+            format = "official"
+            description = "model.pth from the authors' release page"
+
+            def convert(self, files):
+                tensors = load_checkpoint(files[0])
+                return zoo.Converted(config={...}, tensors={...}, stages=["main"])
+
+        @zoo.hookimpl
+        def zoo_register_importers():
+            return [OfficialImporter()]
+
+    `model/format` names are global like model names.
     """

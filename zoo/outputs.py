@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from zoo.errors import ConfigError
+
 
 @dataclass
 class SampleOutput:
@@ -28,12 +30,30 @@ class SampleOutput:
     def save(self, out: Path) -> None:
         """Write the image grid to `out` (a .png) and texts, if any, beside it."""
         out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if self.images is not None:
-            self.grid().save(out)
-        if self.texts is not None:
-            text_path = out if self.images is None else out.with_suffix(".txt")
-            text_path.write_text("\n".join(self.texts) + "\n")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if self.images is not None:
+                self.grid().save(out)
+            if self.texts is not None:
+                text_path = out if self.images is None else out.with_suffix(".txt")
+                text_path.write_text("\n".join(self.texts) + "\n")
+        except OSError as error:  # a failed write (a full disk) does not name its file
+            raise OSError(error.errno, error.strerror, str(error.filename or out)) from None
+
+
+# What --out may be: formats Pillow writes in every build, without extra options.
+OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+
+
+def check_output_path(out: str | Path) -> Path:
+    """Refuse an --out that sampling could not be saved to, before the sampling."""
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a directory; give a file name such as {out / 'sample.png'}")
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        given = f"{out.suffix!r}" if out.suffix else "no extension"
+        raise ConfigError(f"--out {out} has {given}; give an image file name ending in {', '.join(OUTPUT_SUFFIXES)}")
+    return out
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

@@ -3,8 +3,8 @@
 A plugin module hands the registry `ModelPlugin` objects through the `zoo_register_models`
 hook (see `zoo.hookspecs`). Everything the core does with a model goes through this class:
 the trainer runs its `stages`, `zoo sample` calls `sample`, `zoo eval` calls `evaluate`,
-the exporter turns `export_components` into ONNX graphs and `zoo run` drives them with the
-torch-free loop named by `runtime`.
+an exporter (see `zoo.exporter`; ONNX by default) writes `export_components`, and `zoo run`
+drives the exported graphs with the torch-free loop named by `runtime`.
 
 This module imports no torch at run time, so the registry can list models cheaply.
 """
@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from zoo.components import Component, ExportAssets  # defined in a leaf module; re-exported here
 from zoo.config import SampleOptionsBase, ZooConfig
 from zoo.outputs import SampleOutput
+from zoo.version import __version__
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
     from torch import nn
     from torch.utils.data import Dataset
@@ -36,7 +37,7 @@ class StepContext:
 
     step: int  # 0-based step within the stage
     total_steps: int
-    device: "torch.device"
+    device: torch.device
     # Shared by the optimizers of one step, e.g. a GAN's generator output reused by its
     # discriminator update. Cleared before every step.
     cache: dict[str, Any] = field(default_factory=dict)
@@ -55,7 +56,7 @@ class Optimizer:
     """
 
     name: str
-    modules: Callable[["nn.Module"], list["nn.Module"]]
+    modules: Callable[[nn.Module], list[nn.Module]]
     loss: LossFn
     lr: float
     algorithm: Literal["adamw", "adam"] = "adamw"
@@ -74,7 +75,7 @@ class Optimizer:
 class Validation:
     """Held-out loss measured during a stage; optionally stops the stage early."""
 
-    dataset: Callable[["StageContext"], "Dataset"]
+    dataset: Callable[[StageContext], Dataset]
     every: int
     patience: int | None = None  # evaluations without improvement before stopping; None never stops
     batches: int = 8
@@ -84,10 +85,10 @@ class Validation:
 class StageContext:
     """What a stage's data builder may use: the model (with earlier stages' weights)."""
 
-    model: "nn.Module"
+    model: nn.Module
     config: ZooConfig
     cache_dir: Path  # inside the run directory; survives resumes
-    device: "torch.device"
+    device: torch.device
 
 
 @dataclass
@@ -98,40 +99,14 @@ class Stage:
     optimizers: list[Optimizer]
     steps: int
     batch_size: int
-    dataset: Callable[[StageContext], "Dataset"]
+    dataset: Callable[[StageContext], Dataset]
     ema_decay: float | None = None  # EMA of trained weights, copied into the model at the end
     validation: Validation | None = None
     # Options for the sample grid written when the stage ends; None writes no grid.
     sample_options: dict[str, Any] | None = None
     # Runs once after the stage's data is built and before its first step (e.g. to
     # initialise a codebook from data); must be deterministic given the seed.
-    on_start: Callable[["nn.Module", StageContext], None] | None = None
-
-
-@dataclass
-class Component:
-    """One graph the exporter turns into ONNX, and that `sample` runs through torch.
-
-    `make_inputs(size)` returns fresh random inputs keyed by input name; sizes 0, 1, 2
-    must differ in at least one dynamic axis. Size 0 is traced, the others validate.
-    """
-
-    name: str
-    module: "nn.Module"
-    make_inputs: Callable[[int], dict[str, "torch.Tensor"]]
-    input_names: list[str]
-    output_names: list[str]
-    dynamic_axes: dict[str, dict[int, str]]
-    exporter: Literal["dynamo", "torchscript"] = "dynamo"
-    tolerance: float = 1e-4  # max abs error allowed at fp32 (relative to max(1, |torch output|))
-
-
-@dataclass
-class ExportAssets:
-    """Small things the runtime loop needs besides the graphs."""
-
-    arrays: dict[str, "np.ndarray"] = field(default_factory=dict)
-    files: dict[str, bytes] = field(default_factory=dict)  # e.g. a tokenizer.json
+    on_start: Callable[[nn.Module, StageContext], None] | None = None
 
 
 class ModelPlugin:
@@ -142,46 +117,67 @@ class ModelPlugin:
 
     name: ClassVar[str]
     description: ClassVar[str]
-    version: ClassVar[str] = "0.1.0"
+    version: ClassVar[str] = __version__  # a third-party plugin sets its own
     Config: ClassVar[type[ZooConfig]]
     SampleOptions: ClassVar[type[SampleOptionsBase]]
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     default_preset: ClassVar[str | None] = None
     runtime: ClassVar[str]  # "package.module:Class", a zoo.runtime.loop.ModelRuntime subclass
-    components: ClassVar[tuple[str, ...]] = ()  # names of what export_components returns
 
-    def build(self, config: ZooConfig) -> "nn.Module":
+    def build(self, config: ZooConfig) -> nn.Module:
         raise NotImplementedError
 
     def stages(self, config: ZooConfig) -> list[Stage]:
         raise NotImplementedError
 
-    def evaluate(self, model: "nn.Module", config: ZooConfig, device: "torch.device") -> dict[str, float]:
+    def evaluate(self, model: nn.Module, config: ZooConfig, device: torch.device) -> dict[str, float]:
         raise NotImplementedError
 
-    def export_components(self, model: "nn.Module", config: ZooConfig) -> list[Component]:
+    def export_components(self, model: nn.Module, config: ZooConfig) -> list[Component]:
         raise NotImplementedError
 
-    def export_assets(self, model: "nn.Module", config: ZooConfig) -> ExportAssets:
+    def export_assets(self, model: nn.Module, config: ZooConfig) -> ExportAssets:
         return ExportAssets()
+
+    def check_data(self, config: ZooConfig) -> None:
+        """Raise DataError if a data source of any stage is unusable. The trainer calls this
+        before the first stage, so a later stage's bad folder costs no training time.
+        Override when a stage after the first reads data the first stage does not."""
 
     def stage_names(self, config: ZooConfig) -> list[str]:
         return [stage.name for stage in self.stages(config)]
+
+    def component_names(self, config: ZooConfig) -> list[str]:
+        """What `export_components` returns for this config, derived from it on a model
+        built on the meta device (no memory, no weights), so listings never disagree with
+        what an export writes."""
+        import torch
+
+        with torch.device("meta"):
+            model = self.build(config)
+        try:
+            return [component.name for component in self.export_components(model, config)]
+        except NotImplementedError:  # a model that exports nothing
+            return []
 
     def runtime_class(self) -> type:
         module_name, _, attr = self.runtime.partition(":")
         return getattr(importlib.import_module(module_name), attr)
 
-    def sample(
-        self,
-        model: "nn.Module",
-        config: ZooConfig,
-        options: SampleOptionsBase,
-        device: "torch.device",
-    ) -> SampleOutput:
+    def runtime_for(self, model: nn.Module, config: ZooConfig, device: torch.device) -> Any:
+        """The plugin's torch-free sampling loop driving the torch components: what `sample`
+        runs, and what `evaluate` may use for the loop's other methods."""
         from zoo.torch_components import TorchComponents
 
         components = TorchComponents(self.export_components(model, config), device)
         assets = self.export_assets(model, config)
-        runtime = self.runtime_class()(components, config.model_dump(mode="json"), assets.arrays, assets.files)
-        return runtime.sample(options)
+        return self.runtime_class()(components, config.model_dump(mode="json"), assets.arrays, assets.files)
+
+    def sample(
+        self,
+        model: nn.Module,
+        config: ZooConfig,
+        options: SampleOptionsBase,
+        device: torch.device,
+    ) -> SampleOutput:
+        return self.runtime_for(model, config, device).sample(options)

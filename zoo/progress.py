@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Literal, Protocol
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 Mode = Literal["bar", "json", "quiet"]
 
@@ -21,16 +30,22 @@ class Reporter(Protocol):
 class BarReporter:
     def __init__(self) -> None:
         self.progress = Progress(
-            TextColumn("[bold]{task.fields[stage]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[summary]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            TextColumn("[bold]{task.fields[stage]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[summary]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
         )
-        self.task = None
+        self.task: TaskID | None = None  # set by `start`
 
     def start(self, stage: str, total: int, done: int) -> None:
         self.progress.start()
         self.task = self.progress.add_task(stage, total=total, completed=done, stage=stage, summary="")
 
     def update(self, step: int, metrics: dict[str, float]) -> None:
+        if self.task is None:  # not started: nothing to update
+            return
         shown = {k: v for k, v in metrics.items() if k not in ("stage", "step", "lr")}
         summary = " ".join(f"{k} {v:.4g}" for k, v in list(shown.items())[:4])
         self.progress.update(self.task, completed=step, summary=summary)
@@ -71,4 +86,5 @@ class QuietReporter:
 
 
 def make_reporter(mode: Mode) -> Reporter:
-    return {"bar": BarReporter, "json": JsonReporter, "quiet": QuietReporter}[mode]()
+    reporters: dict[str, Callable[[], Reporter]] = {"bar": BarReporter, "json": JsonReporter, "quiet": QuietReporter}
+    return reporters[mode]()

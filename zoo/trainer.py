@@ -7,25 +7,26 @@ every random draw inside the loss functions (the torch RNG state is checkpointed
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from zoo import checkpoint as ckpt
 from zoo.config import ZooConfig
+from zoo.data.base import dataset_length
 from zoo.device import Precision, autocast, choose_device
 from zoo.distributed import WorldInfo, average_gradients, barrier, init_from_env, shutdown
-from zoo.errors import DataError, RunError, TrainingError, UnknownNameError
-from zoo.plugin import ModelPlugin, Optimizer, Stage, StageContext, StepContext
+from zoo.errors import ConfigError, DataError, RunError, TrainingError, UnknownNameError
+from zoo.plugin import ModelPlugin, Optimizer, Stage, StageContext, StepContext, Validation
 from zoo.progress import Mode, Reporter, make_reporter
 
 
@@ -40,6 +41,13 @@ class TrainOptions:
     checkpoint_every: int = 200
     log_every: int = 10
 
+    def __post_init__(self) -> None:
+        # The one check for the API and the CLI, so the message names both spellings.
+        for name, label in (("checkpoint_every", "checkpoint_every (--checkpoint-every)"), ("log_every", "log_every")):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{label} must be a whole number of steps, at least 1; got {value!r}")
+
 
 class GlobalBatchSampler(Sampler[list[int]]):
     """Batches of one rank, from step `start` on, of a seeded stream of permutations.
@@ -50,10 +58,20 @@ class GlobalBatchSampler(Sampler[list[int]]):
 
     def __init__(self, size: int, batch_size: int, steps: int, seed: int, start: int, world: WorldInfo) -> None:
         if batch_size % world.world_size:
-            raise TrainingError(f"batch size {batch_size} does not split over {world.world_size} processes; "
-                                f"use a multiple of {world.world_size}")
-        self.size, self.batch_size, self.steps, self.seed, self.start, self.world = size, batch_size, steps, seed, start, world
-        self._epoch, self._permutation = -1, None
+            raise TrainingError(
+                f"batch size {batch_size} does not split over {world.world_size} processes; "
+                f"use a multiple of {world.world_size}"
+            )
+        self.size, self.batch_size, self.steps, self.seed, self.start, self.world = (
+            size,
+            batch_size,
+            steps,
+            seed,
+            start,
+            world,
+        )
+        self._epoch = -1  # the permutation is drawn on first use: no epoch is -1
+        self._permutation: list[int] = []
 
     def _index(self, position: int) -> int:
         epoch, offset = divmod(position, self.size)
@@ -104,7 +122,8 @@ def named_trained_parameters(model: nn.Module, spec: Optimizer) -> list[tuple[st
 def build_optimizer(spec: Optimizer, model: nn.Module) -> torch.optim.Optimizer:
     # Weight decay on matrices and kernels only, never on biases, norms and gains, nor on
     # the parameters the plugin names in `no_weight_decay` (e.g. position embeddings).
-    decayed, exempt = [], []
+    decayed: list[nn.Parameter] = []
+    exempt: list[nn.Parameter] = []
     for name, param in named_trained_parameters(model, spec):
         skip = param.ndim < 2 or any(part in name for part in spec.no_weight_decay)
         (exempt if skip else decayed).append(param)
@@ -134,10 +153,88 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+@dataclass
+class ValidationState:
+    """Early stopping's memory: the best held-out loss, evaluations since, the best weights.
+
+    Checkpoints store it as the dict {"best", "bad", "best_weights"} (`as_dict`/`from_dict`),
+    the format runs written before this class existed still have."""
+
+    best: float = math.inf
+    bad: int = 0  # evaluations since the best one
+    best_weights: dict[str, torch.Tensor] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad": self.bad, "best_weights": self.best_weights}
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> ValidationState:
+        return cls(best=saved["best"], bad=saved["bad"], best_weights=saved["best_weights"])
+
+    def record(self, loss: float, model: nn.Module, patience: int | None) -> bool:
+        """Remember `loss` (and the weights when it is the best); True when patience is exhausted."""
+        if loss < self.best:
+            self.best, self.bad = loss, 0
+            self.best_weights = {k: v.clone() for k, v in model.state_dict().items()}
+            return False
+        self.bad += 1
+        return patience is not None and self.bad >= patience
+
+
+@dataclass
+class MetricsWindow:
+    """The loss values and image count since the last metrics record."""
+
+    values: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    images: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, values: dict[str, float], prefix: str | None) -> None:
+        for key, value in values.items():
+            self.values[key if prefix is None else f"{prefix}/{key}"].append(value)
+
+    def means(self) -> dict[str, float]:
+        return {k: sum(v) / len(v) for k, v in self.values.items()}
+
+    def images_per_second(self) -> float:
+        return self.images / max(time.perf_counter() - self.started, 1e-9)
+
+    def reset(self) -> None:
+        self.values.clear()
+        self.images, self.started = 0, time.perf_counter()
+
+
+@dataclass
+class StageState:
+    """Everything one stage's loop reads and changes; what a checkpoint saves of a stage."""
+
+    model: nn.Module
+    stage: Stage
+    index: int  # position of the stage in the plugin's list
+    context: StageContext
+    dataset: Dataset
+    completed: list[str]  # the run's finished stages (shared with `Trainer._run_stages`)
+    param_lists: list[list[nn.Parameter]]  # one per optimizer
+    optimizers: list[torch.optim.Optimizer]
+    ema: dict[str, torch.Tensor] | None  # averaged trained weights, by parameter name
+    validation: ValidationState = field(default_factory=ValidationState)
+    start: int = 0  # first step to run (a resumed stage starts past 0)
+    step: int = 0  # the last step run
+    window: MetricsWindow = field(default_factory=MetricsWindow)
+    started: float = field(default_factory=time.perf_counter)
+
+
 class Trainer:
-    def __init__(self, plugin: ModelPlugin, config: ZooConfig, run_dir: Path, preset: str | None,
-                 options: TrainOptions) -> None:
-        self.plugin, self.config, self.run_dir, self.preset, self.options = plugin, config, Path(run_dir), preset, options
+    def __init__(
+        self, plugin: ModelPlugin, config: ZooConfig, run_dir: Path, preset: str | None, options: TrainOptions
+    ) -> None:
+        self.plugin, self.config, self.run_dir, self.preset, self.options = (
+            plugin,
+            config,
+            Path(run_dir),
+            preset,
+            options,
+        )
         self.device = choose_device(options.device)
         self.world = init_from_env(self.device.type)
         if self.world.world_size > 1 and self.device.type == "cuda":
@@ -148,23 +245,52 @@ class Trainer:
 
     # set-up ------------------------------------------------------------------------------
 
+    def _check_stages(self) -> None:
+        """Defence against a plugin whose config lets a stage have no steps: it would save
+        an untrained model as trained."""
+        for stage in self.stages:
+            if self.options.stage in (None, stage.name) and (stage.steps < 1 or stage.batch_size < 1):
+                raise TrainingError(
+                    f"stage {stage.name} of {self.plugin.name} has {stage.steps} steps of batch size "
+                    f"{stage.batch_size}; set both to at least 1 in the config"
+                )
+
     def _check_run_dir(self) -> None:
-        """Refuse to mix runs, then record this run's config."""
-        record = ckpt.run_record(self.plugin.name, self.plugin.version, self.preset, self.config.model_dump(mode="json"))
+        """Refuse to mix runs, then record this run's config.
+
+        A directory whose earlier attempt failed before finishing a stage or writing a
+        checkpoint holds nothing trained: the corrected command replaces it, no --resume."""
+        record = ckpt.run_record(
+            self.plugin.name, self.plugin.version, self.preset, self.config.model_dump(mode="json")
+        )
         config_path = self.run_dir / ckpt.CONFIG_FILE
-        if config_path.exists():
-            existing = ckpt.read_run_record(self.run_dir)
-            if existing["model"] != self.plugin.name:
-                raise RunError(f"{self.run_dir} holds a {existing['model']!r} run, not {self.plugin.name!r}; pick another --out")
-            if not (self.options.resume or self.options.stage):
-                raise RunError(f"{self.run_dir} already holds a run; continue it with --resume, "
-                               f"run one stage with --stage, or pick another --out")
-            if existing["config"] != record["config"]:
-                raise RunError(f"{self.run_dir} was trained with another config; resume it without "
-                               f"--set/--preset changes or pick another --out")
+        exists = config_path.exists()
+        existing = ckpt.read_run_record(self.run_dir) if exists else {}
+        untrained = exists and not existing.get("completed") and ckpt.latest_checkpoint(self.run_dir) is None
+        if exists and not untrained:
+            self._check_same_run(existing, record)
         barrier(self.world)  # every process checks before rank 0 writes
-        if self.world.is_main and not config_path.exists():
+        if self.world.is_main and untrained:
+            ckpt.discard_untrained(self.run_dir)
+        if self.world.is_main and (untrained or not exists):
             ckpt.atomic_write_json(config_path, record)
+
+    def _check_same_run(self, existing: dict[str, Any], record: dict[str, Any]) -> None:
+        if existing["model"] != self.plugin.name:
+            raise RunError(
+                f"{self.run_dir} holds a {existing['model']!r} run, not {self.plugin.name!r}; "
+                f"pick another --out / run_dir"
+            )
+        if not (self.options.resume or self.options.stage):
+            raise RunError(
+                f"{self.run_dir} already holds a run; continue it (--resume / resume=True), "
+                f"run one stage (--stage / stage=), or pick another --out / run_dir"
+            )
+        if existing["config"] != record["config"]:
+            raise RunError(
+                f"{self.run_dir} was trained with another config; resume it without config changes "
+                f"(--set, --preset / overrides, preset) or pick another --out / run_dir"
+            )
 
     def _initial_weights(self, model: nn.Module) -> dict[str, Any] | None:
         found = ckpt.read_trainer_checkpoint(self.run_dir)
@@ -187,11 +313,20 @@ class Trainer:
         names = [stage.name for stage in self.stages]
         if self.options.stage is not None and self.options.stage not in names:
             raise UnknownNameError(f"stage of {self.plugin.name}", self.options.stage, names)
+        self._check_stages()
+        # Rank 0 alone writes, so rank 0 alone locks; the other ranks wait for it at barriers.
+        with ckpt.locked(self.run_dir) if self.world.is_main else nullcontext():
+            if self.world.is_main:
+                ckpt.remove_temporary_files(self.run_dir)
+            return self._run_stages(names)
+
+    def _run_stages(self, names: list[str]) -> nn.Module:
+        self.plugin.check_data(self.config)  # every stage's data, before anything trains or is written
         self._check_run_dir()
         torch.manual_seed(self.config.seed)
         model = self.plugin.build(self.config).to(self.device)
-        state = self._initial_weights(model) or {}
-        completed: list[str] = list(state.get("completed", []))
+        saved = self._initial_weights(model) or {}
+        completed: list[str] = list(saved.get("completed", []))  # each finished stage moves to its end
         for index, stage in enumerate(self.stages):
             if self.options.stage is not None and stage.name != self.options.stage:
                 continue
@@ -200,106 +335,231 @@ class Trainer:
             missing = [s for s in names[:index] if s not in completed]
             if missing and self.world.is_main:
                 self.reporter.message(f"note: stage {stage.name} starts without trained {', '.join(missing)} weights")
-            resume_state = state if self.options.resume and state.get("stage") == stage.name else None
-            self._run_stage(model, stage, index, completed, resume_state)
-            completed = [s for s in completed if s != stage.name] + [stage.name]
-            state = {}
+            resume = saved if self.options.resume and saved.get("stage") == stage.name else None
+            self._run_stage(model, stage, index, completed, resume)
+            saved = {}
         shutdown()
         return model
 
-    def _run_stage(self, model: nn.Module, stage: Stage, index: int, completed: list[str],
-                   resume: dict[str, Any] | None) -> None:
-        options, device = self.options, self.device
-        context = StageContext(model, self.config, self.run_dir / "cache", device)
+    # one stage: prepare, restore, the step loop, finish ------------------------------------
+
+    def _run_stage(
+        self, model: nn.Module, stage: Stage, index: int, completed: list[str], resume: dict[str, Any] | None
+    ) -> None:
+        state = self._prepare_stage(model, stage, index, completed, resume)
+        if resume is not None:
+            self._restore(state, resume)
+        if self.world.is_main and (self.options.resume or self.options.stage):  # what a fresh run logs is new
+            ckpt.drop_metrics_after(self.run_dir, stage.name, state.start)
+        loader = self._loader(state)
+        self.reporter.start(stage.name, stage.steps, state.start)
+        state.window.reset()
+        state.started = time.perf_counter()
+        try:
+            self._train_steps(state, loader)
+        finally:
+            self.reporter.finish()
+        self._finish_stage(state)
+
+    def _prepare_stage(
+        self, model: nn.Module, stage: Stage, index: int, completed: list[str], resume: dict[str, Any] | None
+    ) -> StageState:
+        """Seed, freeze, build the data, run `on_start` (not on resume), build the optimizers."""
+        context = StageContext(model, self.config, self.run_dir / "cache", self.device)
         torch.manual_seed(self.config.seed + 1000 * (index + 1))
         freeze_all_but(model, stage)
-        dataset = stage.dataset(context)
-        if len(dataset) == 0:
-            raise DataError(f"stage {stage.name} has no training data; check the data settings of the config")
+        dataset = self._stage_dataset(stage, context)
         if stage.on_start is not None and resume is None:
             stage.on_start(model, context)
             freeze_all_but(model, stage)
         param_lists = [trained_parameters(model, spec) for spec in stage.optimizers]
         optimizers = [build_optimizer(spec, model) for spec in stage.optimizers]
-        ema = ({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-               if stage.ema_decay else None)
-        validation = {"best": math.inf, "bad": 0, "best_weights": None}
-        start = 0
-        if resume is not None:
-            start = resume["step"]
-            for optimizer, saved in zip(optimizers, resume["optimizers"]):
-                optimizer.load_state_dict(saved)
-            torch.set_rng_state(resume["rng"]["cpu"])
-            if torch.cuda.is_available() and resume["rng"].get("cuda"):
-                torch.cuda.set_rng_state_all(resume["rng"]["cuda"])
-            ema = resume.get("ema") or ema
-            validation = resume.get("validation") or validation
+        ema = (
+            {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad} if stage.ema_decay else None
+        )
+        return StageState(model, stage, index, context, dataset, completed, param_lists, optimizers, ema)
 
-        sampler = GlobalBatchSampler(len(dataset), stage.batch_size, stage.steps, self.config.seed + index, start, self.world)
+    def _stage_dataset(self, stage: Stage, context: StageContext) -> Dataset:
+        dataset = stage.dataset(context)
+        if dataset_length(dataset) == 0:
+            raise DataError(f"stage {stage.name} has no training data; check the data settings of the config")
+        summary = getattr(dataset, "summary", None)  # image folders and caption sets: what they skipped
+        if getattr(dataset, "skipped", 0) and callable(summary) and self.world.is_main:
+            self.reporter.message(f"{stage.name}: {summary()}")
+        return dataset
+
+    def _restore(self, state: StageState, resume: dict[str, Any]) -> None:
+        """Continue from a mid-stage checkpoint: step, optimizers, RNG, EMA, validation."""
+        state.start = state.step = resume["step"]
+        if len(resume["optimizers"]) != len(state.optimizers):
+            raise TrainingError(
+                f"the checkpoint of stage {state.stage.name!r} holds {len(resume['optimizers'])} optimizer states but the "
+                f"stage has {len(state.optimizers)} optimizers; resume with the code that wrote it, or start the stage anew"
+            )
+        for optimizer, saved in zip(state.optimizers, resume["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+        torch.set_rng_state(resume["rng"]["cpu"])
+        if torch.cuda.is_available() and resume["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all(resume["rng"]["cuda"])
+        state.ema = resume.get("ema") or state.ema
+        if resume.get("validation"):
+            state.validation = ValidationState.from_dict(resume["validation"])
+
+    def _loader(self, state: StageState) -> DataLoader:
+        stage = state.stage
+        sampler = GlobalBatchSampler(
+            dataset_length(state.dataset),
+            stage.batch_size,
+            stage.steps,
+            self.config.seed + state.index,
+            state.start,
+            self.world,
+        )
         # Its own generator: drawing a worker seed from the global RNG would shift a resumed run.
-        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=default_collate,
-                            generator=torch.Generator().manual_seed(self.config.seed))
-        self.reporter.start(stage.name, stage.steps, start)
-        window: dict[str, list[float]] = defaultdict(list)
-        window_start, stage_start = time.perf_counter(), time.perf_counter()
-        window_images = 0
-        step = start
-        try:
-            for step, batch in zip(range(start, stage.steps), loader):
-                batch = _to_device(batch, device)
-                step_context = StepContext(step, stage.steps, device)
-                for spec, optimizer, params in zip(stage.optimizers, optimizers, param_lists):
-                    if step < spec.start_step or (step - spec.start_step) % spec.every:
-                        continue
-                    values = self._optimizer_step(model, spec, optimizer, params, batch, step_context, stage)
-                    for key, value in values.items():
-                        window[key if len(optimizers) == 1 else f"{spec.name}/{key}"].append(value)
-                if ema is not None:
-                    with torch.no_grad():
-                        for name, param in model.named_parameters():
-                            if name in ema:
-                                ema[name].lerp_(param.detach(), 1 - stage.ema_decay)
-                window_images += stage.batch_size
-                done = step + 1
-                if done % options.log_every == 0 or done == stage.steps:
-                    elapsed = time.perf_counter() - window_start
-                    metrics = {"stage": stage.name, "step": done,
-                               **{k: sum(v) / len(v) for k, v in window.items()},
-                               "lr": optimizers[0].param_groups[0]["lr"],
-                               "images_per_s": window_images / max(elapsed, 1e-9)}
-                    self._log(metrics)
-                    window.clear()
-                    window_start, window_images = time.perf_counter(), 0
-                if stage.validation and done % stage.validation.every == 0:
-                    if self._validate(model, stage, context, done, validation):
-                        self.reporter.message(f"{stage.name}: early stop at step {done}: validation loss has not "
-                                              f"improved for {stage.validation.patience} evaluations")
-                        break
-                if done % options.checkpoint_every == 0 and done < stage.steps:
-                    self._checkpoint(model, stage, done, completed, optimizers, ema, validation)
-        finally:
-            self.reporter.finish()
+        return DataLoader(
+            state.dataset,
+            batch_sampler=sampler,
+            collate_fn=default_collate,
+            generator=torch.Generator().manual_seed(self.config.seed),
+        )
 
-        if validation["best_weights"] is not None and stage.validation and stage.validation.patience is not None:
-            model.load_state_dict(validation["best_weights"])
-        if ema is not None:
-            with torch.no_grad():
-                for name, param in model.named_parameters():
-                    if name in ema:
-                        param.copy_(ema[name])
-        seconds = time.perf_counter() - stage_start
-        self._log({"stage": stage.name, "event": "end", "step": step + 1, "seconds": round(seconds, 2)})
+    def _train_steps(self, state: StageState, loader: DataLoader) -> None:
+        # the loader may hold more batches than the steps left: stop at the shorter on purpose
+        for step, batch in zip(range(state.start, state.stage.steps), loader, strict=False):
+            self._train_step(state, step, _to_device(batch, self.device))
+            done = step + 1
+            self._log_window(state, done)
+            if self._maybe_validate(state, done):
+                break
+            self._maybe_checkpoint(state, done)
+
+    def _train_step(self, state: StageState, step: int, batch: Any) -> None:
+        """Each optimizer due at `step` takes its step (all share one StepContext), then the EMA."""
+        stage, state.step = state.stage, step
+        context = StepContext(step, stage.steps, self.device)
+        prefix = len(state.optimizers) > 1
+        for spec, optimizer, params in zip(stage.optimizers, state.optimizers, state.param_lists, strict=True):
+            if step < spec.start_step or (step - spec.start_step) % spec.every:
+                continue
+            values = self._optimizer_step(state.model, spec, optimizer, params, batch, context, stage)
+            state.window.add(values, spec.name if prefix else None)
+        self._update_ema(state)
+        state.window.images += stage.batch_size
+
+    @torch.no_grad()
+    def _update_ema(self, state: StageState) -> None:
+        decay = state.stage.ema_decay
+        if state.ema is None or decay is None:
+            return
+        for name, param in state.model.named_parameters():
+            if name in state.ema:
+                state.ema[name].lerp_(param.detach(), 1 - decay)
+
+    def _log_window(self, state: StageState, done: int) -> None:
+        """Every `log_every` steps and at the last: the window's mean values, lr and speed."""
+        if done % self.options.log_every and done != state.stage.steps:
+            return
+        images_per_s = state.window.images_per_second()
+        self._log(
+            {
+                "stage": state.stage.name,
+                "step": done,
+                **state.window.means(),
+                "lr": state.optimizers[0].param_groups[0]["lr"],
+                "images_per_s": images_per_s,
+            }
+        )
+        state.window.reset()
+
+    def _maybe_validate(self, state: StageState, done: int) -> bool:
+        """Every `validation.every` steps: log the held-out loss; True to stop the stage early."""
+        spec = state.stage.validation
+        if not spec or done % spec.every:
+            return False
+        loss = self._validation_loss(state, spec, done)
+        self._log({"stage": state.stage.name, "step": done, "val_loss": loss})
+        if not state.validation.record(loss, state.model, spec.patience):
+            return False
+        self.reporter.message(
+            f"{state.stage.name}: early stop at step {done}: validation loss has not "
+            f"improved for {spec.patience} evaluations"
+        )
+        return True
+
+    @torch.no_grad()
+    def _validation_loss(self, state: StageState, spec: Validation, step: int) -> float:
+        """The first optimizer's loss over the first `validation.batches` held-out batches."""
+        stage, model = state.stage, state.model
+        model.eval()
+        loader = DataLoader(
+            spec.dataset(state.context), batch_size=stage.batch_size, shuffle=False, collate_fn=default_collate
+        )
+        losses = []
+        for batch_index, batch in enumerate(loader):
+            if batch_index >= spec.batches:  # fetching this batch is kept: it may draw random numbers
+                break
+            batch = _to_device(batch, self.device)
+            with autocast(self.device, self.options.precision):
+                outputs = stage.optimizers[0].loss(model, batch, StepContext(step, stage.steps, self.device))
+            losses.append(outputs["loss"].float().item())
+        freeze_all_but(model, stage)
+        return sum(losses) / max(1, len(losses))
+
+    def _maybe_checkpoint(self, state: StageState, done: int) -> None:
+        """Every `checkpoint_every` steps before the last (the stage's end writes its own): rank 0 saves."""
+        if done % self.options.checkpoint_every or done >= state.stage.steps or not self.world.is_main:
+            return
+        rng: dict[str, Any] = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        saved = {
+            "completed": state.completed,
+            "stage": state.stage.name,
+            "step": done,
+            "rng": rng,
+            "optimizers": [o.state_dict() for o in state.optimizers],
+            "ema": state.ema,
+            "validation": state.validation.as_dict(),
+        }
+        ckpt.write_trainer_checkpoint(self.run_dir, f"{state.stage.name}-{done}", state.model, saved)
+
+    def _finish_stage(self, state: StageState) -> None:
+        """Best (early stopping) or averaged (EMA) weights in; log the end; rank 0 saves the stage."""
+        stage, model = state.stage, state.model
+        if state.validation.best_weights is not None and stage.validation and stage.validation.patience is not None:
+            model.load_state_dict(state.validation.best_weights)
+        if state.ema is not None:
+            self._copy_ema_in(model, state.ema)
+        seconds = time.perf_counter() - state.started
+        self._log({"stage": stage.name, "event": "end", "step": state.step + 1, "seconds": round(seconds, 2)})
+        finished = [s for s in state.completed if s != stage.name] + [stage.name]
         if self.world.is_main:
-            ckpt.save_weights(model, self.run_dir / ckpt.WEIGHTS_FILE)
-            finished = [s for s in completed if s != stage.name] + [stage.name]
-            ckpt.write_trainer_checkpoint(self.run_dir, f"{stage.name}-done", model, {"completed": finished})
-            self._record_completed(finished)
-            if stage.sample_options is not None:
-                self._write_sample_grid(model, stage)
-        completed[:] = [s for s in completed if s != stage.name] + [stage.name]
+            self._save_finished_stage(state, finished)
+        state.completed[:] = finished
 
-    def _optimizer_step(self, model: nn.Module, spec: Optimizer, optimizer: torch.optim.Optimizer,
-                        params: list[nn.Parameter], batch: Any, context: StepContext, stage: Stage) -> dict[str, float]:
+    @torch.no_grad()
+    def _copy_ema_in(self, model: nn.Module, ema: dict[str, torch.Tensor]) -> None:
+        for name, param in model.named_parameters():
+            if name in ema:
+                param.copy_(ema[name])
+
+    def _save_finished_stage(self, state: StageState, finished: list[str]) -> None:
+        ckpt.save_weights(state.model, self.run_dir / ckpt.WEIGHTS_FILE)
+        ckpt.write_trainer_checkpoint(self.run_dir, f"{state.stage.name}-done", state.model, {"completed": finished})
+        self._record_completed(finished)
+        if state.stage.sample_options is not None:
+            self._write_sample_grid(state.model, state.stage.name, state.stage.sample_options)
+
+    def _optimizer_step(
+        self,
+        model: nn.Module,
+        spec: Optimizer,
+        optimizer: torch.optim.Optimizer,
+        params: list[nn.Parameter],
+        batch: Any,
+        context: StepContext,
+        stage: Stage,
+    ) -> dict[str, float]:
         for group in optimizer.param_groups:
             group["lr"] = spec.lr * lr_factor(spec, context.step, context.total_steps)
         optimizer.zero_grad(set_to_none=True)
@@ -309,7 +569,8 @@ class Trainer:
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"stage {stage.name}, step {context.step}: {spec.name} loss is {loss.item()}; stopped. The last good "
-                f"checkpoint is kept in {self.run_dir} (resume with --resume); try a lower learning rate or --precision fp32"
+                f"checkpoint is kept in {self.run_dir} (resume it: --resume / resume=True); "
+                f"try a lower learning rate or --precision fp32"
             )
         loss.backward()
         average_gradients(params, self.world)
@@ -319,43 +580,6 @@ class Trainer:
         optimizer.step()
         return values
 
-    @torch.no_grad()
-    def _validate(self, model: nn.Module, stage: Stage, context: StageContext, step: int,
-                  validation: dict[str, Any]) -> bool:
-        """Log the held-out loss; True when patience is exhausted."""
-        spec = stage.validation
-        model.eval()
-        dataset = spec.dataset(context)
-        loader = DataLoader(dataset, batch_size=stage.batch_size, shuffle=False, collate_fn=default_collate)
-        losses = []
-        for batch_index, batch in enumerate(loader):
-            if batch_index >= spec.batches:
-                break
-            batch = _to_device(batch, self.device)
-            with autocast(self.device, self.options.precision):
-                outputs = stage.optimizers[0].loss(model, batch, StepContext(step, stage.steps, self.device))
-            losses.append(outputs["loss"].float().item())
-        freeze_all_but(model, stage)
-        value = sum(losses) / max(1, len(losses))
-        self._log({"stage": stage.name, "step": step, "val_loss": value})
-        if value < validation["best"]:
-            validation.update(best=value, bad=0, best_weights={k: v.clone() for k, v in model.state_dict().items()})
-            return False
-        validation["bad"] += 1
-        return spec.patience is not None and validation["bad"] >= spec.patience
-
-    def _checkpoint(self, model: nn.Module, stage: Stage, step: int, completed: list[str],
-                    optimizers: list[torch.optim.Optimizer], ema: dict[str, torch.Tensor] | None,
-                    validation: dict[str, Any]) -> None:
-        if not self.world.is_main:
-            return
-        rng = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        state = {"completed": completed, "stage": stage.name, "step": step, "rng": rng,
-                 "optimizers": [o.state_dict() for o in optimizers], "ema": ema, "validation": validation}
-        ckpt.write_trainer_checkpoint(self.run_dir, f"{stage.name}-{step}", model, state)
-
     def _record_completed(self, completed: list[str]) -> None:
         record = ckpt.read_run_record(self.run_dir)
         record["completed"] = completed
@@ -364,19 +588,23 @@ class Trainer:
     def _log(self, metrics: dict[str, Any]) -> None:
         if not self.world.is_main:
             return
-        with open(self.run_dir / ckpt.METRICS_FILE, "a") as file:
-            file.write(json.dumps(metrics) + "\n")
+        ckpt.append_metrics(self.run_dir, metrics)
         if "event" not in metrics:
             self.reporter.update(metrics["step"], metrics)
 
-    def _write_sample_grid(self, model: nn.Module, stage: Stage) -> None:
-        options = self.plugin.SampleOptions(**stage.sample_options)
+    def _write_sample_grid(self, model: nn.Module, stage_name: str, sample_options: dict[str, Any]) -> None:
+        options = self.plugin.SampleOptions(**sample_options)
         output = self.plugin.sample(model, self.config, options, self.device)
-        path = self.run_dir / "samples" / f"{stage.name}.png"
+        path = self.run_dir / "samples" / f"{stage_name}.png"
         output.save(path)
-        self.reporter.message(f"{stage.name}: sample grid written to {path}")
+        self.reporter.message(f"{stage_name}: sample grid written to {path}")
 
 
-def train(plugin: ModelPlugin, config: ZooConfig, run_dir: Path, preset: str | None = None,
-          options: TrainOptions | None = None) -> nn.Module:
+def train(
+    plugin: ModelPlugin,
+    config: ZooConfig,
+    run_dir: Path,
+    preset: str | None = None,
+    options: TrainOptions | None = None,
+) -> nn.Module:
     return Trainer(plugin, config, run_dir, preset, options or TrainOptions()).run()

@@ -6,9 +6,7 @@ manifest.json::
     zoo_version                   the zoo that exported (read by the same major.minor)
     model, plugin_version         the plugin's name and version
     config                        the resolved config (config.model_dump(mode="json"))
-    opset, precision              one for all components
-    runtime                       "package.module:Class" of the plugin's ModelRuntime
-    options                       "package.module:Class" of the plugin's SampleOptions
+    opset, precision              one for all components (the opset read back from the graphs)
     tools                         versions of torch, onnx, onnxruntime, onnxscript used
     validation                    provider, sizes, the error rule and precision bounds
     components.<name>             file, sha256, external_data ({file, sha256} or null),
@@ -20,18 +18,22 @@ manifest.json::
                                   mismatch_fraction, allowed_mismatch for integers)
     assets.arrays                 {file: assets.safetensors, sha256, arrays: {name: {dtype, shape}}} or null
     assets.files.<name>           {file: files/<name>, sha256}
+
+No module path: the runtime finds the sampling loop by `model` among installed plugins
+(zoo.runtime.discovery). With a signing key, `manifest.sig` holds an Ed25519 signature of
+manifest.json's exact bytes (zoo.runtime.signing).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from onnx import helper
 
 from zoo.config import ZooConfig
@@ -45,6 +47,7 @@ from zoo.runtime.manifest import (
     MANIFEST_NAME,
     sha256_file,
 )
+from zoo.runtime.signing import SIGNATURE_NAME, signature
 
 
 def graph_signature(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
@@ -54,7 +57,11 @@ def graph_signature(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, An
     def describe(value: onnx.ValueInfoProto) -> dict[str, Any]:
         tensor = value.type.tensor_type
         shape = [dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or None) for dim in tensor.shape.dim]
-        return {"name": value.name, "dtype": str(np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type))), "shape": shape}
+        return {
+            "name": value.name,
+            "dtype": str(np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type))),
+            "shape": shape,
+        }
 
     opset = next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
     return [describe(v) for v in model.graph.input], [describe(v) for v in model.graph.output], opset
@@ -73,8 +80,10 @@ def component_entry(
         "opset": opset,
         "inputs": inputs,
         "outputs": outputs,
-        "dynamic_axes": {name: {str(axis): axis_name for axis, axis_name in axes.items()}
-                         for name, axes in component.dynamic_axes.items()},
+        "dynamic_axes": {
+            name: {str(axis): axis_name for axis, axis_name in axes.items()}
+            for name, axes in component.dynamic_axes.items()
+        },
         "precision": precision,
         "tolerance": component.tolerance,
         "validation": validation,
@@ -84,10 +93,12 @@ def component_entry(
 def write_assets(out_dir: Path, assets: ExportAssets) -> dict[str, Any]:
     entry: dict[str, Any] = {"arrays": None, "files": {}}
     if assets.arrays:
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
         arrays = {name: np.ascontiguousarray(array) for name, array in assets.arrays.items()}
-        save_file(arrays, str(out_dir / ASSET_ARRAYS_NAME))
+        # Serialised here and written by Python: a full disk is then an OSError naming the
+        # file, not a SafetensorError wrapping it.
+        (out_dir / ASSET_ARRAYS_NAME).write_bytes(save(arrays))
         entry["arrays"] = {
             "file": ASSET_ARRAYS_NAME,
             "sha256": sha256_file(out_dir / ASSET_ARRAYS_NAME),
@@ -112,9 +123,8 @@ def build_manifest(
     assets: dict[str, Any],
     validation: dict[str, Any],
 ) -> dict[str, Any]:
-    from zoo import __version__
+    from zoo.version import __version__
 
-    options = plugin.SampleOptions
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -124,8 +134,6 @@ def build_manifest(
         "config": config.model_dump(mode="json"),
         "opset": opset,
         "precision": precision,
-        "runtime": plugin.runtime,
-        "options": f"{options.__module__}:{options.__qualname__}",
         "tools": {name: package_version(name) for name in ("torch", "onnx", "onnxruntime", "onnxscript")},
         "validation": validation,
         "components": components,
@@ -142,8 +150,9 @@ def package_version(name: str) -> str | None:
     return None
 
 
-def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
-    path = out_dir / MANIFEST_NAME
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
-    os.replace(temporary, path)
+def write_manifest(out_dir: Path, manifest: dict[str, Any], key: Ed25519PrivateKey | None = None) -> None:
+    """manifest.json, and with a key manifest.sig (the signature of exactly these bytes)."""
+    data = (json.dumps(manifest, indent=2, allow_nan=False) + "\n").encode()
+    (out_dir / MANIFEST_NAME).write_bytes(data)
+    if key is not None:
+        (out_dir / SIGNATURE_NAME).write_bytes(signature(data, key))

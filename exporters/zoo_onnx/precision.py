@@ -37,7 +37,6 @@ import onnx_ir as ir
 from zoo.errors import ExportError
 from zoo_onnx.trace import is_large, root_cause, save_graph
 
-PRECISIONS = ("fp32", "fp16", "int8")
 PRECISION_BOUNDS = {"fp32": 0.0, "fp16": 1e-2, "int8": 0.1}  # relative error each precision may add
 QUANTIZED_OPS = ("MatMul", "Gemm")
 
@@ -122,8 +121,15 @@ def to_int8(source: Path, destination: Path, ops: tuple[str, ...] = QUANTIZED_OP
         with tempfile.TemporaryDirectory() as scratch:
             staged, quantized = Path(scratch) / "fp32.onnx", Path(scratch) / "int8.onnx"
             onnx.save_model(model, str(staged), save_as_external_data=large, location="fp32.onnx.data")
+            # 7-bit weights (reduce_range): x86 CPUs without VNNI (AVX2, AVX-512 without
+            # VNNI) add u8 x s8 pairs in saturating int16, which overflows on full-range
+            # weights; an export may run on any CPU, so it is made safe for all of them.
             quantize_dynamic(
-                staged, quantized, op_types_to_quantize=list(ops), weight_type=QuantType.QInt8,
+                staged,
+                quantized,
+                op_types_to_quantize=list(ops),
+                weight_type=QuantType.QInt8,
+                reduce_range=True,
                 use_external_data_format=large,
             )
             save_graph(ir.load(str(quantized)), destination)

@@ -8,19 +8,19 @@ weights pass 2 GB is written with its weights in `<file>.data` beside it.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnx_ir as ir
 import torch
 
-from zoo.errors import ExportError
-from zoo.plugin import Component
+from zoo.components import Component
+from zoo.errors import ConfigError, ExportError
+from zoo_onnx.options import DEFAULT_OPSET, SUPPORTED_OPSETS
 
-# The newest opset both torch exporters support (torch 2.13: dynamo's default, the
-# TorchScript exporter's maximum), so every component of an export has the same opset.
-DEFAULT_OPSET = 20
 # Protobuf cannot serialise a message past 2 GiB; keep a margin for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**27
 
@@ -34,30 +34,60 @@ def trace_component(component: Component, inputs: dict[str, torch.Tensor], path:
             warnings.simplefilter("ignore")
             if component.exporter == "torchscript":
                 torch.onnx.export(
-                    module, args, str(path), input_names=component.input_names, output_names=component.output_names,
-                    dynamic_axes=component.dynamic_axes, opset_version=opset, dynamo=False,
+                    module,
+                    args,
+                    str(path),
+                    input_names=component.input_names,
+                    output_names=component.output_names,
+                    dynamic_axes=component.dynamic_axes,
+                    opset_version=opset,
+                    dynamo=False,
                 )
             else:
                 # Axis names as strings: torch makes them Dim.DYNAMIC and names the graph's axes after them.
-                dynamic_shapes = tuple(
+                dynamic_shapes: tuple[Any, ...] = tuple(
                     {axis: name for axis, name in component.dynamic_axes.get(input_name, {}).items()} or None
                     for input_name in component.input_names
                 )
+                if takes_varargs(module):  # forward(self, *inputs), e.g. zoo's method graphs: one entry for them all
+                    dynamic_shapes = (dynamic_shapes,)
                 program = torch.onnx.export(
-                    module, args, None, input_names=component.input_names, output_names=component.output_names,
-                    dynamic_shapes=dynamic_shapes, opset_version=opset, dynamo=True, verbose=False,
+                    module,
+                    args,
+                    None,
+                    input_names=component.input_names,
+                    output_names=component.output_names,
+                    dynamic_shapes=dynamic_shapes,
+                    opset_version=opset,
+                    dynamo=True,
+                    verbose=False,
                 )
                 program.save(str(path))
-    except ExportError:
+    except (ExportError, OSError):  # OSError: the disk, not the module (the CLI reports it)
         raise
     except Exception as error:
         hint = (
             "avoid Python control flow on tensor values and in-place updates in the module, or set "
-            "Component.exporter='torchscript'" if component.exporter == "dynamo" else "check the module's forward"
+            "Component.exporter='torchscript'"
+            if component.exporter == "dynamo"
+            else "check the module's forward"
         )
         raise ExportError(
             f"component {component.name!r}: the {component.exporter} exporter failed: {root_cause(error)}; {hint}"
         ) from None
+
+
+def takes_varargs(module: torch.nn.Module) -> bool:
+    parameters = inspect.signature(module.forward).parameters.values()
+    return any(parameter.kind is inspect.Parameter.VAR_POSITIONAL for parameter in parameters)
+
+
+def check_opset(opset: int) -> None:
+    if opset not in SUPPORTED_OPSETS:
+        raise ConfigError(
+            f"--opset {opset} is not supported: the exporters write opsets {SUPPORTED_OPSETS.start} to "
+            f"{SUPPORTED_OPSETS.stop - 1} (default {DEFAULT_OPSET})"
+        )
 
 
 def finish_graph(source: Path, destination: Path, component: Component | None) -> None:
@@ -105,7 +135,9 @@ def check_graph(path: Path, component_name: str) -> None:
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as error:
-        raise ExportError(f"component {component_name!r}: onnx.checker rejects the graph: {root_cause(error)}") from None
+        raise ExportError(
+            f"component {component_name!r}: onnx.checker rejects the graph: {root_cause(error)}"
+        ) from None
 
 
 def root_cause(error: BaseException) -> str:

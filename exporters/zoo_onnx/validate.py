@@ -15,8 +15,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from zoo.components import Component
 from zoo.errors import ExportError
-from zoo.plugin import Component
 from zoo_onnx.precision import allowed_error, allowed_mismatch
 from zoo_onnx.trace import root_cause
 
@@ -31,7 +31,9 @@ def validate_component(component: Component, graph: Path, precision: str, device
     try:
         session = ort.InferenceSession(str(graph), options, providers=[VALIDATION_PROVIDER])
     except Exception as error:
-        raise ExportError(f"component {component.name!r}: onnxruntime cannot load the exported graph: {root_cause(error)}") from None
+        raise ExportError(
+            f"component {component.name!r}: onnxruntime cannot load the exported graph: {root_cause(error)}"
+        ) from None
     runs = []
     for size in VALIDATION_SIZES:
         inputs = component.make_inputs(size)
@@ -98,7 +100,9 @@ def compare(actual: np.ndarray, expected: np.ndarray) -> dict[str, Any]:
 def check_bound(where: str, errors: dict[str, Any]) -> None:
     if "shape_mismatch" in errors:
         got, want = errors["shape_mismatch"]
-        raise ExportError(f"{where}: onnxruntime gives shape {got}, torch {want}; a dynamic axis was fixed while tracing")
+        raise ExportError(
+            f"{where}: onnxruntime gives shape {got}, torch {want}; a dynamic axis was fixed while tracing"
+        )
     if "mismatch_fraction" in errors:
         if errors["mismatch_fraction"] > errors["allowed_mismatch"]:
             raise ExportError(

@@ -5,25 +5,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from zoo.config import ConfigSection, SampleOptionsBase, ZooConfig
+from zoo.config import MAX_SAMPLES, ConfigSection, SampleOptionsBase, ZooConfig
 
 
 class ImageConfig(ConfigSection):
     """The image autoencoder: strided convs -> pool -> latent -> linear -> transposed convs."""
 
     size: int = Field(64, ge=16, description="image side in pixels; a multiple of 2^len(channels)")
-    channels: list[int] = Field(
-        [32, 64, 128, 256], min_length=1,
+    channels: list[PositiveInt] = Field(
+        [32, 64, 128, 256],
+        min_length=1,
         description="encoder widths (k4 s2 p1 convs, each halves the side); the decoder mirrors them",
     )
     pool_size: int = Field(
-        2, ge=1, description="side of the adaptive average pool before the linear to the latent (1 averages away where things are)",
+        2,
+        ge=1,
+        description="side of the adaptive average pool before the linear to the latent (1 averages away where things are)",
     )
-    encoder: str = Field("conv", description="'conv' (the strided convs above) or 'timm:<model name>' for a timm backbone")
+    encoder: str = Field(
+        "conv", description="'conv' (the strided convs above) or 'timm:<model name>' for a timm backbone"
+    )
     encoder_weights: Path | None = Field(
-        None, description="safetensors file with weights for the image encoder's backbone (conv or timm); null: random init",
+        None,
+        description="safetensors file with weights for the image encoder's backbone (conv or timm); null: random init",
     )
 
     @field_validator("encoder")
@@ -34,7 +40,7 @@ class ImageConfig(ConfigSection):
         return value
 
     @model_validator(mode="after")
-    def _size_fits_depth(self) -> "ImageConfig":
+    def _size_fits_depth(self) -> ImageConfig:
         stride = 2 ** len(self.channels)
         if self.size % stride:
             raise ValueError(f"size {self.size} is not a multiple of 2^len(channels) = {stride}")
@@ -45,12 +51,17 @@ class TextConfig(ConfigSection):
     """Tokenizer, text encoder (for the contrastive term and caption -> image) and caption decoder."""
 
     vocab_size: int = Field(
-        256, ge=8,
+        256,
+        ge=8,
         description="output size of the caption decoder and target size of the BPE tokenizer trained on the "
         "captions (a small caption set yields fewer tokens; the ids above it are never produced)",
     )
-    max_length: int = Field(100, ge=4, description="tokens per caption including [BOS] and [EOS]; longer captions are cut")
-    lowercase: bool = Field(True, description="the tokenizer lowercases captions (and evaluation compares lowercased text)")
+    max_length: int = Field(
+        100, ge=4, description="tokens per caption including [BOS] and [EOS]; longer captions are cut"
+    )
+    lowercase: bool = Field(
+        True, description="the tokenizer lowercases captions (and evaluation compares lowercased text)"
+    )
     embedding_dim: int = Field(128, ge=8, description="token embedding width = width of the text encoder and decoder")
     encoder_layers: int = Field(2, ge=1, description="transformer layers of the text encoder")
     encoder_heads: int = Field(4, ge=1, description="attention heads of the text encoder")
@@ -60,7 +71,7 @@ class TextConfig(ConfigSection):
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout in the text encoder and decoder")
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> "TextConfig":
+    def _heads_divide_width(self) -> TextConfig:
         for heads in (self.encoder_heads, self.decoder_heads):
             if self.embedding_dim % heads:
                 raise ValueError(f"embedding_dim {self.embedding_dim} is not divisible by {heads} heads")
@@ -69,11 +80,14 @@ class TextConfig(ConfigSection):
 
 class LossConfig(ConfigSection):
     reconstruction_weight: float = Field(1.0, ge=0, description="weight of the image reconstruction MSE")
-    caption_weight: float = Field(2.0, ge=0, description="weight of the caption cross-entropy (teacher forcing, pad ignored)")
+    caption_weight: float = Field(
+        2.0, ge=0, description="weight of the caption cross-entropy (teacher forcing, pad ignored)"
+    )
     contrastive_weight: float = Field(0.5, ge=0, description="weight of the image/text InfoNCE term")
     temperature: float = Field(0.07, gt=0, description="InfoNCE temperature")
     caption_to_image_weight: float = Field(
-        0.0, ge=0,
+        0.0,
+        ge=0,
         description="weight of the MSE of images decoded from the caption's latent (not in the reference; "
         "sharpens caption -> image)",
     )
@@ -88,7 +102,9 @@ class TrainingConfig(ConfigSection):
     schedule: Literal["constant", "cosine"] = Field("cosine", description="learning-rate schedule")
     warmup_steps: int = Field(50, ge=0, description="linear warm-up steps")
     validation_every: int = Field(100, ge=1, description="steps between validation losses")
-    patience: int | None = Field(10, ge=1, description="validations without improvement before stopping; null never stops")
+    patience: int | None = Field(
+        10, ge=1, description="validations without improvement before stopping; null never stops"
+    )
 
 
 class DataConfig(ConfigSection):
@@ -96,7 +112,9 @@ class DataConfig(ConfigSection):
         "shapes",
         description="'shapes' (embedded captioned shapes) or a caption-set directory (images + captions.jsonl/.csv)",
     )
-    max_objects: int = Field(3, ge=1, le=3, description="shapes only: up to this many shapes per image (the caption counts them)")
+    max_objects: int = Field(
+        3, ge=1, le=3, description="shapes only: up to this many shapes per image (the caption counts them)"
+    )
     train_count: int = Field(20000, ge=1, description="generated training images (shapes only)")
     test_count: int = Field(1000, ge=1, description="generated held-out images (shapes only)")
     eval_count: int = Field(500, ge=1, description="held-out images scored by evaluate (at most the test split)")
@@ -128,14 +146,19 @@ def parameter_counts(config: CaptionConfig) -> dict[str, int]:
     embeddings = vocab * width + text.max_length * width
     channels, stem_side = image.channels, image.size // 2 ** len(image.channels)
     return {
-        "image_encoder": convs(list(zip([3, *channels[:-1]], channels)))
+        "image_encoder": convs(list(zip([3, *channels[:-1]], channels, strict=True)))
         + linear(channels[-1] * image.pool_size**2, latent),
         "image_decoder": linear(latent, channels[-1] * stem_side**2)
-        + convs(list(zip(channels[::-1], [*channels[-2::-1], 3]))),
-        "text_encoder": embeddings + text.encoder_layers * (2 * norm + attention + feedforward)
-        + norm + linear(width, latent),
-        "text_decoder": embeddings + linear(latent, width)
-        + text.decoder_layers * (3 * norm + 2 * attention + feedforward) + norm + linear(width, vocab),
+        + convs(list(zip(channels[::-1], [*channels[-2::-1], 3], strict=True))),
+        "text_encoder": embeddings
+        + text.encoder_layers * (2 * norm + attention + feedforward)
+        + norm
+        + linear(width, latent),
+        "text_decoder": embeddings
+        + linear(latent, width)
+        + text.decoder_layers * (3 * norm + 2 * attention + feedforward)
+        + norm
+        + linear(width, vocab),
     }
 
 
@@ -145,12 +168,25 @@ def _reference(image_size: int, latent: int, embedding: int, vocab: int) -> dict
         "image": {"size": image_size, "channels": [64, 128, 256, 512], "pool_size": 1},
         "latent_dim": latent,
         "text": {
-            "vocab_size": vocab, "max_length": 100, "embedding_dim": embedding, "encoder_layers": 2,
-            "encoder_heads": 8, "decoder_layers": 3, "decoder_heads": 8, "feedforward_dim": 4 * embedding,
+            "vocab_size": vocab,
+            "max_length": 100,
+            "embedding_dim": embedding,
+            "encoder_layers": 2,
+            "encoder_heads": 8,
+            "decoder_layers": 3,
+            "decoder_heads": 8,
+            "feedforward_dim": 4 * embedding,
             "dropout": 0.1,
         },
-        "training": {"steps": 100_000, "batch_size": 8, "lr": 1e-4, "schedule": "constant", "warmup_steps": 0,
-                     "validation_every": 1000, "patience": 10},
+        "training": {
+            "steps": 100_000,
+            "batch_size": 8,
+            "lr": 1e-4,
+            "schedule": "constant",
+            "warmup_steps": 0,
+            "validation_every": 1000,
+            "patience": 10,
+        },
     }
 
 
@@ -165,20 +201,33 @@ PRESETS: dict[str, dict] = {
 }
 
 
+MAX_BEAMS = 64  # each beam is one more sequence per image in every decoder step
+
+
 class CaptionSampleOptions(SampleOptionsBase):
     image: list[str] | None = Field(
-        None, description="image file(s) to caption; with --caption too, prints image/caption retrieval scores",
+        None,
+        max_length=MAX_SAMPLES,
+        description="image file(s) to caption; with --caption too, prints image/caption retrieval scores",
     )
-    caption: list[str] | None = Field(None, description="caption(s) to turn into images")
+    caption: list[str] | None = Field(None, max_length=MAX_SAMPLES, description="caption(s) to turn into images")
     decoding: Literal["greedy", "beam", "sample"] = Field("greedy", description="caption decoding")
-    beam_width: int = Field(4, ge=1, description="beams of beam search")
+    beam_width: int = Field(4, ge=1, le=MAX_BEAMS, description="beams of beam search")
     length_penalty: float = Field(0.0, ge=0, description="beam search ranks by log-prob / length^length_penalty")
     top_k: int = Field(0, ge=0, description="sample among the k most likely tokens; 0: all")
-    top_p: float = Field(1.0, gt=0, le=1, description="sample among the smallest set of tokens holding this probability")
+    top_p: float = Field(
+        1.0, gt=0, le=1, description="sample among the smallest set of tokens holding this probability"
+    )
     temperature: float = Field(1.0, gt=0, description="divides the logits before sampling")
-    max_length: int | None = Field(None, ge=1, description="tokens to generate at most; default: the model's max_length - 1")
-    kv_cache: bool = Field(True, description="reuse keys/values of earlier tokens (off: recompute the prefix every step)")
-    n: int = Field(8, ge=1, description="held-out examples captioned when neither --image nor --caption is given")
+    max_length: int | None = Field(
+        None, ge=1, description="tokens to generate at most; default: the model's max_length - 1"
+    )
+    kv_cache: bool = Field(
+        True, description="reuse keys/values of earlier tokens (off: recompute the prefix every step)"
+    )
+    n: int = Field(
+        8, ge=1, le=MAX_SAMPLES, description="held-out examples captioned when neither --image nor --caption is given"
+    )
 
     @field_validator("image", "caption", mode="before")
     @classmethod

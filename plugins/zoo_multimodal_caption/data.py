@@ -18,7 +18,7 @@ from zoo.errors import DataError
 from zoo.plugin import StageContext
 from zoo_multimodal_caption.config import CaptionConfig
 from zoo_multimodal_caption.model import CaptionModel
-from zoo_multimodal_caption.tokenizer import encode, tokenizer_from_json, train_tokenizer
+from zoo_multimodal_caption.text_tokenizer import encode, tokenizer_from_json, train_tokenizer
 
 TOKENIZER_CACHE = "tokenizer.json"
 
@@ -31,7 +31,9 @@ def captioned_images(config: CaptionConfig, split: str) -> Dataset:
         return shapes(config.image.size, count, split, config.seed, data.max_objects)
     dataset = load_images(data.source, config.image.size, split, config.seed)
     if not isinstance(dataset, CaptionSet):
-        raise DataError(f"data.source {data.source}: no captions.jsonl or captions.csv there; the caption model needs a caption set")
+        raise DataError(
+            f"data.source {data.source}: no captions.jsonl or captions.csv there; the caption model needs a caption set"
+        )
     return dataset
 
 

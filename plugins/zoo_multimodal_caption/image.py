@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
-from zoo.errors import ConfigError, ZooError
-from zoo.nn.backbone import load_backbone_weights
+from zoo.nn.backbone import create_timm_model, load_backbone_weights
 from zoo_multimodal_caption.config import ImageConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -28,17 +26,9 @@ class TimmBackbone(nn.Module):
 
     def __init__(self, model_name: str) -> None:
         super().__init__()
-        try:
-            import timm  # lazily: optional, and it pulls in torchvision
-        except Exception as error:  # a torchvision built for another torch raises RuntimeError
-            raise ZooError(
-                f"image.encoder 'timm:{model_name}' needs timm, which failed to import "
-                f"({type(error).__name__}: {error}); install a timm/torchvision matching your torch or use image.encoder=conv"
-            ) from None
-        try:
-            self.model = timm.create_model(model_name, pretrained=False, num_classes=0)
-        except Exception as error:
-            raise ConfigError(f"timm cannot build image encoder {model_name!r}: {error}") from None
+        self.model = create_timm_model(
+            model_name, f"image.encoder 'timm:{model_name}'", "use image.encoder=conv", num_classes=0
+        )
         config = getattr(self.model, "pretrained_cfg", None) or {}
         self.register_buffer("mean", torch.tensor(config.get("mean", IMAGENET_MEAN)).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config.get("std", IMAGENET_STD)).view(1, 3, 1, 1), persistent=False)

@@ -4,22 +4,22 @@
                             latent --TextDecoder---> caption        (cross-entropy, teacher forcing)
     caption --TextEncoder-> latent                                  (InfoNCE against the image latent)
 
-Caption -> image runs TextEncoder then ImageDecoder. The tokenizer the captions were trained
-with is part of the model's state (see get_extra_state), so a run directory is self-contained.
+Caption -> image runs TextEncoder then ImageDecoder. The text tokenizer (text_tokenizer.py)
+the captions were trained with is part of the model's state (see get_extra_state), so a run
+directory is self-contained.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
 from zoo.errors import RunError
-from zoo_multimodal_caption.config import CaptionConfig, LossConfig
+from zoo_multimodal_caption.config import CaptionConfig
 from zoo_multimodal_caption.image import ImageDecoder, ImageEncoder
 from zoo_multimodal_caption.text import TextDecoder, TextEncoder
-from zoo_multimodal_caption.tokenizer import PAD_ID, tokenizer_from_json
+from zoo_multimodal_caption.text_tokenizer import tokenizer_from_json
 
 
 class CaptionModel(nn.Module):
@@ -48,31 +48,3 @@ class CaptionModel(nn.Module):
         if self.tokenizer_json is None:
             raise RunError("this caption model has no tokenizer yet; train the model (or use data.tokenizer_for)")
         return tokenizer_from_json(self.tokenizer_json)
-
-
-def info_nce(image_latent: torch.Tensor, text_latent: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Symmetric InfoNCE on cosine similarities. Pairs whose captions are identical (common
-    in a small caption language) count as positives of each other, not as negatives."""
-    image_latent = F.normalize(image_latent, dim=-1)
-    text_latent = F.normalize(text_latent, dim=-1)
-    logits = image_latent @ text_latent.T / temperature  # (B, B)
-    same_caption = (tokens[:, None, :] == tokens[None, :, :]).all(-1).float()  # (B, B), 1 on the diagonal
-    targets = same_caption / same_caption.sum(1, keepdim=True)
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
-
-
-def caption_losses(model: CaptionModel, images: torch.Tensor, tokens: torch.Tensor, weights: LossConfig) -> dict[str, torch.Tensor]:
-    """images (B, 3, S, S) in [-1, 1], tokens (B, T) = [BOS] caption [EOS] [PAD]... -> named scalars."""
-    image_latent = model.image_encoder(images)  # (B, latent)
-    reconstruction = F.mse_loss(model.image_decoder(image_latent), images)
-    logits, _ = model.text_decoder(tokens[:, :-1], image_latent)  # (B, T - 1, vocab)
-    caption = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=PAD_ID)
-    text_latent = model.text_encoder(tokens)  # (B, latent)
-    contrastive = info_nce(image_latent, text_latent, tokens, weights.temperature)
-    loss = (weights.reconstruction_weight * reconstruction + weights.caption_weight * caption
-            + weights.contrastive_weight * contrastive)
-    losses = {"reconstruction": reconstruction, "caption": caption, "contrastive": contrastive}
-    if weights.caption_to_image_weight > 0:
-        losses["caption_to_image"] = F.mse_loss(model.image_decoder(text_latent), images)
-        loss = loss + weights.caption_to_image_weight * losses["caption_to_image"]
-    return {"loss": loss, **losses}

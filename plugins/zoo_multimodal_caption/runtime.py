@@ -10,64 +10,20 @@ torch modules and `zoo run` on onnxruntime sessions, so both give the same capti
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
 
-from zoo.errors import DataError, ExportError
+from zoo.errors import ExportError
 from zoo.outputs import SampleOutput, to_uint8
+from zoo.runtime.images import read_square, to_model_input
 from zoo.runtime.loop import ModelRuntime
+from zoo.runtime.sampling import batches, draw, filter_logits, log_softmax, run_batched, softmax
 from zoo_multimodal_caption.config import CaptionSampleOptions
-from zoo_multimodal_caption.tokenizer import BOS_ID, EOS_ID, PAD_ID, decode, encode, tokenizer_from_json
+from zoo_multimodal_caption.text_tokenizer import BOS_ID, EOS_ID, PAD_ID, decode, encode, tokenizer_from_json
 
 BATCH = 64  # items per encoder/decoder graph call: bounds memory at 512 px
 TOKENIZER_FILE = "tokenizer.json"
 EXAMPLES_ARRAY = "example_images"  # (N, S, S, 3) uint8 held-out images, captioned when no input is given
-
-
-def read_image(path: str, size: int) -> np.ndarray:
-    """An image file -> (size, size, 3) uint8, centre-cropped to a square."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise DataError(f"--image {path}: no such file")
-    try:
-        with Image.open(file) as image:
-            image = ImageOps.exif_transpose(image).convert("RGB")
-    except OSError:
-        raise DataError(f"--image {path}: not a readable image") from None
-    width, height = image.size
-    side = min(width, height)
-    box = ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
-    return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, box=box))
-
-
-def to_model_input(images: np.ndarray) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [-1, 1]."""
-    return (images.astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2).copy()
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    logits = logits.astype(np.float64)  # float64 keeps the order of float32 logits exact
-    shifted = logits - logits.max(-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-
-
-def filter_logits(logits: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
-    """Set to -inf every logit outside the top k and outside the top-p nucleus of each row."""
-    logits = logits.astype(np.float64)
-    order = np.argsort(-logits, axis=-1, kind="stable")  # most likely first
-    ranked = np.take_along_axis(logits, order, axis=-1)
-    drop = np.zeros_like(ranked, dtype=bool)
-    if 0 < top_k < logits.shape[-1]:
-        drop[:, top_k:] = True
-    if top_p < 1.0:
-        probabilities = np.exp(log_softmax(np.where(drop, -np.inf, ranked)))
-        before = np.cumsum(probabilities, axis=-1) - probabilities  # probability of the more likely tokens
-        drop |= before >= top_p  # the most likely token always stays (before = 0)
-    filtered = np.empty_like(logits)
-    np.put_along_axis(filtered, order, np.where(drop, -np.inf, ranked), axis=-1)
-    return filtered
 
 
 @dataclass
@@ -78,10 +34,10 @@ class DecoderState:
     tokens: np.ndarray  # (N, t) int64
     cache: np.ndarray  # (N, layers, 2, heads, cached positions, head_dim)
 
-    def select(self, rows: np.ndarray) -> "DecoderState":
+    def select(self, rows: np.ndarray) -> DecoderState:
         return DecoderState(self.latents[rows], self.tokens[rows], self.cache[rows])
 
-    def extend(self, next_tokens: np.ndarray) -> "DecoderState":
+    def extend(self, next_tokens: np.ndarray) -> DecoderState:
         return DecoderState(self.latents, np.concatenate([self.tokens, next_tokens[:, None]], axis=1), self.cache)
 
 
@@ -96,11 +52,15 @@ class CaptionRuntime(ModelRuntime):
         text = config["text"]
         self.image_size = config["image"]["size"]
         self.max_length = text["max_length"]
-        self.cache_shape = (text["decoder_layers"], text["decoder_heads"], text["embedding_dim"] // text["decoder_heads"])
+        self.cache_shape = (
+            text["decoder_layers"],
+            text["decoder_heads"],
+            text["embedding_dim"] // text["decoder_heads"],
+        )
         # ids the decoder must never emit: [PAD], [BOS], and the output rows the tokenizer left unused
         self.banned = np.zeros(text["vocab_size"], dtype=bool)
         self.banned[[PAD_ID, BOS_ID]] = True
-        self.banned[self.tokenizer.get_vocab_size():] = True
+        self.banned[self.tokenizer.get_vocab_size() :] = True
 
     # -- sampling ---------------------------------------------------------------------------
 
@@ -111,7 +71,7 @@ class CaptionRuntime(ModelRuntime):
             images = self.decode_latents(self.encode_captions(options.caption))
             return SampleOutput(images=to_uint8(images), texts=list(options.caption))
         if options.image:
-            images = np.stack([read_image(path, self.image_size) for path in options.image])
+            images = np.stack([read_square(path, self.image_size) for path in options.image])
         else:
             examples = self.arrays[EXAMPLES_ARRAY]
             images = examples[np.arange(options.n) % len(examples)]
@@ -119,7 +79,7 @@ class CaptionRuntime(ModelRuntime):
         return SampleOutput(images=images, texts=captions, extras={"tokens": tokens})
 
     def retrieval(self, image_paths: list[str], captions: list[str]) -> SampleOutput:
-        images = np.stack([read_image(path, self.image_size) for path in image_paths])
+        images = np.stack([read_square(path, self.image_size) for path in image_paths])
         scores = self.similarity(self.encode_images(to_model_input(images)), self.encode_captions(captions))
         lines = []
         for path, row in zip(image_paths, scores, strict=True):
@@ -131,16 +91,18 @@ class CaptionRuntime(ModelRuntime):
 
     def encode_images(self, images: np.ndarray) -> np.ndarray:
         """(N, 3, S, S) float32 in [-1, 1] -> (N, latent)."""
-        return self._batched("image_encoder", "image", images.astype(np.float32), "latent")
+        return run_batched(self.components, "image_encoder", "latent", BATCH, image=images.astype(np.float32))
 
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
         """(N, latent) -> (N, 3, S, S) float32 in [-1, 1]."""
-        return self._batched("image_decoder", "latent", latents.astype(np.float32), "image")
+        return run_batched(self.components, "image_decoder", "image", BATCH, latent=latents.astype(np.float32))
 
     def encode_captions(self, captions: list[str]) -> np.ndarray:
         """Captions -> (N, latent), through the text encoder."""
-        latents = [self.components("text_encoder", tokens=encode(self.tokenizer, captions[start : start + BATCH]))["latent"]
-                   for start in range(0, len(captions), BATCH)]
+        latents = [
+            self.components("text_encoder", tokens=encode(self.tokenizer, captions[rows]))["latent"]
+            for rows in batches(len(captions), BATCH)
+        ]
         return np.concatenate(latents)
 
     @staticmethod
@@ -154,16 +116,20 @@ class CaptionRuntime(ModelRuntime):
         """(N, 3, S, S) float32 images -> captions and the generated ids (N, t), [EOS] then [PAD]s at the end."""
         return self.caption_latents(self.encode_images(images), options)
 
-    def caption_latents(self, latents: np.ndarray, options: CaptionSampleOptions | None = None) -> tuple[list[str], np.ndarray]:
+    def caption_latents(
+        self, latents: np.ndarray, options: CaptionSampleOptions | None = None
+    ) -> tuple[list[str], np.ndarray]:
         options = options or CaptionSampleOptions()
         limit = min(options.max_length or self.max_length, self.max_length - 1)  # positions after [BOS]
         pieces = []
-        for start in range(0, len(latents), BATCH):
-            state = self.start(latents[start : start + BATCH].astype(np.float32))
+        for rows in batches(len(latents), BATCH):
+            state = self.start(latents[rows].astype(np.float32))
             if options.decoding == "beam":
-                pieces.append(self.beam_search(state, options.beam_width, limit, options.length_penalty, options.kv_cache))
+                pieces.append(
+                    self.beam_search(state, options.beam_width, limit, options.length_penalty, options.kv_cache)
+                )
             else:
-                rng = np.random.default_rng([options.seed, start])
+                rng = np.random.default_rng([options.seed, rows.start])
                 pieces.append(self.decode_stepwise(state, options, limit, rng))
         width = max(piece.shape[1] for piece in pieces)
         tokens = np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=PAD_ID) for p in pieces])
@@ -182,7 +148,7 @@ class CaptionRuntime(ModelRuntime):
         With the cache only the tokens not cached yet go through the graph; without it the
         whole prefix is recomputed from an empty cache (same numbers, more work)."""
         if kv_cache:
-            new_tokens, cache = state.tokens[:, state.cache.shape[4]:], state.cache
+            new_tokens, cache = state.tokens[:, state.cache.shape[4] :], state.cache
         else:
             new_tokens, cache = state.tokens, state.cache[:, :, :, :, :0]
         outputs = self.components("text_decoder_step", tokens=new_tokens, latent=state.latents, cache=cache)
@@ -191,8 +157,9 @@ class CaptionRuntime(ModelRuntime):
             state = DecoderState(state.latents, state.tokens, outputs["new_cache"])
         return logits, state
 
-    def decode_stepwise(self, state: DecoderState, options: CaptionSampleOptions, limit: int,
-                        rng: np.random.Generator) -> np.ndarray:
+    def decode_stepwise(
+        self, state: DecoderState, options: CaptionSampleOptions, limit: int, rng: np.random.Generator
+    ) -> np.ndarray:
         """Greedy (argmax) or sampled (temperature, top-k, top-p) decoding -> (N, t) generated ids."""
         finished = np.zeros(len(state.tokens), dtype=bool)
         for _ in range(limit):
@@ -200,11 +167,8 @@ class CaptionRuntime(ModelRuntime):
             if options.decoding == "greedy":
                 next_tokens = logits.argmax(-1)
             else:
-                probabilities = np.exp(log_softmax(filter_logits(logits / options.temperature, options.top_k, options.top_p)))
-                # inverse-CDF draw from one uniform per row: both engines draw the same numbers
-                cumulative = np.cumsum(probabilities, axis=-1)
-                draws = rng.random(len(cumulative))[:, None] * cumulative[:, -1:]
-                next_tokens = np.minimum((cumulative <= draws).sum(-1), cumulative.shape[-1] - 1)
+                filtered = filter_logits(logits / options.temperature, options.top_k, options.top_p)
+                next_tokens = draw(softmax(filtered), rng)  # one uniform per row: both engines draw the same
             next_tokens = np.where(finished, PAD_ID, next_tokens).astype(np.int64)
             state = state.extend(next_tokens)
             finished |= next_tokens == EOS_ID
@@ -212,7 +176,9 @@ class CaptionRuntime(ModelRuntime):
                 break
         return state.tokens[:, 1:]
 
-    def beam_search(self, state: DecoderState, width: int, limit: int, length_penalty: float, kv_cache: bool) -> np.ndarray:
+    def beam_search(
+        self, state: DecoderState, width: int, limit: int, length_penalty: float, kv_cache: bool
+    ) -> np.ndarray:
         """Keep the `width` most likely continuations of each row; a finished beam carries its
         score unchanged. The best beam by log-prob / length^length_penalty wins -> (N, t) ids."""
         count = len(state.tokens)
@@ -240,8 +206,3 @@ class CaptionRuntime(ModelRuntime):
         ranking = scores / np.maximum(lengths.reshape(count, width), 1.0) ** length_penalty
         winners = np.arange(count) * width + ranking.argmax(1)
         return state.tokens[winners, 1:]
-
-    def _batched(self, component: str, input_name: str, values: np.ndarray, output_name: str) -> np.ndarray:
-        """Run a one-input graph over `values` BATCH rows at a time."""
-        return np.concatenate([self.components(component, **{input_name: values[start : start + BATCH]})[output_name]
-                               for start in range(0, len(values), BATCH)])

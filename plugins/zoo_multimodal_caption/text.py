@@ -7,7 +7,7 @@ from torch import nn
 
 from zoo.nn.attention import DecoderBlock, EncoderBlock, padding_mask
 from zoo_multimodal_caption.config import TextConfig
-from zoo_multimodal_caption.tokenizer import PAD_ID
+from zoo_multimodal_caption.text_tokenizer import PAD_ID
 
 
 class TextEncoder(nn.Module):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, PositiveInt, field_validator
 
 from zoo.config import ConfigSection, SampleOptionsBase, ZooConfig
 
@@ -13,16 +13,29 @@ from zoo.config import ConfigSection, SampleOptionsBase, ZooConfig
 class VQGANConfig(ConfigSection):
     """Architecture of each of the two VQGANs (photo and art share it, as in the paper)."""
 
+    renamed_fields: ClassVar[dict[str, str]] = {
+        "embed_dim": "code_dim",
+        "num_codes": "codebook_size",
+    }  # renamed in zoo 0.2
+
     ch: int = Field(32, ge=1, description="base width of the encoder and decoder")
-    ch_mult: list[int] = Field([1, 2, 2], min_length=1, description="width multiplier per resolution; codes are 2^(len-1) times smaller than the image")
+    ch_mult: list[PositiveInt] = Field(
+        [1, 2, 2],
+        min_length=1,
+        description="width multiplier per resolution; codes are 2^(len-1) times smaller than the image",
+    )
     num_res_blocks: int = Field(1, ge=1, description="residual blocks per resolution (the decoder has one more)")
-    attn_resolutions: list[int] = Field([16], description="feature-map sides at which self-attention follows each block")
+    attn_resolutions: list[PositiveInt] = Field(
+        [16], description="feature-map sides at which self-attention follows each block"
+    )
     z_channels: int = Field(64, ge=1, description="channels of the encoder output / decoder input")
-    embed_dim: int = Field(64, ge=1, description="channels of one codebook vector (the code space the transfer module works in)")
-    num_codes: int = Field(256, ge=2, description="codebook size of each VQGAN")
+    code_dim: int = Field(64, ge=1, description="size of one code vector (the code space the transfer module works in)")
+    codebook_size: int = Field(256, ge=2, description="codes in the codebook of each VQGAN")
     beta: float = Field(0.25, ge=0, description="commitment weight of the quantiser")
     legacy: bool = Field(True, description="taming's original beta placement (on the codebook term)")
-    dead_code_threshold: float | None = Field(0.1, description="restart codes whose EMA usage per batch falls below this; null disables")
+    dead_code_threshold: float | None = Field(
+        0.1, ge=0, description="restart codes whose EMA usage per batch falls below this; null disables"
+    )
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout in the residual blocks")
 
 
@@ -41,23 +54,36 @@ class PerceptualConfig(ConfigSection):
     """Optional perceptual term of the VQGAN stages: a timm backbone with local weights."""
 
     backbone: str = Field("resnet18", description="timm model name, built with features_only=True")
-    weights: Path | None = Field(None, description="safetensors file with the backbone's weights; null turns the term off")
+    weights: Path | None = Field(
+        None, description="safetensors file with the backbone's weights; null turns the term off"
+    )
     weight: float = Field(1.0, ge=0, description="weight of the perceptual term")
 
 
 class TransferConfig(ConfigSection):
     """The style transfer module and the losses of the `transfer` stage (weights as in the official code)."""
 
-    block_num: int = Field(6, ge=1, description="blocks of ResnetBlock + self-attention + cross-attention to the reference codes")
+    block_num: int = Field(
+        6, ge=1, description="blocks of ResnetBlock + self-attention + cross-attention to the reference codes"
+    )
     content_weight: float = Field(1.0, ge=0, description="MSE of the transferred codes against the content codes")
     style_weight: float = Field(10.0, ge=0, description="MSE of channel means and stds against the reference codes")
-    codebook_weight: float = Field(1.0, ge=0, description="quantisation loss of the transferred codes on the art codebook")
+    codebook_weight: float = Field(
+        1.0, ge=0, description="quantisation loss of the transferred codes on the art codebook"
+    )
     adversarial_factor: float = Field(0.8, ge=0, description="weight of the latent discriminator's hinge term")
-    adaptive_weight: bool = Field(True, description="scale the adversarial term by taming's adaptive weight at the transfer module's last layer (its gradient there kept as large as that of the content + style terms, whatever the loss scales); the official code uses a constant 1, as the paper preset does")
+    adaptive_weight: bool = Field(
+        True,
+        description="scale the adversarial term by taming's adaptive weight at the transfer module's last layer (its gradient there kept as large as that of the content + style terms, whatever the loss scales); the official code uses a constant 1, as the paper preset does",
+    )
     disc_start: int = Field(0, ge=0, description="step at which the latent discriminator switches on")
     discriminator_channels: int = Field(64, ge=1, description="width of the latent discriminator")
-    discriminator_layers: int = Field(0, ge=0, description="extra layers of the latent discriminator (0 as in the paper)")
-    discriminator_downsample: bool = Field(False, description="stride-2 first conv in the latent discriminator (the official code has it)")
+    discriminator_layers: int = Field(
+        0, ge=0, description="extra layers of the latent discriminator (0 as in the paper)"
+    )
+    discriminator_downsample: bool = Field(
+        False, description="stride-2 first conv in the latent discriminator (the official code has it)"
+    )
 
 
 class VQGANTraining(ConfigSection):
@@ -69,7 +95,11 @@ class VQGANTraining(ConfigSection):
 class TransferTraining(ConfigSection):
     steps: int = Field(1000, ge=1, description="optimizer steps")
     batch_size: int = Field(16, ge=1, description="(content, style) pairs per step")
-    lr: float = Field(4e-4, gt=0, description="learning rate of the transfer module and the latent discriminator (Adam, betas 0.5, 0.9)")
+    lr: float = Field(
+        4e-4,
+        gt=0,
+        description="learning rate of the transfer module and the latent discriminator (Adam, betas 0.5, 0.9)",
+    )
 
 
 class TrainingConfig(ConfigSection):
@@ -83,17 +113,26 @@ class DataConfig(ConfigSection):
     style: str = Field("textures", description="style images: a zoo.data set name (textures) or a directory")
     count: int = Field(2000, ge=1, description="random crops per generated training set")
     eval_pairs: int = Field(16, ge=1, description="held-out (content, style) pairs scored by evaluate")
-    sample_images: int = Field(4, ge=1, description="held-out content and style images shipped for the default sample grid")
+    sample_images: int = Field(
+        4, ge=1, description="held-out content and style images shipped for the default sample grid"
+    )
 
 
 class QuantArtConfig(ZooConfig):
     image_size: int = Field(64, ge=8, description="training image side")
-    art_from_photo: bool = Field(True, description="start the art VQGAN from the photo VQGAN's weights (the paper fine-tunes its WikiArt VQGAN from the ImageNet one)")
+    art_from_photo: bool = Field(
+        True,
+        description="start the art VQGAN from the photo VQGAN's weights (the paper fine-tunes its WikiArt VQGAN from the ImageNet one)",
+    )
     vqgan: VQGANConfig = Field(default_factory=VQGANConfig, description="architecture of both VQGANs")
-    discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig, description="image discriminator of the VQGAN stages")
+    discriminator: DiscriminatorConfig = Field(
+        default_factory=DiscriminatorConfig, description="image discriminator of the VQGAN stages"
+    )
     perceptual: PerceptualConfig = Field(default_factory=PerceptualConfig, description="optional perceptual loss")
     transfer: TransferConfig = Field(default_factory=TransferConfig, description="style transfer module and its losses")
-    training: TrainingConfig = Field(default_factory=TrainingConfig, description="steps, batch sizes and learning rates per stage")
+    training: TrainingConfig = Field(
+        default_factory=TrainingConfig, description="steps, batch sizes and learning rates per stage"
+    )
     data: DataConfig = Field(default_factory=DataConfig, description="content and style data")
 
     @field_validator("image_size")
@@ -116,11 +155,21 @@ PRESETS: dict[str, dict] = {
         # configs/vqgan_wikiart.yaml and configs/coco2art.yaml of siyuhuang/QuantArt
         "image_size": 256,
         "vqgan": {
-            "ch": 128, "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2, "attn_resolutions": [16],
-            "z_channels": 256, "embed_dim": 256, "num_codes": 1024,
+            "ch": 128,
+            "ch_mult": [1, 1, 2, 2, 4],
+            "num_res_blocks": 2,
+            "attn_resolutions": [16],
+            "z_channels": 256,
+            "code_dim": 256,
+            "codebook_size": 1024,
         },
         "discriminator": {"base_channels": 64, "num_layers": 3, "disc_start": 10000, "weight": 0.8},
-        "transfer": {"adaptive_weight": False, "discriminator_channels": 64, "discriminator_layers": 0, "discriminator_downsample": True},
+        "transfer": {
+            "adaptive_weight": False,
+            "discriminator_channels": 64,
+            "discriminator_layers": 0,
+            "discriminator_downsample": True,
+        },
         "training": {
             "vqgan_photo": {"steps": 200000, "batch_size": 5, "lr": 4.5e-6 * 5},
             "vqgan_art": {"steps": 200000, "batch_size": 5, "lr": 4.5e-6 * 5},
@@ -130,10 +179,29 @@ PRESETS: dict[str, dict] = {
 }
 
 
+MAX_SIDE = 2048  # the largest --size: activations grow with its square
+
+
 class QuantArtSampleOptions(SampleOptionsBase):
-    content: str | None = Field(None, description="content image or directory of images; default: held-out embedded photos")
-    style: str | None = Field(None, description="style image or directory of images; default: held-out embedded textures")
-    content_style_balance: float = Field(1.0, ge=0, le=1, description="0 keeps the content codes, 1 uses the transferred codes fully")
-    fidelity_balance: float = Field(1.0, ge=0, le=1, description="0 decodes the continuous transferred codes, 1 their art-codebook quantisation")
-    sweep: bool = Field(False, description="grid over both balances (rows: content-style, columns: fidelity) for the first content and style image")
-    size: int | None = Field(None, ge=8, description="side images are resized and centre-cropped to (a multiple of the code stride); default: the training size")
+    content: str | None = Field(
+        None, description="content image or directory of images; default: held-out embedded photos"
+    )
+    style: str | None = Field(
+        None, description="style image or directory of images; default: held-out embedded textures"
+    )
+    content_style_balance: float = Field(
+        1.0, ge=0, le=1, description="0 keeps the content codes, 1 uses the transferred codes fully"
+    )
+    fidelity_balance: float = Field(
+        1.0, ge=0, le=1, description="0 decodes the continuous transferred codes, 1 their art-codebook quantisation"
+    )
+    sweep: bool = Field(
+        False,
+        description="grid over both balances (rows: content-style, columns: fidelity) for the first content and style image",
+    )
+    size: int | None = Field(
+        None,
+        ge=8,
+        le=MAX_SIDE,
+        description="side images are resized and centre-cropped to (a multiple of the code stride); default: the training size",
+    )

@@ -7,6 +7,7 @@ the stage starts instead of twice per step (the official code runs them under no
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from zoo.data import load_images
-from zoo.nn.quantize import nearest_code_indices
+from zoo.errors import DataError, UnknownNameError
+from zoo.nn.quantize import codes_from_features
 from zoo.plugin import StageContext
 from zoo_quantart.config import QuantArtConfig
 from zoo_quantart.model import VQGAN, QuantArt
 
 PAIRS_PER_CONTENT = 4  # random style partners drawn per content image of the transfer stage
+EMBEDDED_SETS = {"content": "photos", "style": "textures"}  # the defaults, always readable
+
+logger = logging.getLogger("zoo.quantart")
 
 
 def image_set(spec: str, config: QuantArtConfig, split: str, count: int | None = None) -> Dataset:
@@ -38,6 +43,33 @@ def style_images(config: QuantArtConfig, split: str = "train", count: int | None
     return image_set(config.data.style, config, split, count)
 
 
+def domain_images(config: QuantArtConfig, domain: str) -> Dataset:
+    """The training images of the VQGAN of `domain`: content photos ("photo") or style images ("art")."""
+    return content_images(config) if domain == "photo" else style_images(config)
+
+
+def check_data(config: QuantArtConfig) -> None:
+    """Read both training sets now: a style folder with no readable image would otherwise
+    fail only when the second stage starts, after the first has trained."""
+    content_images(config)
+    style_images(config)
+
+
+def sample_images(config: QuantArtConfig, role: str) -> torch.Tensor:
+    """(N, 3, S, S): the held-out `role` ("content" or "style") images an export ships for
+    the default sample grid. A finished run must sample and export without its training
+    data, so when that can no longer be read the embedded set's held-out images stand in."""
+    count = config.data.sample_images
+    spec = config.data.content if role == "content" else config.data.style
+    try:
+        dataset = image_set(spec, config, "test", count)
+    except (DataError, UnknownNameError) as error:
+        fallback = EMBEDDED_SETS[role]
+        logger.warning("%s; the default sample grid uses held-out %s as its %s images instead", error, fallback, role)
+        dataset = image_set(fallback, config, "test", count)
+    return stack_images(dataset, count)
+
+
 def stack_images(dataset: Dataset, limit: int | None = None) -> torch.Tensor:
     """The first `limit` images of a data set as one (N, 3, S, S) tensor."""
     count = len(dataset) if limit is None else min(limit, len(dataset))
@@ -53,8 +85,7 @@ def encode_indices(vqgan: VQGAN, dataset: Dataset, device: torch.device, batch_s
     indices = []
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         codes = vqgan.quant_conv(vqgan.encoder(batch["image"].to(device)))  # (B, D, h, w)
-        nearest = nearest_code_indices(codes.permute(0, 2, 3, 1).flatten(0, 2), codebook)
-        indices.append(nearest.view(codes.shape[0], *codes.shape[2:]).cpu())
+        indices.append(codes_from_features(codes, codebook).cpu())
     vqgan.train(was_training)
     return torch.cat(indices)
 

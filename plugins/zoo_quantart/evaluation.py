@@ -1,15 +1,27 @@
 """QuantArt's evaluation: style transfer quality on held-out (content, style) pairs plus
-reconstruction and codebook usage of each VQGAN."""
+reconstruction and codebook usage of each VQGAN.
+
+No pretrained network can be downloaded here, so the style and content features come from a fixed,
+randomly initialised three-layer conv net (seed 0, Kaiming init, ReLU): random conv
+features are known to carry texture statistics well enough for Gram/AdaIN style
+measures (Ulyanov et al. 2017; He et al. 2016, "A powerful generative model using random
+weights"). The same net scores every model, so numbers are comparable across runs.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from skimage.metrics import structural_similarity
+from torch import nn
 
-from zoo.nn.quantize import code_statistics, nearest_code_indices
-from zoo_quantart import metrics
+from zoo.nn.metrics import psnr
+from zoo.nn.quantize import code_statistics, codes_from_features
+from zoo.outputs import to_uint8
 from zoo_quantart.config import QuantArtConfig
 from zoo_quantart.data import content_images, stack_images, style_images
-from zoo_quantart.model import VQGAN, QuantArt
+from zoo_quantart.model import QuantArt
 
 EVAL_BATCH = 8
 
@@ -24,7 +36,7 @@ def evaluate_pairs(
 ) -> dict[str, float]:
     """Held-out (content, style) pairs, stylised at the given balances (sampling's defaults: 1, 1).
 
-    style distance: mean/std and Gram distances of RandomFeatures (see metrics.py) to the
+    style distance: mean/std and Gram distances of RandomFeatures (see py) to the
     style image, for the output and for the unstyled content image (ratio < 0.5 halves it);
     content preservation: SSIM (luminance; RGB too) and feature distance of the output to the content image;
     reconstruction PSNR and codebook usage of each VQGAN on its own held-out images.
@@ -36,35 +48,57 @@ def evaluate_pairs(
     pairs = torch.arange(count)
     contents, styles = contents[pairs % len(contents)], styles[(pairs + pairs // len(styles)) % len(styles)]
 
-    features = metrics.RandomFeatures().to(device)
-    totals: dict[str, list] = {key: [] for key in (
-        "style_out", "style_content", "gram_out", "gram_content", "ssim", "ssim_rgb", "content_distance", "stylized_indices",
-        "photo_psnr", "art_psnr", "photo_indices", "art_indices")}
+    features = RandomFeatures().to(device)
+    totals: dict[str, list] = {
+        key: []
+        for key in (
+            "style_out",
+            "style_content",
+            "gram_out",
+            "gram_content",
+            "ssim",
+            "ssim_rgb",
+            "content_distance",
+            "stylized_indices",
+            "photo_psnr",
+            "art_psnr",
+            "photo_indices",
+            "art_indices",
+        )
+    }
     for start in range(0, count, EVAL_BATCH):
         content, style = contents[start : start + EVAL_BATCH], styles[start : start + EVAL_BATCH]
-        balances = [torch.full((len(content),), value, device=device) for value in (content_style_balance, fidelity_balance)]
+        balances = [
+            torch.full((len(content),), value, device=device) for value in (content_style_balance, fidelity_balance)
+        ]
         content_codes, reference_codes = model.photo.encode_codes(content), model.art.encode_codes(style)
         codes = model.stylize_codes(content_codes, reference_codes, *balances)
         output = model.art.decode(codes).clamp(-1, 1)
         out_features, content_features, style_features = features(output), features(content), features(style)
-        totals["style_out"].append(metrics.mean_std_distance(out_features, style_features))
-        totals["style_content"].append(metrics.mean_std_distance(content_features, style_features))
-        totals["gram_out"].append(metrics.gram_distance(out_features, style_features))
-        totals["gram_content"].append(metrics.gram_distance(content_features, style_features))
-        totals["content_distance"].append(metrics.content_distance(out_features, content_features))
-        totals["ssim"].append(torch.from_numpy(metrics.ssim(output, content)))
-        totals["ssim_rgb"].append(torch.from_numpy(metrics.ssim(output, content, luma=False)))
-        totals["stylized_indices"].append(_indices(codes, model.art))
+        totals["style_out"].append(mean_std_distance(out_features, style_features))
+        totals["style_content"].append(mean_std_distance(content_features, style_features))
+        totals["gram_out"].append(gram_distance(out_features, style_features))
+        totals["gram_content"].append(gram_distance(content_features, style_features))
+        totals["content_distance"].append(content_distance(out_features, content_features))
+        totals["ssim"].append(torch.from_numpy(ssim(output, content)))
+        totals["ssim_rgb"].append(torch.from_numpy(ssim(output, content, luma=False)))
+        totals["stylized_indices"].append(codes_from_features(codes, model.art.quantizer.codebook).flatten())
         for name, network, images in (("photo", model.photo, content), ("art", model.art, style)):
             reconstruction, quantized = network(images)
-            totals[f"{name}_psnr"].append(metrics.psnr(reconstruction, images))
+            totals[f"{name}_psnr"].append(psnr(reconstruction.clamp(-1, 1), images))
             totals[f"{name}_indices"].append(quantized.indices.flatten())
 
-    mean = {key: torch.cat([v.flatten().float().cpu() for v in values]).mean().item()
-            for key, values in totals.items() if not key.endswith("indices")}
-    num_codes = config.vqgan.num_codes
-    usage = {key.removesuffix("_indices"): code_statistics(torch.cat(values), num_codes)
-             for key, values in totals.items() if key.endswith("indices")}
+    mean = {
+        key: torch.cat([v.flatten().float().cpu() for v in values]).mean().item()
+        for key, values in totals.items()
+        if not key.endswith("indices")
+    }
+    codebook_size = config.vqgan.codebook_size
+    usage = {
+        key.removesuffix("_indices"): code_statistics(torch.cat(values), codebook_size)
+        for key, values in totals.items()
+        if key.endswith("indices")
+    }
     return {
         "style_distance_output": mean["style_out"],
         "style_distance_content": mean["style_content"],
@@ -85,6 +119,75 @@ def evaluate_pairs(
     }
 
 
-def _indices(codes: torch.Tensor, vqgan: VQGAN) -> torch.Tensor:
-    """Art-codebook indices of (B, D, h, w) codes, flattened."""
-    return nearest_code_indices(codes.permute(0, 2, 3, 1).reshape(-1, codes.shape[1]), vqgan.quantizer.codebook)
+# --- the style and content metrics ------------------------------------------------------------
+
+
+class RandomFeatures(nn.Module):
+    """images (B, 3, H, W) in [-1, 1] -> three ReLU feature maps at strides 1, 2, 4."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        widths = [(3, 32, 1), (32, 64, 2), (64, 128, 2)]
+        self.convs = nn.ModuleList(nn.Conv2d(cin, cout, 3, stride=stride, padding=1) for cin, cout, stride in widths)
+        with torch.no_grad():
+            for conv in self.convs:
+                fan_in = conv.in_channels * 9
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
+                conv.bias.zero_()
+        self.requires_grad_(False).eval()
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        features, h = [], images
+        for conv in self.convs:
+            h = F.relu(conv(h))
+            features.append(h)
+        return features
+
+
+def mean_std_distance(features: list[torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:
+    """Per image: sum over layers of MSE(channel means) + MSE(channel stds). -> (B,)"""
+    total = 0.0
+    for a, b in zip(features, reference, strict=True):
+        a, b = a.flatten(2), b.flatten(2)
+        total = total + (a.mean(2) - b.mean(2)).pow(2).mean(1) + (a.std(2) - b.std(2)).pow(2).mean(1)
+    return total
+
+
+def gram(features: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, C)
+    flat = features.flatten(2)
+    return flat @ flat.transpose(1, 2) / flat.shape[-1]
+
+
+def gram_distance(features: list[torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:
+    """Per image: sum over layers of MSE between Gram matrices. -> (B,)"""
+    return sum((gram(a) - gram(b)).pow(2).flatten(1).mean(1) for a, b in zip(features, reference, strict=True))
+
+
+def content_distance(features: list[torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:
+    """Per image: mean over layers of the squared distance of channel-normalised features. -> (B,)"""
+    distances = []
+    for a, b in zip(features, reference, strict=True):
+        a = a / (a.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+        b = b / (b.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+        distances.append((a - b).pow(2).sum(1).flatten(1).mean(1))
+    return torch.stack(distances).mean(0)
+
+
+def ssim(images: torch.Tensor, references: torch.Tensor, luma: bool = True) -> np.ndarray:
+    """SSIM per image pair on 8-bit images as a viewer sees them (scikit-image, 7x7 window).
+
+    luma=True compares the BT.601 luminance only: style transfer changes colours on
+    purpose, and structure preservation is what the content score is meant to measure.
+    luma=False compares the three RGB channels.
+    """
+    a, b = to_uint8(images.cpu().numpy()), to_uint8(references.cpu().numpy())  # (B, H, W, 3)
+    if luma:
+        a, b = _luma(a), _luma(b)
+        return np.array([structural_similarity(x, y, data_range=255.0) for x, y in zip(a, b, strict=True)])
+    return np.array([structural_similarity(x, y, channel_axis=-1, data_range=255) for x, y in zip(a, b, strict=True)])
+
+
+def _luma(images: np.ndarray) -> np.ndarray:
+    """(B, H, W, 3) uint8 -> (B, H, W) float64 BT.601 luminance in 0..255."""
+    return images.astype(np.float64) @ np.array([0.299, 0.587, 0.114])

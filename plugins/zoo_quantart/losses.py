@@ -14,77 +14,52 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from zoo.nn.gan import adaptive_weight, adversarial_factor, discriminator_loss, generator_adversarial_loss
-from zoo.nn.perceptual import PerceptualLoss, timm_perceptual_loss
+from zoo.nn.gan import VQGANLoss, adaptive_weight, adversarial_factor, generator_adversarial_loss
+from zoo.nn.perceptual import LazyPerceptual
 from zoo.plugin import Batch, StepContext
 from zoo_quantart.config import QuantArtConfig
-from zoo_quantart.model import VQGAN, QuantArt
+from zoo_quantart.model import QuantArt
 
 Domain = Literal["photo", "art"]
 Losses = dict[str, torch.Tensor]
 
 
-class LazyPerceptual:
-    """Builds the perceptual loss on first use, so listing stages never imports timm."""
-
-    def __init__(self, config: QuantArtConfig) -> None:
-        self.backbone, self.weights = config.perceptual.backbone, config.perceptual.weights
-        self.loss: PerceptualLoss | None = None
-        self.built = False
-
-    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
-        if not self.built:
-            self.loss, self.built = timm_perceptual_loss(self.backbone, self.weights), True
-        if self.loss is None:
-            return None
-        return self.loss.to(images.device)(images, targets)
-
-
 def vqgan_losses(config: QuantArtConfig, domain: Domain) -> tuple[Callable, Callable]:
-    """(generator loss, discriminator loss) of the VQGAN of `domain`."""
+    """(generator loss, discriminator loss) of the VQGAN of `domain` (`zoo.nn.gan.VQGANLoss`)."""
     disc = config.discriminator
-    perceptual = LazyPerceptual(config)
-
-    def vqgan(model: QuantArt) -> VQGAN:
-        return model.photo if domain == "photo" else model.art
+    objective = VQGANLoss(
+        pixel_loss="l1",
+        perceptual=LazyPerceptual(config.perceptual.backbone, config.perceptual.weights),
+        perceptual_weight=config.perceptual.weight,
+        disc_start=disc.disc_start,
+        disc_factor=disc.factor,
+        disc_weight=disc.weight,
+        disc_loss=disc.loss,
+    )
 
     def generator_loss(model: QuantArt, batch: Batch, ctx: StepContext) -> Losses:
         images = batch["image"]
-        network = vqgan(model)
+        network = model.vqgan(domain)
         reconstruction, quantized = network(images)
-        l1 = (images - reconstruction).abs().mean()
-        reconstruction_loss = l1
-        losses: Losses = {"l1": l1.detach()}
-        perceptual_distance = perceptual(reconstruction, images)
-        if perceptual_distance is not None:
-            reconstruction_loss = reconstruction_loss + config.perceptual.weight * perceptual_distance
-            losses["perceptual"] = perceptual_distance.detach()
-
-        factor = adversarial_factor(ctx.step, disc.disc_start, disc.factor)
-        if factor > 0:
-            adversarial = generator_adversarial_loss(network.discriminator(reconstruction))
-            weight = adaptive_weight(reconstruction_loss, adversarial, network.last_layer, disc.weight)
-        else:  # before disc_start the discriminator is untrained: skip its forward pass entirely
-            adversarial = weight = reconstruction.new_zeros(())
-        ctx.cache["reconstruction"] = reconstruction.detach()
-        loss = reconstruction_loss + quantized.loss + weight * factor * adversarial
+        terms = objective.generator(
+            images, reconstruction, quantized.loss, network.discriminator, network.last_layer, ctx.step, ctx.cache
+        )
+        zero = reconstruction.new_zeros(())
+        perceptual = {} if terms.perceptual is None else {"perceptual": terms.perceptual.detach()}
         return {
-            "loss": loss, **losses, "codebook": quantized.loss.detach(), "adversarial": adversarial.detach(),
-            "adaptive_weight": weight, "perplexity": quantized.perplexity.detach(),
+            "loss": terms.loss,
+            "l1": terms.pixel.detach(),
+            **perceptual,
+            "codebook": quantized.loss.detach(),
+            "adversarial": zero if terms.adversarial is None else terms.adversarial.detach(),
+            "adaptive_weight": zero if terms.weight is None else terms.weight,
+            "perplexity": quantized.perplexity.detach(),
         }
 
     def discriminator_step_loss(model: QuantArt, batch: Batch, ctx: StepContext) -> Losses:
         images = batch["image"]
-        network = vqgan(model)
-        reconstruction = ctx.cache.get("reconstruction")
-        if reconstruction is None:
-            with torch.no_grad():
-                reconstruction = network(images)[0]
-        logits_real = network.discriminator(images)
-        logits_fake = network.discriminator(reconstruction)
-        factor = adversarial_factor(ctx.step, disc.disc_start, disc.factor)
-        loss = factor * discriminator_loss(disc.loss, logits_real, logits_fake)
-        return {"loss": loss, "logits_real": logits_real.detach().mean(), "logits_fake": logits_fake.detach().mean()}
+        network = model.vqgan(domain)
+        return objective.discriminator(images, network.discriminator, ctx.step, ctx.cache, lambda: network(images)[0])
 
     return generator_loss, discriminator_step_loss
 
@@ -104,7 +79,9 @@ def style_loss(features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 def transfer_codes(model: QuantArt, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Content and reference codes (B, D, h, w) of a batch of precomputed code indices."""
-    return model.photo.quantizer.lookup(batch["content_indices"]), model.art.quantizer.lookup(batch["reference_indices"])
+    return model.photo.quantizer.lookup(batch["content_indices"]), model.art.quantizer.lookup(
+        batch["reference_indices"]
+    )
 
 
 def transfer_losses(config: QuantArtConfig) -> tuple[Callable, Callable]:
@@ -123,27 +100,39 @@ def transfer_losses(config: QuantArtConfig) -> tuple[Callable, Callable]:
         factor = adversarial_factor(ctx.step, weights.disc_start, weights.adversarial_factor)
         if factor > 0:
             adversarial = generator_adversarial_loss(model.latent_discriminator(output))
-            weight = (adaptive_weight(feature_loss, adversarial, model.transfer.last_layer)
-                      if weights.adaptive_weight else adversarial.new_ones(()))
+            weight = (
+                adaptive_weight(feature_loss, adversarial, model.transfer.last_layer)
+                if weights.adaptive_weight
+                else adversarial.new_ones(())
+            )
         else:
             adversarial = weight = output.new_zeros(())
         ctx.cache["transferred"] = output.detach()
         loss = feature_loss + weights.codebook_weight * quantized.loss + weight * factor * adversarial
         return {
-            "loss": loss, "content": content_term.detach(), "style": style_term.detach(),
-            "codebook": quantized.loss.detach(), "adversarial": adversarial.detach(), "adaptive_weight": weight,
+            "loss": loss,
+            "content": content_term.detach(),
+            "style": style_term.detach(),
+            "codebook": quantized.loss.detach(),
+            "adversarial": adversarial.detach(),
+            "adaptive_weight": weight,
         }
+
+    latent_gan = VQGANLoss(
+        disc_start=weights.disc_start,
+        disc_factor=weights.adversarial_factor,
+        disc_loss="hinge",
+        cache_key="transferred",
+    )
 
     def discriminator_step_loss(model: QuantArt, batch: Batch, ctx: StepContext) -> Losses:
         content, reference = transfer_codes(model, batch)
-        transferred = ctx.cache.get("transferred")
-        if transferred is None:
-            with torch.no_grad():
-                transferred = model.art.quantizer(model.transfer(content, reference)).quantized
-        logits_real = model.latent_discriminator(reference)
-        logits_fake = model.latent_discriminator(transferred)
-        factor = adversarial_factor(ctx.step, weights.disc_start, weights.adversarial_factor)
-        loss = factor * discriminator_loss("hinge", logits_real, logits_fake)
-        return {"loss": loss, "logits_real": logits_real.detach().mean(), "logits_fake": logits_fake.detach().mean()}
+        return latent_gan.discriminator(
+            reference,
+            model.latent_discriminator,
+            ctx.step,
+            ctx.cache,
+            lambda: model.art.quantizer(model.transfer(content, reference)).quantized,
+        )
 
     return generator_loss, discriminator_step_loss

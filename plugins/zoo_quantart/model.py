@@ -11,6 +11,9 @@ art code space, where the art codebook quantises them and the art decoder paints
 Two knobs act at inference: the content-style balance blends content codes and
 transferred codes, the fidelity balance blends those continuous codes with their
 art-codebook quantisation.
+
+Shapes: D = vqgan.code_dim (one code vector), K = vqgan.codebook_size, h = H / f with
+f = 2^(len(ch_mult) - 1).
 """
 
 from __future__ import annotations
@@ -20,16 +23,13 @@ from torch import nn
 
 from zoo.nn.blocks import AttnBlock, Decoder, Encoder, ResnetBlock
 from zoo.nn.gan import NLayerDiscriminator
-from zoo.nn.quantize import QuantizerOutput, VectorQuantizer, nearest_code_indices
+from zoo.nn.quantize import QuantizerOutput, VectorQuantizer, codes_from_features, init_codebook_from
 from zoo_quantart.config import QuantArtConfig
 
 
 def quantize_to_codebook(codes: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Replace every vector of (B, D, h, w) by its nearest codebook row (K, D); no gradient path."""
-    batch, channels, height, width = codes.shape
-    flat = codes.permute(0, 2, 3, 1).reshape(-1, channels)  # (B*h*w, D)
-    nearest = codebook[nearest_code_indices(flat, codebook)]
-    return nearest.view(batch, height, width, channels).permute(0, 3, 1, 2)
+    return codebook[codes_from_features(codes, codebook)].permute(0, 3, 1, 2)  # (B, h, w, D) -> (B, D, h, w)
 
 
 def blend(start: torch.Tensor, end: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
@@ -45,20 +45,35 @@ class VQGAN(nn.Module):
         super().__init__()
         arch = config.vqgan
         shape = dict(
-            ch=arch.ch, ch_mult=arch.ch_mult, num_res_blocks=arch.num_res_blocks,
-            attn_resolutions=arch.attn_resolutions, resolution=config.image_size,
-            z_channels=arch.z_channels, dropout=arch.dropout,
+            ch=arch.ch,
+            ch_mult=arch.ch_mult,
+            num_res_blocks=arch.num_res_blocks,
+            attn_resolutions=arch.attn_resolutions,
+            resolution=config.image_size,
+            z_channels=arch.z_channels,
+            dropout=arch.dropout,
         )
         self.encoder = Encoder(**shape)
-        self.quant_conv = nn.Conv2d(arch.z_channels, arch.embed_dim, 1)
+        self.quant_conv = nn.Conv2d(arch.z_channels, arch.code_dim, 1)
         self.quantizer = VectorQuantizer(
-            arch.num_codes, arch.embed_dim, beta=arch.beta, legacy=arch.legacy,
+            arch.codebook_size,
+            arch.code_dim,
+            beta=arch.beta,
+            legacy=arch.legacy,
             dead_code_threshold=arch.dead_code_threshold,
         )
-        self.post_quant_conv = nn.Conv2d(arch.embed_dim, arch.z_channels, 1)
+        self.post_quant_conv = nn.Conv2d(arch.code_dim, arch.z_channels, 1)
         self.decoder = Decoder(**shape)
         disc = config.discriminator
         self.discriminator = NLayerDiscriminator(3, disc.base_channels, disc.num_layers)
+
+    @torch.no_grad()
+    def init_codebook(self, images: torch.Tensor, batch_size: int = 8) -> None:
+        """Seed the codebook with encoder outputs of (N, 3, H, W) images: codes drawn from them
+        all start in use, where taming's tiny uniform init collapses to a handful of codes in
+        a short CPU run."""
+        features = torch.cat([self.quant_conv(self.encoder(chunk)) for chunk in images.split(batch_size)])
+        init_codebook_from(self.quantizer, features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]))
 
     def generator_modules(self) -> list[nn.Module]:
         return [self.encoder, self.quant_conv, self.quantizer, self.post_quant_conv, self.decoder]
@@ -123,11 +138,17 @@ class QuantArt(nn.Module):
         super().__init__()
         self.photo = VQGAN(config)
         self.art = VQGAN(config)
-        self.transfer = StyleTransferModule(config.vqgan.embed_dim, config.transfer.block_num)
+        self.transfer = StyleTransferModule(config.vqgan.code_dim, config.transfer.block_num)
         self.latent_discriminator = NLayerDiscriminator(
-            config.vqgan.embed_dim, config.transfer.discriminator_channels,
-            config.transfer.discriminator_layers, downsample=config.transfer.discriminator_downsample,
+            config.vqgan.code_dim,
+            config.transfer.discriminator_channels,
+            config.transfer.discriminator_layers,
+            downsample=config.transfer.discriminator_downsample,
         )
+
+    def vqgan(self, domain: str) -> VQGAN:
+        """The VQGAN of a domain, "photo" or "art"."""
+        return self.photo if domain == "photo" else self.art
 
     def stylize_codes(
         self,
@@ -154,52 +175,3 @@ class QuantArt(nn.Module):
         reference_codes = self.art.encode_codes(style)
         codes = self.stylize_codes(content_codes, reference_codes, content_style_balance, fidelity_balance)
         return self.art.decode(codes)
-
-
-# The graphs the exporter writes and `sample` runs; each returns tensors in output-name order.
-
-
-class EncodeCodes(nn.Module):
-    """images (B, 3, H, W) -> quantised codes (B, D, h, w) of one VQGAN (photo: content codes,
-    art: reference codes)."""
-
-    def __init__(self, vqgan: VQGAN) -> None:
-        super().__init__()
-        self.vqgan = vqgan
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.vqgan.encode_codes(images)
-
-
-class TransferCodes(nn.Module):
-    """content codes, reference codes (B, D, h, w), content_style_balance (B,), fidelity_balance (B,) -> codes."""
-
-    def __init__(self, model: QuantArt) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, content_codes, reference_codes, content_style_balance, fidelity_balance) -> torch.Tensor:
-        return self.model.stylize_codes(content_codes, reference_codes, content_style_balance, fidelity_balance)
-
-
-class DecodeCodes(nn.Module):
-    """codes (B, D, h, w) -> images (B, 3, H, W) in about [-1, 1]."""
-
-    def __init__(self, vqgan: VQGAN) -> None:
-        super().__init__()
-        self.vqgan = vqgan
-
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.vqgan.decode(codes)
-
-
-class Stylize(nn.Module):
-    """content images, style images (B, 3, H, W), balances (B,) -> stylised images: the whole
-    transfer as one graph."""
-
-    def __init__(self, model: QuantArt) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, content, style, content_style_balance, fidelity_balance) -> torch.Tensor:
-        return self.model.stylize(content, style, content_style_balance, fidelity_balance)

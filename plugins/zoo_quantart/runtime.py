@@ -11,32 +11,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from zoo.errors import DataError
 from zoo.outputs import SampleOutput, to_uint8
+from zoo.runtime.images import image_files, read_square, square_resize, to_model_input
 from zoo.runtime.loop import ModelRuntime
+from zoo.runtime.sampling import run_batched
 from zoo_quantart.config import QuantArtSampleOptions
 
 BATCH = 16  # images per graph call: bounds memory at large sizes
 SWEEP_STEPS = 5  # balance values 0, 0.25, ..., 1 on each axis of the sweep
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
-
-
-def square_image(image: Image.Image, size: int) -> np.ndarray:
-    """Any image -> centre-cropped square RGB (size, size, 3) uint8."""
-    image = ImageOps.exif_transpose(image).convert("RGB")
-    width, height = image.size
-    side = min(width, height)
-    left, top = (width - side) / 2, (height - side) / 2
-    return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side)))
 
 
 def read_images(spec: str, size: int, role: str) -> np.ndarray:
     """An image file, or every readable image of a directory (sorted by name) -> (N, size, size, 3) uint8."""
     path = Path(spec).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+        files = image_files(path)
     elif path.is_file():
         files = [path]
     else:
@@ -44,19 +36,13 @@ def read_images(spec: str, size: int, role: str) -> np.ndarray:
     images = []
     for file in files:
         try:
-            with Image.open(file) as image:
-                images.append(square_image(image, size))
-        except OSError:
+            images.append(read_square(file, size, f"--{role}"))
+        except DataError:
             if not path.is_dir():
-                raise DataError(f"--{role} {file}: not a readable image") from None
+                raise
     if not images:
         raise DataError(f"--{role} {spec}: no readable images in this directory")
     return np.stack(images)
-
-
-def to_model_input(images: np.ndarray) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [-1, 1]."""
-    return (images.astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2).copy()
 
 
 class QuantArtRuntime(ModelRuntime):
@@ -66,8 +52,8 @@ class QuantArtRuntime(ModelRuntime):
         size = self.image_side(options.size)
         contents = self.images(options.content, "content", size)
         styles = self.images(options.style, "style", size)
-        content_codes = self.run_batched("photo_encoder", "codes", images=to_model_input(contents))
-        reference_codes = self.run_batched("art_encoder", "codes", images=to_model_input(styles))
+        content_codes = run_batched(self.components, "photo_encoder", "codes", BATCH, images=to_model_input(contents))
+        reference_codes = run_batched(self.components, "art_encoder", "codes", BATCH, images=to_model_input(styles))
 
         if options.sweep:
             # rows: content-style balance, columns: fidelity balance, for the first pair
@@ -76,17 +62,23 @@ class QuantArtRuntime(ModelRuntime):
             content_pick = np.zeros(len(content_style), dtype=np.int64)
             style_pick = np.zeros(len(content_style), dtype=np.int64)
         else:
-            content_pick, style_pick = (axis.ravel() for axis in np.meshgrid(
-                np.arange(len(contents)), np.arange(len(styles)), indexing="ij"))
+            content_pick, style_pick = (
+                axis.ravel() for axis in np.meshgrid(np.arange(len(contents)), np.arange(len(styles)), indexing="ij")
+            )
             content_style = np.full(len(content_pick), options.content_style_balance, dtype=np.float32)
             fidelity = np.full(len(content_pick), options.fidelity_balance, dtype=np.float32)
 
-        codes = self.run_batched(
-            "transfer", "codes",
-            content_codes=content_codes[content_pick], reference_codes=reference_codes[style_pick],
-            content_style_balance=content_style, fidelity_balance=fidelity,
+        codes = run_batched(
+            self.components,
+            "transfer",
+            "codes",
+            BATCH,
+            content_codes=content_codes[content_pick],
+            reference_codes=reference_codes[style_pick],
+            content_style_balance=content_style,
+            fidelity_balance=fidelity,
         )
-        stylized = self.run_batched("art_decoder", "images", codes=codes)  # (N, 3, H, W)
+        stylized = run_batched(self.components, "art_decoder", "images", BATCH, codes=codes)  # (N, 3, H, W)
         extras = {"stylized": stylized, "content_style_balance": content_style, "fidelity_balance": fidelity}
         outputs = to_uint8(stylized)
         if options.sweep:
@@ -108,15 +100,7 @@ class QuantArtRuntime(ModelRuntime):
         shipped = self.arrays[f"{role}_images"]  # (N, S, S, 3) uint8
         if shipped.shape[1] == size:
             return shipped
-        return np.stack([square_image(Image.fromarray(image), size) for image in shipped])
-
-    def run_batched(self, component: str, output: str, **inputs: np.ndarray) -> np.ndarray:
-        count = len(next(iter(inputs.values())))
-        chunks = [
-            self.components(component, **{name: value[start : start + BATCH] for name, value in inputs.items()})[output]
-            for start in range(0, count, BATCH)
-        ]
-        return np.concatenate(chunks)
+        return np.stack([square_resize(Image.fromarray(image), size) for image in shipped])
 
     @staticmethod
     def pair_grid(contents: np.ndarray, styles: np.ndarray, outputs: np.ndarray) -> np.ndarray:

@@ -2,59 +2,73 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from zoo.config import ConfigSection, SampleOptionsBase, ZooConfig
+from zoo.config import MAX_SAMPLES, ConfigSection, SampleOptionsBase, ZooConfig
+
+DEFAULT_CLASSES = 10  # with no --class: classes 0..9 (all of them for the digits)
 
 
 class TokenizerConfig(ConfigSection):
     """The multi-scale VQVAE. Defaults are the official release (vae_ch160v4096z32)."""
 
-    resolution: int = Field(256, description="image side in pixels")
-    channels: int = Field(160, description="base width of the encoder/decoder (taming's `ch`)")
-    channel_multipliers: list[int] = Field(
-        [1, 1, 2, 2, 4], description="width multiplier per resolution; the latent is resolution / 2^(len-1)"
+    # read until zoo 0.3: run directories and --set flags written before the shared vocabulary
+    renamed_fields: ClassVar[dict[str, str]] = {"vocab_size": "codebook_size", "latent_channels": "code_dim"}
+
+    resolution: int = Field(256, ge=1, description="image side in pixels")
+    channels: int = Field(160, ge=1, description="base width of the encoder/decoder (taming's `ch`)")
+    channel_multipliers: list[PositiveInt] = Field(
+        [1, 1, 2, 2, 4], min_length=1, description="width multiplier per resolution; the latent is resolution / 2^(len-1)"
     )
-    res_blocks: int = Field(2, description="residual blocks per resolution")
-    attention_resolutions: list[int] = Field(
+    res_blocks: int = Field(2, ge=1, description="residual blocks per resolution")
+    attention_resolutions: list[PositiveInt] = Field(
         [16], description="feature-map sides that get self-attention after each residual block"
     )
     mid_attention: bool = Field(True, description="self-attention in the middle block")
-    dropout: float = Field(0.0, description="dropout inside residual blocks")
-    latent_channels: int = Field(32, description="code vector size (Cvae)")
-    vocab_size: int = Field(4096, description="codebook size")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout inside residual blocks")
+    code_dim: int = Field(32, ge=1, description="size of one code vector, the latent's channels (the paper's Cvae)")
+    codebook_size: int = Field(4096, ge=2, description="codes in the codebook, the token vocabulary of the transformer")
     patch_nums: list[int] = Field(
         [1, 2, 3, 4, 5, 6, 8, 10, 13, 16],
         description="side of the token map at each scale, small to large; the last equals the latent side",
     )
-    beta: float = Field(0.25, description="commitment loss weight")
-    phi_ratio: float = Field(0.5, description="r in phi(h) = (1 - r) h + r conv3x3(h); 0 disables phi")
+    beta: float = Field(0.25, ge=0, description="commitment loss weight")
+    phi_ratio: float = Field(0.5, ge=0, le=1, description="r in phi(h) = (1 - r) h + r conv3x3(h); 0 disables phi")
     phi_count: int = Field(
         4,
+        ge=0,
         description="phi convolutions: 0 one per scale (non-shared), 1 one for all scales (fully shared), "
         "K >= 2 partially shared (the paper's 4)",
     )
-    quant_conv_kernel: int = Field(3, description="kernel of quant_conv and post_quant_conv")
+    quant_conv_kernel: int = Field(3, ge=1, description="kernel of quant_conv and post_quant_conv (odd, so sides are kept)")
     dead_code_threshold: float | None = Field(
-        0.01, description="a code whose running hits per batch fall below this is re-initialised; null disables"
+        0.01, ge=0, description="a code whose running hits per batch fall below this is re-initialised; null disables"
     )
+
+    @field_validator("quant_conv_kernel")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError("must be odd")
+        return value
 
 
 class TransformerConfig(ConfigSection):
     """The VAR transformer. Width and heads follow the paper's rule unless given."""
 
-    depth: int = Field(16, description="number of AdaLN self-attention blocks")
-    width: int | None = Field(None, description="embedding width; default 64 * depth")
-    heads: int | None = Field(None, description="attention heads; default depth")
-    mlp_ratio: float = Field(4.0, description="FFN hidden width / width")
-    drop_path: float | None = Field(None, description="stochastic depth of the last block; default 0.1 * depth / 24")
+    depth: int = Field(16, ge=1, description="number of AdaLN self-attention blocks")
+    width: int | None = Field(None, ge=1, description="embedding width; default 64 * depth")
+    heads: int | None = Field(None, ge=1, description="attention heads; default depth")
+    mlp_ratio: float = Field(4.0, gt=0, description="FFN hidden width / width")
+    drop_path: float | None = Field(None, ge=0, lt=1, description="stochastic depth of the last block; default 0.1 * depth / 24")
     attention_l2_norm: bool = Field(True, description="L2-normalise queries and keys, with a learnable per-head scale")
     shared_adaln: bool = Field(False, description="one AdaLN projection shared by all blocks (SharedAdaLin)")
-    num_classes: int = Field(1000, description="class labels; one more 'unconditional' class is added for CFG")
-    condition_dropout: float = Field(0.1, description="probability of replacing the class by the unconditional one")
+    num_classes: int = Field(1000, ge=1, description="class labels; one more 'unconditional' class is added for CFG")
+    condition_dropout: float = Field(0.1, ge=0, lt=1, description="probability of replacing the class by the unconditional one")
 
     @property
     def resolved_width(self) -> int:
@@ -70,37 +84,46 @@ class TransformerConfig(ConfigSection):
 
 
 class TokenizerTraining(ConfigSection):
-    steps: int = Field(20000, description="optimizer steps of the `tokenizer` stage")
-    batch_size: int = Field(32, description="images per step")
-    lr: float = Field(2e-4, description="peak learning rate (Adam)")
-    warmup_steps: int = Field(500, description="linear warm-up steps")
+    steps: int = Field(20000, ge=1, description="optimizer steps of the `tokenizer` stage")
+    batch_size: int = Field(32, ge=1, description="images per step")
+    lr: float = Field(2e-4, gt=0, description="peak learning rate (Adam)")
+    warmup_steps: int = Field(500, ge=0, description="linear warm-up steps")
     reconstruction_loss: Literal["l1", "mse"] = Field("mse", description="pixel reconstruction loss")
-    vq_weight: float = Field(1.0, description="weight of the quantiser loss (codebook + beta * commitment)")
+    vq_weight: float = Field(1.0, ge=0, description="weight of the quantiser loss (codebook + beta * commitment)")
     perceptual_weight: float = Field(
-        0.0, description="weight of the perceptual loss (needs perceptual_weights); 0 disables"
+        0.0, ge=0, description="weight of the perceptual loss (needs perceptual_weights); 0 disables"
     )
     perceptual_backbone: str = Field("vgg16", description="timm backbone of the perceptual loss")
     perceptual_weights: Path | None = Field(
         None, description="local safetensors file with the perceptual backbone's weights"
     )
-    gan_weight: float = Field(0.0, description="weight of the PatchGAN adversarial loss; 0 disables")
-    gan_start: int = Field(2000, description="step at which the discriminator and the adversarial term start")
-    gan_lr: float = Field(2e-4, description="discriminator learning rate")
+    gan_weight: float = Field(0.0, ge=0, description="weight of the PatchGAN adversarial loss; 0 disables")
+    gan_start: int = Field(2000, ge=0, description="step at which the discriminator and the adversarial term start")
+    gan_lr: float = Field(2e-4, gt=0, description="discriminator learning rate")
 
 
 class TransformerTraining(ConfigSection):
-    steps: int = Field(100000, description="optimizer steps of the `transformer` stage")
-    batch_size: int = Field(256, description="token maps per step")
-    lr_per_256: float = Field(1e-4, description="base learning rate; the peak lr is lr_per_256 * batch_size / 256")
-    warmup_steps: int = Field(2000, description="linear warm-up steps")
-    weight_decay: float = Field(0.05, description="AdamW weight decay (matrices only)")
+    steps: int = Field(100000, ge=1, description="optimizer steps of the `transformer` stage")
+    batch_size: int = Field(256, ge=1, description="token maps per step")
+    lr_per_256: float = Field(1e-4, gt=0, description="base learning rate; the peak lr is lr_per_256 * batch_size / 256")
+    warmup_steps: int = Field(2000, ge=0, description="linear warm-up steps")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (matrices only)")
     betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
-    clip_grad_norm: float = Field(2.0, description="gradient norm clip")
-    label_smoothing: float = Field(0.0, description="label smoothing of the cross-entropy")
-    validate_every: int = Field(500, description="steps between held-out token losses")
+    clip_grad_norm: float = Field(2.0, gt=0, description="gradient norm clip")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy")
+    validate_every: int = Field(500, ge=1, description="steps between held-out token losses")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= beta < 1 for beta in value):
+            raise ValueError("each beta must be in [0, 1)")
+        return value
 
 
-class Config(ZooConfig):
+class VARConfig(ZooConfig):
+    """Every architecture, data and training field of VAR; presets are partial dicts of it."""
+
     data: str = Field(
         "digits",
         description="training images: digits | photos | textures | a folder (class subfolders become labels)",
@@ -113,7 +136,7 @@ class Config(ZooConfig):
     )
 
     @model_validator(mode="after")
-    def _check_shapes(self) -> Config:
+    def _check_shapes(self) -> VARConfig:
         tokenizer, transformer = self.tokenizer, self.transformer
         latent = tokenizer.resolution // 2 ** (len(tokenizer.channel_multipliers) - 1)
         if tokenizer.resolution % 2 ** (len(tokenizer.channel_multipliers) - 1):
@@ -130,6 +153,12 @@ class Config(ZooConfig):
 
 _PAPER_TRANSFORMER_STEPS = {"steps": 200000, "batch_size": 768, "warmup_steps": 4000}
 
+# The official scale lists (side of the token map per scale), by image side.
+PAPER_PATCH_NUMS: dict[int, list[int]] = {
+    256: [1, 2, 3, 4, 5, 6, 8, 10, 13, 16],
+    512: [1, 2, 3, 4, 6, 9, 13, 18, 24, 32],
+}
+
 PRESETS: dict[str, dict] = {
     # 16 px digits: the 8x8 originals hold all the detail, so a 4x4 latent with 4 scales
     # (1+4+9+16 = 30 tokens) reconstructs them and keeps both stages inside 15 CPU minutes.
@@ -141,8 +170,8 @@ PRESETS: dict[str, dict] = {
             "channel_multipliers": [1, 2, 2],
             "res_blocks": 1,
             "attention_resolutions": [],
-            "latent_channels": 16,
-            "vocab_size": 256,
+            "code_dim": 16,
+            "codebook_size": 256,
             "patch_nums": [1, 2, 3, 4],
         },
         # Half the paper's width rule (64 * depth = 256): a quarter of the compute per step,
@@ -171,7 +200,22 @@ PRESETS: dict[str, dict] = {
         }
         for depth in (16, 20, 24, 30)
     },
+    # The paper's 512px model (var_d36.pth): the same VQVAE on a 32x32 latent (attention
+    # there), ten scales up to 32, and one AdaLN projection shared by all blocks.
+    "d36": {
+        "data": "photos",
+        "tokenizer": {"resolution": 512, "patch_nums": PAPER_PATCH_NUMS[512], "attention_resolutions": [32]},
+        "transformer": {"depth": 36, "num_classes": 1000, "shared_adaln": True},
+        "transformer_training": _PAPER_TRANSFORMER_STEPS,
+    },
 }
+
+
+def _is_zero(value: int | float | str) -> bool:
+    try:
+        return float(value) == 0.0
+    except ValueError:
+        return False
 
 
 class SampleOptions(SampleOptionsBase):
@@ -181,12 +225,16 @@ class SampleOptions(SampleOptionsBase):
         "with --edit the default is the unconditional class (plain in-/out-painting)",
         json_schema_extra={"flags": ["--class"]},
     )
-    n: int = Field(8, ge=1, description="images per class (the grid has one row per class)")
+    n: int = Field(
+        8, ge=1, le=MAX_SAMPLES, description=f"images per class (the grid has one row per class); n x classes <= {MAX_SAMPLES}"
+    )
     cfg: float = Field(4.0, ge=0, description="classifier-free guidance; ramps as cfg * k / (K - 1) over scales k")
     top_k: int = Field(
-        900, ge=0, description="keep the k most likely codes (clamped to the vocabulary); 0 keeps all, 1 is greedy"
+        900, ge=0, description="keep the k most likely codes (clamped to the codebook size); 0 keeps all, 1 is greedy"
     )
-    top_p: float = Field(0.96, ge=0, le=1, description="nucleus sampling mass; 0 disables")
+    top_p: float = Field(
+        0.96, gt=0, le=1, description="keep the smallest set of most likely codes holding this probability; 1 keeps all"
+    )
     gumbel: float = Field(
         0.0,
         ge=0,
@@ -197,3 +245,31 @@ class SampleOptions(SampleOptionsBase):
     mask: Path | None = Field(
         None, description="edit mask image: white = regenerate, black = keep; default: regenerate the centre half"
     )
+
+    @field_validator("top_p", mode="before")
+    @classmethod
+    def _top_p_zero_is_deprecated(cls, value: object) -> object:
+        # Until 0.2, top_p = 0 meant "off" here while 1 meant "off" everywhere else.
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool) and _is_zero(value):
+            warnings.warn(
+                "--top-p 0 (top_p=0) meaning 'off' is deprecated and will be an error in the next release; "
+                "use --top-p 1 to keep every code",
+                FutureWarning,
+                stacklevel=2,
+            )
+            return 1.0
+        return value
+
+    @field_validator("classes")
+    @classmethod
+    def _no_label_below_unconditional(cls, value: list[int] | None) -> list[int] | None:
+        if value and min(value) < -1:
+            raise ValueError("class labels are 0..num_classes-1, or -1 for unconditional")
+        return value
+
+    @model_validator(mode="after")
+    def _bounded_count(self) -> SampleOptions:
+        rows = len(self.classes) if self.classes else DEFAULT_CLASSES
+        if self.n * rows > MAX_SAMPLES:
+            raise ValueError(f"n x classes = {self.n} x {rows} images; at most {MAX_SAMPLES} per call")
+        return self

@@ -3,7 +3,8 @@ and the onnxruntime sessions (`zoo run`).
 
 Per scale k (of K): the transformer predicts all side_k^2 tokens at once (the batch doubled:
 conditional rows, then unconditional ones), guidance mixes them with t = cfg * k / (K - 1),
-top-k / top-p filter the logits, a code is drawn (argmax when top_k == 1), and `embed_k`
+top-k / top-p filter the logits (zoo.runtime.sampling: top_k 0 and top_p 1 keep all), a code
+is drawn (argmax when top_k == 1), and `embed_k`
 adds its vectors to f_hat and returns the next scale's input. Editing keeps the edit
 image's tokens outside the mask at every scale (the paper's zero-shot in-/out-painting).
 """
@@ -18,11 +19,11 @@ import numpy as np
 
 from zoo.errors import ZooError
 from zoo.outputs import SampleOutput, to_uint8
+from zoo.runtime.images import open_image, read_square, square_resize, to_model_input
 from zoo.runtime.loop import ModelRuntime
-from zoo_var.config import SampleOptions
+from zoo.runtime.sampling import draw, filter_logits, softmax
+from zoo_var.config import DEFAULT_CLASSES, SampleOptions, TokenizerConfig, TransformerConfig
 from zoo_var.scales import area_matrix, scale_starts
-
-DEFAULT_CLASSES = 10  # with no --class: classes 0..9 (all of them for the digits)
 
 
 @dataclass
@@ -30,7 +31,7 @@ class Geometry:
     """What the loop needs to know of the model, read from its config dict."""
 
     patch_nums: list[int]
-    latent_channels: int
+    code_dim: int
     resolution: int
     num_classes: int
     depth: int
@@ -39,17 +40,16 @@ class Geometry:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Geometry:
-        tokenizer, transformer = config["tokenizer"], config["transformer"]
-        width = transformer["width"] or 64 * transformer["depth"]
-        heads = transformer["heads"] or transformer["depth"]
+        tokenizer = TokenizerConfig.model_validate(config["tokenizer"])  # also reads exports' old field names
+        transformer = TransformerConfig.model_validate(config["transformer"])  # resolves width and heads
         return cls(
-            patch_nums=list(tokenizer["patch_nums"]),
-            latent_channels=tokenizer["latent_channels"],
-            resolution=tokenizer["resolution"],
-            num_classes=transformer["num_classes"],
-            depth=transformer["depth"],
-            heads=heads,
-            head_dim=width // heads,
+            patch_nums=list(tokenizer.patch_nums),
+            code_dim=tokenizer.code_dim,
+            resolution=tokenizer.resolution,
+            num_classes=transformer.num_classes,
+            depth=transformer.depth,
+            heads=transformer.resolved_heads,
+            head_dim=transformer.resolved_width // transformer.resolved_heads,
         )
 
 
@@ -59,54 +59,14 @@ class EditTargets:
     keep: list[np.ndarray]  # per scale (side_k^2,) bool: True where the edit image's token is kept
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    weights = np.exp(shifted)
-    return weights / weights.sum(axis=-1, keepdims=True)
-
-
-def filter_top_k_top_p(logits: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
-    """Set to -inf every logit outside the top k (k clamped to the vocabulary; 0 keeps all)
-    and outside the smallest set holding `top_p` of the mass (0 keeps all), as the official
-    `sample_with_top_k_top_p_`."""
-    logits = logits.astype(np.float64, copy=True)
-    vocab = logits.shape[-1]
-    if 0 < top_k < vocab:
-        kth_largest = np.partition(logits, vocab - top_k, axis=-1)[..., vocab - top_k : vocab - top_k + 1]
-        logits[logits < kth_largest] = -np.inf
-    if top_p > 0:
-        order = np.argsort(logits, axis=-1, kind="stable")  # ascending
-        cumulative = np.cumsum(softmax(np.take_along_axis(logits, order, axis=-1)), axis=-1)
-        remove_sorted = cumulative <= 1 - top_p
-        remove_sorted[..., -1] = False  # always keep the most likely code
-        remove = np.zeros_like(remove_sorted)
-        np.put_along_axis(remove, order, remove_sorted, axis=-1)
-        logits[remove] = -np.inf
-    return logits
-
-
-def draw(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One code per row of (B, l, V) filtered logits, by inverse-CDF sampling."""
-    cumulative = np.cumsum(softmax(logits), axis=-1)
-    uniform = rng.random(logits.shape[:-1])[..., None] * cumulative[..., -1:]
-    return np.minimum((cumulative < uniform).sum(axis=-1), logits.shape[-1] - 1).astype(np.int64)
-
-
 def gumbel_softmax(logits: np.ndarray, tau: float, rng: np.random.Generator) -> np.ndarray:
     gumbels = -np.log(rng.exponential(size=logits.shape))
     return softmax((logits + gumbels) / tau)
 
 
 def read_image(path: Path, size: int) -> np.ndarray:
-    """An image file -> (1, 3, size, size) float32 in [-1, 1]."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), np.float32)
-    except (OSError, ValueError) as error:
-        raise ZooError(f"cannot read edit image {path}: {error}") from None
-    return (pixels.transpose(2, 0, 1)[None] / 127.5 - 1.0).astype(np.float32)
+    """An image file -> (1, 3, size, size) float32 in [-1, 1], centre-cropped to a square."""
+    return to_model_input(read_square(path, size, "--edit")[None])
 
 
 def read_mask(path: Path | None, side: int) -> np.ndarray:
@@ -117,13 +77,11 @@ def read_mask(path: Path | None, side: int) -> np.ndarray:
         low, high = round(side / 4), round(3 * side / 4)
         mask[low:high, low:high] = 1.0
         return mask
-    from PIL import Image
+    from PIL import Image, ImageOps
 
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("L").resize((side, side), Image.Resampling.BOX), np.float64) / 255.0
-    except (OSError, ValueError) as error:
-        raise ZooError(f"cannot read edit mask {path}: {error}") from None
+    with open_image(path, "--mask") as image:  # upright and centre-cropped, like the edit image
+        gray = ImageOps.exif_transpose(image).convert("L")
+    return square_resize(gray, side, Image.Resampling.BOX).astype(np.float64) / 255.0
 
 
 class VARRuntime(ModelRuntime):
@@ -147,7 +105,7 @@ class VARRuntime(ModelRuntime):
         else:
             classes = list(range(min(DEFAULT_CLASSES, geometry.num_classes)))
         for label in classes:
-            if not -1 <= label <= geometry.num_classes:
+            if not -1 <= label < geometry.num_classes:
                 raise ZooError(
                     f"class {label} is out of range: this model has classes 0..{geometry.num_classes - 1} "
                     f"(-1 draws unconditionally)"
@@ -180,17 +138,17 @@ class VARRuntime(ModelRuntime):
         edit: EditTargets | None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Scale by scale: returns the tokens (B, L) int64 and the final f_hat (B, C, h, w)."""
-        batch, channels, patch_nums = len(labels), geometry.latent_channels, geometry.patch_nums
+        batch, code_dim, patch_nums = len(labels), geometry.code_dim, geometry.patch_nums
         num_scales, starts = len(patch_nums), scale_starts(patch_nums)
-        codebook = self.arrays["codebook"].astype(np.float32)  # (V, C)
+        codebook = self.arrays["codebook"].astype(np.float32)  # (codebook_size, code_dim)
         # Guidance: the first half of the doubled batch is conditional, the second unconditional.
         both_labels = np.concatenate([labels, np.full_like(labels, geometry.num_classes)])
-        empty_cache = np.zeros(
-            (geometry.depth, 2, 2 * batch, geometry.heads, 0, geometry.head_dim), np.float32
+        empty_cache = np.zeros(  # (B, depth, keys/values, heads, past, head_dim)
+            (2 * batch, geometry.depth, 2, geometry.heads, 0, geometry.head_dim), np.float32
         )
         cache = empty_cache
-        f_hat = np.zeros((batch, channels, patch_nums[-1], patch_nums[-1]), np.float32)
-        scale_input = np.zeros((batch, patch_nums[0] ** 2, channels), np.float32)  # unused: scale 0 starts from SOS
+        f_hat = np.zeros((batch, code_dim, patch_nums[-1], patch_nums[-1]), np.float32)
+        scale_input = np.zeros((batch, patch_nums[0] ** 2, code_dim), np.float32)  # unused: scale 0 starts from SOS
         all_inputs: list[np.ndarray] = []  # the no-cache path recomputes from these
         tokens = []
         for k in range(num_scales):
@@ -212,8 +170,8 @@ class VARRuntime(ModelRuntime):
             ratio = k / (num_scales - 1)
             guidance = options.cfg * ratio
             logits = (1 + guidance) * logits[:batch] - guidance * logits[batch:]  # (B, l, V)
-            filtered = filter_top_k_top_p(logits, options.top_k, options.top_p)
-            scale_tokens = filtered.argmax(axis=-1) if options.top_k == 1 else draw(filtered, rng)
+            filtered = filter_logits(logits, options.top_k, options.top_p)
+            scale_tokens = filtered.argmax(axis=-1) if options.top_k == 1 else draw(softmax(filtered), rng)
             if options.gumbel > 0:
                 tau = max(options.gumbel * (1 - 0.95 * ratio), 0.005)  # sharper at finer scales, as MaskGIT
                 codes = (gumbel_softmax(filtered * (1 + ratio), tau, rng) @ codebook).astype(np.float32)

@@ -13,76 +13,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from zoo.nn.attention import FusedSelfAttention, block_causal_mask
+from zoo.nn.layers import DropPath, FeedForward
 from zoo_var.config import TransformerConfig
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drops the whole residual branch of a sample with probability p."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
-
-
-class SelfAttention(nn.Module):
-    """Multi-head attention with a key/value cache passed in and returned, never stored.
-
-    As in the official code: no key bias, and (with l2_norm) unit-length queries and keys
-    whose dot product is scaled by a learnable per-head factor exp(s) <= 100 (starts at 4).
-    """
-
-    def __init__(self, width: int, heads: int, l2_norm: bool) -> None:
-        super().__init__()
-        self.heads, self.head_dim = heads, width // heads
-        self.qkv = nn.Linear(width, 3 * width, bias=False)
-        self.q_bias = nn.Parameter(torch.zeros(width))
-        self.v_bias = nn.Parameter(torch.zeros(width))
-        self.register_buffer("zero_k_bias", torch.zeros(width), persistent=False)
-        self.l2_norm = l2_norm
-        if l2_norm:
-            self.log_scale = nn.Parameter(torch.full((1, heads, 1, 1), math.log(4.0)))
-        self.proj = nn.Linear(width, width)
-
-    def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None, past: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, T, C); mask (T, P+T) bool, True = may attend; past (2, B, H, P, d) or None.
-        Returns the output (B, T, C) and the keys/values of all P+T positions (2, B, H, P+T, d)."""
-        batch, tokens, width = x.shape
-        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        qkv = F.linear(x, self.qkv.weight, bias).view(batch, tokens, 3, self.heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, d)
-        if self.l2_norm:
-            q = F.normalize(q, dim=-1) * self.log_scale.clamp_max(math.log(100.0)).exp()
-            k = F.normalize(k, dim=-1)
-            scale = 1.0
-        else:
-            scale = 0.25 / math.sqrt(self.head_dim)
-        if past is not None:
-            k = torch.cat((past[0], k), dim=2)  # (B, H, P+T, d)
-            v = torch.cat((past[1], v), dim=2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # (B, H, T, d)
-        out = out.transpose(1, 2).reshape(batch, tokens, width)
-        return self.proj(out), torch.stack((k, v))
-
-
-class FeedForward(nn.Module):
-    def __init__(self, width: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(width, hidden)
-        self.fc2 = nn.Linear(hidden, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
 class SharedAdaLin(nn.Linear):
@@ -101,8 +36,8 @@ class AdaLNSelfAttentionBlock(nn.Module):
         super().__init__()
         self.width = width
         self.norm = nn.LayerNorm(width, eps=1e-6, elementwise_affine=False)
-        self.attention = SelfAttention(width, heads, l2_norm)
-        self.ffn = FeedForward(width, round(width * mlp_ratio))
+        self.attention = FusedSelfAttention(width, heads, l2_norm)
+        self.ffn = FeedForward(width, round(width * mlp_ratio), nn.GELU(approximate="tanh"))
         self.drop_path = DropPath(drop_path)
         self.shared_adaln = shared_adaln
         if shared_adaln:
@@ -113,6 +48,7 @@ class AdaLNSelfAttentionBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, condition: torch.Tensor, mask: torch.Tensor | None, past: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, C), past (B, 2, H, P, d) -> x (B, T, C), keys/values (B, 2, H, P+T, d)."""
         if self.shared_adaln:
             modulation = self.ada_gss + condition  # (B, 1, 6, C)
         else:
@@ -137,7 +73,7 @@ class AdaLNBeforeHead(nn.Module):
 
 
 class VARTransformer(nn.Module):
-    def __init__(self, config: TransformerConfig, latent_channels: int, vocab_size: int, patch_nums: list[int]) -> None:
+    def __init__(self, config: TransformerConfig, code_dim: int, codebook_size: int, patch_nums: list[int]) -> None:
         super().__init__()
         width, depth = config.resolved_width, config.depth
         self.width, self.num_classes = width, config.num_classes
@@ -150,7 +86,7 @@ class VARTransformer(nn.Module):
         self.pos_start = nn.Parameter(torch.empty(self.first_tokens, width))
         self.position_embedding = nn.Parameter(torch.empty(sequence_length, width))
         self.level_embedding = nn.Embedding(len(patch_nums), width)
-        self.word_embed = nn.Linear(latent_channels, width)
+        self.word_embed = nn.Linear(code_dim, width)
         self.shared_ada_lin = (
             nn.Sequential(nn.SiLU(), SharedAdaLin(width, 6 * width)) if config.shared_adaln else nn.Identity()
         )
@@ -164,7 +100,7 @@ class VARTransformer(nn.Module):
             for i in range(depth)
         )
         self.head_norm = AdaLNBeforeHead(width)
-        self.head = nn.Linear(width, vocab_size)
+        self.head = nn.Linear(width, codebook_size)  # logits over the codes
         levels = torch.cat([torch.full((side * side,), k) for k, side in enumerate(patch_nums)])
         self.register_buffer("level_of_position", levels, persistent=False)  # (L,) scale of every position
         self._init_weights(init_std)
@@ -202,7 +138,7 @@ class VARTransformer(nn.Module):
     def embed(
         self, labels: torch.Tensor, scale_inputs: torch.Tensor, positions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """labels (B,), scale_inputs (B, T, Cvae), positions (T,) -> tokens (B, T, C), condition (B, C).
+        """labels (B,), scale_inputs (B, T, code_dim), positions (T,) -> tokens (B, T, C), condition (B, C).
         Positions of scale 0 take the start-of-sequence tokens, the others word_embed(input)."""
         condition = self.class_embedding(labels)  # (B, C)
         is_start = (positions < self.first_tokens)[None, :, None]  # (1, T, 1)
@@ -214,42 +150,37 @@ class VARTransformer(nn.Module):
     def run_blocks(
         self, tokens: torch.Tensor, condition: torch.Tensor, mask: torch.Tensor | None, cache: torch.Tensor | None
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """tokens (B, T, C) -> logits (B, T, V) and each block's keys/values (2, B, H, P+T, d)."""
+        """tokens (B, T, C), cache (B, depth, 2, H, P, d) or None -> logits (B, T, codebook_size) and each
+        block's keys/values (B, 2, H, P+T, d)."""
         block_condition = self.shared_ada_lin(condition)
         presents = []
         for i, block in enumerate(self.blocks):
-            tokens, present = block(tokens, block_condition, mask, None if cache is None else cache[i])
+            tokens, present = block(tokens, block_condition, mask, None if cache is None else cache[:, i])
             presents.append(present)
         logits = self.head(self.head_norm(tokens, condition))
         return logits, presents
 
-    def block_causal_mask(self, positions: torch.Tensor, past_length: int | torch.SymInt = 0) -> torch.Tensor:
-        """(T, P+T) bool: a query sees every cached key (all from earlier scales) and the
-        new keys of its own or an earlier scale."""
-        levels = self.level_of_position[positions]
-        within = levels[:, None] >= levels[None, :]  # (T, T)
-        cached = torch.ones(positions.shape[0], past_length, dtype=torch.bool, device=positions.device)
-        return torch.cat((cached, within), dim=1)
-
     def forward(self, labels: torch.Tensor, teacher_input: torch.Tensor) -> torch.Tensor:
-        """Training: labels (B,), teacher_input (B, L - first, Cvae) -> logits (B, L, V)."""
+        """Training: labels (B,), teacher_input (B, L - first, code_dim) -> logits (B, L, codebook_size)."""
         batch, _, channels = teacher_input.shape
         start_inputs = teacher_input.new_zeros(batch, self.first_tokens, channels)  # unused: scale 0 is SOS
         scale_inputs = torch.cat((start_inputs, teacher_input), dim=1)
         positions = torch.arange(scale_inputs.shape[1], device=labels.device)
         tokens, condition = self.embed(labels, scale_inputs, positions)
-        logits, _ = self.run_blocks(tokens, condition, self.block_causal_mask(positions), None)
+        mask = block_causal_mask(self.level_of_position[positions])  # (L, L)
+        logits, _ = self.run_blocks(tokens, condition, mask, None)
         return logits
 
     def step(
         self, labels: torch.Tensor, scale_inputs: torch.Tensor, positions: torch.Tensor, cache: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sampling: the tokens at `positions` given the cached keys/values of earlier ones.
+        """Sampling, exported as `transformer_step`: the tokens at `positions` given the cached
+        keys/values of earlier ones.
 
-        labels (B,), scale_inputs (B, T, Cvae), positions (T,), cache (depth, 2, B, H, P, d)
-        -> logits (B, T, V), new cache (depth, 2, B, H, P+T, d). With an empty cache and
+        labels (B,), scale_inputs (B, T, code_dim), positions (T,), cache (B, depth, 2, H, P, d)
+        -> logits (B, T, codebook_size), new cache (B, depth, 2, H, P+T, d). With an empty cache and
         positions 0..n-1 this recomputes the whole prefix (the no-cache path)."""
         tokens, condition = self.embed(labels, scale_inputs, positions)
-        mask = self.block_causal_mask(positions, cache.shape[4])
+        mask = block_causal_mask(self.level_of_position[positions], cache.shape[4])  # (T, P+T)
         logits, presents = self.run_blocks(tokens, condition, mask, cache)
-        return logits, torch.stack(presents)
+        return logits, torch.stack(presents, dim=1)

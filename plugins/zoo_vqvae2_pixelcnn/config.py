@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from zoo.config import ConfigSection, SampleOptionsBase, ZooConfig
+from zoo.config import MAX_SAMPLES, ConfigSection, SampleOptionsBase, ZooConfig
 
 
 class VQVAEConfig(ConfigSection):
     """The two-level autoencoder (Razavi et al., 2019; sizes of rosinality/vq-vae-2-pytorch)."""
 
+    renamed_fields: ClassVar[dict[str, str]] = {  # the old names are read until zoo 0.3
+        "top_codes": "top_codebook_size",
+        "bottom_codes": "bottom_codebook_size",
+    }
+
     channels: int = Field(128, ge=2, description="width of the encoders and decoders")
     res_blocks: int = Field(2, ge=0, description="residual blocks in each encoder and decoder")
     res_channels: int = Field(32, ge=1, description="hidden width of a residual block")
-    code_dim: int = Field(64, ge=1, description="channels of one codebook vector (both levels)")
-    top_codes: int = Field(512, ge=2, description="codebook size of the top level")
-    bottom_codes: int = Field(512, ge=2, description="codebook size of the bottom level")
+    code_dim: int = Field(64, ge=1, description="size of one code vector (both levels)")
+    top_codebook_size: int = Field(512, ge=2, description="codes in the top level's codebook")
+    bottom_codebook_size: int = Field(512, ge=2, description="codes in the bottom level's codebook")
     bottom_downsample: int = Field(4, description="image side / bottom code map side (a power of two)")
     top_downsample: int = Field(2, description="bottom code map side / top code map side (a power of two)")
     beta: float = Field(0.25, ge=0, description="commitment weight")
-    ema_decay: float | None = Field(0.99, gt=0, lt=1, description="codebooks follow EMA cluster means with this decay; null: learnt by the loss")
-    dead_code_threshold: float | None = Field(0.1, ge=0, description="restart codes whose EMA hits per batch fall below this; null disables")
+    ema_decay: float | None = Field(
+        0.99, gt=0, lt=1, description="codebooks follow EMA cluster means with this decay; null: learnt by the loss"
+    )
+    dead_code_threshold: float | None = Field(
+        0.1, ge=0, description="restart codes whose EMA hits per batch fall below this; null disables"
+    )
 
     @field_validator("bottom_downsample", "top_downsample")
     @classmethod
@@ -36,13 +45,19 @@ class PriorConfig(ConfigSection):
     """A gated PixelCNN over one level's code map."""
 
     variant: Literal["gated", "masked"] = Field(
-        "gated", description="gated: vertical + horizontal stacks, no blind spot; masked: plain type A/B masks (has a blind spot)")
+        "gated",
+        description="gated: vertical + horizontal stacks, no blind spot; masked: plain type A/B masks (has a blind spot)",
+    )
     channels: int = Field(128, ge=2, description="width of the network (even)")
     blocks: int = Field(15, ge=1, description="gated residual blocks after the first (type A) layer")
     first_kernel: int = Field(7, ge=3, description="kernel of the first, type A layer (odd)")
     kernel: int = Field(3, ge=3, description="kernel of the masked convolutions in the blocks (odd)")
-    condition_channels: int = Field(64, ge=1, description="width of the conditioning features (class embedding or top codes)")
-    condition_blocks: int = Field(2, ge=0, description="residual blocks applied to the embedded top codes (bottom prior)")
+    condition_channels: int = Field(
+        64, ge=1, description="width of the conditioning features (class embedding or top codes)"
+    )
+    condition_blocks: int = Field(
+        2, ge=0, description="residual blocks applied to the embedded top codes (bottom prior)"
+    )
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the gated activations while training")
 
     @field_validator("first_kernel", "kernel")
@@ -90,31 +105,53 @@ class StageTraining(ConfigSection):
     lr: float = Field(3e-4, gt=0, description="peak learning rate (AdamW, cosine decay)")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
     validation_every: int = Field(0, ge=0, description="held-out loss every this many steps; 0 never")
-    patience: int | None = Field(None, ge=1, description="stop after this many held-out checks without improvement and keep the best weights; null never stops")
+    patience: int | None = Field(
+        None,
+        ge=1,
+        description="stop after this many held-out checks without improvement and keep the best weights; null never stops",
+    )
 
 
 class TrainingConfig(ConfigSection):
-    vqvae: StageTraining = Field(default_factory=lambda: StageTraining(steps=2000, batch_size=64, lr=3e-4), description="the autoencoder stage")
-    prior_top: StageTraining = Field(default_factory=lambda: StageTraining(steps=2000, batch_size=64, lr=3e-4), description="the top prior stage")
-    prior_bottom: StageTraining = Field(default_factory=lambda: StageTraining(steps=2000, batch_size=64, lr=3e-4), description="the bottom prior stage")
+    vqvae: StageTraining = Field(
+        default_factory=lambda: StageTraining(steps=2000, batch_size=64, lr=3e-4), description="the autoencoder stage"
+    )
+    prior_top: StageTraining = Field(
+        default_factory=lambda: StageTraining(steps=2000, batch_size=64, lr=3e-4), description="the top prior stage"
+    )
+    prior_bottom: StageTraining = Field(
+        default_factory=lambda: StageTraining(steps=2000, batch_size=64, lr=3e-4), description="the bottom prior stage"
+    )
 
 
 class VQVAE2Config(ZooConfig):
-    data: str = Field("digits", description="training images: a zoo.data set name (digits, photos, textures, shapes) or a directory")
+    data: str = Field(
+        "digits", description="training images: a zoo.data set name (digits, photos, textures, shapes) or a directory"
+    )
     image_size: int = Field(32, ge=4, description="side of the square training images")
-    class_conditional: bool = Field(False, description="condition both priors on the image label (the data must have labels)")
+    class_conditional: bool = Field(
+        False, description="condition both priors on the image label (the data must have labels)"
+    )
     num_classes: int = Field(10, ge=1, description="number of labels when class_conditional")
     vqvae: VQVAEConfig = Field(default_factory=VQVAEConfig, description="the two-level autoencoder")
     prior_top: PriorConfig = Field(default_factory=PriorConfig, description="prior over the top codes")
-    prior_bottom: PriorConfig = Field(default_factory=PriorConfig, description="prior over the bottom codes, conditioned on the top codes")
-    training: TrainingConfig = Field(default_factory=TrainingConfig, description="steps, batch sizes and learning rates per stage")
-    eval_samples: int = Field(100, ge=1, description="samples `evaluate` draws to score (digit confidence)")
+    prior_bottom: PriorConfig = Field(
+        default_factory=PriorConfig, description="prior over the bottom codes, conditioned on the top codes"
+    )
+    training: TrainingConfig = Field(
+        default_factory=TrainingConfig, description="steps, batch sizes and learning rates per stage"
+    )
+    eval_samples: int = Field(
+        100, ge=1, le=MAX_SAMPLES, description="samples `evaluate` draws to score (digit confidence)"
+    )
 
     @model_validator(mode="after")
     def _sizes_divide(self) -> VQVAE2Config:
         stride = self.vqvae.bottom_downsample * self.vqvae.top_downsample
         if self.image_size % stride:
-            raise ValueError(f"image_size {self.image_size} must be a multiple of bottom_downsample * top_downsample = {stride}")
+            raise ValueError(
+                f"image_size {self.image_size} must be a multiple of bottom_downsample * top_downsample = {stride}"
+            )
         return self
 
     @property
@@ -133,8 +170,14 @@ PRESETS: dict[str, dict] = {
     "digits32": {
         "data": "digits",
         "class_conditional": True,
-        "vqvae": {"channels": 64, "res_blocks": 2, "res_channels": 32, "code_dim": 32,
-                  "top_codes": 64, "bottom_codes": 16},
+        "vqvae": {
+            "channels": 64,
+            "res_blocks": 2,
+            "res_channels": 32,
+            "code_dim": 32,
+            "top_codebook_size": 64,
+            "bottom_codebook_size": 16,
+        },
         "prior_top": {"channels": 64, "blocks": 5, "condition_channels": 32, "dropout": 0.1},
         "prior_bottom": {"channels": 64, "blocks": 6, "condition_channels": 32, "condition_blocks": 1, "dropout": 0.25},
         "training": {
@@ -144,13 +187,19 @@ PRESETS: dict[str, dict] = {
         },
     },
     # The reference sizes (rosinality/vq-vae-2-pytorch at CIFAR scale): channel 128, two
-    # residual blocks of 32, 512 codes of dim 64, 15 gated blocks per prior. No CIFAR is
-    # shipped: point `data` at a folder of images (class subfolders give labels).
+    # residual blocks of 32, codebooks of 512 codes of dim 64, 15 gated blocks per prior.
+    # No CIFAR is shipped: point `data` at a folder of images (class subfolders give labels).
     "cifar32": {
         "data": "photos",
         "class_conditional": False,
-        "vqvae": {"channels": 128, "res_blocks": 2, "res_channels": 32, "code_dim": 64,
-                  "top_codes": 512, "bottom_codes": 512},
+        "vqvae": {
+            "channels": 128,
+            "res_blocks": 2,
+            "res_channels": 32,
+            "code_dim": 64,
+            "top_codebook_size": 512,
+            "bottom_codebook_size": 512,
+        },
         "prior_top": {"channels": 128, "blocks": 15},
         "prior_bottom": {"channels": 128, "blocks": 15},
         "training": {
@@ -163,10 +212,19 @@ PRESETS: dict[str, dict] = {
 
 
 class VQVAE2SampleOptions(SampleOptionsBase):
-    n: int = Field(16, ge=1, description="images to draw")
+    n: int = Field(16, ge=1, le=MAX_SAMPLES, description="images to draw")
     temperature: float = Field(1.0, gt=0, description="divides the prior logits")
     top_k: int = Field(0, ge=0, description="draw among the k likeliest codes; 0 uses all, 1 is greedy")
     classes: list[int] | None = Field(
-        None, description="labels for a class-conditional model, cycled over the images; default 0, 1, 2, ... cycled",
-        json_schema_extra={"flags": ["--class"]})
+        None,
+        description="labels for a class-conditional model, cycled over the images; default 0, 1, 2, ... cycled",
+        json_schema_extra={"flags": ["--class"]},
+    )
     naive: bool = Field(False, description="recompute the whole code map for every position (slow; for comparison)")
+
+    @field_validator("classes")
+    @classmethod
+    def _labels_not_negative(cls, value: list[int] | None) -> list[int] | None:
+        if value and min(value) < 0:
+            raise ValueError("class labels are 0..num_classes-1")
+        return value

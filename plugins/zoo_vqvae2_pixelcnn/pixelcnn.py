@@ -37,45 +37,54 @@ class LabelCondition(nn.Module):
 class CodeCondition(nn.Module):
     """Codes of the coarser level (B, h, w) and labels (B,) -> (B, C_cond, factor*h, factor*w)."""
 
-    def __init__(self, num_codes: int, num_labels: int, channels: int, blocks: int, factor: int) -> None:
+    def __init__(self, codebook_size: int, num_labels: int, channels: int, blocks: int, factor: int) -> None:
         super().__init__()
         self.factor = factor
-        self.embedding = nn.Embedding(num_codes, channels)
+        self.embedding = nn.Embedding(codebook_size, channels)
         self.label_embedding = nn.Embedding(num_labels, channels)
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, channels, 1))
+            nn.Sequential(
+                nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, channels, 1)
+            )
             for _ in range(blocks)
         )
 
     def forward(self, codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        x = self.embedding(codes).permute(0, 3, 1, 2) + self.label_embedding(labels)[:, :, None, None]  # (B, C_cond, h, w)
+        x = (
+            self.embedding(codes).permute(0, 3, 1, 2) + self.label_embedding(labels)[:, :, None, None]
+        )  # (B, C_cond, h, w)
         for block in self.blocks:
             x = x + block(x)
         return F.interpolate(x, scale_factor=float(self.factor), mode="nearest")  # (B, C_cond, H, W)
 
 
 class PixelCNNPrior(nn.Module):
-    def __init__(self, config: PriorConfig, num_codes: int, side: int, condition: nn.Module) -> None:
+    def __init__(self, config: PriorConfig, codebook_size: int, side: int, condition: nn.Module) -> None:
         super().__init__()
         channels, condition_channels = config.channels, config.condition_channels
-        self.variant, self.num_codes, self.side, self.reach = config.variant, num_codes, side, config.reach
-        # Index num_codes stands for "outside the map": its embedding is zero, exactly the
+        self.variant, self.codebook_size, self.side, self.reach = config.variant, codebook_size, side, config.reach
+        # Index codebook_size stands for "outside the map": its embedding is zero, exactly the
         # zero padding the convolutions see in a full forward pass.
-        self.embedding = nn.Embedding(num_codes + 1, channels, padding_idx=num_codes)
+        self.embedding = nn.Embedding(codebook_size + 1, channels, padding_idx=codebook_size)
         self.condition = condition
         if self.variant == "gated":
             self.layers = nn.ModuleList(
                 [GatedStackLayer(channels, config.first_kernel, True, condition_channels, config.dropout)]
-                + [GatedStackLayer(channels, config.kernel, False, condition_channels, config.dropout)
-                   for _ in range(config.blocks)]
+                + [
+                    GatedStackLayer(channels, config.kernel, False, condition_channels, config.dropout)
+                    for _ in range(config.blocks)
+                ]
             )
         else:
             self.first = MaskedConv2d(channels, channels, config.first_kernel, "A")
             self.first_condition = nn.Conv2d(condition_channels, channels, 1)
             self.blocks = nn.ModuleList(
-                MaskedGatedBlock(channels, config.kernel, condition_channels, config.dropout) for _ in range(config.blocks)
+                MaskedGatedBlock(channels, config.kernel, condition_channels, config.dropout)
+                for _ in range(config.blocks)
             )
-        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(), nn.Conv2d(channels, num_codes, 1))
+        self.head = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(), nn.Conv2d(channels, codebook_size, 1)
+        )
 
     def embed(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, H, W) int64 -> (B, C, H, W)."""
@@ -84,7 +93,12 @@ class PixelCNNPrior(nn.Module):
     def forward(self, codes: torch.Tensor, *condition_inputs: torch.Tensor) -> torch.Tensor:
         """codes (B, H, W) and what `condition` takes (labels (B,); or top codes and labels)
         -> logits (B, K, H, W)."""
-        return self.logits(self.embed(codes), self.condition(*condition_inputs))
+        return self.code_logits(codes, self.condition(*condition_inputs))
+
+    def code_logits(self, codes: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """codes (B, H, W) and a condition map (B, C_cond, H, W) -> logits (B, K, H, W) at
+        every position: the naive sampler's graph."""
+        return self.logits(self.embed(codes), condition)
 
     def logits(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         """Embedded codes (B, C, H, W) and a condition map (B, C_cond, H, W) -> (B, K, H, W).
@@ -107,8 +121,14 @@ class PixelCNNPrior(nn.Module):
     # columns at each side) and the last `reach` columns (horizontal_cache). Zeros, the
     # convolutions' padding, start them off at the first row and at each row's start.
 
-    def row(self, codes: torch.Tensor, row: torch.Tensor, vertical_cache: torch.Tensor, previous_row: torch.Tensor,
-            condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def row(
+        self,
+        codes: torch.Tensor,
+        row: torch.Tensor,
+        vertical_cache: torch.Tensor,
+        previous_row: torch.Tensor,
+        condition: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Everything at row `row` that depends only on the rows above, for the whole row.
 
         codes (B, H, W) with every row above `row` final; vertical_cache (B, L, C_cache,
@@ -120,7 +140,7 @@ class PixelCNNPrior(nn.Module):
         """
         reach, first_reach = self.reach, self.first_reach()
         condition_row = row_to_channels_last(torch.index_select(condition, 2, row))  # (B, W, C_cond)
-        padded = F.pad(codes, (first_reach, first_reach, first_reach, 0), value=self.num_codes)
+        padded = F.pad(codes, (first_reach, first_reach, first_reach, 0), value=self.codebook_size)
         rows_above = row + torch.arange(first_reach, device=row.device)  # padded rows of row-reach .. row-1
         above = self.embed(torch.index_select(padded, 1, rows_above))  # (B, C, reach, W + 2 reach)
         biases, caches = [], []
@@ -129,21 +149,33 @@ class PixelCNNPrior(nn.Module):
             biases.append(bias)
             for index, layer in enumerate(self.layers[1:]):
                 # This block reads the rows above from the cache and this row from the layer below.
-                strip = torch.cat([vertical_cache[:, index], F.pad(vertical, (reach, reach))], dim=2)  # rows row-reach .. row
+                strip = torch.cat(
+                    [vertical_cache[:, index], F.pad(vertical, (reach, reach))], dim=2
+                )  # rows row-reach .. row
                 vertical, bias = layer.row(strip, condition_row)
                 biases.append(bias)
                 caches.append(strip[:, :, 1:])
         else:
-            biases.append(row_to_channels_last(self.first.rows_above(above)) + pointwise(self.first_condition, condition_row))
+            biases.append(
+                row_to_channels_last(self.first.rows_above(above)) + pointwise(self.first_condition, condition_row)
+            )
             for index, block in enumerate(self.blocks):
-                finished = F.pad(previous_row[:, index, :, None, reach:], (reach, reach))  # (B, C_cache, 1, W + 2 reach)
+                finished = F.pad(
+                    previous_row[:, index, :, None, reach:], (reach, reach)
+                )  # (B, C_cache, 1, W + 2 reach)
                 strip = torch.cat([vertical_cache[:, index, :, 1:], finished], dim=2)  # rows row-reach .. row-1
                 biases.append(block.row(strip, condition_row))
                 caches.append(strip)
         return torch.stack(biases, dim=1), torch.stack(caches, dim=1)
 
-    def step(self, codes: torch.Tensor, row: torch.Tensor, col: torch.Tensor, row_bias: torch.Tensor,
-             horizontal_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(
+        self,
+        codes: torch.Tensor,
+        row: torch.Tensor,
+        col: torch.Tensor,
+        row_bias: torch.Tensor,
+        horizontal_cache: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits at (row, col) from the codes before it.
 
         row_bias (B, L + 1, W, C_bias) from `row`; horizontal_cache: gated (B, L, C_cache,
@@ -152,7 +184,9 @@ class PixelCNNPrior(nn.Module):
         -> logits (B, K), the new horizontal_cache.
         """
         reach, first_reach = self.reach, self.first_reach()
-        code_row = F.pad(torch.index_select(codes, 1, row)[:, 0], (first_reach, 0), value=self.num_codes)  # (B, reach + W)
+        code_row = F.pad(
+            torch.index_select(codes, 1, row)[:, 0], (first_reach, 0), value=self.codebook_size
+        )  # (B, reach + W)
         columns_left = col + torch.arange(first_reach, device=col.device)  # padded columns of col-reach .. col-1
         left = self.embed(torch.index_select(code_row, 1, columns_left)[:, None])[:, :, 0]  # (B, C, reach)
         bias = torch.index_select(row_bias, 2, col)[:, :, 0]  # (B, L + 1, C_bias)
@@ -169,7 +203,9 @@ class PixelCNNPrior(nn.Module):
             for index, block in enumerate(self.blocks):
                 inner = block.inner_at(features)[:, :, None]  # (B, C_cache, 1)
                 cache = torch.where(cache_columns == col + reach, inner, horizontal_cache[:, index])
-                strip = torch.index_select(cache, 2, col + torch.arange(reach + 1, device=col.device))  # cols col-reach .. col
+                strip = torch.index_select(
+                    cache, 2, col + torch.arange(reach + 1, device=col.device)
+                )  # cols col-reach .. col
                 features = block.position(features, strip, bias[:, index + 1])
                 caches.append(cache)
         for layer in self.head:

@@ -20,14 +20,16 @@ import numpy as np
 from zoo.errors import ConfigError
 from zoo.outputs import SampleOutput, to_uint8
 from zoo.runtime.loop import Components, ModelRuntime
+from zoo.runtime.sampling import draw, filter_logits, softmax
 from zoo_vqvae2_pixelcnn.config import PriorConfig, VQVAE2Config, VQVAE2SampleOptions
 
 
 class VQVAE2Runtime(ModelRuntime):
     options_class = VQVAE2SampleOptions
 
-    def __init__(self, components: Components, config: dict[str, Any], arrays: dict[str, np.ndarray],
-                 files: dict[str, bytes]) -> None:
+    def __init__(
+        self, components: Components, config: dict[str, Any], arrays: dict[str, np.ndarray], files: dict[str, bytes]
+    ) -> None:
         super().__init__(components, config, arrays, files)
         self.settings = VQVAE2Config.model_validate(config)
 
@@ -37,8 +39,9 @@ class VQVAE2Runtime(ModelRuntime):
         top = self.sample_codes("prior_top", {"labels": labels}, options, rng)
         bottom = self.sample_codes("prior_bottom", {"top_codes": top, "labels": labels}, options, rng)
         images = self.components("decoder", top_codes=top, bottom_codes=bottom)["images"]
-        return SampleOutput(images=to_uint8(images),
-                            extras={"top_codes": top, "bottom_codes": bottom, "labels": labels})
+        return SampleOutput(
+            images=to_uint8(images), extras={"top_codes": top, "bottom_codes": bottom, "labels": labels}
+        )
 
     def labels(self, options: VQVAE2SampleOptions) -> np.ndarray:
         """(n,) int64 labels for the priors: the asked-for classes cycled, or 0, 1, 2, ...
@@ -46,16 +49,21 @@ class VQVAE2Runtime(ModelRuntime):
         settings = self.settings
         if not settings.class_conditional:
             if options.classes:
-                raise ConfigError("--class needs a class-conditional model (train it with --set class_conditional=true)")
+                raise ConfigError(
+                    "--class needs a class-conditional model (train it with --set class_conditional=true)"
+                )
             return np.zeros(options.n, dtype=np.int64)
         classes = options.classes or list(range(settings.num_classes))
         bad = [c for c in classes if not 0 <= c < settings.num_classes]
         if bad:
-            raise ConfigError(f"--class {bad[0]} is out of range: this model knows labels 0..{settings.num_classes - 1}")
+            raise ConfigError(
+                f"--class {bad[0]} is out of range: this model knows labels 0..{settings.num_classes - 1}"
+            )
         return np.resize(np.asarray(classes, dtype=np.int64), options.n)
 
-    def sample_codes(self, prior: str, condition_input: dict[str, np.ndarray], options: VQVAE2SampleOptions,
-                     rng: np.random.Generator) -> np.ndarray:
+    def sample_codes(
+        self, prior: str, condition_input: dict[str, np.ndarray], options: VQVAE2SampleOptions, rng: np.random.Generator
+    ) -> np.ndarray:
         """-> (n, side, side) int64 codes of one level, drawn in raster order."""
         side = self.settings.top_side if prior == "prior_top" else self.settings.bottom_side
         codes = np.zeros((options.n, side, side), dtype=np.int64)
@@ -64,7 +72,7 @@ class VQVAE2Runtime(ModelRuntime):
             for row in range(side):
                 for col in range(side):
                     logits = self.components(f"{prior}_logits", codes=codes, condition=condition)["logits"]
-                    codes[:, row, col] = draw(logits[:, :, row, col], options.temperature, options.top_k, rng)
+                    codes[:, row, col] = draw_code(logits[:, :, row, col], options.temperature, options.top_k, rng)
             return codes
 
         settings: PriorConfig = getattr(self.settings, prior)
@@ -72,15 +80,27 @@ class VQVAE2Runtime(ModelRuntime):
         horizontal = np.zeros((options.n, *settings.horizontal_cache_shape(side)), dtype=np.float32)
         for row in range(side):
             row_index = np.array([row], dtype=np.int64)
-            outputs = self.components(f"{prior}_row", codes=codes, row=row_index, vertical_cache=vertical,
-                                      previous_row=horizontal, condition=condition)
+            outputs = self.components(
+                f"{prior}_row",
+                codes=codes,
+                row=row_index,
+                vertical_cache=vertical,
+                previous_row=horizontal,
+                condition=condition,
+            )
             row_bias, vertical = outputs["row_bias"], outputs["new_vertical_cache"]
             horizontal = np.zeros_like(horizontal)
             for col in range(side):
-                outputs = self.components(f"{prior}_step", codes=codes, row=row_index, col=np.array([col], dtype=np.int64),
-                                          row_bias=row_bias, horizontal_cache=horizontal)
+                outputs = self.components(
+                    f"{prior}_step",
+                    codes=codes,
+                    row=row_index,
+                    col=np.array([col], dtype=np.int64),
+                    row_bias=row_bias,
+                    horizontal_cache=horizontal,
+                )
                 horizontal = outputs["new_horizontal_cache"]
-                codes[:, row, col] = draw(outputs["logits"], options.temperature, options.top_k, rng)
+                codes[:, row, col] = draw_code(outputs["logits"], options.temperature, options.top_k, rng)
         return codes
 
     def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -94,14 +114,8 @@ class VQVAE2Runtime(ModelRuntime):
         return self.components("decoder", top_codes=top, bottom_codes=bottom)["images"]
 
 
-def draw(logits: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator) -> np.ndarray:
+def draw_code(logits: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator) -> np.ndarray:
     """(B, K) logits -> (B,) int64 codes drawn from softmax(logits / temperature), among the
     top_k likeliest when top_k > 0. Exactly one uniform number per row is consumed."""
-    logits = logits.astype(np.float64) / temperature
-    if 0 < top_k < logits.shape[1]:
-        kth = -np.partition(-logits, top_k - 1, axis=1)[:, top_k - 1 : top_k]  # (B, 1): the k-th largest
-        logits = np.where(logits >= kth, logits, -np.inf)
-    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
-    cumulative = probabilities.cumsum(axis=1)
-    uniform = rng.random((logits.shape[0], 1)) * cumulative[:, -1:]
-    return np.minimum((cumulative <= uniform).sum(axis=1), logits.shape[1] - 1).astype(np.int64)
+    filtered = filter_logits(logits.astype(np.float64) / temperature, top_k)
+    return draw(softmax(filtered), rng)

@@ -14,10 +14,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from zoo.nn.quantize import VectorQuantizer, nearest_code_indices
+from zoo.nn.quantize import VectorQuantizer, codes_from_features, init_codebook_from
 from zoo_vqvae2_pixelcnn.config import VQVAEConfig
 
 
@@ -27,8 +26,10 @@ class ResidualBlock(nn.Module):
     def __init__(self, channels: int, hidden: int) -> None:
         super().__init__()
         self.conv = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(channels, hidden, 3, padding=1),
-            nn.ReLU(), nn.Conv2d(hidden, channels, 1),
+            nn.ReLU(),
+            nn.Conv2d(channels, hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, channels, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,8 +59,9 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """A 3x3 conv, residual blocks, stride-2 transposed convolutions up by `upsample`."""
 
-    def __init__(self, in_channels: int, out_channels: int, channels: int, res_blocks: int, res_channels: int,
-                 upsample: int) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, channels: int, res_blocks: int, res_channels: int, upsample: int
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1)]
         layers += [ResidualBlock(channels, res_channels) for _ in range(res_blocks)]
@@ -111,8 +113,8 @@ class VQVAE2(nn.Module):
         self.upsample_top = upsampler(dim, config.top_downsample)
         self.decoder = Decoder(2 * dim, in_channels, channels, blocks, hidden, config.bottom_downsample)
         quantizer = dict(beta=config.beta, ema_decay=config.ema_decay, dead_code_threshold=config.dead_code_threshold)
-        self.quantizer_top = VectorQuantizer(config.top_codes, dim, **quantizer)
-        self.quantizer_bottom = VectorQuantizer(config.bottom_codes, dim, **quantizer)
+        self.quantizer_top = VectorQuantizer(config.top_codebook_size, dim, **quantizer)
+        self.quantizer_bottom = VectorQuantizer(config.bottom_codebook_size, dim, **quantizer)
 
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, 3, H, W) -> bottom features (B, C, H/4, W/4), top pre-quantisation (B, D, H/8, W/8)."""
@@ -128,8 +130,9 @@ class VQVAE2(nn.Module):
         top = self.quantizer_top(top_in)
         bottom = self.quantizer_bottom(self.bottom_input(bottom_features, top.quantized))
         reconstruction = self.decode(top.quantized, bottom.quantized)
-        return VQVAEOutput(reconstruction, top.loss + bottom.loss, top.indices, bottom.indices,
-                           top.perplexity, bottom.perplexity)
+        return VQVAEOutput(
+            reconstruction, top.loss + bottom.loss, top.indices, bottom.indices, top.perplexity, bottom.perplexity
+        )
 
     def decode(self, top_quantized: torch.Tensor, bottom_quantized: torch.Tensor) -> torch.Tensor:
         """(B, D, h_top, w_top), (B, D, h, w) -> images (B, 3, H, W)."""
@@ -139,24 +142,25 @@ class VQVAE2(nn.Module):
         """images -> (top codes (B, h_top, w_top), bottom codes (B, h, w)), int64. Export-friendly:
         nearest-code search only, no codebook updates or losses."""
         bottom_features, top_in = self.features(images)
-        top_codes = nearest_codes(top_in, self.quantizer_top.codebook)
+        top_codes = codes_from_features(top_in, self.quantizer_top.codebook)
         bottom_in = self.bottom_input(bottom_features, self.quantizer_top.lookup(top_codes))
-        return top_codes, nearest_codes(bottom_in, self.quantizer_bottom.codebook)
+        return top_codes, codes_from_features(bottom_in, self.quantizer_bottom.codebook)
 
     def decode_codes(self, top_codes: torch.Tensor, bottom_codes: torch.Tensor) -> torch.Tensor:
         """(B, h_top, w_top), (B, h, w) int64 -> images (B, 3, H, W), clamped to [-1, 1]."""
         images = self.decode(self.quantizer_top.lookup(top_codes), self.quantizer_bottom.lookup(bottom_codes))
         return images.clamp(-1.0, 1.0)
 
+    @torch.no_grad()
+    def init_codebooks(self, images: torch.Tensor) -> None:
+        """Start every code of both levels on a real encoder output of `images` (no code is
+        born dead)."""
+        bottom_features, top_in = self.features(images)
+        init_codebook_from(self.quantizer_top, flatten(top_in))
+        top_quantized = self.quantizer_top.lookup(codes_from_features(top_in, self.quantizer_top.codebook))
+        init_codebook_from(self.quantizer_bottom, flatten(self.bottom_input(bottom_features, top_quantized)))
 
-def nearest_codes(features: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """(B, D, h, w) -> (B, h, w) int64 indices of the nearest codebook rows."""
-    batch, dim, height, width = features.shape
-    flat = features.permute(0, 2, 3, 1).reshape(-1, dim)
-    return nearest_code_indices(flat, codebook).reshape(batch, height, width)
 
-
-def reconstruction_loss(output: VQVAEOutput, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    mse = F.mse_loss(output.reconstruction, images)
-    return {"loss": mse + output.latent_loss, "mse": mse, "latent": output.latent_loss,
-            "top_perplexity": output.top_perplexity, "bottom_perplexity": output.bottom_perplexity}
+def flatten(features: torch.Tensor) -> torch.Tensor:
+    """(B, D, H, W) -> (B * H * W, D)."""
+    return features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])

@@ -25,8 +25,13 @@ class Schema(ZooConfig):
 def test_layers_apply_in_order(tmp_path):
     config_file = tmp_path / "c.yaml"
     config_file.write_text("lr: 0.3\ninner: {depth: 7}\n")
-    config = resolve(Schema, preset={"lr": 0.1, "inner": {"name": "p"}}, registry_overrides={"lr": 0.2},
-                     config_file=config_file, assignments=["inner.depth=9"])
+    config = resolve(
+        Schema,
+        preset={"lr": 0.1, "inner": {"name": "p"}},
+        registry_overrides={"lr": 0.2},
+        config_file=config_file,
+        assignments=["inner.depth=9"],
+    )
     assert (config.lr, config.inner.depth, config.inner.name) == (0.3, 9, "p")
     assert resolve(Schema, preset={"lr": 0.1}, registry_overrides={"lr": 0.2}).lr == 0.2
 

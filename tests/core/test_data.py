@@ -12,7 +12,15 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from zoo.data import (
-    DigitsClassifier, caption_set, digits, image_folder, load_images, photos, shapes, shapes_vocabulary, split_indices,
+    DigitsClassifier,
+    caption_set,
+    digits,
+    image_folder,
+    load_images,
+    photos,
+    shapes,
+    shapes_vocabulary,
+    split_indices,
     textures,
 )
 from zoo.data.embedded import split_region
@@ -112,8 +120,13 @@ def test_shapes_captions_match_the_drawing():
         assert torch.allclose(colour, torch.tensor(COLORS[attributes["color"]], dtype=torch.float32), atol=40)
         rows, cols = torch.nonzero(mask, as_tuple=True)
         x, y = cols.float().mean() / 32, rows.float().mean() / 32
-        expected = {"left": x < 0.4, "right": x > 0.6, "top": y < 0.4, "bottom": y > 0.6,
-                    "center": abs(x - 0.5) < 0.1 and abs(y - 0.5) < 0.1}[attributes["position"]]
+        expected = {
+            "left": x < 0.4,
+            "right": x > 0.6,
+            "top": y < 0.4,
+            "bottom": y > 0.6,
+            "center": abs(x - 0.5) < 0.1 and abs(y - 0.5) < 0.1,
+        }[attributes["position"]]
         assert expected, (item["caption"], float(x), float(y))
         radius = (mask.sum().item() / np.pi) ** 0.5 / 32
         assert (radius > 0.12) == (attributes["size"] == "large"), (item["caption"], radius)

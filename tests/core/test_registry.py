@@ -54,14 +54,6 @@ def test_misspelled_hook_is_rejected(example_plugin_env, tmp_path):
     assert "unknown hook" in failure.error and "zoo_register_model" in failure.error
 
 
-def test_two_plugins_with_one_model_name_is_an_error_naming_both(tmp_path, monkeypatch):
-    monkeypatch.setenv("ZOO_LOAD_PLUGINS", "")
-    write(tmp_path / "first.py", GOOD_PLUGIN.format(name="clash"))
-    write(tmp_path / "second.py", GOOD_PLUGIN.format(name="clash"))
-    with pytest.raises(PluginError, match="registered twice.*first.py.*second.py"):
-        Registry(write(tmp_path / "reg.yaml", "plugins: [first.py, second.py]\n"))
-
-
 def test_a_module_named_twice_loads_once(tmp_path, monkeypatch):
     monkeypatch.setenv("ZOO_LOAD_PLUGINS", "")
     write(tmp_path / "once.py", GOOD_PLUGIN.format(name="once"))
@@ -79,13 +71,18 @@ def test_load_plugins_filter(example_plugin_env, monkeypatch):
 def test_user_registry_adds_and_overrides_presets(tmp_path, monkeypatch):
     monkeypatch.setenv("ZOO_LOAD_PLUGINS", "")
     write(tmp_path / "mine.py", GOOD_PLUGIN.format(name="mine"))
-    registry = Registry(write(tmp_path / "reg.yaml", textwrap.dedent("""
+    registry = Registry(
+        write(
+            tmp_path / "reg.yaml",
+            textwrap.dedent("""
         plugins: [mine.py]
         presets:
           mine:
             base: {batch_size: 4}
             extra: {steps: 9}
-    """)))
+    """),
+        )
+    )
     assert registry.presets("mine") == {"base": {"steps": 3, "batch_size": 4}, "extra": {"steps": 9}}
     assert registry.preset("mine", None) == ("base", {"steps": 3, "batch_size": 4})
     with pytest.raises(UnknownNameError, match="Did you mean 'extra'"):

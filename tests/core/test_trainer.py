@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -17,14 +18,16 @@ import torch
 from tests.conftest import ROOT
 from tests.core.toy_plugin import ToyConfig, ToyPlugin
 from zoo import checkpoint as ckpt
+from zoo.distributed import WorldInfo
 from zoo.errors import RunError, TrainingError, UnknownNameError
 from zoo.trainer import GlobalBatchSampler, TrainOptions, lr_factor, train
-from zoo.distributed import WorldInfo
 
 
 def run_toy(run_dir: Path, **fields) -> torch.nn.Module:
     options = {k: fields.pop(k) for k in list(fields) if k in TrainOptions.__dataclass_fields__}
-    return train(ToyPlugin(), ToyConfig(**fields), run_dir, options=TrainOptions(device="cpu", progress="quiet", **options))
+    return train(
+        ToyPlugin(), ToyConfig(**fields), run_dir, options=TrainOptions(device="cpu", progress="quiet", **options)
+    )
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -52,7 +55,9 @@ def test_frozen_parameters_stay_frozen(tmp_path):
 
 def test_second_optimizer_respects_start_step_and_every(tmp_path):
     run_toy(tmp_path / "run", steps=20, stage="adversarial", log_every=1)
-    rows = [r for r in metrics(tmp_path / "run") if r.get("stage") == "adversarial" and "step" in r and "event" not in r]
+    rows = [
+        r for r in metrics(tmp_path / "run") if r.get("stage") == "adversarial" and "step" in r and "event" not in r
+    ]
     critic_steps = [r["step"] - 1 for r in rows if "critic/loss" in r]
     assert critic_steps == list(range(5, 20, 2))
     assert all("generator/grad_norm" in r for r in rows)
@@ -64,7 +69,7 @@ def test_lr_schedule_warmup_then_cosine():
     factors = [lr_factor(spec, s, 110) for s in range(110)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert factors[10] == pytest.approx(1.0) and factors[-1] == pytest.approx(0.1, abs=1e-3)
-    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert all(a >= b for a, b in pairwise(factors[10:]))
 
 
 def test_ema_weights_are_copied_in_at_the_end(tmp_path):
@@ -80,6 +85,27 @@ def test_early_stopping_stops_and_restores_best(tmp_path):
     assert end["step"] < 400
     validation = [r["val_loss"] for r in rows if "val_loss" in r]
     assert len(validation) >= 3 and min(validation) < validation[0]
+
+
+def test_checkpoint_keeps_the_validation_state_as_a_plain_dict(tmp_path):
+    # The format of every checkpoint so far: resuming reads {"best", "bad", "best_weights"}.
+    with pytest.raises(TrainingError):
+        run_toy(tmp_path / "run", steps=30, stage="regress", patience=50, nan_at_step=12, checkpoint_every=10)
+    _, state = ckpt.read_trainer_checkpoint(tmp_path / "run")
+    losses = [r["val_loss"] for r in metrics(tmp_path / "run") if "val_loss" in r]
+    validation = state["validation"]
+    assert state["step"] == 10 and len(losses) == 2 and set(validation) == {"best", "bad", "best_weights"}
+    assert validation["best"] == min(losses) and validation["bad"] == int(losses[1] >= losses[0])
+    assert validation["best_weights"].keys() == {
+        "generator.0.weight",
+        "generator.0.bias",
+        "generator.3.weight",
+        "generator.3.bias",
+        "critic.0.weight",
+        "critic.0.bias",
+        "critic.2.weight",
+        "critic.2.bias",
+    }
 
 
 def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path):
@@ -102,7 +128,7 @@ def test_existing_run_needs_resume_and_same_config(tmp_path):
 def test_global_batches_split_across_ranks():
     single = list(GlobalBatchSampler(10, 4, 5, 0, 0, WorldInfo()))
     halves = [list(GlobalBatchSampler(10, 4, 5, 0, 0, WorldInfo(rank, 2))) for rank in (0, 1)]
-    assert [a + b for a, b in zip(*halves)] == single
+    assert [a + b for a, b in zip(*halves, strict=True)] == single
     assert list(GlobalBatchSampler(10, 4, 5, 0, 2, WorldInfo())) == single[2:]
 
 
@@ -161,8 +187,19 @@ def test_two_gloo_processes_match_one_process_with_the_whole_batch(tmp_path):
     script = tmp_path / "ddp_toy.py"
     script.write_text(DDP_SCRIPT.format(root=str(ROOT)))
     subprocess.run([sys.executable, str(script), str(tmp_path / "one")], check=True)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                    str(script), str(tmp_path / "two")], check=True, timeout=240)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            str(script),
+            str(tmp_path / "two"),
+        ],
+        check=True,
+        timeout=240,
+    )
     one = ckpt.load_tensors(tmp_path / "one" / "model.safetensors")
     two = ckpt.load_tensors(tmp_path / "two" / "model.safetensors")
     for key in one:

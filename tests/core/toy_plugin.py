@@ -80,16 +80,36 @@ class ToyPlugin(zoo.ModelPlugin):
 
     def stages(self, config: ToyConfig) -> list[zoo.Stage]:
         data = lambda ctx: Points(64, 0)  # noqa: E731
-        validation = zoo.Validation(lambda ctx: Points(32, 1), every=5, patience=config.patience) if config.patience else None
+        validation = (
+            zoo.Validation(lambda ctx: Points(32, 1), every=5, patience=config.patience) if config.patience else None
+        )
         return [
-            zoo.Stage("regress", [zoo.Optimizer("generator", lambda m: [m.generator], make_loss(config), lr=3e-2)],
-                      config.steps, config.batch_size, data, ema_decay=config.ema_decay, validation=validation),
-            zoo.Stage("adversarial", [
-                zoo.Optimizer("generator", lambda m: [m.generator], make_loss(config), lr=1e-3, clip_grad_norm=1.0),
-                zoo.Optimizer("critic", lambda m: [m.critic], critic_loss, lr=1e-3, start_step=5, every=2),
-            ], config.steps, config.batch_size, data),
-            zoo.Stage("critic_only", [zoo.Optimizer("critic", lambda m: [m.critic], critic_loss_only, lr=1e-2)],
-                      config.steps, config.batch_size, data),
+            zoo.Stage(
+                "regress",
+                [zoo.Optimizer("generator", lambda m: [m.generator], make_loss(config), lr=3e-2)],
+                config.steps,
+                config.batch_size,
+                data,
+                ema_decay=config.ema_decay,
+                validation=validation,
+            ),
+            zoo.Stage(
+                "adversarial",
+                [
+                    zoo.Optimizer("generator", lambda m: [m.generator], make_loss(config), lr=1e-3, clip_grad_norm=1.0),
+                    zoo.Optimizer("critic", lambda m: [m.critic], critic_loss, lr=1e-3, start_step=5, every=2),
+                ],
+                config.steps,
+                config.batch_size,
+                data,
+            ),
+            zoo.Stage(
+                "critic_only",
+                [zoo.Optimizer("critic", lambda m: [m.critic], critic_loss_only, lr=1e-2)],
+                config.steps,
+                config.batch_size,
+                data,
+            ),
         ]
 
 

@@ -1,14 +1,35 @@
 """Exports of the tiny test plugin, made once per session and shared by the exporter tests
-(a dynamo export of its three components takes a few seconds)."""
+(a dynamo export of its three components takes a few seconds). The plugin's runtime is
+installed for them as a real plugin's is: a `zoo.runtimes` entry point."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import ROOT
 from tests.exporter.tiny_export_plugin import TinyPlugin
+
+TINY_RUNTIME = "tests.exporter.tiny_export_runtime:TinyRuntime"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_runtime_installed(tmp_path_factory):
+    """A dist-info declaring the tiny runtime, on sys.path here and in subprocesses."""
+    site = tmp_path_factory.mktemp("tiny_site")
+    dist_info = site / "zoo_tiny_export_test-0.0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: zoo-tiny-export-test\nVersion: 0.0.1\n")
+    (dist_info / "entry_points.txt").write_text(f"[zoo.runtimes]\ntiny = {TINY_RUNTIME}\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(site))
+        # no empty entry: it would put the working directory on subprocesses' sys.path
+        entries = [str(ROOT), str(site), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        patch.setenv("PYTHONPATH", os.pathsep.join(entries))
+        yield site
 
 
 @pytest.fixture(scope="session")

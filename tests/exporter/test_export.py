@@ -16,7 +16,7 @@ from safetensors.numpy import load_file
 from torch import nn
 
 import zoo
-from tests.exporter.tiny_export_plugin import TinyPlugin, area_downsample_module
+from tests.exporter.tiny_export_plugin import TinyPlugin, TorchScriptTinyPlugin, area_downsample_module
 from zoo.errors import ConfigError, ExportError, UnknownNameError
 from zoo.plugin import Component, ExportAssets
 from zoo_onnx import DEFAULT_OPSET, export_model
@@ -27,8 +27,13 @@ def sha256(path) -> str:
 
 
 def float_errors(manifest: dict) -> list[float]:
-    return [errors["max_abs_error"] for component in manifest["components"].values() for run in component["validation"]
-            for errors in run["outputs"].values() if "max_rel_error" in errors]
+    return [
+        errors["max_abs_error"]
+        for component in manifest["components"].values()
+        for run in component["validation"]
+        for errors in run["outputs"].values()
+        if "max_rel_error" in errors
+    ]
 
 
 class OneComponentPlugin(TinyPlugin):
@@ -44,14 +49,6 @@ class OneComponentPlugin(TinyPlugin):
         return ExportAssets()
 
 
-class TorchScriptTinyPlugin(TinyPlugin):
-    """The tiny plugin traced by the TorchScript exporter, 20x faster than dynamo: for
-    tests of the export directory's handling, not of tracing."""
-
-    def export_components(self, model, config):
-        return [dataclasses.replace(c, exporter="torchscript") for c in super().export_components(model, config)]
-
-
 def batch_inputs(size: int) -> dict[str, torch.Tensor]:
     return {"x": torch.randn(2 + size, 3, 16, 16)}
 
@@ -64,15 +61,19 @@ def test_fp32_manifest_records_graphs_validation_and_assets(tiny, fp32_export):
     assert (manifest["model"], manifest["plugin_version"]) == ("tiny", "0.0.1")
     assert manifest["config"] == config.model_dump(mode="json")
     assert (manifest["opset"], manifest["precision"]) == (DEFAULT_OPSET, "fp32")
-    assert manifest["runtime"] == "tests.exporter.tiny_export_runtime:TinyRuntime"
-    assert manifest["options"] == "tests.exporter.tiny_export_runtime:TinySampleOptions"
-    assert set(manifest["tools"]) == {"torch", "onnx", "onnxruntime", "onnxscript"} and manifest["tools"]["onnx"] == onnx.__version__
+    assert "runtime" not in manifest and "options" not in manifest  # the runtime is found by model name
+    assert (
+        set(manifest["tools"]) == {"torch", "onnx", "onnxruntime", "onnxscript"}
+        and manifest["tools"]["onnx"] == onnx.__version__
+    )
     assert set(manifest["components"]) == {"encode", "decode", "step"}
 
     step = manifest["components"]["step"]
     assert step["exporter"] == "dynamo" and step["opset"] == DEFAULT_OPSET
-    assert step["inputs"] == [{"name": "tokens", "dtype": "int64", "shape": ["batch"]},
-                              {"name": "cache", "dtype": "float32", "shape": ["batch", "cache_length", 16]}]
+    assert step["inputs"] == [
+        {"name": "tokens", "dtype": "int64", "shape": ["batch"]},
+        {"name": "cache", "dtype": "float32", "shape": ["batch", "cache_length", 16]},
+    ]
     # dynamo names this axis "cache_length + 1"; the exporter applies the declared name
     assert step["outputs"][1] == {"name": "new_cache", "dtype": "float32", "shape": ["batch", "new_cache_length", 16]}
     assert step["dynamic_axes"]["cache"] == {"0": "batch", "1": "cache_length"}
@@ -80,7 +81,7 @@ def test_fp32_manifest_records_graphs_validation_and_assets(tiny, fp32_export):
     shapes = [run["input_shapes"]["cache"] for run in step["validation"]]
     assert [run["size"] for run in step["validation"]] == [1, 2] and shapes[0][:2] != shapes[1][:2]
 
-    for name, component in manifest["components"].items():
+    for component in manifest["components"].values():
         assert component["sha256"] == sha256(out_dir / component["file"])
         assert component["external_data"] is None
         onnx.checker.check_model(str(out_dir / component["file"]))
@@ -90,8 +91,9 @@ def test_fp32_manifest_records_graphs_validation_and_assets(tiny, fp32_export):
 
     arrays = manifest["assets"]["arrays"]
     assert arrays["sha256"] == sha256(out_dir / arrays["file"])
-    np.testing.assert_array_equal(load_file(str(out_dir / arrays["file"]))["codebook"],
-                                  tiny[2].autoencoder.codebook.detach().numpy())
+    np.testing.assert_array_equal(
+        load_file(str(out_dir / arrays["file"]))["codebook"], tiny[2].autoencoder.codebook.detach().numpy()
+    )
     notes = manifest["assets"]["files"]["notes.txt"]
     assert (out_dir / notes["file"]).read_bytes() == b"tiny export test\n"
     assert not list(out_dir.parent.glob(".tiny.partial-*"))  # the staging directory was renamed
@@ -109,7 +111,9 @@ def test_reduced_precision_is_converted_validated_and_bounded(precision, request
             for output in run["outputs"].values():
                 if "max_rel_error" in output:
                     reference = output["max_abs_reference"]
-                    assert output["allowed_error"] == max(relative * reference, component["tolerance"] * max(1, reference))
+                    assert output["allowed_error"] == max(
+                        relative * reference, component["tolerance"] * max(1, reference)
+                    )
                     assert output["max_abs_error"] <= output["allowed_error"]
                 else:
                     assert output["mismatch_fraction"] <= output["allowed_mismatch"] == relative
@@ -144,7 +148,9 @@ def test_a_graph_that_differs_from_eager_fails_validation(tmp_path):
                 return x * 1.01
             return x
 
-    component = Component("scaled", DifferentWhenExported(), batch_inputs, ["x"], ["y"], {"x": {0: "batch"}, "y": {0: "batch"}})
+    component = Component(
+        "scaled", DifferentWhenExported(), batch_inputs, ["x"], ["y"], {"x": {0: "batch"}, "y": {0: "batch"}}
+    )
     plugin = OneComponentPlugin(component)
     out_dir = tmp_path / "export"
     with pytest.raises(ExportError, match=r"'scaled' output 'y' at fp32 .* max abs error") as error:
@@ -159,7 +165,9 @@ def test_integer_outputs_must_match_exactly(tmp_path):
             indices = x.flatten(1).argmax(dim=1)
             return indices + 1 if torch.compiler.is_exporting() else indices
 
-    component = Component("pick", ShiftedWhenExported(), batch_inputs, ["x"], ["index"], {"x": {0: "batch"}, "index": {0: "batch"}})
+    component = Component(
+        "pick", ShiftedWhenExported(), batch_inputs, ["x"], ["index"], {"x": {0: "batch"}, "index": {0: "batch"}}
+    )
     plugin = OneComponentPlugin(component)
     with pytest.raises(ExportError, match=r"100\.00% of the integer outputs differ"):
         export_model(plugin, nn.Module(), plugin.Config(), tmp_path / "export")
@@ -179,8 +187,14 @@ def test_data_dependent_control_flow_is_a_one_line_error(tmp_path):
 
 def test_area_downsampling_to_non_dividing_sizes_exports_with_dynamo(tmp_path):
     """VAR's multi-scale quantizer area-downsamples 16 -> 13 and the like."""
-    component = Component("area", area_downsample_module(), batch_inputs, ["x"], ["area", "pooled"],
-                          {"x": {0: "batch"}, "area": {0: "batch"}, "pooled": {0: "batch"}})
+    component = Component(
+        "area",
+        area_downsample_module(),
+        batch_inputs,
+        ["x"],
+        ["area", "pooled"],
+        {"x": {0: "batch"}, "area": {0: "batch"}, "pooled": {0: "batch"}},
+    )
     plugin = OneComponentPlugin(component)
     manifest = export_model(plugin, nn.Module(), plugin.Config(), tmp_path / "export")
     entry = manifest["components"]["area"]
@@ -224,7 +238,12 @@ def test_component_selection_and_bad_arguments(tiny, tmp_path):
     plugin = TorchScriptTinyPlugin()
     manifest = export_model(plugin, model, config, tmp_path / "export", components=["decode"])
     assert list(manifest["components"]) == ["decode"]
-    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["assets.safetensors", "decode.onnx", "files", "manifest.json"]
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [
+        "assets.safetensors",
+        "decode.onnx",
+        "files",
+        "manifest.json",
+    ]
     with pytest.raises(UnknownNameError, match="unknown component 'decoder'. Did you mean 'decode'"):
         export_model(plugin, model, config, tmp_path / "other", components=["decoder"])
     with pytest.raises(ConfigError, match="precision must be one of fp32, fp16, int8"):

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 
 import zoo.runtime
-from tests.conftest import BLOCK_TORCH, EXAMPLE, ROOT
+from tests.conftest import BLOCK_TORCH, ROOT
 from tests.exporter.tiny_export_runtime import TinyRuntime, TinySampleOptions
 from zoo.config import SampleOptionsBase
 from zoo.errors import ConfigError, ExportError, UnknownNameError
@@ -27,7 +27,9 @@ def torch_sample(tiny, **options):
     return plugin.sample(model, config, TinySampleOptions(**options), "cpu")
 
 
-@pytest.mark.parametrize("options", [{"count": 3, "seed": 1, "top_k": 1}, {"count": 2, "seed": 5, "top_k": 4, "temperature": 1.5}])
+@pytest.mark.parametrize(
+    "options", [{"count": 3, "seed": 1, "top_k": 1}, {"count": 2, "seed": 5, "top_k": 4, "temperature": 1.5}]
+)
 def test_sampling_through_onnxruntime_matches_the_torch_path(tiny, fp32_export, options):
     loaded = zoo.runtime.load(fp32_export[0])
     onnx_output = loaded.sample(options)
@@ -44,7 +46,7 @@ def test_runtime_methods_are_reachable_on_the_loaded_export(tiny, fp32_export):
     torch_runtime = TinyRuntime(TorchComponents(plugin.export_components(model, config), "cpu"), loaded.config, {}, {})
     np.testing.assert_allclose(loaded.reconstruct(images), torch_runtime.reconstruct(images), atol=1e-5)
     with pytest.raises(AttributeError):
-        loaded.no_such_method
+        loaded.no_such_method  # noqa: B018  (the attribute access is what raises)
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
@@ -54,8 +56,7 @@ def test_reduced_precision_exports_sample(precision, request):
     assert output.images.shape == (2, 16, 16, 3) and output.images.dtype == np.uint8
 
 
-def test_example_plugin_export_runs_like_zoo_sample(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(EXAMPLE))
+def test_example_plugin_export_runs_like_zoo_sample(tmp_path, example_plugin_env):
     from zoo_onnx import export_model
     from zoo_tiny_autoencoder.plugin import TinyAutoencoderPlugin
 
@@ -77,7 +78,9 @@ def test_loaded_export_describes_itself_and_validates_options(fp32_export):
     assert set(loaded.components) == {"encode", "decode", "step"} and "step" in loaded.components
     assert loaded.providers["used"] == "CPUExecutionProvider"
     assert loaded.providers["tried"][-1] == "CPUExecutionProvider"
-    with pytest.raises(ConfigError, match=r"^sample option 'top_k': Input should be greater than or equal to 1 \(got 0\)$"):
+    with pytest.raises(
+        ConfigError, match=r"^sample option 'top_k': Input should be greater than or equal to 1 \(got 0\)$"
+    ):
         loaded.sample({"top_k": 0})
     with pytest.raises(ConfigError, match="sample option 'colour': Extra inputs are not permitted"):
         loaded.sample({"colour": "red"})
@@ -94,7 +97,9 @@ def test_provider_choice_is_silent_and_forced_providers_must_work(fp32_export, c
     if "CUDAExecutionProvider" in ort.get_available_providers():
         assert loaded.providers["tried"][0] == "CUDAExecutionProvider"
     if loaded.providers["used"] == "CPUExecutionProvider":  # CUDA unusable here: forcing it is an error
-        with pytest.raises(ExportError, match="^--provider cuda: CUDAExecutionProvider cannot run here .*use --provider cpu"):
+        with pytest.raises(
+            ExportError, match="^--provider cuda: CUDAExecutionProvider cannot run here .*use --provider cpu"
+        ):
             zoo.runtime.load(fp32_export[0], provider="cuda")
     with pytest.raises(UnknownNameError, match="unknown provider 'cdua'. Did you mean 'cuda'"):
         zoo.runtime.load(fp32_export[0], provider="cdua")
@@ -104,14 +109,22 @@ def test_provider_choice_is_silent_and_forced_providers_must_work(fp32_export, c
 @pytest.mark.parametrize(
     "inputs, message",
     [
-        ({"tokens": np.zeros(2, np.int32), "cache": np.zeros((2, 1, 16), np.float32)},
-         "input 'tokens' of component 'step' must be int64, got int32"),
-        ({"tokens": np.zeros(2, np.int64), "cache": np.zeros((2, 16), np.float32)},
-         r"input 'cache' of component 'step' must have 3 dimensions \(batch, cache_length, 16\), got shape \(2, 16\)"),
-        ({"tokens": np.zeros(2, np.int64), "cache": np.zeros((2, 1, 8), np.float32)},
-         "axis 2 is fixed at 16 in the exported graph"),
-        ({"tokens": np.zeros(2, np.int64), "cache": np.zeros((3, 1, 16), np.float32)},
-         "inputs of component 'step' disagree on axis 'batch': 'tokens' has 2, 'cache' has 3"),
+        (
+            {"tokens": np.zeros(2, np.int32), "cache": np.zeros((2, 1, 16), np.float32)},
+            "input 'tokens' of component 'step' must be int64, got int32",
+        ),
+        (
+            {"tokens": np.zeros(2, np.int64), "cache": np.zeros((2, 16), np.float32)},
+            r"input 'cache' of component 'step' must have 3 dimensions \(batch, cache_length, 16\), got shape \(2, 16\)",
+        ),
+        (
+            {"tokens": np.zeros(2, np.int64), "cache": np.zeros((2, 1, 8), np.float32)},
+            "axis 2 is fixed at 16 in the exported graph",
+        ),
+        (
+            {"tokens": np.zeros(2, np.int64), "cache": np.zeros((3, 1, 16), np.float32)},
+            "inputs of component 'step' disagree on axis 'batch': 'tokens' has 2, 'cache' has 3",
+        ),
         ({"tokens": np.zeros(2, np.int64)}, "component 'step' needs input 'cache'; its inputs are tokens, cache"),
     ],
 )
@@ -134,7 +147,10 @@ def test_io_binding_path_gives_the_same_outputs(fp32_export):
     """The IO-binding path that CUDA uses, exercised with CPU-bound inputs and outputs."""
     loaded = zoo.runtime.load(fp32_export[0], provider="cpu", verify=False)
     bound = OnnxComponents(loaded.components.sessions, loaded.manifest["components"], binding_device="cpu")
-    inputs = {"tokens": np.array([3, 16], np.int64), "cache": np.random.default_rng(0).normal(size=(2, 5, 16)).astype(np.float32)}
+    inputs = {
+        "tokens": np.array([3, 16], np.int64),
+        "cache": np.random.default_rng(0).normal(size=(2, 5, 16)).astype(np.float32),
+    }
     plain, through_binding = loaded.components("step", **inputs), bound("step", **inputs)
     assert set(through_binding) == {"logits", "new_cache"}
     for name in plain:
@@ -163,16 +179,29 @@ def _edit_manifest(directory, **changes):
 TAMPERING = {
     "missing graph": (lambda d: (d / "decode.onnx").unlink(), r"decode.onnx is missing \(listed in manifest.json\)"),
     "missing asset file": (lambda d: (d / "files" / "notes.txt").unlink(), "files/notes.txt is missing"),
-    "changed graph": (lambda d: _flip_last_byte(d / "step.onnx"), "step.onnx does not match its sha256 in manifest.json"),
-    "changed arrays": (lambda d: _flip_last_byte(d / "assets.safetensors"), "assets.safetensors does not match its sha256"),
-    "other zoo version": (lambda d: _edit_manifest(d, zoo_version="9.3.0"),
-                          r"was exported by zoo 9.3.0, this is zoo .*export again with this zoo or install zoo 9.3"),
-    "other format version": (lambda d: _edit_manifest(d, format_version=2), "has format version 2, this zoo reads version 1"),
+    "changed graph": (
+        lambda d: _flip_last_byte(d / "step.onnx"),
+        "step.onnx does not match its sha256 in manifest.json",
+    ),
+    "changed arrays": (
+        lambda d: _flip_last_byte(d / "assets.safetensors"),
+        "assets.safetensors does not match its sha256",
+    ),
+    "other zoo version": (
+        lambda d: _edit_manifest(d, zoo_version="9.3.0"),
+        r"was exported by zoo 9.3.0, this is zoo .*export again with this zoo or install zoo 9.3",
+    ),
+    "other format version": (
+        lambda d: _edit_manifest(d, format_version=2),
+        "has format version 2, this zoo reads version 1",
+    ),
     "not a manifest": (lambda d: _edit_manifest(d, format="something-else"), "is not a zoo export manifest"),
     "broken manifest": (lambda d: (d / "manifest.json").write_text("{"), "manifest.json is not valid JSON"),
     "missing manifest": (lambda d: (d / "manifest.json").unlink(), "has no manifest.json: it is not a finished export"),
-    "unknown runtime": (lambda d: _edit_manifest(d, runtime="zoo_nonexistent.runtime:Loop"),
-                        "runtime 'zoo_nonexistent.runtime:Loop' cannot be imported .* install the plugin"),
+    "model without a runtime": (
+        lambda d: _edit_manifest(d, model="nonexistent"),
+        "no installed plugin provides a runtime for model 'nonexistent'; install the plugin",
+    ),
 }
 
 
@@ -190,7 +219,9 @@ def test_missing_directory(tmp_path):
         zoo.runtime.load(tmp_path / "nowhere")
 
 
-BLOCK_AND_CHECK = BLOCK_TORCH + """
+BLOCK_AND_CHECK = (
+    BLOCK_TORCH
+    + """
 import json
 try:
     import torch
@@ -198,6 +229,7 @@ try:
 except ImportError:
     pass
 """
+)
 
 
 def test_an_export_loads_and_samples_with_torch_unimportable(tiny, fp32_export):
@@ -209,8 +241,13 @@ def test_an_export_loads_and_samples_with_torch_unimportable(tiny, fp32_export):
         print(json.dumps({{"indices": output.extras["indices"].tolist(), "images": output.images.tolist()}}))
     """)
     path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": path})
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": path},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     printed = json.loads(result.stdout)
     torch_output = torch_sample(tiny, count=2, seed=7, top_k=3)

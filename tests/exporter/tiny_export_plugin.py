@@ -4,11 +4,14 @@ options, loop) is in tiny_export_runtime.py."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tests.exporter.tiny_export_runtime import TinyConfig, TinySampleOptions
+from zoo.hookspecs import hookimpl
 from zoo.plugin import Component, ExportAssets, ModelPlugin
 
 
@@ -17,13 +20,19 @@ class TinyAutoencoder(nn.Module):
         super().__init__()
         hidden, latent = config.channels, config.latent_channels
         self.encoder = nn.Sequential(
-            nn.Conv2d(3, hidden, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(3, hidden, 3, stride=2, padding=1),
+            nn.SiLU(),
             nn.Conv2d(hidden, latent, 3, stride=2, padding=1),
         )
         self.decoder = nn.Sequential(
-            nn.Conv2d(latent, hidden, 3, padding=1), nn.SiLU(), nn.Upsample(scale_factor=2.0),
-            nn.Conv2d(hidden, hidden, 3, padding=1), nn.SiLU(), nn.Upsample(scale_factor=2.0),
-            nn.Conv2d(hidden, 3, 3, padding=1), nn.Tanh(),
+            nn.Conv2d(latent, hidden, 3, padding=1),
+            nn.SiLU(),
+            nn.Upsample(scale_factor=2.0),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.SiLU(),
+            nn.Upsample(scale_factor=2.0),
+            nn.Conv2d(hidden, 3, 3, padding=1),
+            nn.Tanh(),
         )
         self.codebook = nn.Parameter(torch.randn(config.num_codes, latent))
 
@@ -67,7 +76,9 @@ class DecoderStep(nn.Module):
         self.query = nn.Linear(dim, dim)
         self.key = nn.Linear(dim, dim)
         self.value = nn.Linear(dim, dim)
-        self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, config.num_codes))
+        self.head = nn.Sequential(
+            nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, config.num_codes)
+        )
 
     def forward(self, tokens: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.embed(tokens)  # (B, D)
@@ -101,7 +112,9 @@ class TinyPlugin(ModelPlugin):
         generator = torch.Generator().manual_seed(config.seed)
 
         def images(size: int) -> dict[str, torch.Tensor]:
-            return {"images": torch.rand(2 + size, 3, config.image_size, config.image_size, generator=generator) * 2 - 1}
+            return {
+                "images": torch.rand(2 + size, 3, config.image_size, config.image_size, generator=generator) * 2 - 1
+            }
 
         def indices(size: int) -> dict[str, torch.Tensor]:
             return {"indices": torch.randint(0, config.num_codes, (2 + size, grid, grid), generator=generator)}
@@ -114,19 +127,54 @@ class TinyPlugin(ModelPlugin):
             }
 
         return [
-            Component("encode", Encode(model.autoencoder), images, ["images"], ["indices"],
-                      {"images": {0: "batch"}, "indices": {0: "batch"}}),
-            Component("decode", Decode(model.autoencoder), indices, ["indices"], ["images"],
-                      {"indices": {0: "batch"}, "images": {0: "batch"}}),
-            Component("step", model.step, step,
-                      ["tokens", "cache"], ["logits", "new_cache"],
-                      {"tokens": {0: "batch"}, "cache": {0: "batch", 1: "cache_length"},
-                       "logits": {0: "batch"}, "new_cache": {0: "batch", 1: "new_cache_length"}}),
+            Component(
+                "encode",
+                Encode(model.autoencoder),
+                images,
+                ["images"],
+                ["indices"],
+                {"images": {0: "batch"}, "indices": {0: "batch"}},
+            ),
+            Component(
+                "decode",
+                Decode(model.autoencoder),
+                indices,
+                ["indices"],
+                ["images"],
+                {"indices": {0: "batch"}, "images": {0: "batch"}},
+            ),
+            Component(
+                "step",
+                model.step,
+                step,
+                ["tokens", "cache"],
+                ["logits", "new_cache"],
+                {
+                    "tokens": {0: "batch"},
+                    "cache": {0: "batch", 1: "cache_length"},
+                    "logits": {0: "batch"},
+                    "new_cache": {0: "batch", 1: "new_cache_length"},
+                },
+            ),
         ]
 
     def export_assets(self, model: TinyModel, config: TinyConfig) -> ExportAssets:
         codebook = model.autoencoder.codebook.detach().cpu().numpy()
         return ExportAssets(arrays={"codebook": codebook}, files={"notes.txt": b"tiny export test\n"})
+
+
+class TorchScriptTinyPlugin(TinyPlugin):
+    """The tiny plugin traced by the TorchScript exporter, 20x faster than dynamo: for
+    tests of the export directory's handling, not of tracing."""
+
+    def export_components(self, model: TinyModel, config: TinyConfig) -> list[Component]:
+        return [dataclasses.replace(c, exporter="torchscript") for c in super().export_components(model, config)]
+
+
+@hookimpl
+def zoo_register_models() -> list[ModelPlugin]:
+    """Used where a registry file names this module: the CLI fault tests (TorchScript, fast)."""
+    return [TorchScriptTinyPlugin()]
 
 
 def area_downsample_module() -> nn.Module:

@@ -1,4 +1,5 @@
-"""QuantArt plugin and the shared GAN / perceptual pieces (zoo.nn.gan, zoo.nn.perceptual).
+"""QuantArt plugin: training, freezing, sampling and export (its shared GAN and perceptual
+layers are tested in tests/core/test_nn_gan.py).
 
 One micro model is trained once per module (three short stages) and shared by the tests
 of training, freezing, sampling and export.
@@ -7,7 +8,6 @@ of training, freezing, sampling and export.
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -16,13 +16,9 @@ from PIL import Image
 from torch import nn
 
 from zoo import api
-from zoo.errors import ConfigError, DataError, ZooError
+from zoo.config import parse_overrides
+from zoo.errors import DataError
 from zoo.plugin import StageContext
-from zoo.nn.gan import (
-    NLayerDiscriminator, adaptive_weight, adversarial_factor, discriminator_loss, generator_adversarial_loss,
-)
-from zoo.nn.backbone import load_backbone_weights
-from zoo.nn.perceptual import PerceptualLoss, build_timm_backbone, timm_perceptual_loss
 from zoo_quantart.config import PRESETS, QuantArtConfig, QuantArtSampleOptions
 from zoo_quantart.model import QuantArt
 
@@ -30,11 +26,20 @@ torch.set_num_threads(1)
 
 MICRO = {
     "image_size": 32,
-    "vqgan": {"ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [16],
-              "z_channels": 8, "embed_dim": 8, "num_codes": 32},
+    "vqgan": {
+        "ch": 8,
+        "ch_mult": [1, 2],
+        "num_res_blocks": 1,
+        "attn_resolutions": [16],
+        "z_channels": 8,
+        "code_dim": 8,
+        "codebook_size": 32,
+    },
     "discriminator": {"base_channels": 8, "num_layers": 1, "disc_start": 10},
     "transfer": {"block_num": 2, "discriminator_channels": 8},
-    "training": {stage: {"steps": 30, "batch_size": 4, "lr": 2e-3} for stage in ("vqgan_photo", "vqgan_art", "transfer")},
+    "training": {
+        stage: {"steps": 30, "batch_size": 4, "lr": 2e-3} for stage in ("vqgan_photo", "vqgan_art", "transfer")
+    },
     "data": {"count": 48, "eval_pairs": 4, "sample_images": 2},
 }
 STAGES = ("vqgan_photo", "vqgan_art", "transfer")
@@ -55,103 +60,22 @@ def trained(tmp_path_factory):
     for stage in STAGES[:2]:
         api.train("quantart", overrides=MICRO, run_dir=run_dir, stage=stage, device="cpu", log_every=1)
     before = api.load_run(run_dir, device="cpu").model
-    before_transfer = {name: _state(getattr(before, name)) for name in ("photo", "art", "transfer", "latent_discriminator")}
+    before_transfer = {
+        name: _state(getattr(before, name)) for name in ("photo", "art", "transfer", "latent_discriminator")
+    }
     run = api.train("quantart", overrides=MICRO, run_dir=run_dir, stage="transfer", device="cpu", log_every=1)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {"run": run, "before_transfer": before_transfer, "metrics": [r for r in rows if "event" not in r],
-            "initial_metrics": initial_metrics, "final_metrics": run.evaluate()}
+    return {
+        "run": run,
+        "before_transfer": before_transfer,
+        "metrics": [r for r in rows if "event" not in r],
+        "initial_metrics": initial_metrics,
+        "final_metrics": run.evaluate(),
+    }
 
 
 def _series(rows: list[dict], stage: str, key: str) -> list[float]:
     return [row[key] for row in rows if row["stage"] == stage and key in row]
-
-
-# --- zoo.nn.gan -----------------------------------------------------------------------------
-
-
-def test_patchgan_shapes_with_and_without_downsampling():
-    images = torch.randn(2, 3, 64, 64)
-    assert NLayerDiscriminator(3, 8, num_layers=3)(images).shape == (2, 1, 6, 6)  # taming's 256 -> 30 pattern
-    codes = torch.randn(2, 16, 16, 16)
-    assert NLayerDiscriminator(16, 8, num_layers=0, downsample=False)(codes).shape == (2, 1, 13, 13)  # k4 p1: -1 per conv
-    assert NLayerDiscriminator(16, 8, num_layers=0, downsample=True)(codes).shape == (2, 1, 6, 6)
-
-
-def test_gan_losses_on_known_logits():
-    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
-    # hinge: 0.5 * (mean(relu(1 - real)) + mean(relu(1 + fake))) = 0.5 * (0.25 + 0.5)
-    assert discriminator_loss("hinge", real, fake).item() == pytest.approx(0.375)
-    softplus = torch.nn.functional.softplus
-    expected = 0.5 * (softplus(-real).mean() + softplus(fake).mean())
-    assert discriminator_loss("vanilla", real, fake).item() == pytest.approx(expected.item())
-    assert generator_adversarial_loss(fake).item() == pytest.approx(1.0)
-    with pytest.raises(ValueError):
-        discriminator_loss("wasserstein", real, fake)
-
-
-def test_adaptive_weight_balances_gradient_norms():
-    torch.manual_seed(0)
-    last = nn.Conv2d(4, 3, 3, padding=1)
-    output = last(torch.randn(2, 4, 8, 8))
-    reconstruction = output.abs().mean()
-    adversarial = -output.mean()
-    weight = adaptive_weight(reconstruction, adversarial, last.weight, scale=0.8)
-    assert torch.isfinite(weight) and weight.item() > 0 and not weight.requires_grad
-    # scaling the adversarial loss by 10 scales the weight by about 1/10
-    smaller = adaptive_weight(reconstruction, 10 * adversarial, last.weight, scale=0.8)
-    assert smaller.item() == pytest.approx(weight.item() / 10, rel=1e-2)
-    assert adversarial_factor(4, disc_start=5, factor=0.8) == 0.0
-    assert adversarial_factor(5, disc_start=5, factor=0.8) == 0.8
-
-
-# --- zoo.nn.perceptual ----------------------------------------------------------------------
-
-
-class _TinyBackbone(nn.Module):
-    """Stands in for a timm features_only model: returns a list of feature maps."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 4, 3, padding=1)
-        self.stage = nn.Conv2d(4, 8, 3, stride=2, padding=1)
-
-    def forward(self, x):
-        first = torch.relu(self.stem(x))
-        return [first, torch.relu(self.stage(first))]
-
-
-def test_perceptual_weights_load_from_safetensors(tmp_path):
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    source = _TinyBackbone()
-    path = tmp_path / "backbone.safetensors"
-    save_file({**source.state_dict(), "head.weight": torch.zeros(2, 2)}, str(path))  # extra keys are ignored
-    target = _TinyBackbone()
-    load_backbone_weights(target, path)
-    for key, value in source.state_dict().items():
-        assert torch.equal(target.state_dict()[key], value)
-
-    save_file({"stem.weight": source.stem.weight.detach()}, str(tmp_path / "partial.safetensors"))
-    with pytest.raises(ConfigError, match="lacks"):
-        load_backbone_weights(_TinyBackbone(), tmp_path / "partial.safetensors")
-    with pytest.raises(ConfigError, match="does not exist"):
-        load_backbone_weights(_TinyBackbone(), tmp_path / "missing.safetensors")
-
-    loss = PerceptualLoss(target)
-    images = torch.rand(2, 3, 16, 16, requires_grad=True)
-    assert loss(images, images.detach()).item() == pytest.approx(0.0, abs=1e-6)
-    distance = loss(images, torch.rand(2, 3, 16, 16))
-    distance.backward()
-    assert distance.item() > 0 and images.grad.abs().sum() > 0
-    assert not any(p.requires_grad for p in target.parameters())
-
-
-def test_perceptual_is_off_without_weights_and_timm_failure_is_a_zoo_error(monkeypatch):
-    assert timm_perceptual_loss("resnet18", None) is None
-    monkeypatch.setitem(sys.modules, "timm", None)  # import timm now raises ImportError
-    with pytest.raises(ZooError, match="timm"):
-        build_timm_backbone("resnet18")
 
 
 # --- config and architecture ----------------------------------------------------------------
@@ -159,7 +83,7 @@ def test_perceptual_is_off_without_weights_and_timm_failure_is_a_zoo_error(monke
 
 def test_paper_preset_maps_256_pixels_to_16x16_codes():
     config = QuantArtConfig(**PRESETS["paper"])
-    assert config.vqgan.num_codes == 1024 and config.vqgan.embed_dim == 256
+    assert config.vqgan.codebook_size == 1024 and config.vqgan.code_dim == 256
     with torch.device("meta"):
         model = QuantArt(config)
         images = torch.empty(1, 3, 256, 256)
@@ -170,6 +94,26 @@ def test_paper_preset_maps_256_pixels_to_16x16_codes():
         assert model.latent_discriminator(codes).shape[:2] == (1, 1)
     assert model.art.quantizer.codebook.shape == (1024, 256)
     assert len(model.transfer.blocks) == 6
+
+
+def test_config_reads_the_old_codebook_field_names_with_a_warning():
+    """Run directories written before zoo 0.2 name the codebook fields embed_dim and num_codes."""
+    saved = QuantArtConfig(**MICRO).model_dump(mode="json")
+    vqgan = dict(saved["vqgan"])
+    vqgan["embed_dim"], vqgan["num_codes"] = vqgan.pop("code_dim"), vqgan.pop("codebook_size")
+    with pytest.warns(FutureWarning) as caught:
+        config = QuantArtConfig.model_validate({**saved, "vqgan": vqgan})
+    assert sorted(str(w.message).split("'")[1:4:2] for w in caught) == [
+        ["embed_dim", "code_dim"],
+        ["num_codes", "codebook_size"],
+    ]
+    assert (config.vqgan.code_dim, config.vqgan.codebook_size) == (8, 32)
+    assert config.model_dump(mode="json") == saved
+    with pytest.warns(FutureWarning):  # --set vqgan.num_codes=64
+        assert (
+            QuantArtConfig.model_validate(parse_overrides(QuantArtConfig, ["vqgan.num_codes=64"])).vqgan.codebook_size
+            == 64
+        )
 
 
 def test_config_rejects_unknown_fields():
@@ -187,8 +131,9 @@ def test_vqgan_stages_reduce_reconstruction_loss_and_switch_on_the_gan(trained):
         stage = f"vqgan_{domain}"
         # held-out reconstruction (per-step L1 on 4 random crops is too noisy to compare)
         assert final[f"{domain}_psnr"] > initial[f"{domain}_psnr"] + 1.0, (initial, final)
-        l1 = _series(rows, stage, "generator/l1")
-        assert np.mean(l1[-10:]) < np.mean(l1[:10]), (stage, l1)
+        if domain == "photo":  # the art VQGAN starts from the photo weights: its L1 starts near its floor
+            l1 = _series(rows, stage, "generator/l1")
+            assert np.mean(l1[-10:]) < np.mean(l1[:10]), (stage, l1)
         weights = _series(rows, stage, "generator/adaptive_weight")
         assert all(w == 0.0 for w in weights[:start])  # logged per step: steps 1..disc_start are off
         assert all(np.isfinite(w) and w > 0 for w in weights[start:])
@@ -224,17 +169,37 @@ def test_transfer_stage_trains_only_the_transfer_module_and_latent_discriminator
 
 def test_evaluate_reports_style_content_and_reconstruction_metrics(trained):
     metrics = trained["final_metrics"]
-    for key in ("style_distance_ratio", "gram_distance_ratio", "content_ssim", "content_ssim_rgb", "photo_psnr", "art_psnr",
-                "photo_codebook_usage", "art_codebook_usage", "stylized_codebook_usage"):
+    for key in (
+        "style_distance_ratio",
+        "gram_distance_ratio",
+        "content_ssim",
+        "content_ssim_rgb",
+        "photo_psnr",
+        "art_psnr",
+        "photo_codebook_usage",
+        "art_codebook_usage",
+        "stylized_codebook_usage",
+    ):
         assert np.isfinite(metrics[key]), key
-    assert 0 < metrics["photo_codebook_usage"] <= 1 and -1 <= metrics["content_ssim"] <= 1
+    assert 0 < metrics["photo_codebook_usage"] <= 1
+    # Content SSIM against computed bounds: the trained transfer keeps more of each content image's
+    # structure than the untrained model did and than an unrelated test photo shares with it,
+    # and it is no copy of the content (SSIM 1).
+    from zoo_quantart.data import content_images, stack_images
+    from zoo_quantart.evaluation import ssim
+
+    count = trained["run"].config.data.eval_pairs
+    contents = stack_images(content_images(trained["run"].config, "test", count), count)
+    unrelated = ssim(contents, contents.roll(1, dims=0)).mean()
+    assert max(unrelated, trained["initial_metrics"]["content_ssim"]) < metrics["content_ssim"] < 0.9
     assert metrics["style_distance_ratio"] == pytest.approx(
-        metrics["style_distance_output"] / metrics["style_distance_content"])
+        metrics["style_distance_output"] / metrics["style_distance_content"]
+    )
 
 
 @pytest.mark.parametrize("luma", [True, False])
 def test_ssim_is_one_for_identical_images_and_low_for_noise(luma):
-    from zoo_quantart.metrics import ssim
+    from zoo_quantart.evaluation import ssim
 
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     noise = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
@@ -296,8 +261,9 @@ def test_stylize_graph_matches_the_component_chain(trained):
         whole = components["stylize"].module(*inputs.values())
         content_codes = components["photo_encoder"].module(inputs["content"])
         reference_codes = components["art_encoder"].module(inputs["style"])
-        codes = components["transfer"].module(content_codes, reference_codes,
-                                              inputs["content_style_balance"], inputs["fidelity_balance"])
+        codes = components["transfer"].module(
+            content_codes, reference_codes, inputs["content_style_balance"], inputs["fidelity_balance"]
+        )
         chained = components["art_decoder"].module(codes)
     torch.testing.assert_close(whole, chained)
 

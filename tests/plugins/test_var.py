@@ -1,4 +1,5 @@
-"""The var plugin: quantiser, transformer mask and cache, training, paper sizes, export, editing."""
+"""The var plugin: quantiser, transformer wiring and sampling cache, training, paper sizes, export, editing.
+(The attention layers, masks and cache layout are tested in tests/core/test_nn_attention.py.)"""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from zoo.errors import ConfigError, ZooError
-from zoo.config import resolve
-from zoo_var.config import PRESETS, Config, SampleOptions
+from zoo.config import resolve, validate
+from zoo_var.config import PRESETS, SampleOptions, VARConfig
 from zoo_var.model import VARModel
-from zoo_var.plugin import VARPlugin, transformer_parameter_count
-from zoo_var.runtime import filter_top_k_top_p
+from zoo_var.plugin import VARPlugin
+from zoo_var.runtime import Geometry
 from zoo_var.scales import area_matrix
-from zoo_var.tokenizer import bicubic_matrix, phi_index_per_scale, resample
+from zoo_var.vqvae import bicubic_matrix, phi_index_per_scale, resample
 
 TINY = {
     "tokenizer": {
@@ -26,8 +27,8 @@ TINY = {
         "channel_multipliers": [1, 2, 2],
         "res_blocks": 1,
         "attention_resolutions": [],
-        "latent_channels": 8,
-        "vocab_size": 32,
+        "code_dim": 8,
+        "codebook_size": 32,
         "patch_nums": [1, 2, 3, 4],
     },
     "transformer": {"depth": 2, "width": 32, "heads": 2, "num_classes": 10},
@@ -36,11 +37,11 @@ TINY = {
 }
 
 
-def tiny_config(**overrides) -> Config:
-    return resolve(Config, PRESETS["digits"], overrides={**TINY, **overrides})
+def tiny_config(**overrides) -> VARConfig:
+    return resolve(VARConfig, PRESETS["digits"], overrides={**TINY, **overrides})
 
 
-def randomised_model(config: Config, seed: int = 0) -> VARModel:
+def randomised_model(config: VARConfig, seed: int = 0) -> VARModel:
     """A model whose blocks are not near the identity (the official init starts the gates at ~0)."""
     torch.manual_seed(seed)
     model = VARModel(config).eval()
@@ -101,9 +102,8 @@ def test_quantizer_paths_agree_and_gradients_pass_straight_through():
         f_hat = torch.zeros_like(features)
         next_inputs = []
         for k, scale_tokens in enumerate(scales):
-            f_hat, next_input = quantizer.add_scale(k, quantizer.lookup(scale_tokens), f_hat)
-            if next_input is not None:
-                next_inputs.append(next_input)
+            f_hat, *next_input = quantizer.add_scale(k, quantizer.lookup(scale_tokens), f_hat)
+            next_inputs += next_input  # none after the last scale
         assert torch.allclose(torch.cat(next_inputs, 1), quantizer.teacher_forcing_input(scales), atol=1e-5)
         assert torch.allclose(f_hat, forward.quantized, atol=1e-5)
 
@@ -139,21 +139,6 @@ def test_a_token_changes_no_logits_of_its_own_or_earlier_scales():
         assert difference[starts[k + 1] :].max() > 1e-4  # later scales see it
 
 
-def test_the_mask_hides_later_inputs_within_one_forward():
-    model = randomised_model(tiny_config())
-    starts = model.quantizer.scale_starts
-    labels = torch.tensor([1, 2])
-    teacher = torch.randn(2, starts[-1] - 1, 8)
-    with torch.no_grad():
-        before = model.transformer(labels, teacher)
-        for k in (1, 2, 3):
-            changed = teacher.clone()
-            changed[:, starts[k] - 1 : starts[k + 1] - 1] += 1.0  # the input of scale k
-            difference = (model.transformer(labels, changed) - before).abs().amax(dim=(0, 2))
-            assert difference[: starts[k]].max() == 0
-            assert difference[starts[k] : starts[k + 1]].min() > 0  # tokens of one scale see each other
-
-
 def test_kv_cache_sampling_equals_full_recompute():
     config = tiny_config()
     model = randomised_model(config)
@@ -167,18 +152,24 @@ def test_kv_cache_sampling_equals_full_recompute():
     np.testing.assert_array_equal(cached.images, full.images)
 
 
-def test_top_k_top_p_filters_like_the_official_sampler():
-    logits = np.log(np.array([[[0.5, 0.3, 0.15, 0.05]]]))
-    assert np.isfinite(filter_top_k_top_p(logits, 2, 0.0)).tolist() == [[[True, True, False, False]]]
-    assert np.isfinite(filter_top_k_top_p(logits, 900, 0.0)).all()  # k clamped to the vocabulary
-    assert np.isfinite(filter_top_k_top_p(logits, 0, 0.7)).tolist() == [[[True, True, False, False]]]
-    assert np.isfinite(filter_top_k_top_p(logits, 0, 0.1)).tolist() == [[[True, False, False, False]]]
+def test_top_p_zero_still_means_off_for_one_release():
+    with pytest.warns(FutureWarning, match="--top-p 1"):
+        assert SampleOptions(top_p=0).top_p == 1.0  # 1.0 is "off" in every plugin (zoo.runtime.sampling)
+    assert SampleOptions(top_p=0.5).top_p == 0.5
 
 
-def test_sample_options_reject_unknown_classes():
+def test_geometry_reads_the_resolved_width_and_heads():
+    config = resolve(VARConfig, PRESETS["digits"], overrides={"transformer": {"depth": 3, "width": None, "heads": None}})
+    geometry = Geometry.from_config(config.model_dump(mode="json"))
+    assert (geometry.depth, geometry.heads, geometry.head_dim) == (3, 3, 64)  # width 64 * depth, heads = depth
+
+
+@pytest.mark.parametrize("label", [10, 10 + 5])
+def test_sample_options_reject_unknown_classes(label):
     config = tiny_config()
+    assert config.transformer.num_classes == 10  # label 10 is the null class, not a class one may ask for
     with pytest.raises(ZooError, match="out of range"):
-        VARPlugin().sample(VARModel(config), config, SampleOptions(classes=[10 + 5]), torch.device("cpu"))
+        VARPlugin().sample(VARModel(config), config, SampleOptions(classes=[label]), torch.device("cpu"))
 
 
 # -- config and paper sizes -------------------------------------------------------------------
@@ -186,18 +177,43 @@ def test_sample_options_reject_unknown_classes():
 
 def test_patch_nums_must_end_at_the_latent_side():
     with pytest.raises(ConfigError, match="latent side"):
-        resolve(Config, PRESETS["digits"], overrides={"tokenizer": {"patch_nums": [1, 2, 3]}})
+        resolve(VARConfig, PRESETS["digits"], overrides={"tokenizer": {"patch_nums": [1, 2, 3]}})
+
+
+def test_run_directories_with_the_old_field_names_still_load():
+    # config.json of runs made before codebook_size / code_dim: read, with a warning, for a release
+    record = tiny_config().model_dump(mode="json")
+    tokenizer = record["tokenizer"]
+    tokenizer["vocab_size"], tokenizer["latent_channels"] = tokenizer.pop("codebook_size"), tokenizer.pop("code_dim")
+    with pytest.warns(FutureWarning, match="'vocab_size' is now called 'codebook_size'"):
+        config = validate(VARConfig, record)
+    assert (config.tokenizer.codebook_size, config.tokenizer.code_dim) == (32, 8)
+    assert config == tiny_config()
+    assert "vocab_size" not in config.model_dump()["tokenizer"]  # written back with the new names
+
+
+@pytest.mark.parametrize("preset", ["d16", "digits"])
+def test_old_field_names_work_in_set_flags(preset, recwarn):
+    config = resolve(VARConfig, PRESETS[preset], assignments=["tokenizer.vocab_size=64", "tokenizer.latent_channels=4"])
+    assert (config.tokenizer.codebook_size, config.tokenizer.code_dim) == (64, 4)
+    warned = [str(warning.message) for warning in recwarn if warning.category is FutureWarning]
+    assert any("'latent_channels' is now called 'code_dim'" in message for message in warned)
+
+
+def test_a_field_given_by_both_names_is_an_error():
+    with pytest.raises(ConfigError, match="give only 'codebook_size'"):
+        validate(VARConfig, {"tokenizer": {"vocab_size": 64, "codebook_size": 64}})
 
 
 @pytest.mark.parametrize("preset, paper", [("d16", 310e6), ("d20", 600e6), ("d24", 1.03e9), ("d30", 2.0e9)])
 def test_paper_presets_have_the_paper_sizes(preset, paper):
-    config = resolve(Config, PRESETS[preset])
+    config = resolve(VARConfig, PRESETS[preset])
     with torch.device("meta"):
         model = VARPlugin().build(config)
-    count = transformer_parameter_count(model)
+    count = model.transformer_parameter_count()
     assert abs(count - paper) / paper < 0.02, f"{preset}: {count / 1e6:.1f}M parameters, the paper says {paper / 1e6:.0f}M"
     assert config.transformer.resolved_width == 64 * config.transformer.depth
-    assert config.tokenizer.vocab_size == 4096 and config.tokenizer.latent_channels == 32
+    assert config.tokenizer.codebook_size == 4096 and config.tokenizer.code_dim == 32
 
 
 # -- training, export and editing ----------------------------------------------------------
@@ -218,7 +234,7 @@ def test_both_stages_train_and_the_losses_go_down(trained_run):
     transformer = [r for r in rows if r.get("stage") == "transformer" and "loss" in r]
     assert tokenizer[-1]["reconstruction"] < 0.5 * tokenizer[0]["reconstruction"]
     assert transformer[-1]["loss"] < transformer[0]["loss"] - 0.5  # nats per token
-    assert (trained_run.run_dir / "cache" / "var-tokens-train.safetensors").is_file()
+    assert len(list((trained_run.run_dir / "cache").glob("var-tokens-train-*.safetensors"))) == 1
     assert (trained_run.run_dir / "samples" / "transformer.png").is_file()
 
 

@@ -11,8 +11,9 @@ import torch
 from zoo.config import deep_merge, resolve
 from zoo.errors import ConfigError
 from zoo_vqvae2_pixelcnn.config import VQVAE2Config, VQVAE2SampleOptions
-from zoo_vqvae2_pixelcnn.plugin import VQVAE2PixelCNNPlugin, cached_codes
+from zoo_vqvae2_pixelcnn.data import cached_codes
 from zoo_vqvae2_pixelcnn.pixelcnn import PixelCNNPrior
+from zoo_vqvae2_pixelcnn.plugin import VQVAE2PixelCNNPlugin
 
 torch.set_num_threads(1)
 
@@ -21,8 +22,15 @@ TINY = {
     "image_size": 16,
     "class_conditional": True,
     "eval_samples": 8,
-    "vqvae": {"channels": 16, "res_blocks": 1, "res_channels": 8, "code_dim": 8, "top_codes": 16, "bottom_codes": 16,
-              "dead_code_threshold": 0.1},
+    "vqvae": {
+        "channels": 16,
+        "res_blocks": 1,
+        "res_channels": 8,
+        "code_dim": 8,
+        "top_codebook_size": 16,
+        "bottom_codebook_size": 16,
+        "dead_code_threshold": 0.1,
+    },
     "prior_top": {"channels": 16, "blocks": 1, "condition_channels": 8, "dropout": 0.0},
     "prior_bottom": {"channels": 16, "blocks": 1, "condition_channels": 8, "condition_blocks": 1, "dropout": 0.0},
     "training": {
@@ -65,7 +73,9 @@ def raster_order(side: int) -> np.ndarray:
 def deep_bottom_prior(variant: str) -> PixelCNNPrior:
     """A 6x6 bottom map, a 3x3 first layer and 3 blocks: deep enough for a blind spot, small
     enough to check every position."""
-    config, model = tiny_model(variant, image_size=24, prior_bottom={"variant": variant, "blocks": 3, "first_kernel": 3})
+    config, model = tiny_model(
+        variant, image_size=24, prior_bottom={"variant": variant, "blocks": 3, "first_kernel": 3}
+    )
     return model.prior_bottom
 
 
@@ -107,9 +117,9 @@ def test_the_fast_step_gives_the_full_forward_logits(variant):
     config, model = tiny_model(variant)
     for name, prior in model.priors().items():
         settings, side, batch = getattr(config, name), prior.side, 3
-        codes = torch.randint(0, prior.num_codes, (batch, side, side))
+        codes = torch.randint(0, prior.codebook_size, (batch, side, side))
         labels = torch.randint(0, 10, (batch,))
-        top = torch.randint(0, config.vqvae.top_codes, (batch, config.top_side, config.top_side))
+        top = torch.randint(0, config.vqvae.top_codebook_size, (batch, config.top_side, config.top_side))
         with torch.no_grad():
             condition = prior.condition(labels) if name == "prior_top" else prior.condition(top, labels)
             full = prior.logits(prior.embed(codes), condition)  # (B, K, H, W)
@@ -151,15 +161,38 @@ def test_sample_options_classes_top_k_and_errors():
         PLUGIN.sample(model, unconditional, VQVAE2SampleOptions(n=1, classes=[1]), CPU)
 
 
-def test_the_declared_components_are_the_exported_ones():
+def test_the_exported_components_are_the_documented_ones():
     config, model = tiny_model()
-    assert tuple(component.name for component in PLUGIN.export_components(model, config)) == PLUGIN.components
+    priors = [
+        f"{prior}_{part}" for prior in ("prior_top", "prior_bottom") for part in ("condition", "logits", "row", "step")
+    ]
+    components = PLUGIN.export_components(model, config)
+    assert (
+        [component.name for component in components]
+        == ["encoder", "decoder", *priors]
+        == PLUGIN.component_names(config)
+    )
+    inputs = {component.name: component.input_names for component in components}
+    assert inputs["prior_bottom_condition"] == ["top_codes", "labels"] and inputs["prior_top_condition"] == ["labels"]
+    assert inputs["prior_top_step"] == ["codes", "row", "col", "row_bias", "horizontal_cache"]
+
+
+def test_run_directories_with_the_old_codebook_names_still_load():
+    old = deep_merge(TINY, {"vqvae": {"top_codes": 24, "bottom_codes": 12}})
+    del old["vqvae"]["top_codebook_size"], old["vqvae"]["bottom_codebook_size"]
+    with pytest.warns(FutureWarning, match="'top_codes' is now called 'top_codebook_size'"):
+        config = VQVAE2Config.model_validate(old)  # what loading a run's config.json does
+    assert (config.vqvae.top_codebook_size, config.vqvae.bottom_codebook_size) == (24, 12)
+    with pytest.warns(FutureWarning, match="'bottom_codes' is now called"):  # `--set` takes the old name too
+        assert resolve(VQVAE2Config, assignments=["vqvae.bottom_codes=20"]).vqvae.bottom_codebook_size == 20
+    with pytest.raises(ConfigError, match="give only 'top_codebook_size'"):
+        resolve(VQVAE2Config, deep_merge(TINY, {"vqvae": {"top_codes": 24}}))
 
 
 def test_config_sizes_follow_the_strides():
     config = resolve(VQVAE2Config, PLUGIN.presets["cifar32"])
     assert (config.bottom_side, config.top_side) == (8, 4)
-    assert config.vqvae.top_codes == config.vqvae.bottom_codes == 512 and config.prior_top.blocks == 15
+    assert config.vqvae.top_codebook_size == config.vqvae.bottom_codebook_size == 512 and config.prior_top.blocks == 15
     assert resolve(VQVAE2Config, {"image_size": 64}).bottom_side == 16
     with pytest.raises(ConfigError, match="multiple of"):
         resolve(VQVAE2Config, {"image_size": 36})
@@ -178,8 +211,10 @@ def trained_run(tmp_path_factory):
 
 def test_every_stage_trains_and_its_loss_goes_down(trained_run):
     rows = [json.loads(line) for line in (trained_run.run_dir / "metrics.jsonl").read_text().splitlines()]
-    losses = {stage: [r["loss"] for r in rows if r.get("stage") == stage and "loss" in r]
-              for stage in ("vqvae", "prior_top", "prior_bottom")}
+    losses = {
+        stage: [r["loss"] for r in rows if r.get("stage") == stage and "loss" in r]
+        for stage in ("vqvae", "prior_top", "prior_bottom")
+    }
     assert all(len(values) >= 5 for values in losses.values())
     assert losses["vqvae"][-1] < 0.7 * losses["vqvae"][0]
     for prior in ("prior_top", "prior_bottom"):
@@ -188,12 +223,12 @@ def test_every_stage_trains_and_its_loss_goes_down(trained_run):
 
 
 def test_codes_are_extracted_once_and_cached_in_the_run(trained_run, monkeypatch):
+    import zoo_vqvae2_pixelcnn.data as data_module
     from zoo.plugin import StageContext
-    import zoo_vqvae2_pixelcnn.plugin as plugin_module
 
-    cached = list((trained_run.run_dir / "cache").glob("codes_train_*.safetensors"))
+    cached = list((trained_run.run_dir / "cache").glob("vqvae2-codes-train-*.safetensors"))
     assert len(cached) == 1
-    monkeypatch.setattr(plugin_module, "extract_codes", lambda *args: pytest.fail("codes were extracted again"))
+    monkeypatch.setattr(data_module, "extract_codes", lambda *args: pytest.fail("codes were extracted again"))
     context = StageContext(trained_run.model, trained_run.config, trained_run.run_dir / "cache", CPU)
     codes = cached_codes(context, "train")
     assert codes[0]["top"].shape == (2, 2) and codes[0]["bottom"].shape == (4, 4)
@@ -207,11 +242,18 @@ def test_evaluate_reports_reconstruction_codebooks_bits_and_samples(trained_run)
         assert 1 <= metrics[f"{level}_perplexity"] <= codes
     # Trained priors beat a uniform guess over their codebooks (4 bits).
     assert metrics["prior_top_bits_per_code"] < 4 and metrics["prior_bottom_bits_per_code"] < 4
-    assert 0 <= metrics["sample_confident_fraction"] <= 1
+    # The sample scores, recomputed from the same seed-0 samples: the fraction is a count over
+    # `eval_samples` (0 for this tiny model), pinned together with the mean confidence it thresholds.
+    from zoo.data.classifier import CONFIDENT, DigitsClassifier
+
+    samples = trained_run.sample(n=trained_run.config.eval_samples, seed=0).images  # (N, H, W, 3) uint8
+    top = DigitsClassifier().predict_proba(torch.from_numpy(samples).permute(0, 3, 1, 2) / 127.5 - 1.0).max(axis=1)
+    assert metrics["sample_confident_fraction"] == np.count_nonzero(top >= CONFIDENT) / len(samples)
+    assert metrics["sample_digit_confidence"] == pytest.approx(top.mean())
 
 
 def test_the_codebooks_can_also_learn_from_the_loss():
-    from zoo_vqvae2_pixelcnn.plugin import vqvae_loss
+    from zoo_vqvae2_pixelcnn.losses import vqvae_loss
 
     config, model = tiny_model(vqvae={**TINY["vqvae"], "ema_decay": None})
     model.train()
@@ -222,13 +264,13 @@ def test_the_codebooks_can_also_learn_from_the_loss():
 
 
 def test_greedy_onnx_sampling_gives_the_torch_codes(trained_run, tmp_path):
+    import zoo.runtime
     from zoo_onnx import export_model
 
-    import zoo.runtime
-
     # The fast path's graphs (the naive `_logits` graphs and the encoder export the same way).
-    fast_path = ["decoder"] + [f"{prior}_{part}" for prior in ("prior_top", "prior_bottom")
-                               for part in ("condition", "row", "step")]
+    fast_path = ["decoder"] + [
+        f"{prior}_{part}" for prior in ("prior_top", "prior_bottom") for part in ("condition", "row", "step")
+    ]
     export_model(trained_run.plugin, trained_run.model, trained_run.config, tmp_path / "export", components=fast_path)
     options = VQVAE2SampleOptions(n=3, classes=[1, 4, 9], top_k=1)
     torch_output = trained_run.plugin.sample(trained_run.model, trained_run.config, options, CPU)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from zoo.errors import UnknownNameError
+from zoo.errors import DataError, UnknownNameError
 
 SPLITS = ("train", "test", "all")
 TEST_FRACTION = 0.1  # the held-out share of the fixed data sets (digits, user folders)
@@ -22,6 +22,14 @@ def check_split(split: str) -> str:
     return split
 
 
+def dataset_length(dataset: Dataset) -> int:
+    """The number of items of a map-style data set (torch's `Dataset` type does not declare
+    `__len__`, and an iterable-style one has none: training needs to index and count them)."""
+    if not isinstance(dataset, Sized):
+        raise DataError(f"a {type(dataset).__name__} has no length; give a data set with __len__ and __getitem__")
+    return len(dataset)
+
+
 def item_rng(seed: int, split: str, index: int) -> np.random.Generator:
     """The random numbers of one generated item: a function of (seed, split, index) only.
 
@@ -32,13 +40,20 @@ def item_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def split_indices(
-    n: int, test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED, labels: Sequence[int] | None = None
+    n: int,
+    test_fraction: float = TEST_FRACTION,
+    seed: int = SPLIT_SEED,
+    labels: Sequence[int] | np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic (train, test) index arrays, stratified by `labels` when given.
 
     Each class (or the whole set) gives round(count * test_fraction) items to the test
     split, at least one when it has two or more, so a tiny folder still has a test image.
+    A set of one item has it in both splits: nothing can be held out, and a one-image
+    folder (a single style painting) must still train, sample and evaluate.
     """
+    if n == 1:
+        return np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64)
     groups = np.zeros(n, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
     rng = np.random.default_rng(seed)
     test: list[np.ndarray] = []
@@ -49,6 +64,8 @@ def split_indices(
             take = max(take, 1)
         test.append(rng.permutation(members)[:take])
     test_indices = np.sort(np.concatenate(test)) if test else np.zeros(0, dtype=np.int64)
+    if n >= 2 and len(test_indices) == 0:  # every class has one item: hold out one of them
+        test_indices = np.sort(rng.permutation(n)[:1])
     train_indices = np.setdiff1d(np.arange(n), test_indices)
     return train_indices, test_indices
 

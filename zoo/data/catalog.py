@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from zoo.data.base import Subset
+from zoo.data.base import Subset, dataset_length
 from zoo.data.digits import digits
 from zoo.data.embedded import photos, textures
 from zoo.data.folders import caption_set, has_captions, image_folder
 from zoo.data.shapes import shapes
 from zoo.errors import DataError, UnknownNameError
 
-GENERATED = {"photos": photos, "textures": textures, "shapes": shapes}  # these take a `count`
+GENERATED: dict[str, Callable[..., Dataset]] = {
+    "photos": photos,
+    "textures": textures,
+    "shapes": shapes,
+}  # these take a `count`
 BUILTIN_NAMES = ("digits", *GENERATED)
 
 
@@ -33,6 +38,9 @@ def load_images(spec: str, size: int, split: str = "train", seed: int = 0, count
         dataset: Dataset = digits(size=size, split=split, seed=seed)
     else:
         path = Path(spec).expanduser()
+        if not path.exists() and len(path.parts) > 1:  # a path, not a misspelt name
+            names = ", ".join(BUILTIN_NAMES)
+            raise DataError(f"data folder {spec!r} does not exist; pass an existing folder or one of {names}")
         if not path.exists():
             raise UnknownNameError("data set", spec, BUILTIN_NAMES)
         if not path.is_dir():
@@ -43,7 +51,8 @@ def load_images(spec: str, size: int, split: str = "train", seed: int = 0, count
 
 
 def _random_subset(dataset: Dataset, count: int | None, seed: int) -> Dataset:
-    if count is None or count >= len(dataset):
+    length = dataset_length(dataset)
+    if count is None or count >= length:
         return dataset
-    keep = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:count])
+    keep = np.sort(np.random.default_rng(seed).permutation(length)[:count])
     return Subset(dataset, keep.tolist())

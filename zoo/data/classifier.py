@@ -46,7 +46,8 @@ class DigitsClassifier:
         self.model = CalibratedClassifierCV(SVC(gamma=0.001, C=10.0), ensemble=False)
         self.model.fit(features, labels[train])
         self.train_features = cKDTree(features)
-        distance_to_other_digits = self.train_features.query(features, k=2)[0][:, 1]
+        distances, _ = self.train_features.query(features, k=2)  # (N, 2): each image itself, then its nearest other
+        distance_to_other_digits = np.asarray(distances)[:, 1]
         self.typical_distance = float(np.percentile(distance_to_other_digits, 99))
 
     def digit_likeness(self, images: torch.Tensor | np.ndarray) -> np.ndarray:

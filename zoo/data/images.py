@@ -1,55 +1,39 @@
-"""Reading one image file as 8-bit RGB, whatever its mode, and fitting it to a square."""
+"""Reading one training image file as 8-bit RGB, whatever its mode, and fitting it to a square.
+
+The suffix list, the RGB conversion and the centre crop are zoo.runtime.images' (the ones
+sampling loops use); this module adds the reader whose errors an image folder counts as
+skips instead of reporting them."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
-BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white, as a viewer shows them
+from zoo.runtime.images import IMAGE_SUFFIXES, is_image_file, max_image_pixels, square_resize, to_rgb, upright_rgb
 
-
-def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+__all__ = ["IMAGE_SUFFIXES", "is_image_file", "read_rgb", "square_resize", "to_rgb"]
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode -> "RGB": 16/32-bit and float grayscale are rescaled, not clipped;
-    alpha (RGBA, LA, a palette's transparent index) is composited on white."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16-bit PNGs open as "I;16" (or "I" in older Pillow); their full range is 0..65535.
-        values = np.asarray(image, dtype=np.float64)
-        return _gray_to_rgb(values / 65535.0)
-    if image.mode == "F":
-        values = np.asarray(image, dtype=np.float64)
-        return _gray_to_rgb(values if values.max(initial=0.0) <= 1.0 else values / 255.0)
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        image = image.convert("RGBA")
-        canvas = Image.new("RGBA", image.size, BACKGROUND + (255,))
-        return Image.alpha_composite(canvas, image).convert("RGB")
-    return image.convert("RGB")
+def read_rgb(path: Path, max_pixels: int | None = None) -> Image.Image:
+    """A training image: unlike zoo.runtime.images.read_rgb (a user's sampling input, one
+    DataError), its errors are Pillow's or a ValueError, for the caller to count as a skip.
 
+    Decode the whole file (so truncated files fail here, not mid-training) as upright RGB.
 
-def _gray_to_rgb(values: np.ndarray) -> Image.Image:
-    gray = (np.clip(values, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    return Image.fromarray(gray).convert("RGB")
-
-
-def read_rgb(path: Path) -> Image.Image:
-    """Decode the whole file (so truncated files fail here, not mid-training) as upright RGB."""
-    with Image.open(path) as image:
-        image.load()
-        return to_rgb(ImageOps.exif_transpose(image))
-
-
-def square_resize(image: Image.Image, size: int) -> np.ndarray:
-    """Centre crop to a square, resize to (size, size): (size, size, 3) uint8."""
-    width, height = image.size
-    side = min(width, height)
-    left, top = (width - side) / 2.0, (height - side) / 2.0
-    box = (left, top, left + side, top + side)
-    return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, box=box), dtype=np.uint8)
+    Raises for a file Pillow cannot read and for one of more than `max_pixels` (default:
+    the limit inference inputs have, $ZOO_MAX_IMAGE_PIXELS): a PNG of a few kilobytes can
+    decode to gigabytes. Callers that skip unreadable files catch both alike.
+    """
+    limit = max_image_pixels() if max_pixels is None else max_pixels
+    with warnings.catch_warnings():
+        # Pillow only warns between its own limit and twice that (and raises above); the
+        # size check below decides instead, so no raw warning reaches the user.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > limit:
+                raise ValueError(f"{width}x{height} pixels is over the limit of {limit:,}")
+            image.load()
+            return upright_rgb(image)

@@ -22,7 +22,8 @@ CANVAS = 384  # pixels per side of a generated painting
 
 def _jittered(colour: tuple[int, int, int], rng: np.random.Generator, amount: int) -> tuple[int, int, int]:
     shifted = np.clip(np.array(colour) + rng.integers(-amount, amount + 1, size=3), 0, 255)
-    return tuple(int(channel) for channel in shifted)
+    red, green, blue = (int(channel) for channel in shifted)
+    return red, green, blue
 
 
 def brush_strokes(palette: Palette, seed: int, strokes: int = 1800) -> Image.Image:

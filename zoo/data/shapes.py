@@ -78,7 +78,7 @@ def _draw_shape(
     else:  # star with five points, inner radius half the outer one: area 0.79 of the circle's
         angles = -np.pi / 2 + np.arange(10) * np.pi / 5
         radii = np.where(np.arange(10) % 2 == 0, radius * 1.3, radius * 0.65)
-        draw.polygon([(x + r * np.cos(a), y + r * np.sin(a)) for r, a in zip(radii, angles)], fill=fill)
+        draw.polygon([(x + r * np.cos(a), y + r * np.sin(a)) for r, a in zip(radii, angles, strict=True)], fill=fill)
 
 
 def _centres(position: str, count: int, rng: np.random.Generator) -> list[tuple[float, float]]:

@@ -9,6 +9,7 @@ zoo model is a diffusion model.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -121,6 +122,9 @@ class _Level(nn.Module):
     """One resolution of the encoder or decoder: res blocks (each followed by attention
     when the resolution is in `attn_resolutions`) and an optional resampler."""
 
+    downsample: Downsample  # set on every encoder level but the last
+    upsample: Upsample  # set on every decoder level but the first
+
     def __init__(self, blocks: list[ResnetBlock], attentions: list[AttnBlock]) -> None:
         super().__init__()
         self.block = nn.ModuleList(blocks)
@@ -177,7 +181,7 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
-        for down in self.down:
+        for down in cast("Sequence[_Level]", self.down):  # ModuleList is not generic; it holds _Levels
             h = down.run_blocks(h)
             if hasattr(down, "downsample"):
                 h = down.downsample(h)
@@ -230,7 +234,7 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))
-        for up in reversed(self.up):
+        for up in reversed(cast("Sequence[_Level]", self.up)):  # ModuleList is not generic; it holds _Levels
             h = up.run_blocks(h)
             if hasattr(up, "upsample"):
                 h = up.upsample(h)

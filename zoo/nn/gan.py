@@ -9,10 +9,15 @@
 - `adversarial_factor`: the discriminator factor, zero before `disc_start`. The trainer
   holds the discriminator back with `Optimizer(start_step=disc_start)`; the generator's
   loss multiplies its adversarial term by this factor so both switch on together.
+- `VQGANLoss`: taming's VQLPIPSWithDiscriminator split into the trainer's two optimizer
+  losses: the generator's (pixel + lazy perceptual + codebook + adaptively weighted
+  adversarial term) and the discriminator's, on the fake the generator step cached.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -119,3 +124,97 @@ def adaptive_weight(
 def adversarial_factor(step: int, disc_start: int, factor: float = 1.0) -> float:
     """`factor` from `disc_start` on, 0 before (taming's `adopt_weight`)."""
     return factor if step >= disc_start else 0.0
+
+
+@dataclass
+class GeneratorTerms:
+    loss: torch.Tensor  # what the generator's optimizer minimises
+    pixel: torch.Tensor  # L1 or MSE of reconstruction and image
+    perceptual: torch.Tensor | None  # None without a perceptual loss
+    adversarial: torch.Tensor | None  # -E[D(fake)]; None while the discriminator is off
+    weight: torch.Tensor | None  # adaptive weight x disc_weight of the adversarial term; None while off
+
+
+class VQGANLoss:
+    """The VQGAN objective (taming's VQLPIPSWithDiscriminator) in two halves:
+
+        generator:      pixel + perceptual_weight * perceptual + codebook_weight * codebook
+                        + factor * weight * -E[D(reconstruction)]
+        discriminator:  factor * d_loss(D(images), D(cached reconstruction))
+
+    with factor = `adversarial_factor(step, disc_start, disc_factor)` and weight =
+    disc_weight * `adaptive_weight` at the decoder's last layer (disc_weight alone when
+    `adaptive` is off or gradients are disabled, e.g. in validation). `perceptual` is a
+    callable (images, targets) -> distance or None, e.g. a `zoo.nn.perceptual.LazyPerceptual`.
+    The generator half keeps its reconstruction in `cache[cache_key]`, so the discriminator
+    half, run next in the same step, judges that fake instead of decoding it again.
+    """
+
+    def __init__(
+        self,
+        *,
+        pixel_loss: Literal["l1", "mse"] = "l1",
+        perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+        perceptual_weight: float = 1.0,
+        codebook_weight: float = 1.0,
+        disc_start: int = 0,
+        disc_factor: float = 1.0,
+        disc_weight: float = 1.0,
+        disc_loss: GanLossKind = "hinge",
+        adaptive: bool = True,
+        cache_key: str = "reconstruction",
+    ) -> None:
+        if pixel_loss not in ("l1", "mse"):
+            raise ValueError(f"unknown pixel loss {pixel_loss!r}; use 'l1' or 'mse'")
+        self.pixel_loss, self.perceptual, self.perceptual_weight = pixel_loss, perceptual, perceptual_weight
+        self.codebook_weight, self.disc_start, self.disc_factor = codebook_weight, disc_start, disc_factor
+        self.disc_weight, self.disc_loss, self.adaptive, self.cache_key = disc_weight, disc_loss, adaptive, cache_key
+
+    def generator(
+        self,
+        images: torch.Tensor,
+        reconstruction: torch.Tensor,
+        codebook_loss: torch.Tensor,
+        discriminator: nn.Module | None,
+        last_layer: torch.Tensor,
+        step: int,
+        cache: MutableMapping[str, torch.Tensor],
+    ) -> GeneratorTerms:
+        """The generator's loss of one step; `discriminator` None leaves the GAN term out."""
+        pixel = (F.l1_loss if self.pixel_loss == "l1" else F.mse_loss)(reconstruction, images)
+        reconstruction_loss = pixel
+        perceptual = self.perceptual(reconstruction, images) if self.perceptual is not None else None
+        if perceptual is not None:
+            reconstruction_loss = reconstruction_loss + self.perceptual_weight * perceptual
+        loss = reconstruction_loss + self.codebook_weight * codebook_loss
+        adversarial = weight = None
+        factor = adversarial_factor(step, self.disc_start, self.disc_factor)
+        if discriminator is not None and factor > 0:  # before disc_start D is untrained: skip it
+            adversarial = generator_adversarial_loss(discriminator(reconstruction))
+            if self.adaptive and torch.is_grad_enabled():
+                weight = adaptive_weight(reconstruction_loss, adversarial, last_layer, self.disc_weight)
+            else:
+                weight = adversarial.new_tensor(self.disc_weight)
+            loss = loss + weight * factor * adversarial
+        cache[self.cache_key] = reconstruction.detach()
+        return GeneratorTerms(loss, pixel, perceptual, adversarial, weight)
+
+    def discriminator(
+        self,
+        images: torch.Tensor,
+        discriminator: nn.Module,
+        step: int,
+        cache: MutableMapping[str, torch.Tensor],
+        make_fake: Callable[[], torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """The discriminator's loss of one step on real `images` and the generator step's
+        cached fake (`make_fake()` without gradients when there is none, e.g. alone)."""
+        fake = cache.get(self.cache_key)
+        if fake is None:
+            with torch.no_grad():
+                fake = make_fake()
+        logits_real = discriminator(images)
+        logits_fake = discriminator(fake.detach())
+        factor = adversarial_factor(step, self.disc_start, self.disc_factor)
+        loss = factor * discriminator_loss(self.disc_loss, logits_real, logits_fake)
+        return {"loss": loss, "logits_real": logits_real.detach().mean(), "logits_fake": logits_fake.detach().mean()}

@@ -62,6 +62,8 @@ def row_to_channels_last(x: torch.Tensor) -> torch.Tensor:
 class MaskedConv2d(nn.Conv2d):
     """k x k convolution (same padding) whose kernel is cut by `causal_mask`."""
 
+    mask: torch.Tensor  # (1, 1, k, k) buffer
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, mask_type: MaskType) -> None:
         if kernel_size % 2 == 0:
             raise ValueError(f"masked convolutions need an odd kernel size, got {kernel_size}")
@@ -155,8 +157,9 @@ class GatedStackLayer(nn.Module):
     vertical stack's view of the rows above to the horizontal stack, and cond_* optional
     1x1 projections of a conditioning map (class embedding, codes of a coarser level)."""
 
-    def __init__(self, channels: int, kernel_size: int, first: bool, condition_channels: int = 0,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, channels: int, kernel_size: int, first: bool, condition_channels: int = 0, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.first = first
         self.vertical = VerticalStackConv(channels, 2 * channels, kernel_size, first)
@@ -166,8 +169,9 @@ class GatedStackLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.condition = nn.Conv2d(condition_channels, 4 * channels, 1) if condition_channels else None
 
-    def forward(self, vertical: torch.Tensor, horizontal: torch.Tensor,
-                condition: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, vertical: torch.Tensor, horizontal: torch.Tensor, condition: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Whole maps: vertical, horizontal (B, C, H, W), condition (B, C_cond, H, W)."""
         vertical_pre = self.vertical(vertical)  # (B, 2C, H, W)
         horizontal_pre = self.horizontal(horizontal) + self.link(vertical_pre)
@@ -180,8 +184,9 @@ class GatedStackLayer(nn.Module):
             new_horizontal = new_horizontal + horizontal
         return gated_activation(vertical_pre), new_horizontal
 
-    def row(self, vertical_strip: torch.Tensor,
-            condition_row: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def row(
+        self, vertical_strip: torch.Tensor, condition_row: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The vertical stack for a whole row, and what the horizontal stack adds from it.
 
         vertical_strip (B, C, vertical.rows, W + 2*reach); condition_row (B, W, C_cond)
@@ -189,6 +194,8 @@ class GatedStackLayer(nn.Module):
         vertical_pre = row_to_channels_last(self.vertical.row(vertical_strip))  # (B, W, 2C)
         horizontal_bias = pointwise(self.link, vertical_pre)
         if self.condition is not None:
+            if condition_row is None:
+                raise ValueError("this layer is conditioned: pass condition_row")
             condition_vertical, condition_horizontal = pointwise(self.condition, condition_row).chunk(2, dim=-1)
             vertical_pre = vertical_pre + condition_vertical
             horizontal_bias = horizontal_bias + condition_horizontal
@@ -243,6 +250,8 @@ class MaskedGatedBlock(nn.Module):
         -> the row's bias (B, W, 2*hidden)."""
         bias = row_to_channels_last(self.masked.rows_above(inner_rows_above))
         if self.condition is not None:
+            if condition_row is None:
+                raise ValueError("this block is conditioned: pass condition_row")
             bias = bias + pointwise(self.condition, condition_row)
         return bias
 

@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from zoo.errors import ConfigError, ZooError
-from zoo.nn.backbone import load_backbone_weights
+from zoo.nn.backbone import create_timm_model, load_backbone_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,6 +26,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class PerceptualLoss(nn.Module):
     """distance(images, targets) for images in [-1, 1]; `backbone(x)` returns a list of
     feature maps (what timm's `features_only=True` models return). The backbone is frozen."""
+
+    mean: torch.Tensor  # (1, 3, 1, 1) buffer
+    std: torch.Tensor  # (1, 3, 1, 1) buffer
 
     def __init__(
         self,
@@ -40,7 +42,7 @@ class PerceptualLoss(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
-    def train(self, mode: bool = True) -> "PerceptualLoss":
+    def train(self, mode: bool = True) -> PerceptualLoss:
         super().train(mode)
         self.backbone.eval()  # frozen: BatchNorm statistics must not drift with training data
         return self
@@ -61,17 +63,7 @@ def _unit_normalise(features: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
 
 def build_timm_backbone(name: str) -> nn.Module:
     """timm's `features_only` model `name`, randomly initialised (weights come separately)."""
-    try:
-        import timm  # lazily: timm is optional and pulls in torchvision
-    except Exception as error:  # a broken torchvision raises RuntimeError, not ImportError
-        raise ZooError(
-            f"the perceptual loss needs timm, which failed to import ({type(error).__name__}: {error}); "
-            "install a timm/torchvision that matches your torch, or unset the perceptual weights"
-        ) from None
-    try:
-        return timm.create_model(name, pretrained=False, features_only=True)
-    except Exception as error:
-        raise ConfigError(f"timm cannot build backbone {name!r} with features_only=True: {error}") from None
+    return create_timm_model(name, "the perceptual loss", "unset the perceptual weights", features_only=True)
 
 
 def timm_perceptual_loss(backbone_name: str, weights: Path | None) -> PerceptualLoss | None:
@@ -85,3 +77,21 @@ def timm_perceptual_loss(backbone_name: str, weights: Path | None) -> Perceptual
     mean = tuple(config.get("mean", IMAGENET_MEAN))
     std = tuple(config.get("std", IMAGENET_STD))
     return PerceptualLoss(backbone, mean, std)
+
+
+class LazyPerceptual:
+    """`timm_perceptual_loss(backbone_name, weights)`, built on its first call (so listing a
+    model's stages never imports timm) and moved to the images' device; calling it gives
+    the distance, or None when the loss is off (no weights file)."""
+
+    def __init__(self, backbone_name: str, weights: Path | None) -> None:
+        self.backbone_name, self.weights = backbone_name, weights
+        self.loss: PerceptualLoss | None = None
+        self.built = False
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+        if not self.built:
+            self.loss, self.built = timm_perceptual_loss(self.backbone_name, self.weights), True
+        if self.loss is None:
+            return None
+        return self.loss.to(images.device)(images, targets)

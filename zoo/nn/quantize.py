@@ -4,6 +4,14 @@
 taming's `legacy` placement of beta) and by exponential moving averages (VQ-VAE-2).
 Codes that go unused are restarted from recent encoder outputs, the standard cure for
 codebook collapse.
+
+The pieces every quantiser in the zoo shares live here once:
+
+- `nearest_code_indices` / `codes_from_features`: features -> index of the nearest code;
+- `count_code_usage`: code hits of the global batch (the one rule under DDP: counts are
+  summed over processes, so N processes track usage like one with N times the batch);
+- `restart_dead_codes`: codes whose running usage fell below a threshold restart on
+  encoder outputs of the current batch, the same vectors on every process.
 """
 
 from __future__ import annotations
@@ -29,11 +37,52 @@ def nearest_code_indices(vectors: torch.Tensor, codebook: torch.Tensor) -> torch
     # codebook @ vectors.T, not vectors @ codebook.T: onnxruntime's int8 export quantises
     # MatMuls whose second operand is a constant, and quantised distances pick wrong codes.
     distances = (
-        vectors.pow(2).sum(1, keepdim=True)
-        - 2 * (codebook @ vectors.t()).t()
-        + codebook.pow(2).sum(1)[None, :]
+        vectors.pow(2).sum(1, keepdim=True) - 2 * (codebook @ vectors.t()).t() + codebook.pow(2).sum(1)[None, :]
     )  # (N, K)
     return distances.argmin(dim=1)
+
+
+def codes_from_features(features: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) feature map, codebook (K, C) -> (B, H, W) int64 nearest-code indices."""
+    batch, channels, height, width = features.shape
+    flat = features.permute(0, 2, 3, 1).reshape(-1, channels)  # (B*H*W, C)
+    return nearest_code_indices(flat, codebook).view(batch, height, width)
+
+
+def count_code_usage(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
+    """Hits (K,) float of every code in the global batch: the local counts summed over the
+    processes of a DDP run, so every process holds the same counts."""
+    return _all_reduce_sum(torch.bincount(indices.flatten(), minlength=num_codes).float())
+
+
+@torch.no_grad()
+def restart_dead_codes(
+    codebook: torch.Tensor,
+    usage: torch.Tensor,
+    threshold: float,
+    candidates: torch.Tensor,
+    hits_per_batch: float,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Restart every code whose running usage (K,) is below `threshold` on a random row of
+    `candidates` (N, C), encoder outputs this batch; in place on `codebook` (K, C) and `usage`.
+
+    `usage` must be the same on every process (tracked with `count_code_usage`), so all agree
+    on which codes are dead; the new vectors are drawn on rank 0 and broadcast, so all
+    restart them identically. A restarted code gets a grace period of one expected hit per
+    batch, `hits_per_batch / K` (at least 1). Returns (dead mask (K,), new vectors), or None
+    when no code is dead.
+    """
+    dead = usage < threshold
+    num_dead = int(dead.sum())
+    if num_dead == 0:
+        return None
+    picks = torch.randint(0, candidates.shape[0], (num_dead,), device=candidates.device)
+    fresh = candidates[picks].to(codebook.dtype)
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast(fresh, src=0)
+    codebook.data[dead] = fresh
+    usage[dead] = max(1.0, hits_per_batch / codebook.shape[0])
+    return dead, fresh
 
 
 def code_statistics(indices: torch.Tensor, num_codes: int) -> tuple[float, float]:
@@ -60,9 +109,15 @@ class VectorQuantizer(nn.Module):
     term instead, which published VQGAN checkpoints were trained with.
     ema_decay=d: the codebook follows EMA cluster averages (VQ-VAE-2); the loss is the
     commitment term alone.
-    dead_code_threshold: a code whose EMA usage (expected hits per batch) falls below it
-    is re-initialised from a random encoder output of the current batch; None disables.
+    dead_code_threshold: a code whose EMA usage (expected hits per global batch, summed over
+    processes under DDP) falls below it is re-initialised from a random encoder output of
+    the current batch (`restart_dead_codes`); None disables.
     """
+
+    codebook: torch.Tensor  # (K, C): a Parameter, or a buffer under EMA
+    cluster_size: torch.Tensor  # (K,) buffer, EMA only
+    cluster_sum: torch.Tensor  # (K, C) buffer, EMA only
+    usage: torch.Tensor  # (K,) buffer
 
     def __init__(
         self,
@@ -77,7 +132,12 @@ class VectorQuantizer(nn.Module):
     ) -> None:
         super().__init__()
         self.num_codes, self.dim, self.beta, self.legacy = num_codes, dim, beta, legacy
-        self.ema_decay, self.dead_code_threshold, self.usage_decay, self.eps = ema_decay, dead_code_threshold, usage_decay, eps
+        self.ema_decay, self.dead_code_threshold, self.usage_decay, self.eps = (
+            ema_decay,
+            dead_code_threshold,
+            usage_decay,
+            eps,
+        )
         codebook = torch.empty(num_codes, dim).uniform_(-1 / num_codes, 1 / num_codes)
         if ema_decay is None:
             self.codebook = nn.Parameter(codebook)
@@ -90,14 +150,16 @@ class VectorQuantizer(nn.Module):
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         batch, channels, height, width = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, channels)  # (N, C)
-        indices = nearest_code_indices(flat.detach(), self.codebook)
+        indices = codes_from_features(z.detach(), self.codebook).flatten()  # (N,)
         quantized_flat = F.embedding(indices, self.codebook)
         one_hot = F.one_hot(indices, self.num_codes).type(flat.dtype)  # (N, K)
 
+        hits = None
         if self.training:
-            self._track_usage(one_hot)
+            hits = count_code_usage(indices, self.num_codes)
+            self._track_usage(hits)
             if self.ema_decay is not None:
-                self._ema_update(flat.detach(), one_hot)
+                self._ema_update(self.ema_decay, flat.detach(), one_hot, hits)
 
         commitment = F.mse_loss(flat, quantized_flat.detach())
         if self.ema_decay is not None:
@@ -111,8 +173,8 @@ class VectorQuantizer(nn.Module):
         probs = one_hot.mean(0)
         perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
 
-        if self.training and self.dead_code_threshold is not None:
-            self._restart_dead_codes(flat.detach())
+        if hits is not None and self.dead_code_threshold is not None:
+            self._restart_dead_codes(self.dead_code_threshold, flat.detach(), float(hits.sum()))
         return QuantizerOutput(quantized.contiguous(), indices.view(batch, height, width), loss, perplexity)
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
@@ -125,14 +187,11 @@ class VectorQuantizer(nn.Module):
         return (self.usage > threshold).float().mean().item()
 
     @torch.no_grad()
-    def _track_usage(self, one_hot: torch.Tensor) -> None:
-        hits = _all_reduce_sum(one_hot.sum(0).float())
+    def _track_usage(self, hits: torch.Tensor) -> None:
         self.usage.mul_(self.usage_decay).add_(hits, alpha=1 - self.usage_decay)
 
     @torch.no_grad()
-    def _ema_update(self, flat: torch.Tensor, one_hot: torch.Tensor) -> None:
-        decay = self.ema_decay
-        counts = _all_reduce_sum(one_hot.sum(0).float())
+    def _ema_update(self, decay: float, flat: torch.Tensor, one_hot: torch.Tensor, counts: torch.Tensor) -> None:
         sums = _all_reduce_sum(one_hot.float().t() @ flat.float())  # (K, C)
         self.cluster_size.mul_(decay).add_(counts, alpha=1 - decay)
         self.cluster_sum.mul_(decay).add_(sums, alpha=1 - decay)
@@ -142,21 +201,12 @@ class VectorQuantizer(nn.Module):
         self.codebook.copy_(self.cluster_sum / smoothed[:, None])
 
     @torch.no_grad()
-    def _restart_dead_codes(self, flat: torch.Tensor) -> None:
-        dead = self.usage < self.dead_code_threshold
-        num_dead = int(dead.sum())
-        if num_dead == 0:
-            return
-        picks = torch.randint(0, flat.shape[0], (num_dead,), device=flat.device)
-        fresh = flat[picks].to(self.codebook.dtype)
-        if dist.is_available() and dist.is_initialized():
-            dist.broadcast(fresh, src=0)  # every rank must restart to the same vectors
-        self.codebook.data[dead] = fresh
-        if self.ema_decay is not None:
+    def _restart_dead_codes(self, threshold: float, flat: torch.Tensor, hits_per_batch: float) -> None:
+        restarted = restart_dead_codes(self.codebook, self.usage, threshold, flat, hits_per_batch)
+        if restarted is not None and self.ema_decay is not None:
+            dead, fresh = restarted
             self.cluster_size[dead] = 1.0
             self.cluster_sum[dead] = fresh
-        # A restarted code gets a grace period of one expected hit per batch.
-        self.usage[dead] = max(1.0, flat.shape[0] / self.num_codes)
 
 
 def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

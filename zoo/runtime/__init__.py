@@ -7,9 +7,10 @@
     output.save("samples.png")
     model.components("decoder", indices=indices)          # one graph, numpy in and out
 
-`load` verifies the directory (manifest version, every file's sha256), imports the
-plugin's torch-free sampling loop named in the manifest, and opens one onnxruntime
-session per component. Nothing under `zoo.runtime` imports torch; onnxruntime itself is
+`load` verifies the directory (manifest version and entries, every file's sha256, and with
+`verify_key` the manifest's signature), imports the torch-free sampling loop that the
+installed plugin for the manifest's model declares (never a module the manifest names;
+see zoo.runtime.discovery), and opens one onnxruntime session per component. Nothing under `zoo.runtime` imports torch; onnxruntime itself is
 imported by `load`, so plugins can import `zoo.runtime.loop` cheaply.
 """
 
@@ -20,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from zoo.config import SampleOptionsBase, validate
-from zoo.errors import ConfigError, ExportError
+from zoo.errors import ConfigError
 from zoo.outputs import SampleOutput
+from zoo.runtime.discovery import runtime_class
 from zoo.runtime.loop import Components, ModelRuntime
-from zoo.runtime.manifest import import_object, load_assets, read_manifest, verify_files
+from zoo.runtime.manifest import load_assets, read_manifest, verify_files
 
 
 class LoadedExport:
@@ -88,31 +90,31 @@ def load(
     intra_op_threads: int | None = None,
     inter_op_threads: int | None = None,
     verify: bool = True,
+    verify_key: str | Path | None = None,
 ) -> LoadedExport:
     """Open an export directory (see `LoadedExport`).
 
     provider: None picks CUDA when it really works, else CPU; "cpu", "cuda" or
     "tensorrt" forces one (an error if it cannot start). graph_optimization_level:
     "disable", "basic", "extended" or "all". verify=False skips the sha256 checks
-    (they read every byte once).
+    (they read every byte once). verify_key: an Ed25519 public key (PEM file) whose
+    signature `manifest.sig` must carry (`zoo export --sign`); it implies verify=True,
+    since the signature vouches for the files only through their sha256.
     """
     from zoo.runtime.sessions import OnnxComponents, binding_device, open_sessions, session_options
 
     export_dir = Path(export_dir)
-    manifest = read_manifest(export_dir)
-    if verify:
+    manifest = read_manifest(export_dir, Path(verify_key) if verify_key is not None else None)
+    if verify or verify_key is not None:
         verify_files(export_dir, manifest)
-    runtime_class = import_object(manifest["runtime"], "runtime")
-    options_class = import_object(manifest["options"], "sample options")
-    if not (isinstance(runtime_class, type) and issubclass(runtime_class, ModelRuntime)):
-        raise ExportError(f"the export's runtime {manifest['runtime']!r} is not a zoo.runtime.ModelRuntime subclass")
+    loop_class = runtime_class(manifest["model"], export_dir)
     options = session_options(graph_optimization_level, intra_op_threads, inter_op_threads)
     graphs = {name: export_dir / spec["file"] for name, spec in manifest["components"].items()}
     sessions, report = open_sessions(graphs, provider, options)
     components = OnnxComponents(sessions, manifest["components"], binding_device(report.used))
     arrays, files = load_assets(export_dir, manifest)
-    runtime = runtime_class(components, manifest["config"], arrays, files)
-    return LoadedExport(export_dir, manifest, components, runtime, options_class, report.as_dict())
+    runtime = loop_class(components, manifest["config"], arrays, files)
+    return LoadedExport(export_dir, manifest, components, runtime, loop_class.options_class, report.as_dict())
 
 
 __all__ = ["Components", "LoadedExport", "ModelRuntime", "load"]

@@ -14,10 +14,11 @@ An export directory::
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 from pathlib import Path
 from typing import Any
+
+import pydantic
 
 from zoo.errors import ExportError
 
@@ -40,22 +41,37 @@ def major_minor(version: str) -> tuple[str, ...]:
     return tuple(version.split(".")[:2])
 
 
-def read_manifest(export_dir: Path) -> dict[str, Any]:
-    """Parse `manifest.json` and check that this zoo can read it; no file checks yet."""
-    from zoo import __version__
+def read_manifest(export_dir: Path, public_key: Path | None = None) -> dict[str, Any]:
+    """Parse `manifest.json` and check that this zoo can read it; no file checks yet.
 
+    With `public_key` (an Ed25519 public key in PEM), the manifest's exact bytes must carry
+    a valid `manifest.sig` first (see zoo.runtime.signing)."""
     export_dir = Path(export_dir)
     if not export_dir.is_dir():
-        raise ExportError(f"export directory {export_dir} does not exist; make one with `zoo export MODEL --out {export_dir}`")
+        raise ExportError(
+            f"export directory {export_dir} does not exist; make one with `zoo export MODEL --out {export_dir}`"
+        )
     path = export_dir / MANIFEST_NAME
     if not path.is_file():
-        raise ExportError(f"{export_dir} has no {MANIFEST_NAME}: it is not a finished export directory; export again with `zoo export`")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ExportError(f"{path} is not valid JSON ({error}); export again with `zoo export`") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ExportError(f"{path} is not a zoo export manifest (no \"format\": \"{FORMAT}\"); export again with `zoo export`")
+        raise ExportError(
+            f"{export_dir} has no {MANIFEST_NAME}: it is not a finished export directory; export again with `zoo export`"
+        )
+    data = path.read_bytes()  # read once: the bytes verified are the bytes parsed
+    if public_key is not None:
+        from zoo.runtime.signing import verify_signature
+
+        verify_signature(export_dir, data, public_key)
+    return parse_manifest(path, data)
+
+
+def parse_manifest(path: Path, data: bytes) -> dict[str, Any]:
+    from zoo.version import __version__
+
+    manifest = load_json(path, data)
+    if not is_export_manifest(manifest):
+        raise ExportError(
+            f'{path} is not a zoo export manifest (no "format": "{FORMAT}"); export again with `zoo export`'
+        )
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ExportError(
             f"{path} has format version {manifest.get('format_version')!r}, this zoo reads version {FORMAT_VERSION}; "
@@ -64,13 +80,79 @@ def read_manifest(export_dir: Path) -> dict[str, Any]:
     made_by = str(manifest.get("zoo_version", "unknown"))
     if major_minor(made_by) != major_minor(__version__):
         raise ExportError(
-            f"{export_dir} was exported by zoo {made_by}, this is zoo {__version__} (an export is read by the same "
+            f"{path.parent} was exported by zoo {made_by}, this is zoo {__version__} (an export is read by the same "
             f"major.minor version); export again with this zoo or install zoo {'.'.join(major_minor(made_by))}"
         )
-    for key in ("model", "components", "runtime", "options", "config"):
-        if key not in manifest:
-            raise ExportError(f"{path} lacks the {key!r} entry; export again with `zoo export`")
+    check_entries(path, manifest)
     return manifest
+
+
+def load_json(path: Path, data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ExportError(f"{path} is not valid JSON ({error}); export again with `zoo export`") from None
+
+
+def is_export_manifest(manifest: Any) -> bool:
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+
+
+def manifest_at(directory: Path) -> bool:
+    """Whether `directory` holds a manifest.json that parses as a zoo export manifest (of
+    any version): what the exporter may replace."""
+    path = Path(directory) / MANIFEST_NAME
+    try:
+        return is_export_manifest(json.loads(path.read_bytes()))
+    except (OSError, ValueError):  # missing, unreadable, not JSON
+        return False
+
+
+# The entries the runtime reads, with their JSON types. strict: a number where a string
+# belongs (or a list where a mapping belongs) is damage, not something to coerce.
+class _Entry(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(strict=True)
+
+
+class _FileEntry(_Entry):
+    file: str
+    sha256: str
+
+
+class _TensorEntry(_Entry):
+    name: str
+    dtype: str
+    shape: list[int | str | None]
+
+
+class _ComponentEntry(_FileEntry):
+    external_data: _FileEntry | None = None
+    inputs: list[_TensorEntry]
+    outputs: list[_TensorEntry]
+
+
+class _AssetsEntry(_Entry):
+    arrays: _FileEntry | None = None
+    files: dict[str, _FileEntry] = {}
+
+
+class _ManifestEntries(_Entry):
+    model: str
+    config: dict[str, Any]
+    components: dict[str, _ComponentEntry] = pydantic.Field(min_length=1)
+    assets: _AssetsEntry = _AssetsEntry()
+
+
+def check_entries(path: Path, manifest: dict[str, Any]) -> None:
+    """One line naming the first damaged entry, instead of a KeyError or TypeError later."""
+    try:
+        _ManifestEntries.model_validate(manifest)
+    except pydantic.ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(root)"
+        raise ExportError(
+            f"{path} is damaged: entry {where!r}: {first['msg']}; export again with `zoo export`"
+        ) from None
 
 
 def listed_files(manifest: dict[str, Any]) -> list[dict[str, str]]:
@@ -93,9 +175,13 @@ def verify_files(export_dir: Path, manifest: dict[str, Any]) -> None:
     for entry in listed_files(manifest):
         path = (root / entry["file"]).resolve()
         if root not in path.parents:
-            raise ExportError(f"{MANIFEST_NAME} in {export_dir} names {entry['file']!r}, outside the export directory; export again")
+            raise ExportError(
+                f"{MANIFEST_NAME} in {export_dir} names {entry['file']!r}, outside the export directory; export again"
+            )
         if not path.is_file():
-            raise ExportError(f"{export_dir}/{entry['file']} is missing (listed in {MANIFEST_NAME}); the export is incomplete: export again")
+            raise ExportError(
+                f"{export_dir}/{entry['file']} is missing (listed in {MANIFEST_NAME}); the export is incomplete: export again"
+            )
         if sha256_file(path) != entry["sha256"]:
             raise ExportError(
                 f"{export_dir}/{entry['file']} does not match its sha256 in {MANIFEST_NAME}: the file was changed or "
@@ -108,24 +194,13 @@ def load_assets(export_dir: Path, manifest: dict[str, Any]) -> tuple[dict[str, A
     assets = manifest.get("assets", {})
     arrays: dict[str, Any] = {}
     if assets.get("arrays"):
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
-        arrays = load_file(str(Path(export_dir) / assets["arrays"]["file"]))
+        path = Path(export_dir) / assets["arrays"]["file"]
+        try:
+            arrays = load_file(str(path))
+        except (SafetensorError, ValueError) as error:
+            raise ExportError(f"{path} is not a readable safetensors file ({error}); export again") from None
     files = {name: (Path(export_dir) / entry["file"]).read_bytes() for name, entry in assets.get("files", {}).items()}
     return arrays, files
-
-
-def import_object(spec: str, what: str) -> Any:
-    """`"package.module:Outer.Inner"` -> the object; a one-line error if it is not importable."""
-    module_name, _, qualname = spec.partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            target = getattr(target, part)
-    except ImportError as error:
-        raise ExportError(
-            f"the export's {what} {spec!r} cannot be imported ({error}); install the plugin that made this export"
-        ) from None
-    except AttributeError:
-        raise ExportError(f"the export's {what} {spec!r} does not exist in {module_name}; install the plugin version that made this export") from None
-    return target

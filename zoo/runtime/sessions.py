@@ -176,7 +176,9 @@ class OnnxComponents:
                 values = session.run(output_names, feeds)
         except Exception as error:  # onnxruntime's own exception types
             shapes = {key: value.shape for key, value in feeds.items()}
-            raise ExportError(f"component {name!r} failed in onnxruntime on inputs {shapes}: {_first_line(error)}") from None
+            raise ExportError(
+                f"component {name!r} failed in onnxruntime on inputs {shapes}: {_first_line(error)}"
+            ) from None
         return dict(zip(output_names, values, strict=True))
 
 
@@ -230,7 +232,7 @@ def check_inputs(component: str, specs: list[dict[str, Any]], inputs: dict[str, 
             raise ExportError(
                 f"input {name!r} of component {component!r} must have {len(shape)} dimensions {wanted_shape}, got shape {array.shape}"
             )
-        for axis, (dim, size) in enumerate(zip(shape, array.shape)):
+        for axis, (dim, size) in enumerate(zip(shape, array.shape, strict=True)):
             if isinstance(dim, int) and dim != size:
                 raise ExportError(
                     f"input {name!r} of component {component!r} must have shape {wanted_shape}, got {array.shape}: axis {axis} "

@@ -1,19 +1,27 @@
-"""Config and sample options (pydantic only: the runtime imports this without torch)."""
+"""Config, presets and sample options (pydantic only: the runtime imports this without torch)."""
+
+from typing import ClassVar
 
 from pydantic import Field
 
 import zoo
+from zoo.config import MAX_SAMPLES
 
 
-class Config(zoo.ZooConfig):
+class TinyAutoencoderConfig(zoo.ZooConfig):
+    renamed_fields: ClassVar[dict[str, str]] = {"codes": "codebook_size"}  # the old name is read until zoo 0.3
+
     image_size: int = Field(16, description="side of the square digit images", ge=8)
     width: int = Field(32, description="channels of the convolutions", ge=4)
-    codes: int = Field(32, description="codebook size", ge=2)
-    code_dim: int = Field(8, description="dimension of a code vector", ge=1)
+    codebook_size: int = Field(32, description="number of codes in the codebook", ge=2)
+    code_dim: int = Field(8, description="size of one code vector", ge=1)
     steps: int = Field(300, description="training steps", ge=1)
     batch_size: int = Field(32, description="images per step", ge=1)
     lr: float = Field(2e-3, description="learning rate", gt=0)
 
 
-class SampleOptions(zoo.SampleOptionsBase):
-    n: int = Field(16, description="number of images", ge=1)
+PRESETS: dict[str, dict] = {"digits16": {}, "fast": {"steps": 50, "width": 16}}
+
+
+class TinyAutoencoderSampleOptions(zoo.SampleOptionsBase):
+    n: int = Field(16, description="number of images", ge=1, le=MAX_SAMPLES)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.nn.blocks import Decoder, Encoder
-from zoo.nn.quantize import nearest_code_indices
+from zoo.nn.quantize import codes_from_features, count_code_usage, restart_dead_codes
 from zoo_var.config import TokenizerConfig
 from zoo_var.scales import area_matrix, scale_starts
 
@@ -79,8 +79,8 @@ class MultiScaleResidualQuantizer(nn.Module):
 
     def __init__(
         self,
-        vocab_size: int,
-        dim: int,
+        codebook_size: int,
+        code_dim: int,
         patch_nums: list[int],
         beta: float = 0.25,
         phi_ratio: float = 0.5,
@@ -89,22 +89,25 @@ class MultiScaleResidualQuantizer(nn.Module):
         usage_decay: float = 0.99,
     ) -> None:
         super().__init__()
-        self.vocab_size, self.dim, self.patch_nums = vocab_size, dim, list(patch_nums)
+        self.codebook_size, self.code_dim, self.patch_nums = codebook_size, code_dim, list(patch_nums)
         self.beta, self.dead_code_threshold, self.usage_decay = beta, dead_code_threshold, usage_decay
         side = self.patch_nums[-1]
-        self.codebook = nn.Parameter(torch.empty(vocab_size, dim).uniform_(-1 / vocab_size, 1 / vocab_size))
+        self.codebook = nn.Parameter(  # (codebook_size, code_dim)
+            torch.empty(codebook_size, code_dim).uniform_(-1 / codebook_size, 1 / codebook_size)
+        )
         self.phi_per_scale = phi_index_per_scale(len(self.patch_nums), phi_count)
-        make_phi = (lambda: Phi(dim, phi_ratio)) if abs(phi_ratio) > 1e-6 else nn.Identity
+        make_phi = (lambda: Phi(code_dim, phi_ratio)) if abs(phi_ratio) > 1e-6 else nn.Identity
         self.phis = nn.ModuleList(make_phi() for _ in range(max(self.phi_per_scale) + 1))
         # Fixed resampling matrices (derived, so not saved with the weights).
         for k, scale_side in enumerate(self.patch_nums):
             down = torch.tensor(area_matrix(side, scale_side), dtype=torch.float32)
             self.register_buffer(f"down_{k}", down, persistent=False)
             self.register_buffer(f"up_{k}", bicubic_matrix(scale_side, side).float(), persistent=False)
-        # Running hits per batch of every code (summed over scales): usage and dead codes.
+        # Running hits per global batch of every code (summed over scales and processes):
+        # usage and dead codes.
         # Starting at zero makes the first training step restart every code it did not
         # hit from the data, i.e. initialise the codebook from encoder outputs.
-        self.register_buffer("usage", torch.zeros(vocab_size))
+        self.register_buffer("usage", torch.zeros(codebook_size))
 
     @property
     def num_scales(self) -> int:
@@ -121,7 +124,7 @@ class MultiScaleResidualQuantizer(nn.Module):
     def scale_contribution(self, k: int, codes: torch.Tensor) -> torch.Tensor:
         """Code vectors of scale k (B, side_k^2, C) -> h_k (B, C, h, w): upsampled, then phi."""
         side = self.patch_nums[k]
-        code_map = codes.transpose(1, 2).reshape(codes.shape[0], self.dim, side, side)
+        code_map = codes.transpose(1, 2).reshape(codes.shape[0], self.code_dim, side, side)
         if k != self.num_scales - 1:
             code_map = resample(code_map, getattr(self, f"up_{k}"))
         return self.phis[self.phi_per_scale[k]](code_map)
@@ -134,8 +137,9 @@ class MultiScaleResidualQuantizer(nn.Module):
         batch = features.shape[0]
         residual = features.detach()
         for k in range(self.num_scales):
-            queries = self.downsample(k, residual).permute(0, 2, 3, 1).reshape(-1, self.dim)
-            indices = nearest_code_indices(queries, self.codebook.detach()).view(batch, -1)
+            scale_features = self.downsample(k, residual)  # (B, C, side_k, side_k)
+            queries = scale_features.permute(0, 2, 3, 1).reshape(-1, self.code_dim)
+            indices = codes_from_features(scale_features, self.codebook.detach()).view(batch, -1)
             contribution = self.scale_contribution(k, self.lookup(indices))
             residual = residual - contribution.detach()
             yield k, queries, indices, contribution
@@ -169,19 +173,20 @@ class MultiScaleResidualQuantizer(nn.Module):
         scales < k area-downsampled to side_k, as (B, L - side_0^2, C)."""
         batch = indices[0].shape[0]
         side = self.patch_nums[-1]
-        f_hat = self.codebook.new_zeros(batch, self.dim, side, side)
+        f_hat = self.codebook.new_zeros(batch, self.code_dim, side, side)
         inputs = []
         for k in range(self.num_scales - 1):
             f_hat = f_hat + self.scale_contribution(k, self.lookup(indices[k]))
             inputs.append(self.downsample(k + 1, f_hat).flatten(2).transpose(1, 2))
         return torch.cat(inputs, dim=1)
 
-    def add_scale(self, k: int, codes: torch.Tensor, f_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Sampling step: add scale k's code vectors (B, side_k^2, C) to f_hat; return it and
-        the next scale's transformer input (B, side_{k+1}^2, C) (None after the last scale)."""
+    def add_scale(self, k: int, codes: torch.Tensor, f_hat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Sampling step, exported as `embed_k`: add scale k's code vectors (B, side_k^2, C) to
+        f_hat (B, C, h, w); return (new f_hat, the next scale's transformer input
+        (B, side_{k+1}^2, C)), or (new f_hat,) after the last scale."""
         f_hat = f_hat + self.scale_contribution(k, codes)
         if k == self.num_scales - 1:
-            return f_hat, None
+            return (f_hat,)
         return f_hat, self.downsample(k + 1, f_hat).flatten(2).transpose(1, 2)
 
     def split_scales(self, tokens: torch.Tensor) -> list[torch.Tensor]:
@@ -195,23 +200,11 @@ class MultiScaleResidualQuantizer(nn.Module):
 
     @torch.no_grad()
     def _track_usage_and_restart(self, indices: torch.Tensor, queries: torch.Tensor) -> None:
-        hits = torch.bincount(indices, minlength=self.vocab_size).float()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(hits)
-            hits /= torch.distributed.get_world_size()
+        hits = count_code_usage(indices, self.codebook_size)  # global batch, every scale
         self.usage.mul_(self.usage_decay).add_(hits, alpha=1 - self.usage_decay)
-        if self.dead_code_threshold is None:
-            return
-        dead = self.usage < self.dead_code_threshold
-        num_dead = int(dead.sum())
-        if num_dead == 0:
-            return
-        # Restart dead codes on residual vectors the quantiser actually met this batch.
-        fresh = queries[torch.randint(0, queries.shape[0], (num_dead,), device=queries.device)].to(self.codebook.dtype)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.broadcast(fresh, src=0)
-        self.codebook.data[dead] = fresh
-        self.usage[dead] = max(1.0, indices.numel() / self.vocab_size)  # a grace period
+        if self.dead_code_threshold is not None:
+            # dead codes restart on residual vectors the quantiser actually met this batch
+            restart_dead_codes(self.codebook, self.usage, self.dead_code_threshold, queries, float(hits.sum()))
 
 
 @dataclass
@@ -233,23 +226,23 @@ class Tokenizer(nn.Module):
             attn_resolutions=tuple(config.attention_resolutions),
             in_channels=3,
             resolution=config.resolution,
-            z_channels=config.latent_channels,
+            z_channels=config.code_dim,
             dropout=config.dropout,
             mid_attention=config.mid_attention,
         )
         kernel = config.quant_conv_kernel
         self.encoder = Encoder(**blocks)
-        self.quant_conv = nn.Conv2d(config.latent_channels, config.latent_channels, kernel, padding=kernel // 2)
+        self.quant_conv = nn.Conv2d(config.code_dim, config.code_dim, kernel, padding=kernel // 2)
         self.quantizer = MultiScaleResidualQuantizer(
-            config.vocab_size,
-            config.latent_channels,
+            config.codebook_size,
+            config.code_dim,
             config.patch_nums,
             beta=config.beta,
             phi_ratio=config.phi_ratio,
             phi_count=config.phi_count,
             dead_code_threshold=config.dead_code_threshold,
         )
-        self.post_quant_conv = nn.Conv2d(config.latent_channels, config.latent_channels, kernel, padding=kernel // 2)
+        self.post_quant_conv = nn.Conv2d(config.code_dim, config.code_dim, kernel, padding=kernel // 2)
         self.decoder = Decoder(**blocks)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, C, h, w)
@@ -262,7 +255,11 @@ class Tokenizer(nn.Module):
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:  # (B, C, h, w) -> (B, 3, H, W)
         return self.decoder(self.post_quant_conv(f_hat))
 
+    def decode_image(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """f_hat (B, C, h, w) -> image (B, 3, H, W) clamped to [-1, 1]; exported as `decoder`."""
+        return self.decode(f_hat).clamp(-1.0, 1.0)
+
     @torch.no_grad()
     def encode_indices(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, L) int64, every scale's tokens concatenated."""
+        """(B, 3, H, W) -> (B, L) int64, every scale's tokens concatenated; exported as `encoder`."""
         return torch.cat(self.quantizer.indices_from_features(self.features(images)), dim=1)

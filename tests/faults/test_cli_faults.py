@@ -1,0 +1,233 @@
+"""The CLI under faults of the disk and of its arguments: one `error:` line and exit 1,
+never a traceback, and an argument that dooms the result refused before the work."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.exporter.conftest import tiny_runtime_installed  # noqa: F401  (autouse fixture)
+from tests.exporter.tiny_export_plugin import TinyPlugin
+from tests.exporter.tiny_export_runtime import TinyRuntime
+from zoo.checkpoint import CONFIG_FILE, WEIGHTS_FILE, atomic_write_json, run_record, save_weights
+from zoo.cli import main
+from zoo.registry import reset_registry
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exit:
+        code = exit.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, message: str) -> None:
+    assert code == 1 and "Traceback" not in err, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err, err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A run directory of the tiny TorchScript plugin (untrained: these tests need its files, not its skill)."""
+    plugin = TinyPlugin()
+    config = plugin.Config()
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    save_weights(plugin.build(config), run_dir / WEIGHTS_FILE)
+    atomic_write_json(
+        run_dir / CONFIG_FILE, run_record(plugin.name, plugin.version, None, config.model_dump(mode="json"))
+    )
+    return run_dir
+
+
+@pytest.fixture
+def tiny_cli(tmp_path, monkeypatch):
+    """The CLI sees the tiny plugin (through a registry file) and no other."""
+    registry = tmp_path / "registry.yaml"
+    registry.write_text("plugins:\n  - tests.exporter.tiny_export_plugin\n")
+    monkeypatch.setenv("ZOO_REGISTRY", str(registry))
+    monkeypatch.setenv("ZOO_LOAD_PLUGINS", "zoo_onnx")
+    reset_registry()
+    yield
+    reset_registry()
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_run, tmp_path_factory) -> Path:
+    from zoo import api
+
+    out_dir = tmp_path_factory.mktemp("exports") / "tiny"
+    registry = tmp_path_factory.mktemp("registry") / "registry.yaml"
+    registry.write_text("plugins:\n  - tests.exporter.tiny_export_plugin\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ZOO_REGISTRY", str(registry))
+        patch.setenv("ZOO_LOAD_PLUGINS", "zoo_onnx")
+        reset_registry()
+        api.load_run(tiny_run, device="cpu").export(out_dir)
+    reset_registry()
+    return out_dir
+
+
+def mount_tmpfs(directory: Path, options: str) -> None:
+    """A small or read-only file system of our own (root with CAP_SYS_ADMIN only)."""
+    directory.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(directory)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() or 'not root'})")
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    disk = tmp_path / "full"
+    mount_tmpfs(disk, "size=16k")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory nobody may write in: chmod 0555, or as root (who ignores modes) a
+    read-only tmpfs."""
+    directory = tmp_path / "read_only"
+    if os.geteuid() != 0:
+        directory.mkdir()
+        directory.chmod(0o555)
+        yield directory
+        directory.chmod(0o755)
+        return
+    mount_tmpfs(directory, "ro,size=16k")
+    yield directory
+    subprocess.run(["umount", str(directory)], check=True)
+
+
+# output paths checked before the work ---------------------------------------------------
+
+
+def test_sample_with_an_unsupported_extension_is_refused_before_loading(tiny_cli, tmp_path, capsys):
+    # --run names no run directory: the --out error first shows nothing was loaded
+    code, _, err = cli(capsys, "sample", "tiny", "--run", str(tmp_path / "no_run"), "--out", str(tmp_path / "x.txt"))
+    assert_one_line_error(code, err, f"--out {tmp_path / 'x.txt'} has '.txt'; give an image file name ending in .png")
+
+
+def test_run_with_an_unsupported_extension_is_refused_before_sampling(tiny_export, tmp_path, capsys, monkeypatch):
+    def no_sampling(self, options):
+        raise AssertionError("sampled before checking --out")
+
+    monkeypatch.setattr(TinyRuntime, "sample", no_sampling)
+    code, _, err = cli(capsys, "run", str(tiny_export), "--out", str(tmp_path / "grid"))
+    assert_one_line_error(code, err, "has no extension; give an image file name")
+
+
+def test_sample_to_a_directory_is_refused(tiny_cli, tiny_run, tmp_path, capsys):
+    code, _, err = cli(capsys, "sample", "tiny", "--run", str(tiny_run), "--out", str(tmp_path))
+    assert_one_line_error(
+        code, err, f"--out {tmp_path} is a directory; give a file name such as {tmp_path / 'sample.png'}"
+    )
+
+
+def test_export_to_an_existing_file_is_refused(tiny_cli, tiny_run, tmp_path, capsys):
+    (tmp_path / "export").write_text("a file")
+    code, _, err = cli(capsys, "export", "tiny", "--run", str(tiny_run), "--out", str(tmp_path / "export"))
+    assert_one_line_error(code, err, "is a file; choose a directory for --out")
+
+
+def test_export_with_an_unsupported_opset_is_one_line(tiny_cli, tiny_run, tmp_path, capsys):
+    code, _, err = cli(capsys, "export", "tiny", "--run", str(tiny_run), "--out", str(tmp_path / "e"), "--opset", "3")
+    assert_one_line_error(code, err, "--opset 3 is not supported: the exporters write opsets 18 to 20 (default 20)")
+    assert not (tmp_path / "e").exists()
+
+
+# the disk: full, read-only, a file where a folder should be ------------------------------
+
+
+def test_sample_to_a_full_disk_is_one_line(tiny_cli, tiny_run, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    out.symlink_to("/dev/full")  # every write: ENOSPC
+    code, _, err = cli(capsys, "sample", "tiny", "--run", str(tiny_run), "--out", str(out))
+    assert_one_line_error(code, err, f"cannot write {out}: No space left on device")
+
+
+def test_export_to_a_full_disk_is_one_line_and_leaves_nothing(tiny_cli, tiny_run, full_disk, capsys):
+    out = full_disk / "export"
+    code, _, err = cli(capsys, "export", "tiny", "--run", str(tiny_run), "--out", str(out))
+    assert_one_line_error(code, err, f"cannot write {out}: No space left on device")
+    assert list(full_disk.iterdir()) == []  # the partial export was removed
+
+
+@pytest.mark.parametrize("command", ["sample", "export"])
+def test_writing_to_a_read_only_place_is_one_line(tiny_cli, tiny_run, read_only_dir, capsys, command):
+    out = read_only_dir / ("grid.png" if command == "sample" else "export")
+    code, _, err = cli(capsys, command, "tiny", "--run", str(tiny_run), "--out", str(out))
+    reason = "Read-only file system" if os.geteuid() == 0 else "Permission denied"
+    assert_one_line_error(code, err, reason)
+    assert str(read_only_dir) in err
+
+
+def test_a_file_where_a_folder_should_be_is_one_line(tiny_cli, tiny_run, tmp_path, capsys):
+    (tmp_path / "notes").write_text("a file")
+    out = tmp_path / "notes" / "grid.png"
+    code, _, err = cli(capsys, "sample", "tiny", "--run", str(tiny_run), "--out", str(out))
+    assert_one_line_error(code, err, f"{tmp_path / 'notes'}: File exists")
+
+
+# signing through the CLI ----------------------------------------------------------------
+
+
+def test_keygen_sign_and_verify(tiny_cli, tiny_run, tmp_path, capsys):
+    code, out, _ = cli(capsys, "keygen", "--out", str(tmp_path / "key"))
+    assert code == 0 and "private key" in out
+    private, public = tmp_path / "key.pem", tmp_path / "key.pub.pem"
+    assert oct(private.stat().st_mode & 0o777) == "0o600" and public.is_file()
+    code, _, err = cli(capsys, "keygen", "--out", str(tmp_path / "key"))
+    assert_one_line_error(code, err, "exists; choose another --out (a key is never overwritten)")
+
+    export = tmp_path / "export"
+    code, out, err = cli(
+        capsys,
+        "export",
+        "tiny",
+        "--run",
+        str(tiny_run),
+        "--out",
+        str(export),
+        "--components",
+        "decode,step",
+        "--sign",
+        str(private),
+    )
+    assert code == 0, err
+    assert (export / "manifest.sig").is_file()
+    code, out, err = cli(capsys, "run", str(export), "--verify", str(public), "--out", str(tmp_path / "grid.png"))
+    assert code == 0 and (tmp_path / "grid.png").is_file(), err
+
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["config"]["num_codes"] = 8
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = cli(capsys, "run", str(export), "--verify", str(public))
+    assert_one_line_error(code, err, "manifest.sig does not match manifest.json")
+
+
+def test_a_bad_signing_key_is_refused_before_the_export(tiny_cli, tiny_run, tmp_path, capsys):
+    (tmp_path / "key.pem").write_text("not a key")
+    code, _, err = cli(
+        capsys,
+        "export",
+        "tiny",
+        "--run",
+        str(tiny_run),
+        "--out",
+        str(tmp_path / "e"),
+        "--sign",
+        str(tmp_path / "key.pem"),
+    )
+    assert_one_line_error(code, err, f"--sign {tmp_path / 'key.pem'}: not a PEM private key")
+    assert not (tmp_path / "e").exists()

@@ -1,0 +1,128 @@
+"""Reading published `.pth` / `.ckpt` files without running anything they contain.
+
+A pickle is a program: loading one with plain `pickle` can import any module and call any
+function. Published checkpoints are read in two ways only:
+
+1. `torch.load(weights_only=True)`: torch's own restricted unpickler, which builds
+   tensors and plain containers and refuses everything else (a plain state dict, as the
+   official VAR and rosinality files are);
+2. when that refuses the file because it names other classes (a Lightning `.ckpt` holds
+   callbacks and hyper-parameter objects next to `state_dict`), `InertUnpickler`: tensors
+   and plain containers are built as usual, and every other class the file names becomes
+   an inert stub that is never imported and never called. A stub keeps the names it was
+   given (for error messages) and nothing else.
+
+Either way the caller gets nested dicts/lists of tensors, and any non-weight object is a
+`Stub`. A file that is not a torch checkpoint at all is a one-line `CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import collections
+import pickle
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from zoo.errors import ZooError
+
+
+class CheckpointError(ZooError):
+    """A published checkpoint that cannot be read, or does not hold what the importer needs."""
+
+
+class Stub:
+    """What an unknown class in a checkpoint becomes: inert, whatever it is called with."""
+
+    module: str = ""
+    qualname: str = ""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass  # the object's state is dropped, never interpreted
+
+    def __repr__(self) -> str:
+        return f"<stub of {self.module}.{self.qualname}>"
+
+
+def _stub_class(module: str, qualname: str) -> type[Stub]:
+    return type(f"Stub[{qualname}]", (Stub,), {"module": module, "qualname": qualname})
+
+
+# What a tensor or a plain container needs, and nothing that can act on the world.
+_ALLOWED: dict[tuple[str, str], Any] = {
+    ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): torch._utils._rebuild_parameter_with_state,
+    ("torch", "Size"): torch.Size,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "slice"): slice,
+    ("builtins", "complex"): complex,
+}
+
+
+class InertUnpickler(pickle.Unpickler):
+    """Resolves only tensor rebuilders, dtypes and plain containers; every other global
+    becomes a stub class, without importing its module."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[module, name]
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        return _stub_class(module, name)
+
+
+def _inert_pickle_module() -> ModuleType:
+    """A stand-in for the `pickle` module whose Unpickler is InertUnpickler (torch.load
+    subclasses it to resolve storages, then defers every other name to it)."""
+    module = ModuleType("zoo_inert_pickle")
+    module.Unpickler = InertUnpickler  # type: ignore[attr-defined]
+    module.load = pickle.load  # type: ignore[attr-defined]
+    module.__name__ = "zoo_inert_pickle"
+    return module
+
+
+def load_checkpoint(path: str | Path) -> Any:
+    """The object a published checkpoint holds, with tensors on the CPU (see module doc)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights_only" not in str(error) and "Unsupported global" not in str(error):
+            raise CheckpointError(f"{path} is not a readable torch checkpoint ({_first_line(error)})") from None
+    except Exception as error:  # a truncated or foreign file fails in many ways; each is one line
+        raise CheckpointError(
+            f"{path} is not a readable torch checkpoint ({_first_line(error)}); is the download complete?"
+        ) from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_inert_pickle_module())
+    except Exception as error:  # whatever a malformed pickle raises, it is one line
+        raise CheckpointError(f"{path} is not a readable torch checkpoint ({_first_line(error)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:160]}" if text else type(error).__name__
+
+
+def tensors_in(obj: Any, what: str, path: Path) -> dict[str, torch.Tensor]:
+    """The `name -> tensor` mapping of a loaded checkpoint (the object itself, or its
+    `state_dict` / `model` entry as Lightning and others store it)."""
+    for candidate in (obj, _entry(obj, "state_dict"), _entry(obj, "model")):
+        if isinstance(candidate, dict) and candidate and all(isinstance(v, torch.Tensor) for v in candidate.values()):
+            return {str(k): v for k, v in candidate.items()}
+    raise CheckpointError(f"{path} holds no {what} state dict (a mapping of names to tensors); is it the right file?")
+
+
+def _entry(obj: Any, key: str) -> Any:
+    return obj.get(key) if isinstance(obj, dict) else None

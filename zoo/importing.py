@@ -1,0 +1,163 @@
+"""Published checkpoints -> ordinary run directories (`zoo import`, `zoo.import_checkpoint`).
+
+Converters are the plugins' business: a plugin offers `Importer`s through the
+`zoo_register_importers` hook, each turning the files of one published format into zoo's
+config values and state dict. The core does the rest, the same for every model:
+
+    files --Importer.convert--> (config values, tensors, stages they cover, notes)
+          --resolve/check-----> a config validated by the plugin, checked against a preset
+          --build + compare---> every tensor must fit the model built from that config
+          --write-------------> RUN/config.json (+ where the weights came from), model.safetensors
+
+Files are read through `zoo.checkpoint_files.load_checkpoint`, which runs nothing they
+contain. Nothing is written to the run directory unless every check passes; it is written
+beside it and renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zoo import checkpoint as ckpt
+from zoo.checkpoint_files import CheckpointError
+from zoo.config import ZooConfig, deep_merge, validate
+from zoo.errors import RunError, UnknownNameError
+from zoo.importer import Converted
+from zoo.plugin import ModelPlugin
+from zoo.registry import get_registry
+
+
+@dataclass
+class ImportedRun:
+    run_dir: Path
+    config: ZooConfig
+    preset: str | None  # the preset the inferred config matches, if any
+    notes: list[str]
+
+
+def import_checkpoint(
+    model: str,
+    files: Iterable[str | Path],
+    out: str | Path,
+    preset: str | None = None,
+    format: str | None = None,
+) -> ImportedRun:
+    """Convert published checkpoint `files` of `model` into the run directory `out`.
+
+    `preset`: the preset the files must match (an error names the first field that does
+    not); by default the config is inferred and the matching preset, if any, reported.
+    """
+    registry = get_registry()
+    plugin = registry.get(model)
+    importer = registry.importer(model, format)
+    paths = [Path(file) for file in files]
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RunError(f"--out {out} already exists; choose a new run directory")
+    for path in paths:
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {path} does not exist")
+    converted = importer.convert(paths)
+    config, matched = _config_for(plugin, registry.presets(model), converted.config, preset)
+    torch.manual_seed(config.seed)
+    net = plugin.build(config)
+    _load_converted(net, converted, plugin.stage_names(config), paths)
+    record = ckpt.run_record(plugin.name, plugin.version, matched, config.model_dump(mode="json"))
+    record["completed"] = [stage for stage in plugin.stage_names(config) if stage in converted.stages]
+    record["imported"] = {
+        "format": importer.format,
+        "converter_version": importer.version,
+        "files": [_describe_file(path) for path in paths],
+        "notes": converted.notes,
+    }
+    _write_run(out, record, net)
+    return ImportedRun(out, config, matched, converted.notes)
+
+
+def _config_for(
+    plugin: ModelPlugin, presets: Mapping[str, Mapping[str, Any]], inferred: dict[str, Any], preset: str | None
+) -> tuple[ZooConfig, str | None]:
+    """The config: the inferred values over the named preset (which must agree with them),
+    or over the first preset they all agree with, or over the defaults."""
+    if preset is not None:
+        if preset not in presets:
+            raise UnknownNameError(f"preset of {plugin.name}", preset, presets)
+        base = validate(plugin.Config, dict(presets[preset]))
+        conflict = _first_conflict(base.model_dump(mode="json"), inferred)
+        if conflict:
+            raise CheckpointError(f"the files do not match preset {preset!r}: {conflict}; import without --preset")
+        return validate(plugin.Config, deep_merge(dict(presets[preset]), inferred)), preset
+    for name, values in presets.items():
+        base = validate(plugin.Config, dict(values))
+        if not _first_conflict(base.model_dump(mode="json"), inferred):
+            return validate(plugin.Config, deep_merge(dict(values), inferred)), name
+    return validate(plugin.Config, inferred), None
+
+
+def _first_conflict(config: Mapping[str, Any], inferred: Mapping[str, Any], prefix: str = "") -> str | None:
+    for key, value in inferred.items():
+        have = config.get(key)
+        if isinstance(value, Mapping) and isinstance(have, Mapping):
+            found = _first_conflict(have, value, f"{prefix}{key}.")
+            if found:
+                return found
+        elif _normal(have) != _normal(value):
+            return f"{prefix}{key} is {value!r} in the files, {have!r} in the preset"
+    return None
+
+
+def _normal(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _load_converted(net: torch.nn.Module, converted: Converted, stages: list[str], paths: list[Path]) -> None:
+    """Every converted tensor must name a parameter or buffer of the model, with its shape."""
+    own = net.state_dict()
+    files = ", ".join(str(path) for path in paths)
+    for key, tensor in converted.tensors.items():
+        if key not in own:
+            raise CheckpointError(
+                f"{files}: converted key {key!r} is not in the {net.__class__.__name__}; "
+                "the files belong to another model or version"
+            )
+        if tuple(own[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{files}: {key} has shape {tuple(tensor.shape)} in the files, "
+                f"{tuple(own[key].shape)} in a model built from the inferred config"
+            )
+    unknown = [stage for stage in converted.stages if stage not in stages]
+    if unknown:
+        raise CheckpointError(f"the importer names stages {unknown} the model does not have")
+    net.load_state_dict({**own, **{k: v.to(own[k].dtype) for k, v in converted.tensors.items()}})
+
+
+def _describe_file(path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"name": path.name, "sha256": digest.hexdigest(), "bytes": path.stat().st_size}
+
+
+def _write_run(out: Path, record: dict[str, Any], net: torch.nn.Module) -> None:
+    """Write the run beside `out`, then rename it into place: all of it or nothing."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.importing-", dir=out.parent))
+    try:
+        ckpt.atomic_write_json(staging / ckpt.CONFIG_FILE, record)
+        ckpt.save_weights(net, staging / ckpt.WEIGHTS_FILE)
+        staging.chmod(ckpt.DIR_MODE)
+        if out.is_dir():
+            out.rmdir()  # empty, checked above
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
