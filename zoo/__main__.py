@@ -10,8 +10,11 @@ or the `zoo` command avoid that).
 import os
 import sys
 
-# "" is the working directory too (an empty PYTHONPATH entry, as in "PYTHONPATH=/x:").
-sys.path[:] = [entry for entry in sys.path if entry not in ("", os.getcwd())]
+# The implicit first entry goes; so does "", the working directory named by an empty
+# PYTHONPATH entry (as in "PYTHONPATH=/x:"). A directory named on purpose stays.
+if sys.path and sys.path[0] == os.getcwd():
+    del sys.path[0]
+sys.path[:] = [entry for entry in sys.path if entry != ""]
 
 from zoo.cli import main  # noqa: E402  (after the sys.path fix on purpose)
 

@@ -80,13 +80,17 @@ class InertUnpickler(pickle.Unpickler):
         return _stub_class(module, name)
 
 
+def _inert_load(file: Any, **kwargs: Any) -> Any:
+    return InertUnpickler(file, **kwargs).load()
+
+
 def _inert_pickle_module() -> ModuleType:
-    """A stand-in for the `pickle` module whose Unpickler is InertUnpickler (torch.load
-    subclasses it to resolve storages, then defers every other name to it)."""
+    """A stand-in for the `pickle` module in which every way to unpickle is InertUnpickler:
+    torch.load subclasses its Unpickler (to resolve storages, deferring every other name to
+    it) and, for files in the legacy format, calls its `load` directly."""
     module = ModuleType("zoo_inert_pickle")
     module.Unpickler = InertUnpickler  # type: ignore[attr-defined]
-    module.load = pickle.load  # type: ignore[attr-defined]
-    module.__name__ = "zoo_inert_pickle"
+    module.load = _inert_load  # type: ignore[attr-defined]
     return module
 
 

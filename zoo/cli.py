@@ -1,4 +1,4 @@
-"""`zoo list | plugins | info | train | sample | eval | export | run | keygen`.
+"""`zoo list | plugins | info | train | sample | eval | export | import | run | keygen`.
 
 A thin layer over `zoo.api`; torch is imported only by the commands that need it, so
 `zoo run` works where torch is not installed. Errors users cause, and errors of the disk
@@ -313,6 +313,37 @@ def cmd_run(args: argparse.Namespace) -> None:
     _emit(loaded.sample(options), out)
 
 
+def cmd_import(args: argparse.Namespace) -> None:
+    from zoo.importing import import_checkpoint
+
+    out = args.out or Path("runs") / args.model
+    imported = import_checkpoint(args.model, args.files, out, preset=args.preset, format=args.format)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "run_dir": str(imported.run_dir),
+                    "preset": imported.preset,
+                    "notes": imported.notes,
+                    "config": imported.config.model_dump(mode="json"),
+                },
+                indent=2,
+            )
+        )
+        return
+    matched = f"matches preset {imported.preset!r}" if imported.preset else "matches no preset"
+    print(f"config inferred from the files ({matched}):")
+    for line in _describe_fields(type(imported.config), imported.config.model_dump()):
+        print(f"  {line}")
+    for note in imported.notes:
+        print(f"note: {note}")
+    print(f"run directory: {imported.run_dir}")
+    print(
+        f"next: zoo sample {args.model} --run {imported.run_dir}  |  zoo export {args.model} --run "
+        f"{imported.run_dir} --out exports/{imported.run_dir.name}"
+    )
+
+
 def cmd_keygen(args: argparse.Namespace) -> None:
     from zoo.runtime.signing import generate_key_pair
 
@@ -475,6 +506,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(run, default=None)
     run.add_argument("rest", nargs=argparse.REMAINDER)
     run.set_defaults(handler=cmd_run)
+
+    importing = commands.add_parser(
+        "import",
+        help="published checkpoints -> a run directory",
+        description="Convert published checkpoint files of MODEL into a run directory (config inferred from the "
+        "tensors). Files are read without running code they contain.",
+        epilog="example: zoo import var vae_ch160v4096z32.pth var_d16.pth --out runs/var-d16",
+    )
+    importing.add_argument("model")
+    importing.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    importing.add_argument("--out", type=Path, help="run directory to create (default: runs/MODEL)")
+    importing.add_argument("--preset", help="the preset the files must match (default: inferred)")
+    importing.add_argument("--format", help="published format, if the model has importers for several")
+    importing.add_argument("--json", action="store_true", help="print the result as JSON")
+    importing.set_defaults(handler=cmd_import)
 
     keygen = commands.add_parser("keygen", help="make an Ed25519 key pair for signing exports")
     keygen.add_argument(

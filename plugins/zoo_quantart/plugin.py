@@ -6,11 +6,13 @@ from __future__ import annotations
 import torch
 
 import zoo
+from zoo.importer import Importer
 from zoo.plugin import Component, ExportAssets, ModelPlugin, Optimizer, Stage, StageContext
 from zoo_quantart import export
 from zoo_quantart.config import PRESETS, QuantArtConfig, QuantArtSampleOptions
 from zoo_quantart.data import check_data, code_pairs, domain_images, stack_images
 from zoo_quantart.evaluation import evaluate_pairs
+from zoo_quantart.importer import OfficialQuantArtImporter, TamingVQGANImporter
 from zoo_quantart.losses import transfer_losses, vqgan_losses
 from zoo_quantart.model import QuantArt
 
@@ -111,3 +113,8 @@ def transfer_stage(config: QuantArtConfig) -> Stage:
 @zoo.hookimpl
 def zoo_register_models() -> list[ModelPlugin]:
     return [QuantArtPlugin()]
+
+
+@zoo.hookimpl
+def zoo_register_importers() -> list[Importer]:
+    return [TamingVQGANImporter(), OfficialQuantArtImporter()]

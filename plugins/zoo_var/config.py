@@ -22,7 +22,9 @@ class TokenizerConfig(ConfigSection):
     resolution: int = Field(256, ge=1, description="image side in pixels")
     channels: int = Field(160, ge=1, description="base width of the encoder/decoder (taming's `ch`)")
     channel_multipliers: list[PositiveInt] = Field(
-        [1, 1, 2, 2, 4], min_length=1, description="width multiplier per resolution; the latent is resolution / 2^(len-1)"
+        [1, 1, 2, 2, 4],
+        min_length=1,
+        description="width multiplier per resolution; the latent is resolution / 2^(len-1)",
     )
     res_blocks: int = Field(2, ge=1, description="residual blocks per resolution")
     attention_resolutions: list[PositiveInt] = Field(
@@ -44,7 +46,9 @@ class TokenizerConfig(ConfigSection):
         description="phi convolutions: 0 one per scale (non-shared), 1 one for all scales (fully shared), "
         "K >= 2 partially shared (the paper's 4)",
     )
-    quant_conv_kernel: int = Field(3, ge=1, description="kernel of quant_conv and post_quant_conv (odd, so sides are kept)")
+    quant_conv_kernel: int = Field(
+        3, ge=1, description="kernel of quant_conv and post_quant_conv (odd, so sides are kept)"
+    )
     dead_code_threshold: float | None = Field(
         0.01, ge=0, description="a code whose running hits per batch fall below this is re-initialised; null disables"
     )
@@ -64,11 +68,15 @@ class TransformerConfig(ConfigSection):
     width: int | None = Field(None, ge=1, description="embedding width; default 64 * depth")
     heads: int | None = Field(None, ge=1, description="attention heads; default depth")
     mlp_ratio: float = Field(4.0, gt=0, description="FFN hidden width / width")
-    drop_path: float | None = Field(None, ge=0, lt=1, description="stochastic depth of the last block; default 0.1 * depth / 24")
+    drop_path: float | None = Field(
+        None, ge=0, lt=1, description="stochastic depth of the last block; default 0.1 * depth / 24"
+    )
     attention_l2_norm: bool = Field(True, description="L2-normalise queries and keys, with a learnable per-head scale")
     shared_adaln: bool = Field(False, description="one AdaLN projection shared by all blocks (SharedAdaLin)")
     num_classes: int = Field(1000, ge=1, description="class labels; one more 'unconditional' class is added for CFG")
-    condition_dropout: float = Field(0.1, ge=0, lt=1, description="probability of replacing the class by the unconditional one")
+    condition_dropout: float = Field(
+        0.1, ge=0, lt=1, description="probability of replacing the class by the unconditional one"
+    )
 
     @property
     def resolved_width(self) -> int:
@@ -105,7 +113,9 @@ class TokenizerTraining(ConfigSection):
 class TransformerTraining(ConfigSection):
     steps: int = Field(100000, ge=1, description="optimizer steps of the `transformer` stage")
     batch_size: int = Field(256, ge=1, description="token maps per step")
-    lr_per_256: float = Field(1e-4, gt=0, description="base learning rate; the peak lr is lr_per_256 * batch_size / 256")
+    lr_per_256: float = Field(
+        1e-4, gt=0, description="base learning rate; the peak lr is lr_per_256 * batch_size / 256"
+    )
     warmup_steps: int = Field(2000, ge=0, description="linear warm-up steps")
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (matrices only)")
     betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
@@ -218,7 +228,7 @@ def _is_zero(value: int | float | str) -> bool:
         return False
 
 
-class SampleOptions(SampleOptionsBase):
+class VARSampleOptions(SampleOptionsBase):
     classes: list[int] | None = Field(
         None,
         description="class labels to draw (--class, several allowed); default: classes 0..9 (or all, if fewer); "
@@ -226,7 +236,10 @@ class SampleOptions(SampleOptionsBase):
         json_schema_extra={"flags": ["--class"]},
     )
     n: int = Field(
-        8, ge=1, le=MAX_SAMPLES, description=f"images per class (the grid has one row per class); n x classes <= {MAX_SAMPLES}"
+        8,
+        ge=1,
+        le=MAX_SAMPLES,
+        description=f"images per class (the grid has one row per class); n x classes <= {MAX_SAMPLES}",
     )
     cfg: float = Field(4.0, ge=0, description="classifier-free guidance; ramps as cfg * k / (K - 1) over scales k")
     top_k: int = Field(
@@ -268,7 +281,7 @@ class SampleOptions(SampleOptionsBase):
         return value
 
     @model_validator(mode="after")
-    def _bounded_count(self) -> SampleOptions:
+    def _bounded_count(self) -> VARSampleOptions:
         rows = len(self.classes) if self.classes else DEFAULT_CLASSES
         if self.n * rows > MAX_SAMPLES:
             raise ValueError(f"n x classes = {self.n} x {rows} images; at most {MAX_SAMPLES} per call")

@@ -41,7 +41,9 @@ def labels_of(batch: dict[str, Any]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_split(model: VARModel, config: VARConfig, split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_split(
+    model: VARModel, config: VARConfig, split: str, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, L) int64 tokens and (N,) labels of a data split (label 0 for unlabelled data)."""
     loader = DataLoader(image_dataset(config, split), batch_size=ENCODE_BATCH, shuffle=False)
     was_training = model.tokenizer.training

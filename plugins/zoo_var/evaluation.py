@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from zoo.data import DigitsClassifier
 from zoo.nn.metrics import psnr
 from zoo.outputs import SampleOutput
-from zoo_var.config import SampleOptions, VARConfig
+from zoo_var.config import VARConfig, VARSampleOptions
 from zoo_var.data import image_dataset, labels_of
 from zoo_var.model import VARModel
 
@@ -23,14 +23,14 @@ BATCH = 128
 
 @torch.no_grad()
 def evaluate(
-    model: VARModel, config: VARConfig, device: torch.device, sample: Callable[[SampleOptions], SampleOutput]
+    model: VARModel, config: VARConfig, device: torch.device, sample: Callable[[VARSampleOptions], SampleOutput]
 ) -> dict[str, float]:
     """`sample` draws images with the plugin's sampling loop (used for the digits only)."""
     model.eval()
     tokens, labels, metrics = tokenizer_metrics(model, config, device)
     metrics.update(transformer_metrics(model, tokens, labels))
     if config.data == "digits":
-        metrics.update(sample_accuracy(sample(SampleOptions())))
+        metrics.update(sample_accuracy(sample(VARSampleOptions())))
     return metrics
 
 

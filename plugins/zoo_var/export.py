@@ -1,13 +1,13 @@
 """The graphs VAR is exported as, each a method of the network, and the runtime loop's codebook:
 
-    encoder            Tokenizer.encode_indices            image (B, 3, H, W) -> tokens (B, L) int64
-    embed_k            quantizer.add_scale(k, ...)         codes (B, side_k^2, code_dim), f_hat (B, code_dim, h, w)
-                                                           -> new_f_hat, next_input (B, side_{k+1}^2, code_dim)
-                                                           (one graph per scale; the last has no next_input)
-    transformer_step   VARTransformer.step                 labels, scale_inputs, positions, cache
-                                                           -> logits, new_cache (zoo.nn.attention's cache layout,
-                                                           (B, depth, 2, heads, past, head_dim))
-    decoder            Tokenizer.decode_image              f_hat (B, code_dim, h, w) -> image (B, 3, H, W) in [-1, 1]
+encoder            Tokenizer.encode_indices            image (B, 3, H, W) -> tokens (B, L) int64
+embed_k            quantizer.add_scale(k, ...)         codes (B, side_k^2, code_dim), f_hat (B, code_dim, h, w)
+                                                       -> new_f_hat, next_input (B, side_{k+1}^2, code_dim)
+                                                       (one graph per scale; the last has no next_input)
+transformer_step   VARTransformer.step                 labels, scale_inputs, positions, cache
+                                                       -> logits, new_cache (zoo.nn.attention's cache layout,
+                                                       (B, depth, 2, heads, past, head_dim))
+decoder            Tokenizer.decode_image              f_hat (B, code_dim, h, w) -> image (B, 3, H, W) in [-1, 1]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def export_components(model: VARModel, config: VARConfig) -> list[Component]:
     def embed_inputs(scale: int):
         def make(size: int) -> dict[str, torch.Tensor]:
             return {"codes": torch.randn(BATCH_OF_SIZE[size], patch_nums[scale] ** 2, code_dim), **f_hat(size)}
+
         return make
 
     def step_inputs(size: int) -> dict[str, torch.Tensor]:
@@ -55,23 +56,44 @@ def export_components(model: VARModel, config: VARConfig) -> list[Component]:
 
     def embed(scale: int) -> Component:
         outputs = ["new_f_hat"] if scale == len(patch_nums) - 1 else ["new_f_hat", "next_input"]
-        return method_component(f"embed_{scale}", model.quantizer, "add_scale", embed_inputs(scale), outputs,
-                                {name: BATCH_AXIS for name in ["codes", "f_hat", *outputs]}, scale)
+        return method_component(
+            f"embed_{scale}",
+            model.quantizer,
+            "add_scale",
+            embed_inputs(scale),
+            outputs,
+            {name: BATCH_AXIS for name in ["codes", "f_hat", *outputs]},
+            scale,
+        )
 
     return [
-        method_component("encoder", model.tokenizer, "encode_indices", images, ["tokens"],
-                         {"image": BATCH_AXIS, "tokens": BATCH_AXIS}),
-        method_component("decoder", model.tokenizer, "decode_image", f_hat, ["image"],
-                         {"f_hat": BATCH_AXIS, "image": BATCH_AXIS}),
+        method_component(
+            "encoder",
+            model.tokenizer,
+            "encode_indices",
+            images,
+            ["tokens"],
+            {"image": BATCH_AXIS, "tokens": BATCH_AXIS},
+        ),
+        method_component(
+            "decoder", model.tokenizer, "decode_image", f_hat, ["image"], {"f_hat": BATCH_AXIS, "image": BATCH_AXIS}
+        ),
         *(embed(scale) for scale in range(len(patch_nums))),
-        method_component("transformer_step", model.transformer, "step", step_inputs, ["logits", "new_cache"], {
-            "labels": BATCH_AXIS,
-            "scale_inputs": {0: "batch", 1: "tokens"},
-            "positions": {0: "tokens"},
-            "cache": {0: "batch", 4: "past"},
-            "logits": {0: "batch", 1: "tokens"},
-            "new_cache": {0: "batch", 4: "total"},
-        }),
+        method_component(
+            "transformer_step",
+            model.transformer,
+            "step",
+            step_inputs,
+            ["logits", "new_cache"],
+            {
+                "labels": BATCH_AXIS,
+                "scale_inputs": {0: "batch", 1: "tokens"},
+                "positions": {0: "tokens"},
+                "cache": {0: "batch", 4: "past"},
+                "logits": {0: "batch", 1: "tokens"},
+                "new_cache": {0: "batch", 4: "total"},
+            },
+        ),
     ]
 
 

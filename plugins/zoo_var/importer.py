@@ -122,7 +122,9 @@ class OfficialVARImporter(Importer):
     )
 
     def convert(self, files: list[Path]) -> Converted:
-        return self.convert_state_dicts({Path(path): tensors_in(load_checkpoint(path), "VAR", Path(path)) for path in files})
+        return self.convert_state_dicts(
+            {Path(path): tensors_in(load_checkpoint(path), "VAR", Path(path)) for path in files}
+        )
 
     def convert_state_dicts(self, state_dicts: dict[Path, dict[str, torch.Tensor]]) -> Converted:
         """`convert` on state dicts already read (`path` names them in errors); tensors may be
@@ -141,10 +143,11 @@ class OfficialVARImporter(Importer):
             patch_nums = self._patch_nums_of_vqvae(vqvae, notes)
         config["tokenizer"] = self._tokenizer_config(vqvae, patch_nums, notes)
         self._check_against_model(config, conversion, vqvae, transformer)
-        notes.append(
-            "dropped buffers zoo rebuilds from the config: "
-            + ("lvl_1L, attn_bias_for_masking, blocks.*.attn.zero_k_bias" if transformer is not None else "none")
-        )
+        if transformer is not None:
+            notes.append(
+                "dropped the buffers zoo rebuilds from the config: lvl_1L, attn_bias_for_masking, "
+                "blocks.*.attn.zero_k_bias (checked to be zero)"
+            )
         notes.append(
             "quantize.ema_vocab_hit_SV (per-scale running code hits) has no exact counterpart: "
             "tokenizer.quantizer.usage (one running count over all scales) is its sum over scales"
@@ -164,12 +167,16 @@ class OfficialVARImporter(Importer):
                 vqvaes.append(file)
             else:
                 first = next(iter(file.tensors))
-                raise file.fail(first, "is neither an official VAR VQVAE key nor a VAR transformer key; "
-                                f"pass {VAE_FILE} and a var_d*.pth")
+                raise file.fail(
+                    first,
+                    f"is neither an official VAR VQVAE key nor a VAR transformer key; pass {VAE_FILE} and a var_d*.pth",
+                )
         if len(vqvaes) > 1 or len(transformers) > 1:
             many = vqvaes if len(vqvaes) > 1 else transformers
-            raise CheckpointError(f"{many[1].path}: a second {'VQVAE' if many is vqvaes else 'transformer'} file; "
-                                  "pass one VQVAE and at most one transformer")
+            raise CheckpointError(
+                f"{many[1].path}: a second {'VQVAE' if many is vqvaes else 'transformer'} file; "
+                "pass one VQVAE and at most one transformer"
+            )
         if not vqvaes:
             names = ", ".join(str(file.path) for file in transformers) or "no files"
             raise CheckpointError(f"missing VAE file: {names} holds a VAR transformer; pass {VAE_FILE} too")
@@ -189,8 +196,11 @@ class OfficialVARImporter(Importer):
             key = f"encoder.down.{level}.block.0.conv1.weight"
             width = vqvae.get(key).shape[0]
             if width % channels:
-                raise vqvae.fail(key, f"has shape {tuple(vqvae.tensors[key].shape)}, not a multiple of "
-                                 f"encoder.conv_in's {channels} channels")
+                raise vqvae.fail(
+                    key,
+                    f"has shape {tuple(vqvae.tensors[key].shape)}, not a multiple of "
+                    f"encoder.conv_in's {channels} channels",
+                )
             multipliers.append(width // channels)
         latent = patch_nums[-1]
         attention = f"encoder.down.{levels - 1}.attn.0.qkv.weight" in vqvae.tensors
@@ -201,9 +211,11 @@ class OfficialVARImporter(Importer):
         else:
             # non-shared with one phi per scale is zoo's phi_count 0; otherwise the official
             # choice of phi per scale depends on the count alone, as zoo's phi_count K
-            phi = {"phi_count": phis}
-            notes.append(f"phi ratio (quant_resi) is not stored in the files: the official 0.5 is assumed; "
-                         f"{layout} phi layout with {phis} convolution(s)")
+            phi = {"phi_count": 0 if layout == "non-shared" and phis == len(patch_nums) else phis}
+            notes.append(
+                f"phi ratio (quant_resi) is not stored in the files: the official 0.5 is assumed; "
+                f"{layout} phi layout with {phis} convolution(s)"
+            )
         return {
             "resolution": latent * 2 ** (levels - 1),
             "channels": channels,
@@ -248,16 +260,22 @@ class OfficialVARImporter(Importer):
         scales = transformer.get("lvl_embed.weight").shape[0]
         levels = transformer.tensors.get("lvl_1L")  # (1, L) int64: the scale of every position
         if levels is not None and _readable(levels):
-            counts = torch.bincount(levels.flatten().long(), minlength=scales).tolist()
+            levels = levels.flatten().long()
+            if levels.numel() == 0 or levels.min() < 0:
+                raise transformer.fail("lvl_1L", "holds no scale indices")
+            counts = torch.bincount(levels, minlength=scales).tolist()
             sides = [math.isqrt(count) for count in counts]
-            if any(side * side != count for side, count in zip(sides, counts)) or len(counts) != scales:
+            if len(counts) != scales or any(side * side != count for side, count in zip(sides, counts, strict=True)):
                 raise transformer.fail("lvl_1L", f"gives {counts} positions per scale, not squares of {scales} sides")
             return sides
         for patch_nums in PAPER_PATCH_NUMS.values():
             if len(patch_nums) == scales and sum(n * n for n in patch_nums) == positions.shape[1]:
                 return list(patch_nums)
-        raise transformer.fail("pos_1LC", f"has shape {tuple(positions.shape)}: no lvl_1L and {scales} scales "
-                               "of no known patch_nums list give that length")
+        raise transformer.fail(
+            "pos_1LC",
+            f"has shape {tuple(positions.shape)}: no lvl_1L and {scales} scales "
+            "of no known patch_nums list give that length",
+        )
 
     @staticmethod
     def _patch_nums_of_vqvae(vqvae: _File, notes: list[str]) -> list[int]:
@@ -271,8 +289,10 @@ class OfficialVARImporter(Importer):
             scales = phis if layout == "non-shared" and phis >= 2 else 10
         paper = PAPER_PATCH_NUMS[256]
         patch_nums = list(paper) if scales == len(paper) else list(range(1, scales + 1))
-        notes.append(f"a VQVAE alone does not record its patch_nums: {scales} scales taken as {patch_nums}; "
-                     "import it with its transformer file, or set tokenizer.patch_nums, if that is wrong")
+        notes.append(
+            f"a VQVAE alone does not record its patch_nums: {scales} scales taken as {patch_nums}; "
+            "import it with its transformer file, or set tokenizer.patch_nums, if that is wrong"
+        )
         return patch_nums
 
     # --- keys ----------------------------------------------------------------------------
@@ -280,11 +300,10 @@ class OfficialVARImporter(Importer):
     @staticmethod
     def _map(file: _File, rules: list[tuple[str, str | None]], prefix: str, out: _Conversion) -> None:
         for official, tensor in file.tensors.items():
-            for pattern, target in rules:
-                if re.fullmatch(pattern, official):
-                    break
-            else:
+            rule = next(((pattern, target) for pattern, target in rules if re.fullmatch(pattern, official)), None)
+            if rule is None:
                 raise file.fail(official, "maps to nothing in zoo's VAR; the file belongs to another model or version")
+            pattern, target = rule
             if target is None:
                 if official.endswith("zero_k_bias") and _readable(tensor) and bool(tensor.any()):
                     raise file.fail(official, "is not zero: zoo's attention has no key bias")
@@ -295,7 +314,7 @@ class OfficialVARImporter(Importer):
             elif official == "quantize.ema_vocab_hit_SV":
                 tensor = tensor.float().sum(0)  # (S, V) -> (V,)
             elif key.endswith((".qkv.weight", ".qkv.bias")) and prefix == "tokenizer.":
-                for name, part in zip("qkv", tensor.chunk(3, dim=0)):  # (3C, ...) -> 3 x (C, ...)
+                for name, part in zip("qkv", tensor.chunk(3, dim=0), strict=True):  # (3C, ...) -> 3 x (C, ...)
                     out.add(file, official, key.replace(".qkv.", f".{name}."), part)
                 continue
             out.add(file, official, key, tensor)
@@ -315,11 +334,16 @@ class OfficialVARImporter(Importer):
         for key, tensor in out.tensors.items():
             file, official = out.sources[key]
             if key not in expected:
-                raise file.fail(official, "fits no layer of zoo's VAR built from the inferred config; "
-                                "the file belongs to another model or version")
+                raise file.fail(
+                    official,
+                    "fits no layer of zoo's VAR built from the inferred config; "
+                    "the file belongs to another model or version",
+                )
             if tuple(tensor.shape) != expected[key]:
-                raise file.fail(official, f"has shape {tuple(tensor.shape)}, but the config read off the files "
-                                f"needs {expected[key]} ({key})")
+                raise file.fail(
+                    official,
+                    f"has shape {tuple(tensor.shape)}, but the config read off the files needs {expected[key]} ({key})",
+                )
         for key in expected:
             if key not in out.tensors and (transformer is not None or key.startswith("tokenizer.")):
                 file = vqvae if key.startswith("tokenizer.") or transformer is None else transformer

@@ -27,8 +27,11 @@ class TokenizerLoss:
         self.perceptual_without_weights = training.perceptual_weight > 0 and training.perceptual_weights is None
         self.vqgan = VQGANLoss(
             pixel_loss=training.reconstruction_loss,
-            perceptual=(LazyPerceptual(training.perceptual_backbone, training.perceptual_weights)
-                        if training.perceptual_weight > 0 else None),
+            perceptual=(
+                LazyPerceptual(training.perceptual_backbone, training.perceptual_weights)
+                if training.perceptual_weight > 0
+                else None
+            ),
             perceptual_weight=training.perceptual_weight,
             codebook_weight=training.vq_weight,
             disc_start=training.gan_start,
@@ -44,18 +47,31 @@ class TokenizerLoss:
             )
         images = batch["image"]
         out = model.tokenizer(images)
-        terms = self.vqgan.generator(images, out.reconstruction, out.vq_loss, model.discriminator,
-                                     model.tokenizer.decoder.conv_out.weight, context.step, context.cache)
+        terms = self.vqgan.generator(
+            images,
+            out.reconstruction,
+            out.vq_loss,
+            model.discriminator,
+            model.tokenizer.decoder.conv_out.weight,
+            context.step,
+            context.cache,
+        )
         values = {"perceptual": terms.perceptual, "adversarial": terms.adversarial}
         usage = torch.tensor(model.quantizer.usage_fraction(), device=images.device)
-        return {"loss": terms.loss, "reconstruction": terms.pixel, "vq": out.vq_loss,
-                "psnr": psnr(out.reconstruction, images).mean(), "codebook_usage": usage,
-                **{name: value for name, value in values.items() if value is not None}}
+        return {
+            "loss": terms.loss,
+            "reconstruction": terms.pixel,
+            "vq": out.vq_loss,
+            "psnr": psnr(out.reconstruction, images).mean(),
+            "codebook_usage": usage,
+            **{name: value for name, value in values.items() if value is not None},
+        }
 
     def discriminator(self, model: VARModel, batch: dict[str, Any], context: StepContext) -> dict[str, torch.Tensor]:
         images = batch["image"]
-        return self.vqgan.discriminator(images, model.discriminator, context.step, context.cache,
-                                        lambda: model.tokenizer(images).reconstruction)
+        return self.vqgan.discriminator(
+            images, model.discriminator, context.step, context.cache, lambda: model.tokenizer(images).reconstruction
+        )
 
 
 class TransformerLoss:

@@ -25,7 +25,9 @@ class VARModel(nn.Module):
         # Only trained (and saved) when the tokenizer stage uses an adversarial loss; fewer
         # stride-2 layers for small images, so every patch logit still sees a whole region.
         layers = max(1, min(3, tokenizer.resolution.bit_length() - 5))
-        self.discriminator = NLayerDiscriminator(3, num_layers=layers) if config.tokenizer_training.gan_weight > 0 else None
+        self.discriminator = (
+            NLayerDiscriminator(3, num_layers=layers) if config.tokenizer_training.gan_weight > 0 else None
+        )
 
     @property
     def quantizer(self) -> MultiScaleResidualQuantizer:

@@ -7,7 +7,7 @@ import torch
 import zoo
 from zoo.plugin import Component, ExportAssets, ModelPlugin, Optimizer, Stage, Validation
 from zoo_var import evaluation, export
-from zoo_var.config import PRESETS, SampleOptions, VARConfig
+from zoo_var.config import PRESETS, VARConfig, VARSampleOptions
 from zoo_var.data import cached_token_dataset, image_dataset
 from zoo_var.importer import OfficialVARImporter
 from zoo_var.losses import TokenizerLoss, TransformerLoss
@@ -22,7 +22,7 @@ class VARPlugin(ModelPlugin):
     description = "VAR: class-conditional image generation by next-scale prediction (multi-scale VQVAE + transformer)"
     version = "0.1.0"
     Config = VARConfig
-    SampleOptions = SampleOptions
+    SampleOptions = VARSampleOptions
     presets = PRESETS
     default_preset = "digits"
     runtime = "zoo_var.runtime:VARRuntime"
@@ -38,29 +38,59 @@ class VARPlugin(ModelPlugin):
         training = config.tokenizer_training
         loss, gan = TokenizerLoss(config), training.gan_weight > 0
         optimizers = [
-            Optimizer("tokenizer", lambda model: [model.tokenizer], loss, training.lr, algorithm="adam",
-                      betas=(0.5, 0.9) if gan else (0.9, 0.99), warmup_steps=training.warmup_steps, min_lr_ratio=0.1),
+            Optimizer(
+                "tokenizer",
+                lambda model: [model.tokenizer],
+                loss,
+                training.lr,
+                algorithm="adam",
+                betas=(0.5, 0.9) if gan else (0.9, 0.99),
+                warmup_steps=training.warmup_steps,
+                min_lr_ratio=0.1,
+            ),
         ]
         if gan:
             optimizers.append(
-                Optimizer("discriminator", lambda model: [model.discriminator], loss.discriminator, training.gan_lr,
-                          algorithm="adam", betas=(0.5, 0.9), schedule="constant", start_step=training.gan_start)
+                Optimizer(
+                    "discriminator",
+                    lambda model: [model.discriminator],
+                    loss.discriminator,
+                    training.gan_lr,
+                    algorithm="adam",
+                    betas=(0.5, 0.9),
+                    schedule="constant",
+                    start_step=training.gan_start,
+                )
             )
-        return Stage("tokenizer", optimizers, training.steps, training.batch_size,
-                     dataset=lambda context: image_dataset(context.config, "train"))
+        return Stage(
+            "tokenizer",
+            optimizers,
+            training.steps,
+            training.batch_size,
+            dataset=lambda context: image_dataset(context.config, "train"),
+        )
 
     @staticmethod
     def _transformer_stage(config: VARConfig) -> Stage:
         training = config.transformer_training
         optimizer = Optimizer(
-            "transformer", lambda model: [model.transformer], TransformerLoss(training.label_smoothing),
+            "transformer",
+            lambda model: [model.transformer],
+            TransformerLoss(training.label_smoothing),
             lr=training.lr_per_256 * training.batch_size / 256,  # the paper's rule: lr = base lr * batch / 256
-            algorithm="adamw", betas=tuple(training.betas), weight_decay=training.weight_decay,
-            no_weight_decay=NO_WEIGHT_DECAY, warmup_steps=training.warmup_steps, min_lr_ratio=0.01,
+            algorithm="adamw",
+            betas=tuple(training.betas),
+            weight_decay=training.weight_decay,
+            no_weight_decay=NO_WEIGHT_DECAY,
+            warmup_steps=training.warmup_steps,
+            min_lr_ratio=0.01,
             clip_grad_norm=training.clip_grad_norm,
         )
         return Stage(
-            "transformer", [optimizer], training.steps, training.batch_size,
+            "transformer",
+            [optimizer],
+            training.steps,
+            training.batch_size,
             dataset=lambda context: cached_token_dataset(context, "train"),
             validation=Validation(lambda context: cached_token_dataset(context, "test"), every=training.validate_every),
             sample_options={"n": 4},

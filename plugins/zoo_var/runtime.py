@@ -22,7 +22,7 @@ from zoo.outputs import SampleOutput, to_uint8
 from zoo.runtime.images import open_image, read_square, square_resize, to_model_input
 from zoo.runtime.loop import ModelRuntime
 from zoo.runtime.sampling import draw, filter_logits, softmax
-from zoo_var.config import DEFAULT_CLASSES, SampleOptions, TokenizerConfig, TransformerConfig
+from zoo_var.config import DEFAULT_CLASSES, TokenizerConfig, TransformerConfig, VARSampleOptions
 from zoo_var.scales import area_matrix, scale_starts
 
 
@@ -85,9 +85,9 @@ def read_mask(path: Path | None, side: int) -> np.ndarray:
 
 
 class VARRuntime(ModelRuntime):
-    options_class = SampleOptions
+    options_class = VARSampleOptions
 
-    def sample(self, options: SampleOptions) -> SampleOutput:
+    def sample(self, options: VARSampleOptions) -> SampleOutput:
         geometry = Geometry.from_config(self.config)
         labels = self._labels(options, geometry)
         edit = self._edit_targets(options, geometry) if options.edit is not None else None
@@ -96,7 +96,7 @@ class VARRuntime(ModelRuntime):
         images = self.components("decoder", f_hat=f_hat)["image"]
         return SampleOutput(images=to_uint8(images), columns=options.n, extras={"tokens": tokens, "labels": labels})
 
-    def _labels(self, options: SampleOptions, geometry: Geometry) -> np.ndarray:
+    def _labels(self, options: VARSampleOptions, geometry: Geometry) -> np.ndarray:
         """Each class repeated n times; class -1 (or the null class) is unconditional."""
         if options.classes:
             classes = list(options.classes)
@@ -113,7 +113,7 @@ class VARRuntime(ModelRuntime):
         classes = [geometry.num_classes if label == -1 else label for label in classes]
         return np.repeat(np.asarray(classes, np.int64), options.n)
 
-    def _edit_targets(self, options: SampleOptions, geometry: Geometry) -> EditTargets:
+    def _edit_targets(self, options: VARSampleOptions, geometry: Geometry) -> EditTargets:
         image = read_image(options.edit, geometry.resolution)
         tokens = self.components("encoder", image=image)["tokens"][0]  # (L,)
         side = geometry.patch_nums[-1]
@@ -132,7 +132,7 @@ class VARRuntime(ModelRuntime):
     def _generate(
         self,
         labels: np.ndarray,
-        options: SampleOptions,
+        options: VARSampleOptions,
         geometry: Geometry,
         rng: np.random.Generator,
         edit: EditTargets | None,
@@ -156,15 +156,21 @@ class VARRuntime(ModelRuntime):
             doubled_input = np.concatenate([scale_input, scale_input])
             if options.kv_cache:
                 out = self.components(
-                    "transformer_step", labels=both_labels, scale_inputs=doubled_input,
-                    positions=np.arange(start, end, dtype=np.int64), cache=cache,
+                    "transformer_step",
+                    labels=both_labels,
+                    scale_inputs=doubled_input,
+                    positions=np.arange(start, end, dtype=np.int64),
+                    cache=cache,
                 )
                 cache, logits = out["new_cache"], out["logits"]
             else:
                 all_inputs.append(doubled_input)
                 out = self.components(
-                    "transformer_step", labels=both_labels, scale_inputs=np.concatenate(all_inputs, axis=1),
-                    positions=np.arange(0, end, dtype=np.int64), cache=empty_cache,
+                    "transformer_step",
+                    labels=both_labels,
+                    scale_inputs=np.concatenate(all_inputs, axis=1),
+                    positions=np.arange(0, end, dtype=np.int64),
+                    cache=empty_cache,
                 )
                 logits = out["logits"][:, start:end]
             ratio = k / (num_scales - 1)

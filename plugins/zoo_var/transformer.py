@@ -94,8 +94,12 @@ class VARTransformer(nn.Module):
         drop_paths = [config.resolved_drop_path * i / max(1, depth - 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             AdaLNSelfAttentionBlock(
-                width, config.resolved_heads, config.mlp_ratio, drop_paths[i],
-                config.attention_l2_norm, config.shared_adaln,
+                width,
+                config.resolved_heads,
+                config.mlp_ratio,
+                drop_paths[i],
+                config.attention_l2_norm,
+                config.shared_adaln,
             )
             for i in range(depth)
         )

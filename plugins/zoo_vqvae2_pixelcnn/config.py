@@ -25,6 +25,11 @@ class VQVAEConfig(ConfigSection):
     bottom_codebook_size: int = Field(512, ge=2, description="codes in the bottom level's codebook")
     bottom_downsample: int = Field(4, description="image side / bottom code map side (a power of two)")
     top_downsample: int = Field(2, description="bottom code map side / top code map side (a power of two)")
+    residual_relu_skip: bool = Field(
+        False,
+        description="residual blocks add relu(x), not x, to their output, as rosinality's code before ef5f67c "
+        "(an in-place ReLU), with which the published vqvae_560.pt was trained",
+    )
     beta: float = Field(0.25, ge=0, description="commitment weight")
     ema_decay: float | None = Field(
         0.99, gt=0, lt=1, description="codebooks follow EMA cluster means with this decay; null: learnt by the loss"

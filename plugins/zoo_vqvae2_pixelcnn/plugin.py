@@ -14,6 +14,7 @@ import zoo
 from zoo.plugin import Component, LossFn, ModelPlugin, Optimizer, Stage, Validation
 from zoo_vqvae2_pixelcnn import data, evaluation, export
 from zoo_vqvae2_pixelcnn.config import PRESETS, VQVAE2Config, VQVAE2SampleOptions
+from zoo_vqvae2_pixelcnn.importer import RosinalityVQVAEImporter
 from zoo_vqvae2_pixelcnn.losses import prior_bottom_loss, prior_top_loss, vqvae_loss
 from zoo_vqvae2_pixelcnn.model import VQVAE2PixelCNN
 
@@ -70,3 +71,8 @@ def part_stage(config: VQVAE2Config, part: str, loss: LossFn, dataset: Any, **op
 @zoo.hookimpl
 def zoo_register_models() -> list[ModelPlugin]:
     return [VQVAE2PixelCNNPlugin()]
+
+
+@zoo.hookimpl
+def zoo_register_importers() -> list[RosinalityVQVAEImporter]:
+    return [RosinalityVQVAEImporter()]

@@ -21,10 +21,16 @@ from zoo_vqvae2_pixelcnn.config import VQVAEConfig
 
 
 class ResidualBlock(nn.Module):
-    """x + conv1x1(relu(conv3x3(relu(x))))"""
+    """skip(x) + conv1x1(relu(conv3x3(relu(x)))), skip(x) = x.
 
-    def __init__(self, channels: int, hidden: int) -> None:
+    relu_skip: skip(x) = relu(x). rosinality's code before ef5f67c ("Fixed inplace ReLU")
+    opened the block with an in-place ReLU, which also rectified the tensor the skip adds;
+    the published vqvae_560.pt was trained so and gives other codes without it.
+    """
+
+    def __init__(self, channels: int, hidden: int, relu_skip: bool = False) -> None:
         super().__init__()
+        self.skip = nn.ReLU() if relu_skip else nn.Identity()  # no parameters: same state dict either way
         self.conv = nn.Sequential(
             nn.ReLU(),
             nn.Conv2d(channels, hidden, 3, padding=1),
@@ -33,13 +39,21 @@ class ResidualBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv(x)
+        return self.skip(x) + self.conv(x)
 
 
 class Encoder(nn.Module):
     """Stride-2 4x4 convolutions down by `downsample`, a 3x3 conv, residual blocks."""
 
-    def __init__(self, in_channels: int, channels: int, res_blocks: int, res_channels: int, downsample: int) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        res_blocks: int,
+        res_channels: int,
+        downsample: int,
+        relu_skip: bool = False,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = in_channels
@@ -48,7 +62,7 @@ class Encoder(nn.Module):
             layers += [nn.Conv2d(width, out, 4, stride=2, padding=1), nn.ReLU()]
             width = out
         layers.append(nn.Conv2d(width, channels, 3, padding=1))
-        layers += [ResidualBlock(channels, res_channels) for _ in range(res_blocks)]
+        layers += [ResidualBlock(channels, res_channels, relu_skip) for _ in range(res_blocks)]
         layers.append(nn.ReLU())
         self.layers = nn.Sequential(*layers)
 
@@ -60,11 +74,18 @@ class Decoder(nn.Module):
     """A 3x3 conv, residual blocks, stride-2 transposed convolutions up by `upsample`."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, channels: int, res_blocks: int, res_channels: int, upsample: int
+        self,
+        in_channels: int,
+        out_channels: int,
+        channels: int,
+        res_blocks: int,
+        res_channels: int,
+        upsample: int,
+        relu_skip: bool = False,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1)]
-        layers += [ResidualBlock(channels, res_channels) for _ in range(res_blocks)]
+        layers += [ResidualBlock(channels, res_channels, relu_skip) for _ in range(res_blocks)]
         layers.append(nn.ReLU())
         steps = int(math.log2(upsample))
         width = channels
@@ -105,13 +126,14 @@ class VQVAE2(nn.Module):
     def __init__(self, config: VQVAEConfig, in_channels: int = 3) -> None:
         super().__init__()
         channels, blocks, hidden, dim = config.channels, config.res_blocks, config.res_channels, config.code_dim
-        self.encoder_bottom = Encoder(in_channels, channels, blocks, hidden, config.bottom_downsample)
-        self.encoder_top = Encoder(channels, channels, blocks, hidden, config.top_downsample)
+        skip = config.residual_relu_skip
+        self.encoder_bottom = Encoder(in_channels, channels, blocks, hidden, config.bottom_downsample, skip)
+        self.encoder_top = Encoder(channels, channels, blocks, hidden, config.top_downsample, skip)
         self.top_in = nn.Conv2d(channels, dim, 1)
-        self.decoder_top = Decoder(dim, dim, channels, blocks, hidden, config.top_downsample)
+        self.decoder_top = Decoder(dim, dim, channels, blocks, hidden, config.top_downsample, skip)
         self.bottom_in = nn.Conv2d(dim + channels, dim, 1)
         self.upsample_top = upsampler(dim, config.top_downsample)
-        self.decoder = Decoder(2 * dim, in_channels, channels, blocks, hidden, config.bottom_downsample)
+        self.decoder = Decoder(2 * dim, in_channels, channels, blocks, hidden, config.bottom_downsample, skip)
         quantizer = dict(beta=config.beta, ema_decay=config.ema_decay, dead_code_threshold=config.dead_code_threshold)
         self.quantizer_top = VectorQuantizer(config.top_codebook_size, dim, **quantizer)
         self.quantizer_bottom = VectorQuantizer(config.bottom_codebook_size, dim, **quantizer)

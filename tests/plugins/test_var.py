@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from zoo.errors import ConfigError, ZooError
 from zoo.config import resolve, validate
-from zoo_var.config import PRESETS, SampleOptions, VARConfig
+from zoo.errors import ConfigError, ZooError
+from zoo_var.config import PRESETS, VARConfig, VARSampleOptions
 from zoo_var.model import VARModel
 from zoo_var.plugin import VARPlugin
 from zoo_var.runtime import Geometry
@@ -33,7 +33,13 @@ TINY = {
     },
     "transformer": {"depth": 2, "width": 32, "heads": 2, "num_classes": 10},
     "tokenizer_training": {"steps": 60, "batch_size": 32, "lr": 3e-3, "warmup_steps": 5},
-    "transformer_training": {"steps": 200, "batch_size": 32, "lr_per_256": 2e-2, "warmup_steps": 10, "validate_every": 100},
+    "transformer_training": {
+        "steps": 200,
+        "batch_size": 32,
+        "lr_per_256": 2e-2,
+        "warmup_steps": 10,
+        "validate_every": 100,
+    },
 }
 
 
@@ -96,7 +102,7 @@ def test_quantizer_paths_agree_and_gradients_pass_straight_through():
         forward = quantizer(features)
         tokens = model.tokenizer.encode_indices(images)
         scales = quantizer.split_scales(tokens)
-        assert all(torch.equal(a, b) for a, b in zip(scales, forward.indices))
+        assert all(torch.equal(a, b) for a, b in zip(scales, forward.indices, strict=True))
         assert torch.allclose(quantizer.fhat_from_indices(scales), forward.quantized, atol=1e-5)
         # the teacher-forcing input of training is what the sampling steps feed forward
         f_hat = torch.zeros_like(features)
@@ -144,8 +150,8 @@ def test_kv_cache_sampling_equals_full_recompute():
     model = randomised_model(config)
     plugin = VARPlugin()
     options = dict(classes=[0, 7], n=2, top_k=1, cfg=1.5)
-    cached = plugin.sample(model, config, SampleOptions(**options), torch.device("cpu"))
-    full = plugin.sample(model, config, SampleOptions(**options, kv_cache=False), torch.device("cpu"))
+    cached = plugin.sample(model, config, VARSampleOptions(**options), torch.device("cpu"))
+    full = plugin.sample(model, config, VARSampleOptions(**options, kv_cache=False), torch.device("cpu"))
     assert cached.extras["tokens"].shape == (4, 30)
     np.testing.assert_array_equal(cached.extras["tokens"], full.extras["tokens"])
     assert len(np.unique(cached.extras["tokens"])) > 3  # not a degenerate constant sample
@@ -154,12 +160,14 @@ def test_kv_cache_sampling_equals_full_recompute():
 
 def test_top_p_zero_still_means_off_for_one_release():
     with pytest.warns(FutureWarning, match="--top-p 1"):
-        assert SampleOptions(top_p=0).top_p == 1.0  # 1.0 is "off" in every plugin (zoo.runtime.sampling)
-    assert SampleOptions(top_p=0.5).top_p == 0.5
+        assert VARSampleOptions(top_p=0).top_p == 1.0  # 1.0 is "off" in every plugin (zoo.runtime.sampling)
+    assert VARSampleOptions(top_p=0.5).top_p == 0.5
 
 
 def test_geometry_reads_the_resolved_width_and_heads():
-    config = resolve(VARConfig, PRESETS["digits"], overrides={"transformer": {"depth": 3, "width": None, "heads": None}})
+    config = resolve(
+        VARConfig, PRESETS["digits"], overrides={"transformer": {"depth": 3, "width": None, "heads": None}}
+    )
     geometry = Geometry.from_config(config.model_dump(mode="json"))
     assert (geometry.depth, geometry.heads, geometry.head_dim) == (3, 3, 64)  # width 64 * depth, heads = depth
 
@@ -169,7 +177,7 @@ def test_sample_options_reject_unknown_classes(label):
     config = tiny_config()
     assert config.transformer.num_classes == 10  # label 10 is the null class, not a class one may ask for
     with pytest.raises(ZooError, match="out of range"):
-        VARPlugin().sample(VARModel(config), config, SampleOptions(classes=[label]), torch.device("cpu"))
+        VARPlugin().sample(VARModel(config), config, VARSampleOptions(classes=[label]), torch.device("cpu"))
 
 
 # -- config and paper sizes -------------------------------------------------------------------
@@ -211,7 +219,9 @@ def test_paper_presets_have_the_paper_sizes(preset, paper):
     with torch.device("meta"):
         model = VARPlugin().build(config)
     count = model.transformer_parameter_count()
-    assert abs(count - paper) / paper < 0.02, f"{preset}: {count / 1e6:.1f}M parameters, the paper says {paper / 1e6:.0f}M"
+    assert abs(count - paper) / paper < 0.02, (
+        f"{preset}: {count / 1e6:.1f}M parameters, the paper says {paper / 1e6:.0f}M"
+    )
     assert config.transformer.resolved_width == 64 * config.transformer.depth
     assert config.tokenizer.codebook_size == 4096 and config.tokenizer.code_dim == 32
 
@@ -241,7 +251,10 @@ def test_both_stages_train_and_the_losses_go_down(trained_run):
 def test_optional_gan_term_trains_a_discriminator(tmp_path):
     import zoo.api
 
-    overrides = {**TINY, "tokenizer_training": {**TINY["tokenizer_training"], "steps": 6, "gan_weight": 0.1, "gan_start": 2}}
+    overrides = {
+        **TINY,
+        "tokenizer_training": {**TINY["tokenizer_training"], "steps": 6, "gan_weight": 0.1, "gan_start": 2},
+    }
     zoo.api.train("var", overrides=overrides, run_dir=tmp_path / "run", stage="tokenizer", device="cpu", log_every=1)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "discriminator/loss" not in rows[1] and "discriminator/loss" in rows[2]  # from gan_start on
@@ -258,23 +271,30 @@ def test_perceptual_loss_without_weights_is_a_clear_error(tmp_path):
 
 def test_evaluate_reports_the_issue_metrics(trained_run):
     metrics = trained_run.plugin.evaluate(trained_run.model, trained_run.config, torch.device("cpu"))
-    for key in ("tokenizer_psnr", "codebook_usage", "token_accuracy", "token_nll", "sample_accuracy", "sample_accuracy_9"):
+    for key in (
+        "tokenizer_psnr",
+        "codebook_usage",
+        "token_accuracy",
+        "token_nll",
+        "sample_accuracy",
+        "sample_accuracy_9",
+    ):
         assert key in metrics
     assert metrics["tokenizer_psnr"] > 10 and 0 < metrics["codebook_usage"] <= 1
     assert metrics["token_nll"] < np.log(32)  # better than uniform over the codebook
 
 
 def test_greedy_onnx_sampling_gives_the_torch_tokens(trained_run, tmp_path):
-    from zoo_onnx import export_model
-
     import zoo.runtime
+    from zoo_onnx import export_model
 
     # every graph sampling needs (the encoder, used only for editing, is left out for time)
     sampling = ["transformer_step", "embed_0", "embed_1", "embed_2", "embed_3", "decoder"]
-    manifest = export_model(trained_run.plugin, trained_run.model, trained_run.config, tmp_path / "export",
-                            components=sampling)
+    manifest = export_model(
+        trained_run.plugin, trained_run.model, trained_run.config, tmp_path / "export", components=sampling
+    )
     assert sorted(manifest["components"]) == sorted(sampling)
-    options = SampleOptions(classes=[2, 5], n=2, top_k=1)
+    options = VARSampleOptions(classes=[2, 5], n=2, top_k=1)
     torch_output = trained_run.plugin.sample(trained_run.model, trained_run.config, options, torch.device("cpu"))
     onnx_output = zoo.runtime.load(tmp_path / "export").sample(options)
     np.testing.assert_array_equal(onnx_output.extras["tokens"], torch_output.extras["tokens"])
@@ -290,7 +310,7 @@ def test_editing_keeps_the_tokens_outside_the_mask(trained_run, tmp_path):
     mask = np.zeros((16, 16), np.uint8)
     mask[:, 8:] = 255  # regenerate the right half
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    options = SampleOptions(classes=[7], n=3, edit=tmp_path / "edit.png", mask=tmp_path / "mask.png", seed=1)
+    options = VARSampleOptions(classes=[7], n=3, edit=tmp_path / "edit.png", mask=tmp_path / "mask.png", seed=1)
     output = trained_run.plugin.sample(trained_run.model, config, options, torch.device("cpu"))
 
     with torch.no_grad():

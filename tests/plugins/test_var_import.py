@@ -101,7 +101,9 @@ def test_imported_weights_are_the_official_ones(imported):
     fused = vae["encoder.down.4.attn.0.qkv.weight"]  # (3C, C, 1, 1): q, k, v along the channels
     width = fused.shape[1]
     for index, name in enumerate("qkv"):
-        assert torch.equal(state[f"tokenizer.encoder.down.4.attn.0.{name}.weight"], fused[width * index : width * (index + 1)])
+        assert torch.equal(
+            state[f"tokenizer.encoder.down.4.attn.0.{name}.weight"], fused[width * index : width * (index + 1)]
+        )
     assert torch.equal(state["tokenizer.quantizer.phis.2.weight"], vae["quantize.quant_resi.qresi_ls.2.weight"])
 
 
@@ -216,11 +218,14 @@ def renamed_phis(layout: str) -> dict[str, torch.Tensor]:
     return renamed
 
 
-@pytest.mark.parametrize(("layout", "phi_count", "phi_per_scale"), [("non-shared", 0, [0, 1, 2, 3]), ("shared", 1, [0] * 4)])
+@pytest.mark.parametrize(
+    ("layout", "phi_count", "phi_per_scale"), [("non-shared", 0, [0, 1, 2, 3]), ("shared", 1, [0] * 4)]
+)
 def test_phi_layouts_map_to_phi_count(layout, phi_count, phi_per_scale):
     state = renamed_phis(layout)
-    converted = OfficialVARImporter().convert_state_dicts({Path("vae.pth"): state, FIXTURES / "var_saln0.pth":
-                                                           torch.load(FIXTURES / "var_saln0.pth", weights_only=True)})
+    converted = OfficialVARImporter().convert_state_dicts(
+        {Path("vae.pth"): state, FIXTURES / "var_saln0.pth": torch.load(FIXTURES / "var_saln0.pth", weights_only=True)}
+    )
     assert converted.config["tokenizer"]["phi_count"] == phi_count
     config = validate(VARConfig, converted.config)
     model = VARModel(config).eval()
