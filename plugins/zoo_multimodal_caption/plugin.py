@@ -34,7 +34,6 @@ def _description() -> str:
 class MultimodalCaptionPlugin(ModelPlugin):
     name = "multimodal_caption"
     description = _description()
-    version = "0.1.0"
     Config = CaptionConfig
     SampleOptions = CaptionSampleOptions
     presets = PRESETS

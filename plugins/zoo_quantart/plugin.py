@@ -24,7 +24,6 @@ CODEBOOK_INIT_IMAGES = 64  # images whose encoder outputs seed each VQGAN codebo
 class QuantArtPlugin(ModelPlugin):
     name = "quantart"
     description = "QuantArt style transfer: a transfer module between the codes of a photo VQGAN and an art VQGAN"
-    version = "0.1.0"
     Config = QuantArtConfig
     SampleOptions = QuantArtSampleOptions
     presets = PRESETS

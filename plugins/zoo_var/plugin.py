@@ -20,7 +20,6 @@ NO_WEIGHT_DECAY = ("pos_start", "position_embedding", "level_embedding", "ada_gs
 class VARPlugin(ModelPlugin):
     name = "var"
     description = "VAR: class-conditional image generation by next-scale prediction (multi-scale VQVAE + transformer)"
-    version = "0.1.0"
     Config = VARConfig
     SampleOptions = VARSampleOptions
     presets = PRESETS

@@ -22,7 +22,6 @@ from zoo_vqvae2_pixelcnn.model import VQVAE2PixelCNN
 class VQVAE2PixelCNNPlugin(ModelPlugin):
     name = "vqvae2_pixelcnn"
     description = "VQ-VAE-2 (two code levels) with gated PixelCNN priors; fast cached sampling"
-    version = "0.1.0"
     Config = VQVAE2Config
     SampleOptions = VQVAE2SampleOptions
     presets = PRESETS
