@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import collections
 import pickle
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -130,3 +133,33 @@ def tensors_in(obj: Any, what: str, path: Path) -> dict[str, torch.Tensor]:
 
 def _entry(obj: Any, key: str) -> Any:
     return obj.get(key) if isinstance(obj, dict) else None
+
+
+Rule = tuple[str, "str | None"]
+"""(official key pattern, zoo key template or None to drop the tensor), for `re.sub`."""
+
+
+def matching_rule(rules: Sequence[Rule], key: str) -> Rule | None:
+    """The first rule whose pattern matches the whole of `key`, or None."""
+    return next((rule for rule in rules if re.fullmatch(rule[0], key)), None)
+
+
+@dataclass
+class PublishedFile:
+    """The tensors of one published checkpoint, whose errors name the file and the key."""
+
+    path: Path
+    tensors: dict[str, torch.Tensor]
+    kind: str  # what the file should be, for messages: "an official VAR file"
+
+    def fail(self, key: str, problem: str) -> CheckpointError:
+        return CheckpointError(f"{self.path}: {key!r} {problem}")
+
+    def get(self, key: str, problem: str = "is missing") -> torch.Tensor:
+        if key not in self.tensors:
+            raise self.fail(key, f"{problem}; is this {self.kind}?")
+        return self.tensors[key]
+
+    def count(self, pattern: str) -> int:
+        """How many distinct values the one group of `pattern` takes over the keys."""
+        return len({m.group(1) for key in self.tensors if (m := re.match(pattern, key))})

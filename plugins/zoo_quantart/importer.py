@@ -37,13 +37,12 @@ from the inferred config is a one-line `CheckpointError` naming the file and the
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from zoo.checkpoint_files import CheckpointError, load_checkpoint, tensors_in
+from zoo.checkpoint_files import CheckpointError, PublishedFile, load_checkpoint, matching_rule, tensors_in
 from zoo.config import validate
 from zoo.errors import ConfigError
 from zoo.importer import Converted, Importer
@@ -63,24 +62,6 @@ VQGAN_RULES: list[tuple[str, str]] = [
     (r"((?:encoder|decoder)\.(?!.*\.qkv\.)[\w.]+|(?:post_)?quant_conv\.(?:weight|bias))", r"\1"),
 ]
 DOMAINS = ("photo", "art")
-
-
-@dataclass
-class _File:
-    path: Path
-    tensors: dict[str, torch.Tensor]
-
-    def fail(self, key: str, problem: str) -> CheckpointError:
-        return CheckpointError(f"{self.path}: {key!r} {problem}")
-
-    def get(self, key: str) -> torch.Tensor:
-        if key not in self.tensors:
-            raise self.fail(key, "is missing; is this a taming-transformers VQGAN checkpoint?")
-        return self.tensors[key]
-
-    def count(self, pattern: str) -> int:
-        """How many distinct values the one group of `pattern` takes over the keys."""
-        return len({m.group(1) for key in self.tensors if (m := re.match(pattern, key))})
 
 
 class TamingVQGANImporter(Importer):
@@ -104,7 +85,7 @@ class TamingVQGANImporter(Importer):
     def convert_state_dict(self, path: Path, tensors: dict[str, torch.Tensor]) -> Converted:
         """`convert` on a state dict already read (`path` names it in errors); tensors may be
         on the meta device (shapes only)."""
-        file = _File(Path(path), tensors)
+        file = PublishedFile(Path(path), tensors, "a taming-transformers VQGAN or QuantArt checkpoint")
         mapped, skipped = self._map(file)  # first the names: another model fails on its first foreign key
         lpips = [key for key in skipped if key.startswith("loss.perceptual_loss.")]
         notes = [
@@ -143,7 +124,7 @@ class TamingVQGANImporter(Importer):
     # --- keys ----------------------------------------------------------------------------
 
     @staticmethod
-    def _map(file: _File) -> tuple[dict[str, tuple[str, torch.Tensor]], list[str]]:
+    def _map(file: PublishedFile) -> tuple[dict[str, tuple[str, torch.Tensor]], list[str]]:
         """zoo key (under one VQGAN) -> (taming key, tensor); and the skipped taming keys."""
         if "quantize.embedding.weight" not in file.tensors:
             hint = ""
@@ -157,7 +138,7 @@ class TamingVQGANImporter(Importer):
             if SKIPPED.fullmatch(official):
                 skipped.append(official)
                 continue
-            rule = next(((pattern, target) for pattern, target in VQGAN_RULES if re.fullmatch(pattern, official)), None)
+            rule = matching_rule(VQGAN_RULES, official)
             if rule is None:
                 raise file.fail(
                     official, "maps to nothing in zoo's VQGAN; the file belongs to another model or version"
@@ -167,7 +148,10 @@ class TamingVQGANImporter(Importer):
 
     @staticmethod
     def _check_against_model(
-        file: _File, config: dict[str, Any], mapped: dict[str, tuple[str, torch.Tensor]], has_discriminator: bool
+        file: PublishedFile,
+        config: dict[str, Any],
+        mapped: dict[str, tuple[str, torch.Tensor]],
+        has_discriminator: bool,
     ) -> None:
         """Every converted tensor must be a key of zoo's VQGAN built from the inferred config
         (on the meta device: no memory), with its shape, and no key may be missing."""
@@ -207,7 +191,7 @@ class TamingVQGANImporter(Importer):
 # --- config from the tensors ---------------------------------------------------------------
 
 
-def _vqgan_config(file: _File, codebook_key: str) -> dict[str, Any]:
+def _vqgan_config(file: PublishedFile, codebook_key: str) -> dict[str, Any]:
     """image_size and the `vqgan` section, from taming's encoder/decoder names in `file`."""
     channels = file.get("encoder.conv_in.weight").shape[0]  # (ch, 3, 3, 3)
     levels = file.count(r"encoder\.down\.(\d+)\.")
@@ -241,7 +225,7 @@ def _vqgan_config(file: _File, codebook_key: str) -> dict[str, Any]:
     }
 
 
-def _discriminator_config(file: _File) -> dict[str, int]:
+def _discriminator_config(file: PublishedFile) -> dict[str, int]:
     """taming's NLayerDiscriminator(ndf, n_layers) under `loss.discriminator.`: one BatchNorm
     per layer (n_layers >= 1), or a single one at the first width for n_layers = 0."""
     first = file.tensors.get("loss.discriminator.main.0.weight")  # (ndf, C_in, 4, 4)
@@ -310,8 +294,13 @@ class OfficialQuantArtImporter(Importer):
 
     def convert_state_dicts(self, state_dicts: dict[Path, dict[str, torch.Tensor]]) -> Converted:
         """`convert` on state dicts already read; tensors may be on the meta device (shapes only)."""
-        quantart, taming = self._identify([_File(Path(path), tensors) for path, tensors in state_dicts.items()])
-        mapped: dict[str, tuple[_File, str, torch.Tensor]] = {}
+        quantart, taming = self._identify(
+            [
+                PublishedFile(Path(path), tensors, "a taming-transformers VQGAN or QuantArt checkpoint")
+                for path, tensors in state_dicts.items()
+            ]
+        )
+        mapped: dict[str, tuple[PublishedFile, str, torch.Tensor]] = {}
         _map_into(quantart, QUANTART_RULES, mapped, "zoo's QuantArt", skip=SKIPPED)
         _map_into(taming, PHOTO_DECODER_RULES, mapped, "the photo decoder", skip=SKIPPED, keep=True)
         config = _vqgan_config(quantart, "quantize_enc.embedding.weight")
@@ -354,7 +343,7 @@ class OfficialQuantArtImporter(Importer):
         return Converted(config, {key: tensor for key, (_, _, tensor) in mapped.items()}, stages, notes)
 
     @staticmethod
-    def _identify(loaded: list[_File]) -> tuple[_File, _File]:
+    def _identify(loaded: list[PublishedFile]) -> tuple[PublishedFile, PublishedFile]:
         quantart = [file for file in loaded if "quantize_enc.embedding.weight" in file.tensors]
         taming = [file for file in loaded if "quantize.embedding.weight" in file.tensors]
         for file in loaded:
@@ -369,7 +358,7 @@ class OfficialQuantArtImporter(Importer):
         return quantart[0], taming[0]
 
     @staticmethod
-    def _compare_photo_encoders(quantart: _File, taming: _File) -> list[str]:
+    def _compare_photo_encoders(quantart: PublishedFile, taming: PublishedFile) -> list[str]:
         differ = []
         for pattern, target in PHOTO_ENCODER_PAIRS:
             for key, tensor in taming.tensors.items():
@@ -390,9 +379,9 @@ class OfficialQuantArtImporter(Importer):
 
 
 def _map_into(
-    file: _File,
+    file: PublishedFile,
     rules: list[tuple[str, str]],
-    out: dict[str, tuple[_File, str, torch.Tensor]],
+    out: dict[str, tuple[PublishedFile, str, torch.Tensor]],
     what: str,
     skip: re.Pattern[str],
     keep: bool = False,
@@ -400,7 +389,7 @@ def _map_into(
     """Rename `file`'s keys by `rules` into `out`; keys matching no rule fail, or are skipped
     when they match `skip` (`keep`: any key no rule takes is skipped, the file is a donor)."""
     for official, tensor in file.tensors.items():
-        rule = next(((pattern, target) for pattern, target in rules if re.fullmatch(pattern, official)), None)
+        rule = matching_rule(rules, official)
         if rule is None:
             if skip.fullmatch(official) or keep:
                 continue
@@ -410,8 +399,8 @@ def _map_into(
 
 def _check_model(
     config: dict[str, Any],
-    mapped: dict[str, tuple[_File, str, torch.Tensor]],
-    main: _File,
+    mapped: dict[str, tuple[PublishedFile, str, torch.Tensor]],
+    main: PublishedFile,
     allow_missing: tuple[str, ...],
 ) -> None:
     """Every converted tensor must be a key of zoo's QuantArt built from the inferred config

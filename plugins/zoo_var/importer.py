@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from zoo.checkpoint_files import CheckpointError, load_checkpoint, tensors_in
+from zoo.checkpoint_files import CheckpointError, PublishedFile, load_checkpoint, matching_rule, tensors_in
 from zoo.config import validate
 from zoo.errors import ConfigError
 from zoo.importer import Converted, Importer
@@ -73,29 +73,11 @@ TRANSFORMER_RULES: list[tuple[str, str | None]] = [
 
 
 @dataclass
-class _File:
-    path: Path
-    tensors: dict[str, torch.Tensor]
-
-    def fail(self, key: str, problem: str) -> CheckpointError:
-        return CheckpointError(f"{self.path}: {key!r} {problem}")
-
-    def get(self, key: str, problem: str = "is missing") -> torch.Tensor:
-        if key not in self.tensors:
-            raise self.fail(key, f"{problem}; is this an official VAR file?")
-        return self.tensors[key]
-
-    def count(self, pattern: str) -> int:
-        """How many distinct values the one group of `pattern` takes over the keys."""
-        return len({m.group(1) for key in self.tensors if (m := re.match(pattern, key))})
-
-
-@dataclass
 class _Conversion:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # zoo key -> tensor
-    sources: dict[str, tuple[_File, str]] = field(default_factory=dict)  # zoo key -> (file, official key)
+    sources: dict[str, tuple[PublishedFile, str]] = field(default_factory=dict)  # zoo key -> (file, official key)
 
-    def add(self, file: _File, official: str, key: str, tensor: torch.Tensor) -> None:
+    def add(self, file: PublishedFile, official: str, key: str, tensor: torch.Tensor) -> None:
         self.tensors[key] = tensor
         self.sources[key] = (file, official)
 
@@ -129,7 +111,9 @@ class OfficialVARImporter(Importer):
     def convert_state_dicts(self, state_dicts: dict[Path, dict[str, torch.Tensor]]) -> Converted:
         """`convert` on state dicts already read (`path` names them in errors); tensors may be
         on the meta device (shapes only)."""
-        vqvae, transformer = self._identify([_File(Path(path), tensors) for path, tensors in state_dicts.items()])
+        vqvae, transformer = self._identify(
+            [PublishedFile(Path(path), tensors, "an official VAR file") for path, tensors in state_dicts.items()]
+        )
         notes: list[str] = []
         conversion = _Conversion()  # first the names: a file of another model fails on its first foreign key
         self._map(vqvae, VQVAE_RULES, "tokenizer.", conversion)
@@ -158,7 +142,7 @@ class OfficialVARImporter(Importer):
     # --- which file is which -------------------------------------------------------------
 
     @staticmethod
-    def _identify(loaded: list[_File]) -> tuple[_File, _File | None]:
+    def _identify(loaded: list[PublishedFile]) -> tuple[PublishedFile, PublishedFile | None]:
         vqvaes, transformers = [], []
         for file in loaded:
             if _is_transformer(file.tensors):
@@ -185,7 +169,7 @@ class OfficialVARImporter(Importer):
     # --- config from the tensors -----------------------------------------------------------
 
     @staticmethod
-    def _tokenizer_config(vqvae: _File, patch_nums: list[int], notes: list[str]) -> dict[str, Any]:
+    def _tokenizer_config(vqvae: PublishedFile, patch_nums: list[int], notes: list[str]) -> dict[str, Any]:
         conv_in = vqvae.get("encoder.conv_in.weight")  # (ch, 3, 3, 3)
         codebook = vqvae.get("quantize.embedding.weight")  # (V, Cvae)
         channels, levels = conv_in.shape[0], vqvae.count(r"encoder\.down\.(\d+)\.")
@@ -231,7 +215,7 @@ class OfficialVARImporter(Importer):
         }
 
     @staticmethod
-    def _transformer_config(transformer: _File, notes: list[str]) -> dict[str, Any]:
+    def _transformer_config(transformer: PublishedFile, notes: list[str]) -> dict[str, Any]:
         classes, width = transformer.get("class_emb.weight").shape
         depth = transformer.count(r"blocks\.(\d+)\.")
         if depth == 0:
@@ -254,7 +238,7 @@ class OfficialVARImporter(Importer):
         }
 
     @staticmethod
-    def _patch_nums_of_transformer(transformer: _File) -> list[int]:
+    def _patch_nums_of_transformer(transformer: PublishedFile) -> list[int]:
         """From the level of every position (`lvl_1L`), or from (scales, L) for the paper's lists."""
         positions = transformer.get("pos_1LC")  # (1, L, C)
         scales = transformer.get("lvl_embed.weight").shape[0]
@@ -278,7 +262,7 @@ class OfficialVARImporter(Importer):
         )
 
     @staticmethod
-    def _patch_nums_of_vqvae(vqvae: _File, notes: list[str]) -> list[int]:
+    def _patch_nums_of_vqvae(vqvae: PublishedFile, notes: list[str]) -> list[int]:
         """A VQVAE file alone does not record its scales, only how many (the rows of its
         per-scale hit counts): 10 are the paper's 256 px list; n others are 1..n."""
         hits = vqvae.tensors.get("quantize.ema_vocab_hit_SV")
@@ -298,9 +282,9 @@ class OfficialVARImporter(Importer):
     # --- keys ----------------------------------------------------------------------------
 
     @staticmethod
-    def _map(file: _File, rules: list[tuple[str, str | None]], prefix: str, out: _Conversion) -> None:
+    def _map(file: PublishedFile, rules: list[tuple[str, str | None]], prefix: str, out: _Conversion) -> None:
         for official, tensor in file.tensors.items():
-            rule = next(((pattern, target) for pattern, target in rules if re.fullmatch(pattern, official)), None)
+            rule = matching_rule(rules, official)
             if rule is None:
                 raise file.fail(official, "maps to nothing in zoo's VAR; the file belongs to another model or version")
             pattern, target = rule
@@ -320,7 +304,9 @@ class OfficialVARImporter(Importer):
             out.add(file, official, key, tensor)
 
     @staticmethod
-    def _check_against_model(config: dict[str, Any], out: _Conversion, vqvae: _File, transformer: _File | None) -> None:
+    def _check_against_model(
+        config: dict[str, Any], out: _Conversion, vqvae: PublishedFile, transformer: PublishedFile | None
+    ) -> None:
         """Every converted tensor must be a key of the model built from the inferred config
         (on the meta device: no memory), with its shape, and no key may be missing."""
         from zoo_var.model import VARModel
@@ -350,7 +336,7 @@ class OfficialVARImporter(Importer):
                 raise CheckpointError(f"{file.path}: no tensor for zoo's {key}; is the file complete?")
 
 
-def _phi_layout(vqvae: _File) -> tuple[int, str]:
+def _phi_layout(vqvae: PublishedFile) -> tuple[int, str]:
     """(number of phi convolutions, official layout name) from the quant_resi keys."""
     partially = vqvae.count(r"quantize\.quant_resi\.qresi_ls\.(\d+)\.")
     if partially:

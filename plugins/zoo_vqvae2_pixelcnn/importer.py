@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from zoo.checkpoint_files import CheckpointError, load_checkpoint, tensors_in
+from zoo.checkpoint_files import CheckpointError, load_checkpoint, matching_rule, tensors_in
 from zoo.config import validate
 from zoo.errors import ConfigError
 from zoo.importer import Converted, Importer
@@ -82,7 +82,7 @@ class RosinalityVQVAEImporter(Importer):
         tensors: dict[str, torch.Tensor] = {}
         sources: dict[str, str] = {}  # zoo key -> official key
         for key, tensor in official.items():  # names first: a file of another model fails on its first key
-            rule = next(((pattern, target) for pattern, target in RULES if re.fullmatch(pattern, key)), None)
+            rule = matching_rule(RULES, key)
             if rule is None:
                 raise fail(key, "maps to nothing in zoo's VQ-VAE-2; is this rosinality's vqvae_*.pt?")
             zoo_key = "vqvae." + re.sub(rule[0], rule[1], key)
