@@ -21,15 +21,18 @@ from __future__ import annotations
 import collections
 import pickle
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
-from zoo.errors import ZooError
+from zoo.config import ZooConfig, validate
+from zoo.errors import ConfigError, ZooError
+
+ZooConfigT = TypeVar("ZooConfigT", bound=ZooConfig)
 
 
 class CheckpointError(ZooError):
@@ -163,3 +166,19 @@ class PublishedFile:
     def count(self, pattern: str) -> int:
         """How many distinct values the one group of `pattern` takes over the keys."""
         return len({m.group(1) for key in self.tensors if (m := re.match(pattern, key))})
+
+
+def config_from_tensors(schema: type[ZooConfigT], values: Mapping[str, Any], path: Path, model: str) -> ZooConfigT:
+    """The plugin's config validated from what an importer read off `path`; one line if invalid."""
+    try:
+        return validate(schema, dict(values))
+    except ConfigError as error:
+        reason = " ".join(str(error).split())  # pydantic's lines, as one
+        raise CheckpointError(f"{path}: the tensors give no valid {model} config ({reason})") from None
+
+
+def meta_shapes(build: Callable[[], torch.nn.Module]) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the state dict of the module `build` makes, built on the meta device
+    (no memory, no initialisation): what converted tensors must fit."""
+    with torch.device("meta"):
+        return {key: tuple(value.shape) for key, value in build().state_dict().items()}

@@ -42,9 +42,15 @@ from typing import Any
 
 import torch
 
-from zoo.checkpoint_files import CheckpointError, PublishedFile, load_checkpoint, matching_rule, tensors_in
-from zoo.config import validate
-from zoo.errors import ConfigError
+from zoo.checkpoint_files import (
+    CheckpointError,
+    PublishedFile,
+    config_from_tensors,
+    load_checkpoint,
+    matching_rule,
+    meta_shapes,
+    tensors_in,
+)
 from zoo.importer import Converted, Importer
 from zoo_quantart.config import QuantArtConfig
 
@@ -157,12 +163,8 @@ class TamingVQGANImporter(Importer):
         (on the meta device: no memory), with its shape, and no key may be missing."""
         from zoo_quantart.model import VQGAN
 
-        try:
-            quantart_config = validate(QuantArtConfig, config)
-        except ConfigError as error:
-            raise CheckpointError(f"{file.path}: the tensors give no valid QuantArt config ({error})") from None
-        with torch.device("meta"):
-            expected = {k: tuple(v.shape) for k, v in VQGAN(quantart_config).state_dict().items()}
+        quantart_config = config_from_tensors(QuantArtConfig, config, file.path, "QuantArt")
+        expected = meta_shapes(lambda: VQGAN(quantart_config))
         for key, (official, tensor) in mapped.items():
             if key not in expected:
                 raise file.fail(
@@ -407,12 +409,8 @@ def _check_model(
     (meta device), with its shape; only keys containing `allow_missing` may be missing."""
     from zoo_quantart.model import QuantArt
 
-    try:
-        quantart_config = validate(QuantArtConfig, config)
-    except ConfigError as error:
-        raise CheckpointError(f"{main.path}: the tensors give no valid QuantArt config ({error})") from None
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in QuantArt(quantart_config).state_dict().items()}
+    quantart_config = config_from_tensors(QuantArtConfig, config, main.path, "QuantArt")
+    expected = meta_shapes(lambda: QuantArt(quantart_config))
     for key, (file, official, tensor) in mapped.items():
         if key not in expected:
             raise file.fail(official, "fits no layer of zoo's QuantArt built from the inferred config")

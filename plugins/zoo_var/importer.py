@@ -34,9 +34,15 @@ from typing import Any
 
 import torch
 
-from zoo.checkpoint_files import CheckpointError, PublishedFile, load_checkpoint, matching_rule, tensors_in
-from zoo.config import validate
-from zoo.errors import ConfigError
+from zoo.checkpoint_files import (
+    CheckpointError,
+    PublishedFile,
+    config_from_tensors,
+    load_checkpoint,
+    matching_rule,
+    meta_shapes,
+    tensors_in,
+)
 from zoo.importer import Converted, Importer
 from zoo_var.config import PAPER_PATCH_NUMS, VARConfig
 
@@ -311,12 +317,8 @@ class OfficialVARImporter(Importer):
         (on the meta device: no memory), with its shape, and no key may be missing."""
         from zoo_var.model import VARModel
 
-        try:
-            var_config = validate(VARConfig, config)
-        except ConfigError as error:
-            raise CheckpointError(f"{vqvae.path}: the tensors give no valid VAR config ({error})") from None
-        with torch.device("meta"):
-            expected = {k: tuple(v.shape) for k, v in VARModel(var_config).state_dict().items()}
+        var_config = config_from_tensors(VARConfig, config, vqvae.path, "VAR")
+        expected = meta_shapes(lambda: VARModel(var_config))
         for key, tensor in out.tensors.items():
             file, official = out.sources[key]
             if key not in expected:

@@ -29,9 +29,14 @@ from typing import Any
 
 import torch
 
-from zoo.checkpoint_files import CheckpointError, load_checkpoint, matching_rule, tensors_in
-from zoo.config import validate
-from zoo.errors import ConfigError
+from zoo.checkpoint_files import (
+    CheckpointError,
+    config_from_tensors,
+    load_checkpoint,
+    matching_rule,
+    meta_shapes,
+    tensors_in,
+)
 from zoo.importer import Converted, Importer
 from zoo_vqvae2_pixelcnn.config import VQVAE2Config
 
@@ -154,13 +159,8 @@ class RosinalityVQVAEImporter(Importer):
         (on the meta device: no memory), with its shape, and no autoencoder key may be missing."""
         from zoo_vqvae2_pixelcnn.model import VQVAE2PixelCNN
 
-        try:
-            model_config = validate(VQVAE2Config, config)
-        except ConfigError as error:
-            reason = " ".join(str(error).split())  # one line
-            raise CheckpointError(f"{path}: the tensors give no valid VQ-VAE-2 config ({reason})") from None
-        with torch.device("meta"):
-            expected = {k: tuple(v.shape) for k, v in VQVAE2PixelCNN(model_config).state_dict().items()}
+        model_config = config_from_tensors(VQVAE2Config, config, path, "VQ-VAE-2")
+        expected = meta_shapes(lambda: VQVAE2PixelCNN(model_config))
         for key, tensor in tensors.items():
             if key not in expected:
                 raise fail(sources[key], "fits no layer of zoo's VQ-VAE-2 built from the inferred config")
