@@ -110,8 +110,7 @@ _OS_ERROR_CODE = re.compile(r"os error (\d+)|code: (\d+)")
 def _save_tensors_file(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """safetensors' save_file, failing with a plain OSError naming `path` when the disk does."""
     try:
-        # safetensors refuses shared storage; contiguous copies also fix non-contiguous views.
-        save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(path), metadata=metadata)
+        save_file(_storable(tensors), str(path), metadata=metadata)
     except SafetensorError as error:
         code = _OS_ERROR_CODE.search(str(error))
         if code is None:
@@ -119,6 +118,22 @@ def _save_tensors_file(path: Path, tensors: Mapping[str, torch.Tensor], metadata
         number = int(code.group(1) or code.group(2))
         raise OSError(number, os.strerror(number), str(path)) from None
     os.chmod(path, FILE_MODE)  # safetensors writes through a 0600 temp file of its own
+
+
+def _storable(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors as safetensors takes them: contiguous, no two sharing storage (tied
+    weights). Only those get a copy: a copy of every tensor would double the peak memory
+    of saving a model (8 GiB more for VAR d30)."""
+    storages: set[int] = set()
+    storable = {}
+    for key, tensor in tensors.items():
+        tensor = tensor.detach()
+        storage = tensor.untyped_storage().data_ptr()
+        if not tensor.is_contiguous() or storage in storages:
+            tensor = tensor.contiguous().clone()
+        storages.add(storage)
+        storable[key] = tensor
+    return storable
 
 
 def atomic_save_tensors(

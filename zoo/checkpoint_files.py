@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import pickle
 import re
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,8 +106,11 @@ def load_checkpoint(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    # Zip-format files (torch >= 1.6) are memory-mapped: a model's weights are then read
+    # from the page cache as they are copied into it, not held twice (VAR d30: 8 GiB).
+    mmap = zipfile.is_zipfile(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         if "weights_only" not in str(error) and "Unsupported global" not in str(error):
             raise CheckpointError(f"{path} is not a readable torch checkpoint ({_first_line(error)})") from None
@@ -115,7 +119,7 @@ def load_checkpoint(path: str | Path) -> Any:
             f"{path} is not a readable torch checkpoint ({_first_line(error)}); is the download complete?"
         ) from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_inert_pickle_module())
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_inert_pickle_module(), mmap=mmap)
     except Exception as error:  # whatever a malformed pickle raises, it is one line
         raise CheckpointError(f"{path} is not a readable torch checkpoint ({_first_line(error)})") from None
 

@@ -70,16 +70,18 @@ def import_checkpoint(
     torch.manual_seed(config.seed)
     net = plugin.build(config)
     _load_converted(net, converted, plugin.stage_names(config), paths)
+    stages, notes = converted.stages, converted.notes
+    del converted  # the files' tensors: the model holds its copy now, the writer needs the memory
     record = ckpt.run_record(plugin.name, plugin.version, matched, config.model_dump(mode="json"))
-    record["completed"] = [stage for stage in plugin.stage_names(config) if stage in converted.stages]
+    record["completed"] = [stage for stage in plugin.stage_names(config) if stage in stages]
     record["imported"] = {
         "format": importer.format,
         "converter_version": importer.version,
         "files": [_describe_file(path) for path in paths],
-        "notes": converted.notes,
+        "notes": notes,
     }
     _write_run(out, record, net)
-    return ImportedRun(out, config, matched, converted.notes)
+    return ImportedRun(out, config, matched, notes)
 
 
 def _config_for(

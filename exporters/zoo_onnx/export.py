@@ -131,6 +131,7 @@ def export_component(
     fp32 = scratch / f"{component.name}.fp32.onnx"
     finish_graph(traced, fp32, component)
     file = f"{component.name}.onnx"
+    precision = "fp32" if component.keep_fp32 else precision
     convert_precision(fp32, out_dir / file, precision, component.name)
     check_graph(out_dir / file, component.name)
     validation = validate_component(component, out_dir / file, precision, device)

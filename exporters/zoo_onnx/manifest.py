@@ -6,13 +6,14 @@ manifest.json::
     zoo_version                   the zoo that exported (read by the same major.minor)
     model, plugin_version         the plugin's name and version
     config                        the resolved config (config.model_dump(mode="json"))
-    opset, precision              one for all components (the opset read back from the graphs)
+    opset                         one for all components (read back from the graphs)
+    precision                     the one asked for; a component declared keep_fp32 stays fp32
     tools                         versions of torch, onnx, onnxruntime, onnxscript used
     validation                    provider, sizes, the error rule and precision bounds
     components.<name>             file, sha256, external_data ({file, sha256} or null),
                                   exporter ("dynamo" | "torchscript"), inputs and outputs
                                   ([{name, dtype, shape}], axis names for dynamic axes),
-                                  dynamic_axes, precision, tolerance, validation (per
+                                  dynamic_axes, precision (its own), tolerance, validation (per
                                   size: input shapes and per output max_abs_error,
                                   max_rel_error, max_abs_reference, allowed_error, or
                                   mismatch_fraction, allowed_mismatch for integers)

@@ -53,6 +53,7 @@ def export_components(model: QuantArt, config: QuantArtConfig) -> list[Component
             lambda size: {"images": images(size)},
             ["codes"],
             {"images": image_axes, "codes": code_axes},
+            keep_fp32=True,
         ),
         method_component(
             "art_encoder",
@@ -61,6 +62,7 @@ def export_components(model: QuantArt, config: QuantArtConfig) -> list[Component
             lambda size: {"images": images(size)},
             ["codes"],
             {"images": image_axes, "codes": code_axes},
+            keep_fp32=True,
         ),
         method_component(
             "transfer",

@@ -74,6 +74,7 @@ def export_components(model: VARModel, config: VARConfig) -> list[Component]:
             images,
             ["tokens"],
             {"image": BATCH_AXIS, "tokens": BATCH_AXIS},
+            keep_fp32=True,
         ),
         method_component(
             "decoder", model.tokenizer, "decode_image", f_hat, ["image"], {"f_hat": BATCH_AXIS, "image": BATCH_AXIS}

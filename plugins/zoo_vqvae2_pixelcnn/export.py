@@ -53,6 +53,7 @@ def export_components(model: VQVAE2PixelCNN, config: VQVAE2Config) -> list[Compo
             image_inputs,
             ["top_codes", "bottom_codes"],
             batch_axes("images", "top_codes", "bottom_codes"),
+            keep_fp32=True,
         ),
         method_component(
             "decoder",

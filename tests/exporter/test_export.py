@@ -127,6 +127,31 @@ def test_reduced_precision_is_converted_validated_and_bounded(precision, request
         assert "Conv" in decode_ops and "ConvInteger" not in decode_ops  # Conv stays fp32 (faster here)
 
 
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_a_component_declared_keep_fp32_stays_fp32_at_reduced_precision(precision, tiny, tmp_path):
+    _, config, model = tiny
+
+    class EncoderKeptFP32(TorchScriptTinyPlugin):
+        def export_components(self, model, config):
+            return [
+                dataclasses.replace(c, keep_fp32=c.name == "encode") for c in super().export_components(model, config)
+            ]
+
+    manifest = export_model(EncoderKeptFP32(), model, config, tmp_path / "export", precision=precision)
+    assert manifest["precision"] == precision
+    assert {name: entry["precision"] for name, entry in manifest["components"].items()} == {
+        "encode": "fp32",
+        "decode": precision,
+        "step": precision,
+    }
+    encoder_ops = {node.op_type for node in onnx.load(str(tmp_path / "export" / "encode.onnx")).graph.node}
+    assert "Cast" not in encoder_ops and "MatMulInteger" not in encoder_ops
+    step = onnx.load(str(tmp_path / "export" / "step.onnx"))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in step.graph.initializer) or "MatMulInteger" in {
+        node.op_type for node in step.graph.node
+    }
+
+
 def test_int8_quantization_of_conv_works_when_asked(fp32_export, tmp_path):
     from zoo_onnx.precision import to_int8
 
