@@ -20,7 +20,7 @@ from zoo.runtime.signing import load_private_key
 from zoo_onnx.manifest import build_manifest, component_entry, write_assets, write_manifest
 from zoo_onnx.options import DEFAULT_OPSET, PRECISIONS
 from zoo_onnx.precision import PRECISION_BOUNDS, convert_precision
-from zoo_onnx.trace import check_graph, check_opset, finish_graph, trace_component
+from zoo_onnx.trace import check_graph, check_opset, trace_component
 from zoo_onnx.validate import VALIDATION_PROVIDER, VALIDATION_SIZES, validate_component
 
 COMPONENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # becomes a file name
@@ -126,13 +126,11 @@ def export_component(
             f"component {component.name!r}: make_inputs gives {sorted(inputs)}, input_names are {component.input_names}"
         )
     component.module.to(device).eval()
-    traced = scratch / f"{component.name}.traced.onnx"
-    trace_component(component, {name: tensor.to(device) for name, tensor in inputs.items()}, traced, opset)
-    fp32 = scratch / f"{component.name}.fp32.onnx"
-    finish_graph(traced, fp32, component)
+    graph = trace_component(component, {name: tensor.to(device) for name, tensor in inputs.items()}, scratch, opset)
     file = f"{component.name}.onnx"
     precision = "fp32" if component.keep_fp32 else precision
-    convert_precision(fp32, out_dir / file, precision, component.name)
+    convert_precision(graph, out_dir / file, precision, component.name, scratch)
+    del graph  # it holds copies of the weights (folded transposes): free them before validation loads the file
     check_graph(out_dir / file, component.name)
     validation = validate_component(component, out_dir / file, precision, device)
     return component_entry(component, out_dir, file, precision, validation)

@@ -51,11 +51,13 @@ def allowed_mismatch(precision: str) -> float:
     return PRECISION_BOUNDS[precision]
 
 
-def convert_precision(source: Path, destination: Path, precision: str, component_name: str) -> None:
-    """Write the `precision` version of the fp32 graph `source` to `destination`."""
+def convert_precision(model: ir.Model, destination: Path, precision: str, component_name: str, scratch: Path) -> None:
+    """Write the `precision` version of the fp32 graph `model` to `destination`."""
     if precision == "fp32":
-        save_graph(ir.load(str(source)), destination)
+        save_graph(model, destination)
         return
+    source = scratch / f"{component_name}.fp32.onnx"
+    save_graph(model, source)
     try:
         if precision == "fp16":
             to_fp16(source, destination)

@@ -25,14 +25,16 @@ from zoo_onnx.options import DEFAULT_OPSET, SUPPORTED_OPSETS
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**27
 
 
-def trace_component(component: Component, inputs: dict[str, torch.Tensor], path: Path, opset: int) -> None:
-    """Export `component` traced on `inputs` to `path` (torch's own layout, not final)."""
+def trace_component(component: Component, inputs: dict[str, torch.Tensor], scratch: Path, opset: int) -> ir.Model:
+    """The graph of `component` traced on `inputs`, in memory, its output axes named as the
+    component declares them (`scratch`: where the TorchScript exporter writes its file)."""
     args = tuple(inputs[name] for name in component.input_names)
     module = component.module.eval()
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             if component.exporter == "torchscript":
+                path = scratch / f"{component.name}.torchscript.onnx"
                 torch.onnx.export(
                     module,
                     args,
@@ -43,6 +45,7 @@ def trace_component(component: Component, inputs: dict[str, torch.Tensor], path:
                     opset_version=opset,
                     dynamo=False,
                 )
+                model = load_graph(path, component.name)
             else:
                 # Axis names as strings: torch makes them Dim.DYNAMIC and names the graph's axes after them.
                 dynamic_shapes: tuple[Any, ...] = tuple(
@@ -51,7 +54,9 @@ def trace_component(component: Component, inputs: dict[str, torch.Tensor], path:
                 )
                 if takes_varargs(module):  # forward(self, *inputs), e.g. zoo's method graphs: one entry for them all
                     dynamic_shapes = (dynamic_shapes,)
-                program = torch.onnx.export(
+                # Kept in memory and saved once by the caller: a file written here and read
+                # back would cost two more passes over every weight (minutes and GiB at VAR d30).
+                model = torch.onnx.export(
                     module,
                     args,
                     None,
@@ -61,8 +66,7 @@ def trace_component(component: Component, inputs: dict[str, torch.Tensor], path:
                     opset_version=opset,
                     dynamo=True,
                     verbose=False,
-                )
-                program.save(str(path))
+                ).model
     except (ExportError, OSError):  # OSError: the disk, not the module (the CLI reports it)
         raise
     except Exception as error:
@@ -75,6 +79,8 @@ def trace_component(component: Component, inputs: dict[str, torch.Tensor], path:
         raise ExportError(
             f"component {component.name!r}: the {component.exporter} exporter failed: {root_cause(error)}; {hint}"
         ) from None
+    name_output_axes(model, component)
+    return model
 
 
 def takes_varargs(module: torch.nn.Module) -> bool:
@@ -90,21 +96,17 @@ def check_opset(opset: int) -> None:
         )
 
 
-def finish_graph(source: Path, destination: Path, component: Component | None) -> None:
-    """Write `source` to `destination` as the export keeps it: output axes named as the
-    component declares them (dynamo names them by expression, e.g. `cache_length + 1`),
-    weights inline or, past 2 GB, in `destination.name + ".data"`."""
+def load_graph(path: Path, component_name: str) -> ir.Model:
     try:
-        model = ir.load(str(source))
+        return ir.load(str(path))
     except Exception as error:  # the exporter wrote a graph that is not valid ONNX
-        name = component.name if component is not None else source.stem
-        raise ExportError(f"component {name!r}: the exported graph is not valid ONNX: {root_cause(error)}") from None
-    if component is not None:
-        name_output_axes(model, component)
-    save_graph(model, destination)
+        raise ExportError(
+            f"component {component_name!r}: the exported graph is not valid ONNX: {root_cause(error)}"
+        ) from None
 
 
 def name_output_axes(model: ir.Model, component: Component) -> None:
+    """Dynamo names output axes by expression (e.g. `cache_length + 1`); use the declared names."""
     for value in model.graph.outputs:
         declared = component.dynamic_axes.get(value.name, {})
         if not declared or value.shape is None:
@@ -117,6 +119,7 @@ def name_output_axes(model: ir.Model, component: Component) -> None:
 
 
 def save_graph(model: ir.Model, destination: Path) -> None:
+    """Weights inline, or past 2 GB in `destination.name + ".data"` (written tensor by tensor)."""
     weight_bytes = sum(
         value.const_value.nbytes for value in model.graph.initializers.values() if value.const_value is not None
     )

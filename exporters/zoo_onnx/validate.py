@@ -22,6 +22,7 @@ from zoo_onnx.trace import root_cause
 
 VALIDATION_SIZES = (1, 2)
 VALIDATION_PROVIDER = "CPUExecutionProvider"
+COMPARE_SLICE = 1 << 22  # elements compared at a time
 
 
 def validate_component(component: Component, graph: Path, precision: str, device: torch.device) -> list[dict[str, Any]]:
@@ -81,14 +82,19 @@ def compare(actual: np.ndarray, expected: np.ndarray) -> dict[str, Any]:
             "mismatch_fraction": float(differing.mean()) if differing.size else 0.0,
             "max_abs_error": float(np.abs(actual.astype(np.float64) - expected).max()) if differing.size else 0.0,
         }
-    actual64, expected64 = actual.astype(np.float64), expected.astype(np.float64)
-    same = (actual64 == expected64) | (np.isnan(actual64) & np.isnan(expected64))  # equal infinities count as equal
-    with np.errstate(invalid="ignore"):
-        difference = np.where(same, 0.0, np.abs(actual64 - expected64))
-    difference = np.nan_to_num(difference, nan=np.inf, posinf=np.inf)
-    finite = expected64[np.isfinite(expected64)]
-    reference = float(np.abs(finite).max()) if finite.size else 0.0
-    max_abs = float(difference.max()) if difference.size else 0.0
+    max_abs, reference = 0.0, 0.0
+    # In slices: float64 copies of a whole output (VAR d30's cache: 2 GB at float32) would
+    # take several times its size at once.
+    flat_actual, flat_expected = actual.reshape(-1), expected.reshape(-1)
+    for start in range(0, flat_expected.size, COMPARE_SLICE):
+        got = flat_actual[start : start + COMPARE_SLICE].astype(np.float64)
+        want = flat_expected[start : start + COMPARE_SLICE].astype(np.float64)
+        same = (got == want) | (np.isnan(got) & np.isnan(want))  # equal infinities count as equal
+        with np.errstate(invalid="ignore"):
+            difference = np.where(same, 0.0, np.abs(got - want))
+        max_abs = max(max_abs, float(np.nan_to_num(difference, nan=np.inf, posinf=np.inf).max()))
+        finite = np.abs(want[np.isfinite(want)])
+        reference = max(reference, float(finite.max()) if finite.size else 0.0)
     return {
         "dtype": str(expected.dtype),
         "max_abs_error": max_abs,
