@@ -568,9 +568,13 @@ def build_parser() -> argparse.ArgumentParser:
         "its export directory's name.",
     )
     serving.add_argument("export_dirs", nargs="+", type=Path, metavar="EXPORT_DIR")
-    serving.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serving.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
     serving.add_argument("--port", type=int, default=8000)
-    serving.add_argument("--workers", type=int, default=2, help="requests sampled at once, sharing the sessions (default 2)")
+    serving.add_argument(
+        "--workers", type=int, default=2, help="requests sampled at once, sharing the sessions (default 2)"
+    )
     serving.add_argument(
         "--max-upload-mb", type=float, default=16, help="largest request body, uploaded images included (default 16)"
     )
