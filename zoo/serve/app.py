@@ -57,7 +57,7 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
     async def sample(request: Request) -> Response:
         name = request.path_params["name"]
         if name not in models:
-            raise UnknownNameError("model", name, models)
+            raise RequestError(404, str(UnknownNameError("model", name, models)))
         model = models[name]
         as_png = wants_png(request)
         options = await sample_options(request, model, settings.max_upload_bytes)
@@ -117,14 +117,12 @@ async def request_error(request: Request, exc: Exception) -> Response:
 
 
 async def zoo_error(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, UnknownNameError):
-        status = 404
-    elif isinstance(exc, ConfigError):
+    if isinstance(exc, ConfigError):
         status = 422  # options pydantic refused, or a loop found out of range
     elif isinstance(exc, ExportError):
         status = 500  # a served export failed: the server's fault, not the client's
     else:
-        status = 400  # DataError (an unreadable upload) and the loops' other input errors
+        status = 400  # DataError (an unreadable upload), a loop's other input errors, a graph the export lacks
     return error(status, str(exc))
 
 
