@@ -338,7 +338,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from zoo.serve import ServeSettings, serve
+    from zoo.runtime.serve import ServeSettings, serve
 
     settings = ServeSettings(
         export_dirs=args.export_dirs,

@@ -66,7 +66,7 @@ def test_the_base_install_runs_and_serves_exports_without_torch(runtime_venv, va
         runtime_venv, "python", "-c", "import importlib.util as u; print(u.find_spec('torch'))", cwd=tmp_path
     )
     assert probe.stdout.strip() == "None", "torch is installed in the runtime-only venv"
-    assert in_venv(runtime_venv, "python", "-c", "import zoo, zoo.serve", cwd=tmp_path).returncode == 0
+    assert in_venv(runtime_venv, "python", "-c", "import zoo, zoo.runtime.serve", cwd=tmp_path).returncode == 0
     assert in_venv(runtime_venv, "zoo", "--help", cwd=tmp_path).returncode == 0
 
     options = {"classes": [6], "n": 2, "seed": 3}

@@ -18,9 +18,9 @@ app (routes and errors), server (uvicorn).
 
 from __future__ import annotations
 
-from zoo.serve.app import create_app
-from zoo.serve.models import ServedModel, load_models
-from zoo.serve.server import serve
-from zoo.serve.settings import ServeSettings
+from zoo.runtime.serve.app import create_app
+from zoo.runtime.serve.models import ServedModel, load_models
+from zoo.runtime.serve.server import serve
+from zoo.runtime.serve.settings import ServeSettings
 
 __all__ = ["ServeSettings", "ServedModel", "create_app", "load_models", "serve"]

@@ -13,7 +13,7 @@ from typing import Any
 from zoo import runtime
 from zoo.config import image_inputs
 from zoo.errors import ConfigError
-from zoo.serve.settings import ServeSettings
+from zoo.runtime.serve.settings import ServeSettings
 
 
 @dataclass

@@ -30,12 +30,12 @@ from starlette.routing import BaseRoute, Route
 
 from zoo.errors import ConfigError, ExportError, UnknownNameError, ZooError
 from zoo.runtime.images import first_line
-from zoo.serve.inputs import RequestError, sample_options
-from zoo.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics, MetricsMiddleware
-from zoo.serve.models import ServedModel
-from zoo.serve.outputs import output_json, output_png
-from zoo.serve.page import page_html
-from zoo.serve.settings import ServeSettings
+from zoo.runtime.serve.inputs import RequestError, sample_options
+from zoo.runtime.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics, MetricsMiddleware
+from zoo.runtime.serve.models import ServedModel
+from zoo.runtime.serve.outputs import output_json, output_png
+from zoo.runtime.serve.page import page_html
+from zoo.runtime.serve.settings import ServeSettings
 
 
 def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starlette:

@@ -31,7 +31,7 @@ from starlette.requests import Request
 from zoo.config import SampleOptionsBase, validate
 from zoo.errors import DataError
 from zoo.runtime.images import data_uri, data_uri_bytes, is_data_uri
-from zoo.serve.models import ServedModel
+from zoo.runtime.serve.models import ServedModel
 
 OPTIONS_PART = "options"  # the multipart part holding the options as JSON
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uvicorn
 
-from zoo.serve.app import create_app
-from zoo.serve.models import load_models
-from zoo.serve.settings import ServeSettings
+from zoo.runtime.serve.app import create_app
+from zoo.runtime.serve.models import load_models
+from zoo.runtime.serve.settings import ServeSettings
 
 
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) -> None:

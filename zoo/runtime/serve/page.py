@@ -7,4 +7,4 @@ from importlib.resources import files
 
 
 def page_html() -> str:
-    return files("zoo.serve").joinpath("page.html").read_text(encoding="utf-8")
+    return files("zoo.runtime.serve").joinpath("page.html").read_text(encoding="utf-8")
