@@ -1,7 +1,8 @@
 """zoo: a plugin-based model zoo for discrete-latent image generation and image/text models.
 
 The names below import no torch; the training and model-building API is loaded on first
-use so that `zoo run` and the runtime stay torch-free.
+use so that `zoo run`, `zoo serve` and the runtime stay torch-free (in the base install,
+without the `train` extra, using it is a one-line error naming that extra).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ _API = {"list_models", "get_plugin", "create_model", "resolve_config", "train", 
 
 def __getattr__(name: str) -> Any:
     if name in _API:
+        from zoo.extras import require_train
+
+        require_train(f"zoo.{name}")
         from zoo import api
 
         return getattr(api, name)

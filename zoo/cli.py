@@ -1,8 +1,10 @@
-"""`zoo list | plugins | info | train | sample | eval | export | import | run | keygen`.
+"""`zoo list | plugins | info | train | sample | eval | export | import | run | serve | keygen`.
 
 A thin layer over `zoo.api`; torch is imported only by the commands that need it, so
-`zoo run` works where torch is not installed. Errors users cause, and errors of the disk
-(full, read-only, a file where a folder should be), print as one line.
+`zoo run` and `zoo serve` work from the torch-free base install. There, the commands that
+need the `train` extra say so in one line, and `zoo list` / `zoo plugins` show the
+installed sampling loops. Errors users cause, and errors of the disk (full, read-only, a
+file where a folder should be), print as one line.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pydantic
 from zoo.config import validate
 from zoo.errors import ZooError
 from zoo.exporter import DEFAULT_FORMAT as DEFAULT_EXPORT_FORMAT
+from zoo.extras import TRAIN_INSTALL, missing_train_modules, require_train
 from zoo.outputs import check_output_path
 
 if TYPE_CHECKING:
@@ -99,6 +102,9 @@ def parse_options(
 
 
 def cmd_list(args: argparse.Namespace) -> None:
+    if missing_train_modules():
+        _list_runtimes(args)
+        return
     from zoo.registry import get_registry
 
     registry = get_registry()
@@ -140,6 +146,9 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def cmd_plugins(args: argparse.Namespace) -> None:
+    if missing_train_modules():
+        _list_runtimes(args)
+        return
     from zoo.registry import get_registry
 
     registry = get_registry()
@@ -161,6 +170,21 @@ def cmd_plugins(args: argparse.Namespace) -> None:
             for i in infos
         ],
     )
+
+
+def _list_runtimes(args: argparse.Namespace) -> None:
+    """`zoo list` / `zoo plugins` of the runtime-only install: plugin modules import torch,
+    so only the sampling loops the installed plugins declare are listed."""
+    from zoo.runtime.discovery import installed_runtimes
+
+    runtimes = installed_runtimes()
+    if args.json:
+        print(json.dumps([{"name": model, "runtimes": targets} for model, targets in runtimes.items()], indent=2))
+        return
+    print(f"runtime-only install: `zoo run` and `zoo serve` run exports of {', '.join(runtimes) or 'no model'}")
+    for model, targets in runtimes.items():
+        print(f"  {model}: {', '.join(targets)}")
+    print(f"to train, sample from runs, evaluate, export or import: {TRAIN_INSTALL}")
 
 
 def _plugin_status(info: dict[str, Any]) -> str:
@@ -313,6 +337,20 @@ def cmd_run(args: argparse.Namespace) -> None:
     _emit(loaded.sample(options), out)
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from zoo.runtime.serve import ServeSettings, serve
+
+    settings = ServeSettings(
+        export_dirs=args.export_dirs,
+        provider=args.provider,
+        threads=args.threads,
+        verify_key=args.verify,
+        workers=args.workers,
+        max_upload_bytes=round(args.max_upload_mb * 1024 * 1024),
+    )
+    serve(settings, host=args.host, port=args.port)
+
+
 def cmd_import(args: argparse.Namespace) -> None:
     from zoo.importing import import_checkpoint
 
@@ -460,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", nargs="?")
     info.add_argument("--preset")
     info.add_argument("--run", type=Path, help="print a run directory's resolved config instead")
-    info.set_defaults(handler=cmd_info)
+    info.set_defaults(handler=cmd_info, needs_train=True)
 
     train = commands.add_parser("train", help="train a model's stages into a run directory")
     train.add_argument("model")
@@ -479,19 +517,19 @@ def build_parser() -> argparse.ArgumentParser:
     mode = train.add_mutually_exclusive_group()
     mode.add_argument("--quiet", action="store_true", help="no progress bar")
     mode.add_argument("--json", action="store_true", help="progress as JSON lines")
-    train.set_defaults(handler=cmd_train)
+    train.set_defaults(handler=cmd_train, needs_train=True)
 
     sample = commands.add_parser("sample", add_help=False, help="sample from a trained run (MODEL --help: options)")
     sample.add_argument("model")
     sample.add_argument("rest", nargs=argparse.REMAINDER)
-    sample.set_defaults(handler=cmd_sample)
+    sample.set_defaults(handler=cmd_sample, needs_train=True)
 
     evaluate = commands.add_parser("eval", help="evaluate a trained run")
     evaluate.add_argument("model")
     evaluate.add_argument("--run", type=Path, help="run directory (default: runs/MODEL)")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--json", action="store_true")
-    evaluate.set_defaults(handler=cmd_eval)
+    evaluate.set_defaults(handler=cmd_eval, needs_train=True)
 
     export = commands.add_parser(
         "export", add_help=False, help="export a trained run (ONNX by default; MODEL [--format F] --help: options)"
@@ -499,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", default=DEFAULT_EXPORT_FORMAT, help=argparse.SUPPRESS)  # also before MODEL
     export.add_argument("model")
     export.add_argument("rest", nargs=argparse.REMAINDER)
-    export.set_defaults(handler=cmd_export)
+    export.set_defaults(handler=cmd_export, needs_train=True)
 
     run = commands.add_parser("run", add_help=False, help="sample from an export with onnxruntime (no torch)")
     run.add_argument("export_dir")
@@ -520,7 +558,28 @@ def build_parser() -> argparse.ArgumentParser:
     importing.add_argument("--preset", help="the preset the files must match (default: inferred)")
     importing.add_argument("--format", help="published format, if the model has importers for several")
     importing.add_argument("--json", action="store_true", help="print the result as JSON")
-    importing.set_defaults(handler=cmd_import)
+    importing.set_defaults(handler=cmd_import, needs_train=True)
+
+    serving = commands.add_parser(
+        "serve",
+        help="serve exports over HTTP: a JSON API and a web page (onnxruntime, no torch)",
+        description="Serve export directories over HTTP (Starlette on uvicorn): GET /v1/models, "
+        "POST /v1/models/NAME/sample, GET /healthz, GET /metrics and a web page at /. A model is named by "
+        "its export directory's name.",
+    )
+    serving.add_argument("export_dirs", nargs="+", type=Path, metavar="EXPORT_DIR")
+    serving.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
+    serving.add_argument("--port", type=int, default=8000)
+    serving.add_argument(
+        "--workers", type=int, default=2, help="requests sampled at once, sharing the sessions (default 2)"
+    )
+    serving.add_argument(
+        "--max-upload-mb", type=float, default=16, help="largest request body, uploaded images included (default 16)"
+    )
+    _add_run_flags(serving, default=None)
+    serving.set_defaults(handler=cmd_serve)
 
     keygen = commands.add_parser("keygen", help="make an Ed25519 key pair for signing exports")
     keygen.add_argument(
@@ -547,7 +606,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     warnings.showwarning = _show_warning
     try:
+        if getattr(args, "needs_train", False):
+            require_train(f"zoo {args.command}")
         if args.strict or args.registry:
+            require_train("zoo --registry/--strict")  # the registry loads plugin modules, which import torch
             from zoo.registry import configure_registry
 
             configure_registry(args.registry, args.strict)

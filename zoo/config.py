@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import pydantic
-import yaml
 
 from zoo.errors import ConfigError
 
@@ -90,6 +89,28 @@ class SampleOptionsBase(pydantic.BaseModel):
     seed: int = pydantic.Field(0, ge=0, description="random seed of the sampling loop")
 
 
+# The `json_schema_extra` of a sample option that takes images (one, or a list): file paths
+# on the command line, `data:` URIs anywhere (zoo.runtime.images reads both). `zoo serve`
+# fills these options from uploads only, never from a path a client names, and its web page
+# shows a file picker for them.
+IMAGE_INPUT: dict[str, Any] = {"input": "image"}
+
+
+def image_inputs(schema: type[pydantic.BaseModel]) -> dict[str, bool]:
+    """The options of `schema` marked IMAGE_INPUT -> whether each takes a list of images."""
+    return {
+        name: _takes_list(field.annotation)
+        for name, field in schema.model_fields.items()
+        if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("input") == "image"
+    }
+
+
+def _takes_list(annotation: Any) -> bool:
+    if typing.get_origin(annotation) in (list, tuple):
+        return True
+    return any(_takes_list(arg) for arg in typing.get_args(annotation))
+
+
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in update.items():
@@ -138,6 +159,8 @@ def parse_overrides(schema: type[pydantic.BaseModel], assignments: Iterable[str]
     Text fields take the raw string; every other value is read as YAML, so `3`, `1e-4`,
     `true`, `[1,2,3]` and `{a: 1}` mean what they look like.
     """
+    import yaml  # the training install's; the runtime reads no YAML
+
     result: dict[str, Any] = {}
     for assignment in assignments:
         key, sep, raw = assignment.partition("=")
@@ -161,6 +184,8 @@ def parse_overrides(schema: type[pydantic.BaseModel], assignments: Iterable[str]
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
+    import yaml  # the training install's; the runtime reads no YAML
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from zoo.config import MAX_SAMPLES, ConfigSection, SampleOptionsBase, ZooConfig
+from zoo.config import IMAGE_INPUT, MAX_SAMPLES, ConfigSection, SampleOptionsBase, ZooConfig
 
 
 class ImageConfig(ConfigSection):
@@ -209,6 +209,7 @@ class CaptionSampleOptions(SampleOptionsBase):
         None,
         max_length=MAX_SAMPLES,
         description="image file(s) to caption; with --caption too, prints image/caption retrieval scores",
+        json_schema_extra=IMAGE_INPUT,
     )
     caption: list[str] | None = Field(None, max_length=MAX_SAMPLES, description="caption(s) to turn into images")
     decoding: Literal["greedy", "beam", "sample"] = Field("greedy", description="caption decoding")

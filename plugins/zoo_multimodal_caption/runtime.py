@@ -15,7 +15,7 @@ import numpy as np
 
 from zoo.errors import ExportError
 from zoo.outputs import SampleOutput, to_uint8
-from zoo.runtime.images import read_square, to_model_input
+from zoo.runtime.images import describe_source, read_square, to_model_input
 from zoo.runtime.loop import ModelRuntime
 from zoo.runtime.sampling import batches, draw, filter_logits, log_softmax, run_batched, softmax
 from zoo_multimodal_caption.config import CaptionSampleOptions
@@ -84,7 +84,7 @@ class CaptionRuntime(ModelRuntime):
         lines = []
         for path, row in zip(image_paths, scores, strict=True):
             ranked = np.argsort(-row, kind="stable")
-            lines.append(f"{path}: " + "; ".join(f"{row[j]:.3f} {captions[j]!r}" for j in ranked))
+            lines.append(f"{describe_source(path)}: " + "; ".join(f"{row[j]:.3f} {captions[j]!r}" for j in ranked))
         return SampleOutput(images=images, texts=lines, extras={"similarity": scores})
 
     # -- the model's inference methods (also on a loaded export) -----------------------------

@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, PositiveInt, field_validator
 
-from zoo.config import ConfigSection, SampleOptionsBase, ZooConfig
+from zoo.config import IMAGE_INPUT, ConfigSection, SampleOptionsBase, ZooConfig
 
 
 class VQGANConfig(ConfigSection):
@@ -184,10 +184,14 @@ MAX_SIDE = 2048  # the largest --size: activations grow with its square
 
 class QuantArtSampleOptions(SampleOptionsBase):
     content: str | None = Field(
-        None, description="content image or directory of images; default: held-out embedded photos"
+        None,
+        description="content image or directory of images; default: held-out embedded photos",
+        json_schema_extra=IMAGE_INPUT,
     )
     style: str | None = Field(
-        None, description="style image or directory of images; default: held-out embedded textures"
+        None,
+        description="style image or directory of images; default: held-out embedded textures",
+        json_schema_extra=IMAGE_INPUT,
     )
     content_style_balance: float = Field(
         1.0, ge=0, le=1, description="0 keeps the content codes, 1 uses the transferred codes fully"

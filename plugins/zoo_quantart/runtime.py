@@ -15,7 +15,7 @@ from PIL import Image
 
 from zoo.errors import DataError
 from zoo.outputs import SampleOutput, to_uint8
-from zoo.runtime.images import image_files, read_square, square_resize, to_model_input
+from zoo.runtime.images import image_files, is_data_uri, read_square, square_resize, to_model_input
 from zoo.runtime.loop import ModelRuntime
 from zoo.runtime.sampling import run_batched
 from zoo_quantart.config import QuantArtSampleOptions
@@ -25,7 +25,10 @@ SWEEP_STEPS = 5  # balance values 0, 0.25, ..., 1 on each axis of the sweep
 
 
 def read_images(spec: str, size: int, role: str) -> np.ndarray:
-    """An image file, or every readable image of a directory (sorted by name) -> (N, size, size, 3) uint8."""
+    """An image file, a data: URI, or every readable image of a directory (sorted by name)
+    -> (N, size, size, 3) uint8."""
+    if is_data_uri(spec):
+        return read_square(spec, size, f"--{role}")[None]
     path = Path(spec).expanduser()
     if path.is_dir():
         files = image_files(path)

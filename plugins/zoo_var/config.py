@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from zoo.config import MAX_SAMPLES, ConfigSection, SampleOptionsBase, ZooConfig
+from zoo.config import IMAGE_INPUT, MAX_SAMPLES, ConfigSection, SampleOptionsBase, ZooConfig
 
 DEFAULT_CLASSES = 10  # with no --class: classes 0..9 (all of them for the digits)
 
@@ -254,9 +254,16 @@ class VARSampleOptions(SampleOptionsBase):
         description="Gumbel-softmax smoothing of the code vectors (the official `more_smooth`, which uses 0.27); 0 is off",
     )
     kv_cache: bool = Field(True, description="reuse keys/values of earlier scales; false recomputes every scale")
-    edit: Path | None = Field(None, description="image to edit: its tokens outside --mask are kept at every scale")
-    mask: Path | None = Field(
-        None, description="edit mask image: white = regenerate, black = keep; default: regenerate the centre half"
+    # str before Path: a data: URI (zoo.runtime.images) must stay a string, as Path would fold its "//"
+    edit: str | Path | None = Field(
+        None,
+        description="image to edit: its tokens outside --mask are kept at every scale",
+        json_schema_extra=IMAGE_INPUT,
+    )
+    mask: str | Path | None = Field(
+        None,
+        description="edit mask image: white = regenerate, black = keep; default: regenerate the centre half",
+        json_schema_extra=IMAGE_INPUT,
     )
 
     @field_validator("top_p", mode="before")

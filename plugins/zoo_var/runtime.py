@@ -64,12 +64,12 @@ def gumbel_softmax(logits: np.ndarray, tau: float, rng: np.random.Generator) -> 
     return softmax((logits + gumbels) / tau)
 
 
-def read_image(path: Path, size: int) -> np.ndarray:
+def read_image(path: str | Path, size: int) -> np.ndarray:
     """An image file -> (1, 3, size, size) float32 in [-1, 1], centre-cropped to a square."""
     return to_model_input(read_square(path, size, "--edit")[None])
 
 
-def read_mask(path: Path | None, side: int) -> np.ndarray:
+def read_mask(path: str | Path | None, side: int) -> np.ndarray:
     """(side, side) float in [0, 1], 1 where the image is regenerated. White = regenerate;
     with no mask file, the centre half of the image is regenerated."""
     if path is None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from zoo.config import SampleOptionsBase
 from zoo.errors import ExportError, ZooError
+from zoo.extras import installed
 from zoo.runtime.loop import ModelRuntime
 
 RUNTIME_GROUP = "zoo.runtimes"
@@ -47,12 +48,18 @@ def runtime_class(model: str, export_dir: Path) -> type[ModelRuntime]:
     return found
 
 
+def installed_runtimes() -> dict[str, list[str]]:
+    """Model name -> the "package.module:Class" values its `zoo.runtimes` entry points declare."""
+    runtimes: dict[str, set[str]] = {}
+    for entry in importlib.metadata.entry_points(group=RUNTIME_GROUP):
+        runtimes.setdefault(entry.name, set()).add(entry.value)
+    return {model: sorted(values) for model, values in sorted(runtimes.items())}
+
+
 def declared_runtime(model: str) -> str:
     """ "package.module:Class" from the `zoo.runtimes` entry point named `model`, else from
     the registered plugin (which needs torch)."""
-    values = sorted(
-        {entry.value for entry in importlib.metadata.entry_points(group=RUNTIME_GROUP) if entry.name == model}
-    )
+    values = installed_runtimes().get(model, [])
     if len(values) > 1:
         raise ExportError(
             f"installed plugins declare several runtimes for model {model!r} ({', '.join(values)}); uninstall all but one"
@@ -62,7 +69,7 @@ def declared_runtime(model: str) -> str:
     missing = ExportError(
         f"no installed plugin provides a runtime for model {model!r}; install the plugin that made this export"
     )
-    if not torch_importable():
+    if not installed("torch"):
         raise missing
     from zoo.registry import get_registry
 
@@ -70,13 +77,6 @@ def declared_runtime(model: str) -> str:
         return get_registry().get(model).runtime
     except ZooError:
         raise missing from None
-
-
-def torch_importable() -> bool:
-    try:
-        return importlib.util.find_spec("torch") is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def refuse_shadowed(module_name: str, model: str, export_dir: Path) -> None:

@@ -9,11 +9,19 @@ A PNG of a few kilobytes can declare 12000 x 12000 pixels and decode to 400 MB, 
 declared size is checked against a limit before any pixel is decoded:
 $ZOO_MAX_IMAGE_PIXELS, 64 megapixels by default. Every failure is one DataError naming
 the file.
+
+Wherever a path is read, a `data:` URI (RFC 2397, e.g. `data:image/png;base64,iVBOR...`)
+may stand instead: the image itself, decoded from memory. That is how `zoo serve` hands
+uploads to a sampling loop without writing them to disk.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import os
+import urllib.parse
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,33 +51,68 @@ def max_image_pixels() -> int:
     return limit
 
 
+DATA_URI_PREFIX = "data:"
+
+
+def is_data_uri(source: str | Path) -> bool:
+    return isinstance(source, str) and source.startswith(DATA_URI_PREFIX)
+
+
+def data_uri(data: bytes, media_type: str = "") -> str:
+    """`data:MEDIA_TYPE;base64,...`: bytes as a string that any image option takes."""
+    return f"{DATA_URI_PREFIX}{media_type};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def data_uri_bytes(uri: str, role: str) -> bytes:
+    """The bytes a `data:` URI carries (base64 or percent-encoded); one DataError if malformed."""
+    header, comma, payload = uri[len(DATA_URI_PREFIX) :].partition(",")
+    if not comma:
+        raise DataError(f"{role} {describe_source(uri)}: a data: URI needs a comma before its data")
+    if not header.endswith(";base64"):
+        return urllib.parse.unquote_to_bytes(payload)
+    try:
+        return base64.b64decode(payload, validate=True)
+    except binascii.Error:
+        raise DataError(f"{role} {describe_source(uri)}: the data is not valid base64") from None
+
+
+def describe_source(source: str | Path) -> str:
+    """A path as it is; a data: URI by its media type and size, not by its (long) data."""
+    if not is_data_uri(source):
+        return str(source)
+    media_type = str(source)[len(DATA_URI_PREFIX) :].partition(",")[0].split(";")[0]
+    return f"data:{media_type or 'image'} ({len(str(source)) // 1024} kB)"
+
+
 @contextmanager
 def open_image(path: str | Path, role: str, max_pixels: int | None = None) -> Iterator[Image.Image]:
     """`with open_image(path, "--image") as image:` the opened, not yet decoded image.
 
-    Decoding happens in the with-block (`image.convert`, `np.asarray`), so its errors are
-    turned into the same one-line DataError: "--image PATH: ...". `max_pixels` defaults to
-    `max_image_pixels()`."""
+    `path` may be a data: URI. Decoding happens in the with-block (`image.convert`,
+    `np.asarray`), so its errors are turned into the same one-line DataError: "--image
+    PATH: ...". `max_pixels` defaults to `max_image_pixels()`."""
     limit = max_image_pixels() if max_pixels is None else max_pixels
+    name = describe_source(path)
+    source = io.BytesIO(data_uri_bytes(str(path), role)) if is_data_uri(path) else path
     try:
         # Pillow's own bomb check (a warning past Image.MAX_IMAGE_PIXELS) would only
         # repeat ours; past twice its limit it raises, which is reported below.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 width, height = image.size
                 if width * height > limit:
                     raise DataError(
-                        f"{role} {path}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over the limit of "
+                        f"{role} {name}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over the limit of "
                         f"{limit / 1e6:g}; use a smaller image or raise ${MAX_PIXELS_VARIABLE}"
                     )
                 yield image
     except Image.DecompressionBombError:
-        raise DataError(f"{role} {path}: the image is too large to decode safely; use a smaller image") from None
+        raise DataError(f"{role} {name}: the image is too large to decode safely; use a smaller image") from None
     except FileNotFoundError:
-        raise DataError(f"{role} {path}: no such file") from None
+        raise DataError(f"{role} {name}: no such file") from None
     except (OSError, ValueError, SyntaxError) as error:  # UnidentifiedImageError is an OSError; truncated data too
-        raise DataError(f"{role} {path}: not a readable image ({first_line(error)})") from None
+        raise DataError(f"{role} {name}: not a readable image ({first_line(error)})") from None
 
 
 def first_line(error: BaseException) -> str:
@@ -117,9 +160,10 @@ def upright_rgb(image: Image.Image) -> Image.Image:
 
 
 def read_rgb(path: str | Path, role: str = "--image") -> Image.Image:
-    """An image file a user names -> upright RGB, decoded; failures are one DataError naming `role`."""
-    file = Path(path).expanduser()
-    with open_image(file, role) as image:
+    """An image file a user names (or a data: URI) -> upright RGB, decoded; failures are one
+    DataError naming `role`."""
+    source = path if is_data_uri(path) else Path(path).expanduser()
+    with open_image(source, role) as image:
         return upright_rgb(image)
 
 
@@ -138,7 +182,7 @@ def square_resize(image: Image.Image, size: int, resample: Image.Resampling = Im
 
 
 def read_square(path: str | Path, size: int, role: str = "--image") -> np.ndarray:
-    """An image file -> (size, size, 3) uint8: upright RGB, centre-cropped, resized."""
+    """An image file (or a data: URI) -> (size, size, 3) uint8: upright RGB, centre-cropped, resized."""
     return square_resize(read_rgb(path, role), size)
 
 

@@ -1,0 +1,123 @@
+"""A tiny VAR export, made once per test run, and live `zoo serve` processes on it.
+
+Exporting takes most of a minute on two cores, so the export is shared by the pytest-xdist
+workers: the first to take the lock makes it, the others wait and reuse it. Servers are
+real `zoo serve` subprocesses on a free port of 127.0.0.1, polled until /healthz answers.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT
+
+# A VAR of a few thousand parameters at 16 px: digits' ten classes, four scales.
+TINY_VAR = {
+    "tokenizer": {
+        "resolution": 16,
+        "channels": 8,
+        "channel_multipliers": [1, 2, 2],
+        "res_blocks": 1,
+        "attention_resolutions": [],
+        "code_dim": 8,
+        "codebook_size": 32,
+        "patch_nums": [1, 2, 3, 4],
+    },
+    "transformer": {"depth": 2, "width": 32, "heads": 2, "num_classes": 10},
+}
+# every graph sampling needs; the encoder (editing only) is left out for time
+VAR_COMPONENTS = ["transformer_step", "embed_0", "embed_1", "embed_2", "embed_3", "decoder"]
+
+
+def make_var_export(out_dir: Path) -> None:
+    import torch
+
+    from zoo.config import resolve
+    from zoo.registry import get_registry
+    from zoo_onnx import export_model
+    from zoo_var.config import PRESETS
+
+    plugin = get_registry().get("var")
+    config = resolve(plugin.Config, PRESETS["digits"], overrides=TINY_VAR)
+    torch.manual_seed(0)
+    model = plugin.build(config).eval()
+    with torch.no_grad():  # away from the near-identity init, so that samples differ by class and seed
+        for parameter in model.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    export_model(plugin, model, config, out_dir, components=VAR_COMPONENTS)
+
+
+@pytest.fixture(scope="session")
+def var_export(tmp_path_factory) -> Path:
+    # Under xdist each worker's base temp is a child of the run's: the parent is shared.
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    out_dir = shared / "serve_exports" / "var"
+    out_dir.parent.mkdir(exist_ok=True)
+    with open(shared / "serve_exports.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (out_dir / "manifest.json").is_file():
+            make_var_export(out_dir)
+    return out_dir
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def running_server(command: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Start `command` (a `zoo serve` with --port), yield its base URL once /healthz answers."""
+    port = int(command[command.index("--port") + 1])
+    url = f"http://127.0.0.1:{port}"
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=log.parent)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"zoo serve exited with {process.returncode}: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"zoo serve did not answer in 90 s: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def serve_command(*export_dirs: Path, port: int, extra: tuple[str, ...] = ()) -> list[str]:
+    return [sys.executable, "-m", "zoo", "serve", *map(str, export_dirs), "--port", str(port), *extra]
+
+
+@pytest.fixture(scope="module")
+def server(var_export, tmp_path_factory) -> Iterator[str]:
+    """A live server of the tiny VAR export (as `var`), uploads limited to 64 kB."""
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    command = serve_command(var_export, port=free_port(), extra=("--max-upload-mb", "0.0625", "--workers", "2"))
+    with running_server(command, log, env) as url:
+        yield url
