@@ -346,6 +346,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         threads=args.threads,
         verify_key=args.verify,
         workers=args.workers,
+        max_queue=args.max_queue,
         max_upload_bytes=round(args.max_upload_mb * 1024 * 1024),
     )
     serve(settings, host=args.host, port=args.port)
@@ -574,6 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
     serving.add_argument("--port", type=int, default=8000)
     serving.add_argument(
         "--workers", type=int, default=2, help="requests sampled at once, sharing the sessions (default 2)"
+    )
+    serving.add_argument(
+        "--max-queue", type=int, default=32, help="requests waiting for a worker; more get 503 (default 32)"
     )
     serving.add_argument(
         "--max-upload-mb", type=float, default=16, help="largest request body, uploaded images included (default 16)"

@@ -1,8 +1,9 @@
 """The Starlette app: routes, the thread pool that samples, and errors as one JSON line.
 
 Sampling is CPU-bound and synchronous, so it runs off the event loop in worker threads,
-at most `settings.workers` at once (an anyio CapacityLimiter; further requests wait for a
-free worker). onnxruntime sessions are safe to run from several threads, and each
+at most `settings.workers` at once (an anyio CapacityLimiter); at most `settings.max_queue`
+more wait for a free worker, and further ones are refused with 503 at once: a burst must not
+pile up requests whose clients gave up long before a worker reaches them. onnxruntime sessions are safe to run from several threads, and each
 request's loop keeps its state (generator, caches) to itself.
 
 Requests are sampled one by one, never batched together: a loop draws a whole batch from
@@ -46,6 +47,7 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.limiter = anyio.CapacityLimiter(settings.workers)  # made on the server's event loop
+        app.state.admitted = 0  # sampling or waiting; changed on the event loop only, so no lock
         yield
 
     async def index(request: Request) -> Response:
@@ -61,8 +63,15 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
         model = models[name]
         as_png = wants_png(request)
         options = await sample_options(request, model, settings.max_upload_bytes)
+        state = request.app.state
+        if state.admitted >= settings.workers + settings.max_queue:
+            raise RequestError(503, f"server busy: {state.admitted} requests sampling or waiting; retry later")
+        state.admitted += 1
         start = time.perf_counter()
-        output = await anyio.to_thread.run_sync(model.loaded.sample, options, limiter=request.app.state.limiter)
+        try:
+            output = await anyio.to_thread.run_sync(model.loaded.sample, options, limiter=state.limiter)
+        finally:
+            state.admitted -= 1
         seconds = time.perf_counter() - start
         metrics.sampling.labels(name).observe(seconds)
         if not as_png:

@@ -17,6 +17,7 @@ class ServeSettings:
     threads: int | None = None  # onnxruntime intra-op threads per session
     verify_key: Path | None = None  # an Ed25519 public key every export's manifest.sig must match
     workers: int = 2  # requests sampled at once, in threads sharing the sessions
+    max_queue: int = 32  # requests waiting for a worker; more are refused with 503
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES  # the largest request body
 
     def __post_init__(self) -> None:
@@ -24,5 +25,7 @@ class ServeSettings:
             raise ConfigError("zoo serve needs at least one export directory")
         if self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+        if self.max_queue < 0:
+            raise ConfigError(f"--max-queue must be at least 0, got {self.max_queue}")
         if self.max_upload_bytes < 1024:
             raise ConfigError(f"--max-upload-mb must allow at least 1 kB, got {self.max_upload_bytes} bytes")
