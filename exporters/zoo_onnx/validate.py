@@ -29,6 +29,9 @@ def validate_component(component: Component, graph: Path, precision: str, device
     """One record per validation size: input shapes and, per output, the errors found."""
     options = ort.SessionOptions()
     options.log_severity_level = 4  # failures become ExportErrors; onnxruntime's own log would repeat them
+    # Weights stay in the memory-mapped file instead of prepacked copies: torch holds the
+    # model beside this session, and two copies of VAR d30's 8 GB did not fit in 24 GiB.
+    options.add_session_config_entry("session.disable_prepacking", "1")
     try:
         session = ort.InferenceSession(str(graph), options, providers=[VALIDATION_PROVIDER])
     except Exception as error:
