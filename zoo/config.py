@@ -80,6 +80,9 @@ class ZooConfig(ConfigSection):
 
     # numpy's generators take no negative seeds
     seed: int = pydantic.Field(0, ge=0, description="fixes data order, initialisation and sampling")
+    sample_every: int = pydantic.Field(
+        0, ge=0, description="write the stage's grid to samples/STAGE/step_N.png every this many steps; 0 is off"
+    )
 
 
 class SampleOptionsBase(pydantic.BaseModel):
@@ -201,9 +204,12 @@ def resolve(
     config_file: Path | None = None,
     assignments: Iterable[str] = (),
     overrides: Mapping[str, Any] | None = None,
+    base: Mapping[str, Any] | None = None,
 ) -> ZooConfig:
-    """Merge every layer in order and validate once."""
+    """Merge every layer in order and validate once; `base` (a run's stored config, when
+    resuming it) lies under all of them."""
     layers = [
+        base,
         preset,
         registry_overrides,
         load_config_file(config_file) if config_file is not None else None,
@@ -215,3 +221,15 @@ def resolve(
         if layer:
             values = deep_merge(values, current_names(schema, layer))
     return validate(schema, values)
+
+
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, str, str]]:
+    """Dotted field names whose values differ, with both values as JSON: [("lr", "0.001", "0.002")]."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(set(old) | set(new), key=str):
+            found.extend(config_differences(old.get(key), new.get(key), f"{prefix}{key}."))
+        return found
+    if old == new:
+        return []
+    return [(prefix.rstrip("."), json.dumps(old), json.dumps(new))]
