@@ -197,3 +197,14 @@ class ModelPlugin:
         if stage.sample_options is None:
             return None
         return self.sample(model, config, self.SampleOptions(**stage.sample_options), device)
+
+    @staticmethod
+    def reconstruction_grid(images: torch.Tensor, reconstructions: torch.Tensor) -> SampleOutput:
+        """(N, 3, H, W) images in [-1, 1] in the top row, their reconstructions below: the
+        grid of an autoencoder stage (see `stage_grid`)."""
+        from zoo.outputs import reconstruction_grid, to_uint8
+
+        def pixels(tensor: torch.Tensor) -> Any:
+            return to_uint8(tensor.detach().float().clamp(-1, 1).cpu().numpy())
+
+        return reconstruction_grid(pixels(images), pixels(reconstructions))

@@ -193,7 +193,7 @@ def _reference(image_size: int, latent: int, embedding: int, vocab: int) -> dict
 PRESETS: dict[str, dict] = {
     # The defaults: 64 px embedded shapes, narrower than the reference, a 2x2 pool (keeps where
     # the shapes are), lr 1e-3 with warm-up and cosine decay: 800 steps in ~12 min on one CPU thread.
-    "shapes": {},
+    "shapes": {"sample_every": 200},
     "engravings": _reference(512, 1024, 512, 8000),
     "small": _reference(512, 256, 128, 4000),
     "medium": _reference(512, 512, 256, 5000),

@@ -174,6 +174,7 @@ PRESETS: dict[str, dict] = {
     # (1+4+9+16 = 30 tokens) reconstructs them and keeps both stages inside 15 CPU minutes.
     "digits": {
         "data": "digits",
+        "sample_every": 200,
         "tokenizer": {
             "resolution": 16,
             "channels": 32,

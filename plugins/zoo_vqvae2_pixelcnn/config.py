@@ -174,6 +174,7 @@ PRESETS: dict[str, dict] = {
     # when their held-out loss stops improving. About 6 minutes on one CPU thread.
     "digits32": {
         "data": "digits",
+        "sample_every": 400,
         "class_conditional": True,
         "vqvae": {
             "channels": 64,
