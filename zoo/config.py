@@ -86,11 +86,73 @@ class ZooConfig(ConfigSection):
 
 
 class SampleOptionsBase(pydantic.BaseModel):
-    """Base of every plugin's `SampleOptions`; each field becomes a `zoo sample` flag."""
+    """Base of every plugin's `SampleOptions`; each field becomes a `zoo sample` flag.
+
+    The options several models share are defined here once, with one meaning and one
+    description: `seed` (here), `classes` and `n` (ClassSampleOptions: `n` is images per
+    class where classes are given, images in all otherwise), and `top_k`, `top_p`,
+    `temperature` (the `*_option(default)` fields below: one description, each model's own
+    default)."""
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
     seed: int = pydantic.Field(0, ge=0, description="random seed of the sampling loop")
+
+
+def check_sample_count(n: int, rows: int) -> None:
+    """Refuse, before anything is allocated, a call that would draw over MAX_SAMPLES images."""
+    if n * rows > MAX_SAMPLES:
+        raise ConfigError(
+            f"n x classes = {n} x {rows} = {n * rows} images; at most {MAX_SAMPLES} per call: "
+            f"lower --n or give fewer --class labels"
+        )
+
+
+class ClassSampleOptions(SampleOptionsBase):
+    """Options of a model that draws images per class label (or without one)."""
+
+    # How many classes a call without --class draws (for the count check before sampling;
+    # a loop that knows its model's class count checks again with check_sample_count).
+    default_classes: ClassVar[int] = 1
+
+    classes: list[int] | None = pydantic.Field(
+        None,
+        description="class labels to draw (--class, several allowed); default: every class, at most the first 10",
+        json_schema_extra={"flags": ["--class"]},
+    )
+    n: int = pydantic.Field(
+        8,
+        ge=1,
+        le=MAX_SAMPLES,
+        description=f"images per class (one grid row per class); images in all for a model without classes; "
+        f"n x classes <= {MAX_SAMPLES}",
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _bounded_count(self) -> ClassSampleOptions:
+        rows = len(self.classes) if self.classes else self.default_classes
+        if self.n * rows > MAX_SAMPLES:
+            raise ValueError(f"n x classes = {self.n} x {rows} images; at most {MAX_SAMPLES} per call")
+        return self
+
+
+def top_k_option(default: int = 0) -> Any:
+    return pydantic.Field(
+        default, ge=0, description="draw among the k likeliest codes/tokens; 0 keeps all, 1 is greedy"
+    )
+
+
+def top_p_option(default: float = 1.0) -> Any:
+    return pydantic.Field(
+        default,
+        gt=0,
+        le=1,
+        description="draw among the smallest set of likeliest codes/tokens holding this probability; 1 keeps all",
+    )
+
+
+def temperature_option(default: float = 1.0) -> Any:
+    return pydantic.Field(default, gt=0, description="divides the logits before drawing; lower is more conservative")
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
