@@ -475,12 +475,12 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     run = api.load_run(command["run"] or Path("runs") / model, model=model, device="cpu")
     components = run.plugin.component_names(run.config)
-    print(
-        f"exporting {model} ({', '.join(components)}) to {command['out']} as {exporter.name}, "
-        f"then validating every graph against torch; large models take minutes",
-        file=sys.stderr,
-        flush=True,
-    )
+    if not command["json"]:  # a status line, so that a minute of exporting is not silence
+        print(
+            f"exporting {model} ({', '.join(components)}) to {command['out']} as {exporter.name}, "
+            f"then validating every graph against torch; large models take minutes",
+            flush=True,
+        )
     manifest = run.export(command["out"], format=exporter.name, **options.model_dump(exclude_unset=True))
     if command["json"]:
         print(json.dumps({"export_dir": str(command["out"]), "manifest": manifest}, indent=2, default=str))
@@ -715,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"zoo {__version__}")
     parser.add_argument("--registry", type=Path, help="user registry file (also $ZOO_REGISTRY)")
     parser.add_argument("--strict", action="store_true", help="fail when a plugin fails to load (also $ZOO_STRICT=1)")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", help="`zoo COMMAND --help` for its flags")
 
     listing = _add_subcommand(
         commands,

@@ -117,10 +117,12 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path):
 
 def test_existing_run_needs_resume_and_same_config(tmp_path):
     run_toy(tmp_path / "run", steps=5, stage="regress")
-    with pytest.raises(RunError, match="--resume"):
+    with pytest.raises(RunError, match="resume=True") as raised:
         run_toy(tmp_path / "run", steps=5)
-    with pytest.raises(RunError, match="another config"):
+    assert "--resume" not in str(raised.value) and "--resume" in raised.value.cli_message
+    with pytest.raises(RunError, match="another config .steps: the run has 5, this call gives 6") as raised:
         run_toy(tmp_path / "run", steps=6, resume=True)
+    assert "this command gives 6" in raised.value.cli_message and "--out" in raised.value.cli_message
     with pytest.raises(UnknownNameError, match="Did you mean 'regress'"):
         run_toy(tmp_path / "other", steps=5, stage="regres")
 
