@@ -559,12 +559,14 @@ def test_the_example_samples_recognisable_reconstructions(trained_run, example_p
     from zoo.data import digits
     from zoo.outputs import to_uint8
 
-    output = zoo.load_run(trained_run).sample(n=4, seed=1)
+    output = zoo.load_run(trained_run).sample(n=8, seed=1)
     held_out = np.stack([digits(16, "test")[i]["image"].numpy() for i in range(64)])
-    chosen = np.sort(np.random.default_rng(1).choice(64, size=4, replace=False))
-    np.testing.assert_array_equal(output.images[:4], to_uint8(held_out[chosen]))  # top row: the digits
-    error = np.abs(output.images[4:].astype(float) - output.images[:4].astype(float)).mean()
-    assert error < 40, "the bottom row reconstructs them"  # noise would be ~100 off
+    chosen = np.sort(np.random.default_rng(1).choice(64, size=8, replace=False))
+    np.testing.assert_array_equal(output.images[:8], to_uint8(held_out[chosen]))  # top row: the digits
+    inputs, reconstructions = output.images[:8].astype(float), output.images[8:].astype(float)
+    own = np.abs(reconstructions - inputs).mean()
+    others = np.mean([np.abs(reconstructions - np.roll(inputs, k, axis=0)).mean() for k in range(1, 8)])
+    assert own < 0.85 * others, "each reconstruction looks like its own digit more than the others"
 
 
 def test_ctrl_c_names_the_last_checkpoint_and_the_resume_command(tmp_path, example_site):
