@@ -97,12 +97,14 @@ class PlainReporter:
         self.every_seconds, self.file, self.clock = every_seconds, file, clock
         self.stage, self.total, self.first = "", 0, 0
         self.started = self.last_line = 0.0
+        self.held_out: dict[str, Any] = {}  # the latest validation values of the stage
 
     def _print(self, text: str) -> None:
         print(text, file=self.file or sys.stdout, flush=True)
 
     def start(self, stage: str, total: int, done: int) -> None:
         self.stage, self.total, self.first = stage, total, done
+        self.held_out = {}
         self.started = self.last_line = self.clock()
         self._print(f"{stage}: {total} steps" + (f", resuming at step {done}" if done else ""))
 
@@ -123,11 +125,14 @@ class PlainReporter:
         return " ".join(parts)
 
     def update(self, step: int, metrics: dict[str, Any]) -> None:
+        if "images_per_s" not in metrics:  # a validation record: shown with the next line
+            self.held_out.update({k: v for k, v in metrics.items() if k not in NOT_SHOWN})
+            return
         now = self.clock()
         if now - self.last_line < self.every_seconds and step < self.total:
             return
         self.last_line = now
-        self._print(self.line(step, metrics))
+        self._print(self.line(step, {**metrics, **self.held_out}))
 
     def message(self, text: str) -> None:
         self._print(text)

@@ -39,11 +39,15 @@ def test_plain_resume_and_stage_end():
     reporter = PlainReporter(every_seconds=1, file=out, clock=clock)
     reporter.start("prior", 100, 40)
     clock.now = 3.0
-    reporter.update(50, {"loss": 2.0})
+    reporter.update(50, {"loss": 2.0, "images_per_s": 10.0})
+    reporter.update(50, {"stage": "prior", "step": 50, "val_loss": 2.5})  # validation: no line of its own
+    clock.now = 6.0
+    reporter.update(60, {"loss": 1.5, "images_per_s": 10.0})
     reporter.stage_end("prior", 75.0, {"loss": 2.0, "val_loss": 2.5})
     assert out.getvalue().splitlines() == [
         "prior: 100 steps, resuming at step 40",
-        "prior 50/100 (50%) ETA 15s loss 2",
+        "prior 50/100 (50%) 10 img/s ETA 15s loss 2",
+        "prior 60/100 (60%) 10 img/s ETA 12s loss 1.5 val_loss 2.5",
         "prior: done in 1m15s: loss 2 val_loss 2.5",
     ]
 
