@@ -41,12 +41,14 @@ figcaption { font-size: .8em; color: #555; }
 .bad { color: #b00; font-weight: bold; }
 """
 
-# Panels of a stage's curves: (title, does this metric belong, log scale allowed)
+# Panels of a stage's curves: (title, does this metric belong); the rest go to `losses`
 PANELS: list[tuple[str, Any]] = [
     ("learning rate", lambda key: key == "lr" or key.endswith("/lr")),
     ("throughput (images/s)", lambda key: key == "images_per_s"),
     ("codebook", lambda key: any(word in key for word in ("usage", "perplexity", "codebook", "dead"))),
     ("validation", lambda key: key.startswith("val_")),
+    ("quality", lambda key: any(word in key for word in ("psnr", "accuracy", "ssim", "bleu"))),
+    ("gradient norm", lambda key: "grad_norm" in key),
 ]
 
 

@@ -279,6 +279,15 @@ def test_export_then_run_without_torch_matches_sample(
     written = json.loads(stdout)
     assert written["export_dir"] == str(tmp_path / "export2")
     assert set(written["manifest"]["components"]) == {"encoder", "decoder"}
+    # the report shows the export's validation errors against torch, per component
+    code, _, stderr = cli(
+        capsys, "report", str(trained_run), "--export", str(tmp_path / "export"), "--out", str(tmp_path / "r.html")
+    )
+    assert code == 0, stderr
+    page = ReportPage.parse(tmp_path / "r.html")
+    assert f"export {tmp_path / 'export'}" in page.headings
+    row = page.cells[page.cells.index("decoder") : page.cells.index("decoder") + 4]
+    assert row[1] == "fp32" and re.search(r"max_abs_error \S+", row[3]), row
     cli(
         capsys,
         "sample",
