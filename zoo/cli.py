@@ -411,7 +411,12 @@ def _usage_without_positional(
     prog: str, positional: str, common: dict[str, dict[str, Any]], argv: list[str], description: str, epilog: str
 ) -> None:
     parser = _command_parser(prog, description, epilog)
-    parser.add_argument(positional.lower(), metavar=positional)
+    what = "export directory (`zoo export MODEL --out DIR`)" if positional == "EXPORT_DIR" else "installed model"
+    parser.add_argument(
+        positional.lower(),
+        metavar=positional,
+        help=f"{what}; `zoo {prog.split()[-1]} {positional} --help` lists its options too",
+    )
     _add_common(parser, common)
     if "-h" in argv or "--help" in argv:
         parser.print_help()
