@@ -13,6 +13,7 @@ Usage:
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +35,10 @@ from zoo.registry import get_registry
 from zoo.trainer import Trainer, TrainOptions
 
 
-def list_models() -> list[str]:
-    return sorted(get_registry().models)
+def list_models(pattern: str | None = None) -> list[str]:
+    """Installed model names, sorted; `pattern` is a shell glob (`"v*"`, `"*caption*"`)."""
+    names = sorted(get_registry().models)
+    return names if pattern is None else [n for n in names if fnmatch.fnmatchcase(n, pattern)]
 
 
 def get_plugin(name: str) -> ModelPlugin:
@@ -48,12 +51,19 @@ def resolve_config(
     config_file: Path | None = None,
     assignments: Iterable[str] = (),
     overrides: Mapping[str, Any] | None = None,
+    base: Mapping[str, Any] | None = None,
 ) -> tuple[ModelPlugin, str | None, ZooConfig]:
-    """defaults < preset < registry overrides < config file < --set assignments < overrides."""
+    """defaults < preset < registry overrides < config file < overrides < --set assignments.
+
+    With `base` (a run's stored config, when resuming it), the layers go on top of it
+    instead of the defaults, and a preset applies only when one is named."""
     registry = get_registry()
     plugin = registry.get(name)
-    preset_name, preset_values = registry.preset(name, preset)
-    config = resolve(plugin.Config, preset_values, None, config_file, assignments, overrides)
+    if base is not None and preset is None:
+        preset_name, preset_values = None, None
+    else:
+        preset_name, preset_values = registry.preset(name, preset)
+    config = resolve(plugin.Config, preset_values, None, config_file, assignments, overrides, base=base)
     return plugin, preset_name, config
 
 
@@ -94,19 +104,21 @@ class Run:
 def load_run(run_dir: Path | str, model: str | None = None, device: str = "auto") -> Run:
     """Load a run directory; `model`, when given, must be the model the run holds."""
     run_dir = Path(run_dir)
-    record = ckpt.read_run_record(run_dir)
+    record = ckpt.read_run_record(run_dir, model)
     if model is not None and record["model"] != model:
+        what = f"{run_dir} holds a {record['model']!r} run, not {model!r}"
         raise RunError(
-            f"{run_dir} holds a {record['model']!r} run, not {model!r}; "
-            f"use `zoo ... {record['model']} --run {run_dir}` or another --run"
+            f"{what}; load it with zoo.load_run({str(run_dir)!r}) or give another run directory",
+            cli=f"{what}; use `zoo ... {record['model']} --run {run_dir}` or another --run",
         )
     plugin = get_registry().get(record["model"])
     config = validate(plugin.Config, record["config"])
     weights = run_dir / ckpt.WEIGHTS_FILE
     if not weights.is_file():
+        what = f"{run_dir} has no {ckpt.WEIGHTS_FILE} yet: no stage has finished; continue training with"
         raise RunError(
-            f"{run_dir} has no {ckpt.WEIGHTS_FILE} yet: no stage has finished; "
-            f"continue training with `zoo train {plugin.name} --out {run_dir} --resume`"
+            f"{what} zoo.train({plugin.name!r}, run_dir={str(run_dir)!r}, resume=True)",
+            cli=f"{what} `zoo train {plugin.name} --out {run_dir} --resume`",
         )
     torch_device = choose_device(device)
     net = plugin.build(config)
@@ -116,7 +128,7 @@ def load_run(run_dir: Path | str, model: str | None = None, device: str = "auto"
 
 
 def train(
-    name: str,
+    name: str | None = None,
     preset: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     run_dir: Path | str | None = None,
@@ -130,9 +142,31 @@ def train(
     progress: Mode = "quiet",
     checkpoint_every: int = 200,
     log_every: int = 10,
+    log_every_seconds: float = 30.0,
+    tensorboard: Path | str | None = None,
+    command: list[str] | None = None,
 ) -> Run:
-    """Train every stage (or one) of a model; returns the trained run."""
-    plugin, preset_name, config = resolve_config(name, preset, config_file, assignments, overrides)
+    """Train every stage (or one) of a model; returns the trained run.
+
+    Resuming (`resume=True`) or training one stage (`stage=`) of an existing run takes the
+    run's stored config: `name` may be left out, and only the fields given here change it
+    (which is refused when they differ from the run's). `progress` is "quiet" (default),
+    "auto" (a bar on a terminal, else plain lines every `log_every_seconds`), "bar",
+    "plain" or "json"; `tensorboard` is a directory for TensorBoard event files."""
+    if run_dir is None and name is not None:
+        run_dir = Path("runs") / name
+    record = _existing_record(Path(run_dir)) if run_dir is not None and (resume or stage) else None
+    if name is None:
+        if record is None:
+            raise RunError(
+                "name the model to train, or resume an existing run: zoo.train(run_dir=RUN, resume=True)",
+                cli="name the MODEL to train, or resume an existing run: zoo train --resume --out RUN",
+            )
+        name = str(record["model"])
+    stored = record["config"] if record is not None and record["model"] == name else None
+    plugin, preset_name, config = resolve_config(name, preset, config_file, assignments, overrides, base=stored)
+    if stored is not None and preset is None:
+        preset_name = record.get("preset") if record is not None else None
     run_dir = Path(run_dir or Path("runs") / name)
     options = TrainOptions(
         device=device,
@@ -143,8 +177,18 @@ def train(
         from_run=Path(from_run) if from_run else None,
         checkpoint_every=checkpoint_every,
         log_every=log_every,
+        log_every_seconds=log_every_seconds,
+        tensorboard=Path(tensorboard) if tensorboard is not None else None,
+        command=command,
     )
     trainer = Trainer(plugin, config, run_dir, preset_name, options)
     model = trainer.run()
     model.eval()
     return Run(plugin, config, model, run_dir, trainer.device)
+
+
+def _existing_record(run_dir: Path) -> dict[str, Any] | None:
+    """The run record of `run_dir`, or None when it holds no run yet."""
+    if not (run_dir / ckpt.CONFIG_FILE).is_file():
+        return None
+    return ckpt.read_run_record(run_dir)

@@ -1,9 +1,13 @@
 """Run directories: what a training run writes, written atomically, read without pickle.
 
-    RUN/config.json          model, plugin version, zoo version, preset, resolved config
+    RUN/config.json          model, plugin version, zoo version, preset, resolved config,
+                             finished stages, and `sessions`: one per `zoo train` call (start
+                             and end time, status, command line, device, precision, versions)
     RUN/model.safetensors    weights after the last finished stage
-    RUN/metrics.jsonl        one JSON object per logged step
-    RUN/samples/STAGE.png    the sample grid written when a stage ends
+    RUN/metrics.jsonl        one JSON object per logged step, one `end` event per stage
+    RUN/samples/STAGE.png    the stage's grid (sample or reconstructions) written when it ends
+    RUN/samples/STAGE/step_N.png   the same every `sample_every` steps (0: none)
+    RUN/eval.json            `zoo eval`'s metrics
     RUN/cache/               data a stage derives once (e.g. token indices)
     RUN/state/latest.json    points at the newest complete trainer checkpoint:
     RUN/state/ckpt-N/        model.safetensors, tensors.safetensors, trainer.json
@@ -163,11 +167,14 @@ def run_record(model: str, plugin_version: str, preset: str | None, config: dict
     }
 
 
-def read_run_record(run_dir: Path) -> dict[str, Any]:
+def read_run_record(run_dir: Path, model: str | None = None) -> dict[str, Any]:
+    """config.json of a run directory; `model` (when known) names the model in the hint."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
+        what = f"{run_dir} is not a run directory (no {CONFIG_FILE}); train one with"
+        name = model or "MODEL"
         raise RunError(
-            f"{run_dir} is not a run directory (no {CONFIG_FILE}); train one with `zoo train MODEL --out {run_dir}`"
+            f"{what} zoo.train({name!r}, run_dir={str(run_dir)!r})", cli=f"{what} `zoo train {name} --out {run_dir}`"
         )
     try:
         record = json.loads(path.read_text())
@@ -416,3 +423,43 @@ def _keeps(line: str, stage: str, step: int) -> bool:
     if not isinstance(record, dict):
         return False
     return record.get("stage") != stage or not isinstance(record.get("step"), int) or record["step"] <= step
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl's records in order; lines a kill cut short are skipped."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+# Logged beside the metrics but not a measure of the model.
+BOOKKEEPING = ("stage", "step", "event", "seconds", "lr", "images_per_s")
+
+
+def stage_summaries(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per stage, in the order they ran: `steps`, `seconds` (when it ended) and the last
+    logged value of every metric (`loss`, `val_loss`, ...)."""
+    summaries: dict[str, dict[str, Any]] = {}
+    for record in read_metrics(run_dir):
+        stage = record.get("stage")
+        if not isinstance(stage, str):
+            continue
+        summary = summaries.setdefault(stage, {"steps": 0, "seconds": None, "metrics": {}})
+        if isinstance(record.get("step"), int):
+            summary["steps"] = max(summary["steps"], record["step"])
+        if record.get("event") == "end":
+            summary["seconds"] = record.get("seconds")
+            continue
+        for key, value in record.items():
+            if key not in BOOKKEEPING and isinstance(value, (int, float)):
+                summary["metrics"][key] = value
+    return summaries

@@ -1,10 +1,17 @@
-"""`zoo list | plugins | info | train | sample | eval | export | import | run | serve | keygen`.
+# PYTHON_ARGCOMPLETE_OK
+"""`zoo list | plugins | info | train | sample | eval | export | import | run | serve | report | keygen`.
 
 A thin layer over `zoo.api`; torch is imported only by the commands that need it, so
 `zoo run` and `zoo serve` work from the torch-free base install. There, the commands that
 need the `train` extra say so in one line, and `zoo list` / `zoo plugins` show the
 installed sampling loops. Errors users cause, and errors of the disk (full, read-only, a
-file where a folder should be), print as one line.
+file where a folder should be), print as one line, in the CLI's wording
+(`ZooError.cli_message`: `--resume`, where the API's says `resume=True`).
+
+`sample`, `run` and `export` take options that depend on the model (or exporter): their
+arguments are parsed in two passes (the command's own flags and the MODEL / EXPORT_DIR
+first, then everything with the model's options), so every flag may come before or
+after the positional argument.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import argparse
 import errno
 import json
 import os
+import shlex
 import subprocess
 import sys
 import types
@@ -28,6 +36,7 @@ from zoo.errors import ZooError
 from zoo.exporter import DEFAULT_FORMAT as DEFAULT_EXPORT_FORMAT
 from zoo.extras import TRAIN_INSTALL, missing_train_modules, require_train
 from zoo.outputs import check_output_path
+from zoo.version import __version__
 
 if TYPE_CHECKING:
     from zoo.progress import Mode  # rich, imported only when training
@@ -79,20 +88,60 @@ def add_option_flags(
         )
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every flag's default after its help (unless the help already says it, or there is
+    none to say); descriptions and example epilogs kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _command_parser(prog: str, description: str | None = None, epilog: str | None = None, **kwargs: Any):
+    return argparse.ArgumentParser(
+        prog=prog, description=description, epilog=epilog, formatter_class=HelpFormatter, **kwargs
+    )
+
+
+def _add_common(parser: argparse.ArgumentParser, common: dict[str, dict[str, Any]]) -> None:
+    for flag, kwargs in common.items():
+        parser.add_argument(flag, **kwargs)
+
+
+def first_pass(
+    argv: list[str], positional: str, common: dict[str, dict[str, Any]]
+) -> tuple[str | None, argparse.Namespace]:
+    """The positional argument (MODEL, EXPORT_DIR) wherever it stands among the command's
+    own flags; model options (unknown here) must follow it."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    _add_common(parser, {flag: {k: v for k, v in kw.items() if k != "required"} for flag, kw in common.items()})
+    parser.add_argument(positional, nargs="?")
+    known, _ = parser.parse_known_args(argv)
+    return getattr(known, positional), known
+
+
 def parse_options(
     schema: type[pydantic.BaseModel],
     prog: str,
     argv: list[str],
     common: dict[str, dict[str, Any]],
     what: str = "sample option",
+    positional: tuple[str, str] | None = None,
+    description: str | None = None,
+    epilog: str | None = None,
 ) -> tuple[dict[str, Any], Any]:
-    """Parse the command's own flags plus the model's (or exporter's) options; validate the options."""
-    parser = argparse.ArgumentParser(prog=prog)
-    for flag, kwargs in common.items():
-        parser.add_argument(flag, **kwargs)
+    """Parse the command's own flags, its positional argument (`(dest, help)`, consumed
+    wherever it stands) and the model's (or exporter's) options; validate the options."""
+    parser = _command_parser(prog, description, epilog, allow_abbrev=False)
+    if positional is not None:
+        parser.add_argument(positional[0], help=positional[1])
+    _add_common(parser, common)
     add_option_flags(parser, schema, title=f"{what}s")
-    namespace = vars(parser.parse_args(argv))
-    own = {key.lstrip("-").replace("-", "_") for key in common}
+    namespace = vars(parser.parse_intermixed_args(argv))
+    own = {key.lstrip("-").replace("-", "_") for key in common} | ({positional[0]} if positional else set())
     command_args = {k: v for k, v in namespace.items() if k in own}
     options = validate(schema, {k: v for k, v in namespace.items() if k not in own}, what=what)
     return command_args, options
@@ -105,11 +154,13 @@ def cmd_list(args: argparse.Namespace) -> None:
     if missing_train_modules():
         _list_runtimes(args)
         return
+    from zoo.api import list_models
     from zoo.registry import get_registry
 
     registry = get_registry()
     rows: list[dict[str, Any]] = []
-    for name, entry in sorted(registry.models.items()):
+    for name in list_models(args.pattern):
+        entry = registry.models[name]
         plugin = entry.plugin
         presets = registry.presets(name)
         _, config = _default_config(name)
@@ -128,6 +179,8 @@ def cmd_list(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
+    if not rows and args.pattern:
+        print(f"no model matches {args.pattern!r}; installed: {', '.join(sorted(registry.models))}", file=sys.stderr)
     _print_table(
         ["model", "version", "presets", "stages", "components", "source"],
         [
@@ -197,7 +250,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     if args.run:
         from zoo.checkpoint import read_run_record
 
-        print(json.dumps(read_run_record(Path(args.run)), indent=2))
+        print(json.dumps(read_run_record(Path(args.run), args.model), indent=2))
         return
     if not args.model:
         raise ZooError("zoo info needs a MODEL or --run DIR")
@@ -206,12 +259,36 @@ def cmd_info(args: argparse.Namespace) -> None:
     registry = get_registry()
     plugin = registry.get(args.model)
     preset, config = _default_config(args.model, args.preset)
+    stages = plugin.stages(config)
+    if args.json:
+        info = {
+            "name": plugin.name,
+            "version": plugin.version,
+            "description": plugin.description,
+            "default_preset": plugin.default_preset,
+            "preset": preset,
+            "presets": registry.presets(args.model),
+            "stages": [
+                {
+                    "name": stage.name,
+                    "steps": stage.steps,
+                    "batch_size": stage.batch_size,
+                    "optimizers": [{"name": o.name, "lr": o.lr} for o in stage.optimizers],
+                }
+                for stage in stages
+            ],
+            "components": plugin.component_names(config),
+            "config": config.model_dump(mode="json"),
+            "fields": _field_descriptions(plugin.Config),
+        }
+        print(json.dumps(info, indent=2))
+        return
     print(f"{plugin.name} {plugin.version}: {plugin.description}\n")
     print(f"presets (default {plugin.default_preset}):")
     for name, values in registry.presets(args.model).items():
         print(f"  {name}: {json.dumps(values)}")
     print(f"\nstages ({preset or 'defaults'}):")
-    for stage in plugin.stages(config):
+    for stage in stages:
         optimizers = ", ".join(f"{o.name} lr {o.lr:g}" for o in stage.optimizers)
         print(f"  {stage.name}: {stage.steps} steps, batch {stage.batch_size}, optimizers: {optimizers}")
     print(f"\nexport components: {', '.join(plugin.component_names(config))}")
@@ -225,45 +302,150 @@ def cmd_train(args: argparse.Namespace) -> None:
         sys.exit(_launch_torchrun(args.nproc_per_node))
     from zoo import api
 
+    if args.model is None and not (args.resume and args.out):
+        raise ZooError("zoo train needs a MODEL (or, to continue a run: zoo train --resume --out RUN)")
     overrides = {"seed": args.seed} if args.seed is not None else None
-    progress: Mode = "json" if args.json else "quiet" if args.quiet else "bar"
-    run = api.train(
-        args.model,
-        preset=args.preset,
-        overrides=overrides,
-        run_dir=args.out,
-        config_file=args.config,
-        assignments=args.set or [],
-        stage=args.stage,
-        resume=args.resume,
-        from_run=args.from_run,
-        device=args.device,
-        precision=args.precision,
-        progress=progress,
-        checkpoint_every=args.checkpoint_every,
-    )
+    progress: Mode = "json" if args.json else "quiet" if args.quiet else "auto"
+    run_dir = args.out or Path("runs") / str(args.model)
+    try:
+        run = api.train(
+            args.model,
+            preset=args.preset,
+            overrides=overrides,
+            run_dir=args.out,
+            config_file=args.config,
+            assignments=args.set or [],
+            stage=args.stage,
+            resume=args.resume,
+            from_run=args.from_run,
+            device=args.device,
+            precision=args.precision,
+            progress=progress,
+            checkpoint_every=args.checkpoint_every,
+            log_every_seconds=args.log_every_seconds,
+            tensorboard=_tensorboard_dir(args.tensorboard, run_dir),
+            command=["zoo", *(args.argv or [])],
+        )
+    except KeyboardInterrupt:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(interrupted_message(args, run_dir), file=sys.stderr)
+        sys.exit(130)
     if progress != "json" and int(os.environ.get("RANK", "0")) == 0:
-        grids = sorted((run.run_dir / "samples").glob("*.png"))
-        print(f"run directory: {run.run_dir}")
-        if grids:
-            print(f"sample grid: {grids[-1]}")
+        print(training_summary(run.plugin.name, run.run_dir, args.tensorboard is not None))
+
+
+def _tensorboard_dir(flag: str | None, run_dir: Path) -> Path | None:
+    if flag is None:
+        return None
+    return Path(flag) if flag else Path(run_dir) / "tensorboard"
+
+
+def training_summary(model: str, run_dir: Path, tensorboard: bool = False) -> str:
+    """Per stage: time and final metrics; the grids; the commands to go on with."""
+    from zoo.checkpoint import stage_summaries
+    from zoo.progress import format_duration, format_metrics
+
+    lines = [f"run directory: {run_dir}"]
+    summaries = stage_summaries(run_dir)
+    width = max((len(name) for name in summaries), default=5)
+    for name, summary in summaries.items():
+        seconds = summary["seconds"]
+        took = format_duration(seconds) if seconds is not None else "not finished"
+        lines.append(f"  {name:<{width}}  {took:>7}  {summary['steps']} steps  {format_metrics(summary['metrics'])}")
+    for grid in sorted((Path(run_dir) / "samples").glob("*.png")):
+        lines.append(f"grid: {grid}")
+    run = shlex.quote(str(run_dir))
+    lines += [
+        "next:",
+        f"  zoo sample {model} --run {run} --out {model}_sample.png",
+        f"  zoo eval {model} --run {run}",
+        f"  zoo export {model} --run {run} --out exports/{Path(run_dir).name}",
+        f"  zoo report {run} --out {shlex.quote(str(Path(run_dir) / 'report.html'))}",
+    ]
+    if tensorboard:
+        lines.append(f"  tensorboard --logdir {run}")
+    return "\n".join(lines)
+
+
+def interrupted_message(args: argparse.Namespace, run_dir: Path) -> str:
+    """What Ctrl-C leaves: the last checkpoint and the command that continues from it."""
+    from zoo.checkpoint import read_trainer_checkpoint
+
+    try:
+        found = read_trainer_checkpoint(run_dir)
+    except (ZooError, OSError):
+        found = None
+    command = ["zoo", "train"] + ([args.model] if args.model else []) + ["--resume", "--out", str(run_dir)]
+    if args.precision != "fp32":
+        command += ["--precision", args.precision]
+    if args.device != "auto":
+        command += ["--device", args.device]
+    if found is None:
+        return f"interrupted before the first checkpoint; nothing to resume in {run_dir}: start again"
+    state = found[1]
+    if "step" in state:
+        where = f"stage {state['stage']}, step {state['step']}"
+    else:
+        where = f"the end of stage {(state.get('completed') or ['?'])[-1]}"
+    return f"interrupted; the last checkpoint is at {where}. Resume with:\n  {shlex.join(command)}"
+
+
+SAMPLE_EPILOG = """examples:
+  zoo sample var --class 3 7 --n 8 --seed 0 --out grid.png
+  zoo sample var --run runs/var-big --top-k 1 --json
+  zoo sample tiny_autoencoder --n 16 --out ae.png     (MODEL --help: the model's options)"""
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from zoo import api
     from zoo.registry import get_registry
 
-    plugin = get_registry().get(args.model)
-    common = {
-        "--run": {"default": str(Path("runs") / args.model), "help": "run directory (default: runs/MODEL)"},
-        "--out": {"default": f"{args.model}_sample.png", "help": "output image (texts go beside it)"},
-        "--device": {"default": "auto", "help": "auto, cpu or cuda"},
+    common: dict[str, dict[str, Any]] = {
+        "--run": {"default": None, "help": "run directory (default: runs/MODEL)"},
+        "--out": {
+            "default": None,
+            "help": "output image, .png/.jpg/...; texts go beside it (default: MODEL_sample.png)",
+        },
+        "--device": {"default": "auto", "choices": ["auto", "cpu", "cuda"], "help": "where torch samples"},
+        "--json": {"action": "store_true", "help": "print what was written as JSON"},
     }
-    command, options = parse_options(plugin.SampleOptions, f"zoo sample {args.model}", args.rest, common)
-    out = check_output_path(command["out"])
-    run = api.load_run(command["run"], model=args.model, device=command["device"])
+    model, _ = first_pass(args.rest, "model", common)
+    description = "Sample from a trained run with torch (the same loop `zoo run` drives with onnxruntime)."
+    if model is None:
+        _usage_without_positional("zoo sample", "MODEL", common, args.rest, description, SAMPLE_EPILOG)
+        return
+    plugin = get_registry().get(model)
+    command, options = parse_options(
+        plugin.SampleOptions,
+        "zoo sample",
+        args.rest,
+        common,
+        positional=("model", "installed model (`zoo list`)"),
+        description=description,
+        epilog=SAMPLE_EPILOG,
+    )
+    out = check_output_path(command["out"] or f"{model}_sample.png")  # before any work
+    from zoo import api
+
+    run = api.load_run(command["run"] or Path("runs") / model, model=model, device=command["device"])
     output = plugin.sample(run.model, run.config, options, run.device)
-    _emit(output, out)
+    _emit(output, out, command["json"])
+
+
+def _usage_without_positional(
+    prog: str, positional: str, common: dict[str, dict[str, Any]], argv: list[str], description: str, epilog: str
+) -> None:
+    parser = _command_parser(prog, description, epilog)
+    what = "export directory (`zoo export MODEL --out DIR`)" if positional == "EXPORT_DIR" else "installed model"
+    parser.add_argument(
+        positional.lower(),
+        metavar=positional,
+        help=f"{what}; `zoo {prog.split()[-1]} {positional} --help` lists its options too",
+    )
+    _add_common(parser, common)
+    if "-h" in argv or "--help" in argv:
+        parser.print_help()
+        return
+    parser.error(f"the following arguments are required: {positional}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -282,35 +464,56 @@ def cmd_eval(args: argparse.Namespace) -> None:
         )
 
 
+EXPORT_EPILOG = """examples:
+  zoo export var --out exports/var
+  zoo export var --run runs/var-big --out exports/var-int8 --precision int8
+  zoo export var --out exports/var --json           (MODEL --help: the exporter's options)"""
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     """`zoo export MODEL [--format NAME] --out DIR [--run DIR] [the exporter's options]`:
-    the flags after --format come from that exporter's `Options` (`zoo export MODEL
-    --format NAME --help` lists them)."""
-    from zoo import api
+    the exporter's flags come from its `Options` (`zoo export MODEL --format NAME --help`)."""
     from zoo.registry import get_registry
 
     registry = get_registry()
-    registry.get(args.model)  # an unknown model fails before the flags are read
-    chosen = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    chosen.add_argument("--format", default=args.format)
-    exporter = registry.get_exporter(chosen.parse_known_args(args.rest)[0].format)
-    common = {
-        "--format": {
-            "default": exporter.name,
-            "help": f"export format: {', '.join(sorted(registry.exporters))} (default {DEFAULT_EXPORT_FORMAT})",
-        },
-        "--run": {"type": Path, "default": Path("runs") / args.model, "help": "run directory (default: runs/MODEL)"},
+    common: dict[str, dict[str, Any]] = {
+        "--format": {"default": DEFAULT_EXPORT_FORMAT, "help": "export format (`zoo plugins` lists the exporters)"},
+        "--run": {"type": Path, "default": None, "help": "run directory (default: runs/MODEL)"},
         "--out": {"type": Path, "required": True, "help": "export directory"},
+        "--json": {"action": "store_true", "help": "print the manifest as JSON"},
     }
+    model, known = first_pass(args.rest, "model", common)
+    description = "Export a trained run's graphs (ONNX by default), validated against torch."
+    if model is None:
+        _usage_without_positional("zoo export", "MODEL", common, args.rest, description, EXPORT_EPILOG)
+        return
+    registry.get(model)  # an unknown model fails before the flags are read
+    exporter = registry.get_exporter(known.format)
+    common["--format"]["help"] = f"export format: {', '.join(sorted(registry.exporters))}"
     command, options = parse_options(
         exporter.Options,
-        f"zoo export {args.model} --format {exporter.name}",
+        "zoo export",
         args.rest,
         common,
         what=f"{exporter.name} export option",
+        positional=("model", "installed model (`zoo list`)"),
+        description=description,
+        epilog=EXPORT_EPILOG,
     )
-    run = api.load_run(command["run"], model=args.model, device="cpu")
+    from zoo import api
+
+    run = api.load_run(command["run"] or Path("runs") / model, model=model, device="cpu")
+    components = run.plugin.component_names(run.config)
+    if not command["json"]:  # a status line, so that a minute of exporting is not silence
+        print(
+            f"exporting {model} ({', '.join(components)}) to {command['out']} as {exporter.name}, "
+            f"then validating every graph against torch; large models take minutes",
+            flush=True,
+        )
     manifest = run.export(command["out"], format=exporter.name, **options.model_dump(exclude_unset=True))
+    if command["json"]:
+        print(json.dumps({"export_dir": str(command["out"]), "manifest": manifest}, indent=2, default=str))
+        return
     rows = exporter.summary(manifest)
     if rows:
         _print_table(list(rows[0]), [list(row.values()) for row in rows])
@@ -319,22 +522,41 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(line)
 
 
+RUN_EPILOG = """examples:
+  zoo run exports/var --class 3 --n 8 --out onnx_grid.png
+  zoo run exports/var --threads 1 --provider cpu --top-k 1
+  zoo run exports/var --verify deploy.pub.pem --json   (EXPORT_DIR --help: the model's options)"""
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from zoo import runtime
 
-    # `zoo run`'s own flags may also follow DIR, among the model's options.
-    late = argparse.ArgumentParser(prog=f"zoo run {args.export_dir}", add_help=False, allow_abbrev=False)
-    _add_run_flags(late, default=argparse.SUPPRESS)
-    _, args.rest = late.parse_known_args(args.rest, namespace=args)
-    loaded = runtime.load(
-        Path(args.export_dir), provider=args.provider, intra_op_threads=args.threads, verify_key=args.verify
-    )
-    common = {
-        "--out": {"default": f"{loaded.manifest['model']}_run.png", "help": "output image (texts go beside it)"},
+    common: dict[str, dict[str, Any]] = {
+        **RUN_FLAGS,
+        "--out": {"default": None, "help": "output image; texts go beside it (default: MODEL_run.png)"},
+        "--json": {"action": "store_true", "help": "print what was written as JSON"},
     }
-    command, options = parse_options(loaded.options_class, f"zoo run {args.export_dir}", args.rest, common)
-    out = check_output_path(command["out"])
-    _emit(loaded.sample(options), out)
+    export_dir, known = first_pass(args.rest, "export_dir", common)
+    description = "Sample from an export directory with onnxruntime (no torch needed)."
+    if export_dir is None:
+        _usage_without_positional("zoo run", "EXPORT_DIR", common, args.rest, description, RUN_EPILOG)
+        return
+    if known.out is not None:
+        check_output_path(known.out)  # before loading the graphs
+    loaded = runtime.load(
+        Path(export_dir), provider=known.provider, intra_op_threads=known.threads, verify_key=known.verify
+    )
+    command, options = parse_options(
+        loaded.options_class,
+        "zoo run",
+        args.rest,
+        common,
+        positional=("export_dir", "export directory (`zoo export MODEL --out DIR`)"),
+        description=description,
+        epilog=RUN_EPILOG,
+    )
+    out = check_output_path(command["out"] or f"{loaded.manifest['model']}_run.png")
+    _emit(loaded.sample(options), out, command["json"])
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -383,6 +605,20 @@ def cmd_import(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from zoo.report import write_report
+
+    runs = [Path(run) for run in args.runs]
+    out = args.out or (runs[0] / "report.html" if len(runs) == 1 else Path("report.html"))
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ZooError(f"--out {out}: a report is an HTML file; give a name ending in .html")
+    write_report(runs, out, export_dir=args.export)
+    if args.json:
+        print(json.dumps({"report": str(out), "runs": [str(r) for r in runs]}))
+    else:
+        print(f"wrote {out}")
+
+
 def cmd_keygen(args: argparse.Namespace) -> None:
     from zoo.runtime.signing import generate_key_pair
 
@@ -414,13 +650,33 @@ def _describe_fields(schema: type[pydantic.BaseModel], values: dict[str, Any], p
     return lines
 
 
-def _emit(output, out: Path) -> None:
+def _emit(output, out: Path, as_json: bool = False) -> None:
     output.save(out)
+    if as_json:
+        written = {"out": str(out) if output.images is not None else None, "texts": output.texts}
+        if output.images is not None:
+            written["images"] = len(output.images)
+        if output.texts is not None:
+            written["texts_file"] = str(out if output.images is None else out.with_suffix(".txt"))
+        print(json.dumps(written))
+        return
     if output.texts:
         for text in output.texts:
             print(text)
     if output.images is not None:
         print(f"wrote {out}")
+
+
+def _field_descriptions(schema: type[pydantic.BaseModel], prefix: str = "") -> dict[str, str]:
+    """{"a.b": description} for every leaf field."""
+    found: dict[str, str] = {}
+    for name, field in schema.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+            found.update(_field_descriptions(annotation, f"{prefix}{name}."))
+        else:
+            found[f"{prefix}{name}"] = field.description or ""
+    return found
 
 
 def _print_table(header: list[str], rows: list[list[str]]) -> None:
@@ -469,110 +725,205 @@ def _launch_torchrun(nproc: int) -> int:
     return subprocess.call(command)
 
 
-def _add_run_flags(parser: argparse.ArgumentParser, default: Any) -> None:
-    parser.add_argument("--provider", choices=["cpu", "cuda", "tensorrt"], default=default)
-    parser.add_argument("--threads", type=int, default=default, help="onnxruntime intra-op threads")
-    parser.add_argument(
-        "--verify",
-        type=Path,
-        metavar="KEY.pub.pem",
-        default=default,
-        help="refuse the export unless manifest.sig is this Ed25519 public key's signature",
+RUN_FLAGS: dict[str, dict[str, Any]] = {
+    "--provider": {
+        "choices": ["cpu", "cuda", "tensorrt"],
+        "default": None,
+        "help": "onnxruntime provider (default: CUDA when usable, else CPU)",
+    },
+    "--threads": {"type": int, "default": None, "help": "onnxruntime intra-op threads (default: onnxruntime's choice)"},
+    "--verify": {
+        "type": Path,
+        "metavar": "KEY.pub.pem",
+        "default": None,
+        "help": "refuse the export unless manifest.sig is this Ed25519 public key's signature",
+    },
+}
+
+# Commands whose flags depend on the model or exporter: argparse hands them the rest of the line.
+PASS_THROUGH = {"sample", "run", "export"}
+
+
+def _add_subcommand(commands: Any, name: str, help: str, description: str, epilog: str, **kwargs: Any):
+    return commands.add_parser(
+        name, help=help, description=description, epilog=epilog, formatter_class=HelpFormatter, **kwargs
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zoo", description="A model zoo for discrete-latent image generation.")
+    parser = _command_parser(
+        "zoo",
+        "A model zoo for discrete-latent image generation: train, sample, evaluate, export, report.",
+        "examples:\n  zoo list\n  zoo train var\n  zoo report runs/var\n  zoo COMMAND --help",
+    )
+    parser.add_argument("--version", action="version", version=f"zoo {__version__}")
     parser.add_argument("--registry", type=Path, help="user registry file (also $ZOO_REGISTRY)")
     parser.add_argument("--strict", action="store_true", help="fail when a plugin fails to load (also $ZOO_STRICT=1)")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", help="`zoo COMMAND --help` for its flags")
 
-    listing = commands.add_parser("list", help="models, their presets, stages and components")
-    listing.add_argument("--json", action="store_true")
+    listing = _add_subcommand(
+        commands,
+        "list",
+        "models, their presets, stages and components",
+        "The installed models; PATTERN is a shell glob on the model name.",
+        "examples:\n  zoo list\n  zoo list 'v*' --json",
+    )
+    listing.add_argument("pattern", nargs="?", help="glob on model names, e.g. 'v*'")
+    listing.add_argument("--json", action="store_true", help="print the rows as JSON")
     listing.set_defaults(handler=cmd_list)
 
-    plugins = commands.add_parser("plugins", help="loaded plugins and the ones that failed")
-    plugins.add_argument("--json", action="store_true")
+    plugins = _add_subcommand(
+        commands,
+        "plugins",
+        "loaded plugins and the ones that failed",
+        "Every plugin module found (entry points, registry files), with its models, exporters and status.",
+        "examples:\n  zoo plugins\n  zoo plugins --json",
+    )
+    plugins.add_argument("--json", action="store_true", help="print the plugins as JSON")
     plugins.set_defaults(handler=cmd_plugins)
 
-    info = commands.add_parser("info", help="a model's description, presets, config fields, stages")
-    info.add_argument("model", nargs="?")
-    info.add_argument("--preset")
-    info.add_argument("--run", type=Path, help="print a run directory's resolved config instead")
+    info = _add_subcommand(
+        commands,
+        "info",
+        "a model's description, presets, config fields, stages",
+        "A model's presets, stages, export components and every config field; or a run's record.",
+        "examples:\n  zoo info var\n  zoo info var --preset d16 --json\n  zoo info --run runs/var",
+    )
+    info.add_argument("model", nargs="?", help="installed model (`zoo list`)")
+    info.add_argument("--preset", help="show this preset's resolved config (default: the model's default preset)")
+    info.add_argument("--run", type=Path, help="print a run directory's record (config, sessions) as JSON instead")
+    info.add_argument("--json", action="store_true", help="print the model's description as JSON")
     info.set_defaults(handler=cmd_info, needs_train=True)
 
-    train = commands.add_parser("train", help="train a model's stages into a run directory")
-    train.add_argument("model")
-    train.add_argument("--preset")
+    train = _add_subcommand(
+        commands,
+        "train",
+        "train a model's stages into a run directory",
+        "Train every stage of MODEL (or one, --stage) into a run directory. On a terminal a progress bar; "
+        "in a pipe or file a plain line every --log-every-seconds.",
+        "examples:\n  zoo train var\n  zoo train var --preset digits --set tokenizer_training.steps=100 --out runs/v\n"
+        "  zoo train --resume --out runs/v          (continues with the run's stored config)\n"
+        "  zoo train var --json > log.jsonl\n  zoo train var --tensorboard && tensorboard --logdir runs/var",
+    )
+    train.add_argument("model", nargs="?", help="installed model (optional with --resume --out RUN)")
+    train.add_argument("--preset", help="named preset (default: the model's default preset; the run's on --resume)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     train.add_argument("--config", type=Path, help="YAML/JSON file of config fields")
     train.add_argument("--out", type=Path, help="run directory (default: runs/MODEL)")
     train.add_argument("--stage", help="run only this stage")
     train.add_argument("--from", dest="from_run", type=Path, help="take earlier stages' weights from this run")
     train.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
-    train.add_argument("--seed", type=int)
-    train.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    train.add_argument("--seed", type=int, help="config field seed (default: the config's)")
+    train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
     train.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 autocast (CUDA or CPU)")
     train.add_argument("--checkpoint-every", type=int, default=200, help="steps between trainer checkpoints")
+    train.add_argument(
+        "--log-every-seconds", type=float, default=30.0, help="seconds between progress lines when not on a terminal"
+    )
+    train.add_argument(
+        "--tensorboard",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="write TensorBoard scalars and grids to DIR (default DIR: RUN/tensorboard)",
+    )
     train.add_argument("--nproc-per-node", type=int, help="start torchrun with N processes (DDP)")
     mode = train.add_mutually_exclusive_group()
-    mode.add_argument("--quiet", action="store_true", help="no progress bar")
-    mode.add_argument("--json", action="store_true", help="progress as JSON lines")
+    mode.add_argument("--quiet", action="store_true", help="no progress output")
+    mode.add_argument("--json", action="store_true", help="progress as JSON lines, ending with a `done` event")
     train.set_defaults(handler=cmd_train, needs_train=True)
 
-    sample = commands.add_parser("sample", add_help=False, help="sample from a trained run (MODEL --help: options)")
-    sample.add_argument("model")
-    sample.add_argument("rest", nargs=argparse.REMAINDER)
+    sample = _add_subcommand(
+        commands,
+        "sample",
+        "sample from a trained run (MODEL --help: options)",
+        "Sample from a trained run.",
+        SAMPLE_EPILOG,
+        add_help=False,
+    )
     sample.set_defaults(handler=cmd_sample, needs_train=True)
 
-    evaluate = commands.add_parser("eval", help="evaluate a trained run")
-    evaluate.add_argument("model")
+    evaluate = _add_subcommand(
+        commands,
+        "eval",
+        "evaluate a trained run (writes RUN/eval.json)",
+        "Evaluate a trained run on held-out data; the metrics are also written to RUN/eval.json.",
+        "examples:\n  zoo eval var\n  zoo eval var --run runs/var-big --json",
+    )
+    evaluate.add_argument("model", help="installed model (`zoo list`)")
     evaluate.add_argument("--run", type=Path, help="run directory (default: runs/MODEL)")
-    evaluate.add_argument("--device", default="auto")
-    evaluate.add_argument("--json", action="store_true")
+    evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to evaluate")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.set_defaults(handler=cmd_eval, needs_train=True)
 
-    export = commands.add_parser(
-        "export", add_help=False, help="export a trained run (ONNX by default; MODEL [--format F] --help: options)"
+    export = _add_subcommand(
+        commands,
+        "export",
+        "export a trained run (ONNX by default; MODEL --help: options)",
+        "Export a trained run.",
+        EXPORT_EPILOG,
+        add_help=False,
     )
-    export.add_argument("--format", default=DEFAULT_EXPORT_FORMAT, help=argparse.SUPPRESS)  # also before MODEL
-    export.add_argument("model")
-    export.add_argument("rest", nargs=argparse.REMAINDER)
     export.set_defaults(handler=cmd_export, needs_train=True)
 
-    run = commands.add_parser("run", add_help=False, help="sample from an export with onnxruntime (no torch)")
-    run.add_argument("export_dir")
-    _add_run_flags(run, default=None)
-    run.add_argument("rest", nargs=argparse.REMAINDER)
+    run = _add_subcommand(
+        commands,
+        "run",
+        "sample from an export with onnxruntime (no torch)",
+        "Sample from an export directory with onnxruntime.",
+        RUN_EPILOG,
+        add_help=False,
+    )
     run.set_defaults(handler=cmd_run)
 
-    importing = commands.add_parser(
-        "import",
-        help="published checkpoints -> a run directory",
-        description="Convert published checkpoint files of MODEL into a run directory (config inferred from the "
-        "tensors). Files are read without running code they contain.",
-        epilog="example: zoo import var vae_ch160v4096z32.pth var_d16.pth --out runs/var-d16",
+    report = _add_subcommand(
+        commands,
+        "report",
+        "one HTML page of a run (curves, grids, config, environment), or comparing runs",
+        "One self-contained HTML page: the resolved config, every stage's curves from metrics.jsonl, every "
+        "grid, eval.json, the environment; with several runs, a metrics table, config differences and "
+        "overlaid curves.",
+        "examples:\n  zoo report runs/var\n  zoo report runs/var --export exports/var --out var.html\n"
+        "  zoo report runs/var-a runs/var-b --out compare.html",
     )
-    importing.add_argument("model")
-    importing.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    report.add_argument("runs", nargs="+", metavar="RUN", help="run directories (several: a comparison)")
+    report.add_argument("--out", type=Path, help="HTML file (default: RUN/report.html, or report.html for several)")
+    report.add_argument("--export", type=Path, metavar="DIR", help="include this export directory's validation")
+    report.add_argument("--json", action="store_true", help="print what was written as JSON")
+    report.set_defaults(handler=cmd_report, needs_train=True)
+
+    importing = _add_subcommand(
+        commands,
+        "import",
+        "published checkpoints -> a run directory",
+        "Convert published checkpoint files of MODEL into a run directory (config inferred from the "
+        "tensors). Files are read without running code they contain.",
+        "example:\n  zoo import var vae_ch160v4096z32.pth var_d16.pth --out runs/var-d16",
+    )
+    importing.add_argument("model", help="installed model (`zoo list`)")
+    importing.add_argument("files", nargs="+", type=Path, metavar="FILE", help="published checkpoint files")
     importing.add_argument("--out", type=Path, help="run directory to create (default: runs/MODEL)")
     importing.add_argument("--preset", help="the preset the files must match (default: inferred)")
     importing.add_argument("--format", help="published format, if the model has importers for several")
     importing.add_argument("--json", action="store_true", help="print the result as JSON")
     importing.set_defaults(handler=cmd_import, needs_train=True)
 
-    serving = commands.add_parser(
+    serving = _add_subcommand(
+        commands,
         "serve",
-        help="serve exports over HTTP: a JSON API and a web page (onnxruntime, no torch)",
-        description="Serve export directories over HTTP (Starlette on uvicorn): GET /v1/models, "
+        "serve exports over HTTP: a JSON API and a web page (onnxruntime, no torch)",
+        "Serve export directories over HTTP (Starlette on uvicorn): GET /v1/models, "
         "POST /v1/models/NAME/sample, GET /healthz, GET /metrics and a web page at /. A model is named by "
         "its export directory's name.",
+        "examples:\n  zoo serve exports/var\n  zoo serve exports/var exports/quantart --port 8080 --workers 4\n"
+        '  curl -X POST localhost:8000/v1/models/var/sample -d \'{"classes": [3], "n": 4}\' -o grid.png '
+        "-H 'Accept: image/png'",
     )
-    serving.add_argument("export_dirs", nargs="+", type=Path, metavar="EXPORT_DIR")
+    serving.add_argument("export_dirs", nargs="+", type=Path, metavar="EXPORT_DIR", help="export directories")
     serving.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
     )
-    serving.add_argument("--port", type=int, default=8000)
+    serving.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     serving.add_argument(
         "--workers", type=int, default=2, help="requests sampled at once, sharing the sessions (default 2)"
     )
@@ -582,15 +933,39 @@ def build_parser() -> argparse.ArgumentParser:
     serving.add_argument(
         "--max-upload-mb", type=float, default=16, help="largest request body, uploaded images included (default 16)"
     )
-    _add_run_flags(serving, default=None)
+    for flag, spec in RUN_FLAGS.items():
+        serving.add_argument(flag, **spec)
     serving.set_defaults(handler=cmd_serve)
 
-    keygen = commands.add_parser("keygen", help="make an Ed25519 key pair for signing exports")
+    keygen = _add_subcommand(
+        commands,
+        "keygen",
+        "make an Ed25519 key pair for signing exports",
+        "Write an Ed25519 key pair: KEY.pem (private, mode 0600) and KEY.pub.pem.",
+        "example:\n  zoo keygen --out deploy && zoo export var --out exports/var --sign deploy.pem",
+    )
     keygen.add_argument(
         "--out", type=Path, required=True, metavar="KEY", help="writes KEY.pem (private) and KEY.pub.pem"
     )
     keygen.set_defaults(handler=cmd_keygen)
     return parser
+
+
+def split_pass_through(argv: list[str]) -> tuple[list[str], list[str]]:
+    """`[global flags] COMMAND rest`: for sample/run/export, argparse reads up to COMMAND
+    and the command reads the rest itself."""
+    index = 0
+    while index < len(argv):
+        item = argv[index]
+        if item == "--registry":
+            index += 2
+        elif item.startswith("--registry=") or item == "--strict":
+            index += 1
+        else:
+            break
+    if index < len(argv) and argv[index] in PASS_THROUGH:
+        return argv[: index + 1], argv[index + 1 :]
+    return argv, []
 
 
 def _show_warning(
@@ -607,7 +982,14 @@ def _show_warning(
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    _enable_completion(parser)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    head, rest = split_pass_through(argv)
+    args = parser.parse_args(head)
+    args.rest, args.argv = rest, argv
+    if args.command is None:  # bare `zoo`: the help, not a usage error
+        parser.print_help()
+        return
     warnings.showwarning = _show_warning
     try:
         if getattr(args, "needs_train", False):
@@ -618,8 +1000,15 @@ def main(argv: list[str] | None = None) -> None:
 
             configure_registry(args.registry, args.strict)
         args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+    except BrokenPipeError:
+        # `zoo info var | head -1`: the reader left. Python's advice: point stdout at devnull
+        # so the interpreter's final flush does not fail again, and exit as SIGPIPE would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(141)
     except ZooError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error.cli_message}", file=sys.stderr)
         sys.exit(1)
     except OSError as error:
         print(f"error: {describe_os_error(error)}", file=sys.stderr)
@@ -627,6 +1016,18 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def _enable_completion(parser: argparse.ArgumentParser) -> None:
+    """Shell completion (bash, zsh) when argcomplete is installed and the shell asks:
+    `eval "$(register-python-argcomplete zoo)"`. Costs nothing otherwise."""
+    if "_ARGCOMPLETE" not in os.environ:
+        return
+    try:
+        import argcomplete
+    except ImportError:
+        return
+    argcomplete.autocomplete(parser)
 
 
 # A write that fails for these is the disk's doing, whatever the path.

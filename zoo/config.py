@@ -79,10 +79,19 @@ class ZooConfig(ConfigSection):
 
     # numpy's generators take no negative seeds
     seed: int = pydantic.Field(0, ge=0, description="fixes data order, initialisation and sampling")
+    sample_every: int = pydantic.Field(
+        0, ge=0, description="write the stage's grid to samples/STAGE/step_N.png every this many steps; 0 is off"
+    )
 
 
 class SampleOptionsBase(pydantic.BaseModel):
-    """Base of every plugin's `SampleOptions`; each field becomes a `zoo sample` flag."""
+    """Base of every plugin's `SampleOptions`; each field becomes a `zoo sample` flag.
+
+    The options several models share are defined here once, with one meaning and one
+    description: `seed` (here), `classes` and `n` (ClassSampleOptions: `n` is images per
+    class where classes are given, images in all otherwise), and `top_k`, `top_p`,
+    `temperature` (the `*_option(default)` fields below: one description, each model's own
+    default)."""
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
@@ -109,6 +118,62 @@ def _takes_list(annotation: Any) -> bool:
     if typing.get_origin(annotation) in (list, tuple):
         return True
     return any(_takes_list(arg) for arg in typing.get_args(annotation))
+
+
+def check_sample_count(n: int, rows: int) -> None:
+    """Refuse, before anything is allocated, a call that would draw over MAX_SAMPLES images."""
+    if n * rows > MAX_SAMPLES:
+        raise ConfigError(
+            f"n x classes = {n} x {rows} = {n * rows} images; at most {MAX_SAMPLES} per call: "
+            f"lower --n or give fewer --class labels"
+        )
+
+
+class ClassSampleOptions(SampleOptionsBase):
+    """Options of a model that draws images per class label (or without one)."""
+
+    # How many classes a call without --class draws (for the count check before sampling;
+    # a loop that knows its model's class count checks again with check_sample_count).
+    default_classes: ClassVar[int] = 1
+
+    classes: list[int] | None = pydantic.Field(
+        None,
+        description="class labels to draw (--class, several allowed); default: every class, at most the first 10",
+        json_schema_extra={"flags": ["--class"]},
+    )
+    n: int = pydantic.Field(
+        8,
+        ge=1,
+        le=MAX_SAMPLES,
+        description=f"images per class (one grid row per class); images in all for a model without classes; "
+        f"n x classes <= {MAX_SAMPLES}",
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _bounded_count(self) -> ClassSampleOptions:
+        rows = len(self.classes) if self.classes else self.default_classes
+        if self.n * rows > MAX_SAMPLES:
+            raise ValueError(f"n x classes = {self.n} x {rows} images; at most {MAX_SAMPLES} per call")
+        return self
+
+
+def top_k_option(default: int = 0) -> Any:
+    return pydantic.Field(
+        default, ge=0, description="draw among the k likeliest codes/tokens; 0 keeps all, 1 is greedy"
+    )
+
+
+def top_p_option(default: float = 1.0) -> Any:
+    return pydantic.Field(
+        default,
+        gt=0,
+        le=1,
+        description="draw among the smallest set of likeliest codes/tokens holding this probability; 1 keeps all",
+    )
+
+
+def temperature_option(default: float = 1.0) -> Any:
+    return pydantic.Field(default, gt=0, description="divides the logits before drawing; lower is more conservative")
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -226,9 +291,12 @@ def resolve(
     config_file: Path | None = None,
     assignments: Iterable[str] = (),
     overrides: Mapping[str, Any] | None = None,
+    base: Mapping[str, Any] | None = None,
 ) -> ZooConfig:
-    """Merge every layer in order and validate once."""
+    """Merge every layer in order and validate once; `base` (a run's stored config, when
+    resuming it) lies under all of them."""
     layers = [
+        base,
         preset,
         registry_overrides,
         load_config_file(config_file) if config_file is not None else None,
@@ -240,3 +308,15 @@ def resolve(
         if layer:
             values = deep_merge(values, current_names(schema, layer))
     return validate(schema, values)
+
+
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, str, str]]:
+    """Dotted field names whose values differ, with both values as JSON: [("lr", "0.001", "0.002")]."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(set(old) | set(new), key=str):
+            found.extend(config_differences(old.get(key), new.get(key), f"{prefix}{key}."))
+        return found
+    if old == new:
+        return []
+    return [(prefix.rstrip("."), json.dumps(old), json.dumps(new))]

@@ -7,7 +7,16 @@ from collections.abc import Iterable
 
 
 class ZooError(Exception):
-    """Base of every error whose message tells the user what to do."""
+    """Base of every error whose message tells the user what to do.
+
+    The message speaks Python (`resume=True`, `overrides={...}`): what a caller of the API
+    reads. Where the fix is spelled differently on the command line, `cli` holds that
+    wording (`--resume`, `--set`); the CLI prints `error.cli_message`.
+    """
+
+    def __init__(self, message: str = "", *, cli: str | None = None) -> None:
+        super().__init__(message)
+        self.cli_message = cli if cli is not None else message
 
 
 class UnknownNameError(ZooError):

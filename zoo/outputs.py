@@ -41,6 +41,13 @@ class SampleOutput:
             raise OSError(error.errno, error.strerror, str(error.filename or out)) from None
 
 
+def reconstruction_grid(inputs: np.ndarray, reconstructions: np.ndarray, **extras: np.ndarray) -> SampleOutput:
+    """Two rows of (N, H, W, 3) uint8 images: the inputs above, their reconstructions below."""
+    if inputs.shape != reconstructions.shape:
+        raise ValueError(f"inputs {inputs.shape} and reconstructions {reconstructions.shape} differ in shape")
+    return SampleOutput(images=np.concatenate([inputs, reconstructions]), columns=len(inputs), extras=dict(extras))
+
+
 # What --out may be: formats Pillow writes in every build, without extra options.
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 

@@ -102,7 +102,8 @@ class Stage:
     dataset: Callable[[StageContext], Dataset]
     ema_decay: float | None = None  # EMA of trained weights, copied into the model at the end
     validation: Validation | None = None
-    # Options for the sample grid written when the stage ends; None writes no grid.
+    # Options of the sample grid `ModelPlugin.stage_grid` draws by default (at the stage's
+    # end and every `sample_every` steps); None: no sample grid unless the plugin overrides it.
     sample_options: dict[str, Any] | None = None
     # Runs once after the stage's data is built and before its first step (e.g. to
     # initialise a codebook from data); must be deterministic given the seed.
@@ -181,3 +182,29 @@ class ModelPlugin:
         device: torch.device,
     ) -> SampleOutput:
         return self.runtime_for(model, config, device).sample(options)
+
+    def stage_grid(
+        self, model: nn.Module, config: ZooConfig, stage: Stage, device: torch.device
+    ) -> SampleOutput | None:
+        """The picture of `stage`, written to `samples/STAGE.png` when it ends and to
+        `samples/STAGE/step_N.png` every `sample_every` steps (the model is in eval mode,
+        under no_grad, with the torch RNG restored afterwards).
+
+        Default: a sample drawn with the stage's `sample_options`, or None (no grid) when
+        it has none. Override for stages a sample does not show: an autoencoder stage
+        returns `zoo.outputs.reconstruction_grid(inputs, reconstructions)` of held-out
+        images (inputs in the top row, reconstructions below)."""
+        if stage.sample_options is None:
+            return None
+        return self.sample(model, config, self.SampleOptions(**stage.sample_options), device)
+
+    @staticmethod
+    def reconstruction_grid(images: torch.Tensor, reconstructions: torch.Tensor) -> SampleOutput:
+        """(N, 3, H, W) images in [-1, 1] in the top row, their reconstructions below: the
+        grid of an autoencoder stage (see `stage_grid`)."""
+        from zoo.outputs import reconstruction_grid, to_uint8
+
+        def pixels(tensor: torch.Tensor) -> Any:
+            return to_uint8(tensor.detach().float().clamp(-1, 1).cpu().numpy())
+
+        return reconstruction_grid(pixels(images), pixels(reconstructions))

@@ -8,11 +8,14 @@ every random draw inside the loss functions (the torch RNG state is checkpointed
 from __future__ import annotations
 
 import math
+import platform
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +24,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from zoo import checkpoint as ckpt
-from zoo.config import ZooConfig
+from zoo.config import ZooConfig, config_differences
 from zoo.data.base import dataset_length
 from zoo.device import Precision, autocast, choose_device
 from zoo.distributed import WorldInfo, average_gradients, barrier, init_from_env, shutdown
 from zoo.errors import ConfigError, DataError, RunError, TrainingError, UnknownNameError
+from zoo.outputs import SampleOutput
 from zoo.plugin import ModelPlugin, Optimizer, Stage, StageContext, StepContext, Validation
 from zoo.progress import Mode, Reporter, make_reporter
 
@@ -40,13 +44,21 @@ class TrainOptions:
     from_run: Path | None = None  # take earlier stages' weights from this run
     checkpoint_every: int = 200
     log_every: int = 10
+    log_every_seconds: float = 30.0  # plain progress lines (output not a terminal): one per this many seconds
+    tensorboard: Path | None = None  # write TensorBoard scalars and grids to this directory
+    command: list[str] | None = None  # the command line recorded in the run (default: sys.argv)
 
     def __post_init__(self) -> None:
-        # The one check for the API and the CLI, so the message names both spellings.
-        for name, label in (("checkpoint_every", "checkpoint_every (--checkpoint-every)"), ("log_every", "log_every")):
+        # The one check for the API and the CLI: each audience reads its own spelling.
+        for name in ("checkpoint_every", "log_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{label} must be a whole number of steps, at least 1; got {value!r}")
+                message = "must be a whole number of steps, at least 1; got"
+                raise ConfigError(f"{name} {message} {value!r}", cli=f"--{name.replace('_', '-')} {message} {value!r}")
+        seconds = self.log_every_seconds
+        if not isinstance(seconds, (int, float)) or not seconds > 0:
+            message = f"must be a positive number of seconds; got {seconds!r}"
+            raise ConfigError(f"log_every_seconds {message}", cli=f"--log-every-seconds {message}")
 
 
 class GlobalBatchSampler(Sampler[list[int]]):
@@ -222,6 +234,7 @@ class StageState:
     step: int = 0  # the last step run
     window: MetricsWindow = field(default_factory=MetricsWindow)
     started: float = field(default_factory=time.perf_counter)
+    last_metrics: dict[str, float] = field(default_factory=dict)  # the latest logged values, for the summary
 
 
 class Trainer:
@@ -240,8 +253,11 @@ class Trainer:
         if self.world.world_size > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", self.world.local_rank)
             torch.cuda.set_device(self.device)
-        self.reporter: Reporter = make_reporter(options.progress if self.world.is_main else "quiet")
+        self.reporter: Reporter = make_reporter(
+            options.progress if self.world.is_main else "quiet", options.log_every_seconds
+        )
         self.stages = plugin.stages(config)
+        self.tensorboard: Any = None  # a SummaryWriter on rank 0 with options.tensorboard
 
     # set-up ------------------------------------------------------------------------------
 
@@ -276,21 +292,33 @@ class Trainer:
             ckpt.atomic_write_json(config_path, record)
 
     def _check_same_run(self, existing: dict[str, Any], record: dict[str, Any]) -> None:
+        run = self.run_dir
         if existing["model"] != self.plugin.name:
-            raise RunError(
-                f"{self.run_dir} holds a {existing['model']!r} run, not {self.plugin.name!r}; "
-                f"pick another --out / run_dir"
-            )
+            what = f"{run} holds a {existing['model']!r} run, not {self.plugin.name!r}"
+            raise RunError(f"{what}; pick another run_dir", cli=f"{what}; pick another --out")
         if not (self.options.resume or self.options.stage):
             raise RunError(
-                f"{self.run_dir} already holds a run; continue it (--resume / resume=True), "
-                f"run one stage (--stage / stage=), or pick another --out / run_dir"
+                f"{run} already holds a run; continue it (resume=True), run one stage (stage=NAME), "
+                f"or pick another run_dir",
+                cli=f"{run} already holds a run; continue it (`zoo train --resume --out {run}`), "
+                f"run one stage (--stage NAME), or pick another --out",
             )
-        if existing["config"] != record["config"]:
+        differences = config_differences(self._stored_config(existing["config"]), record["config"])
+        if differences:
+            shown = "; ".join(f"{key}: the run has {old}, this call gives {new}" for key, old, new in differences[:3])
             raise RunError(
-                f"{self.run_dir} was trained with another config; resume it without config changes "
-                f"(--set, --preset / overrides, preset) or pick another --out / run_dir"
+                f"{run} was trained with another config ({shown}); resume it without changing these "
+                f"(leave them out of overrides/preset/config_file: the run's config is used) or pick another run_dir",
+                cli=f"{run} was trained with another config ({shown.replace('this call', 'this command')}); "
+                f"resume it without changing these (flags left out take the run's values) or pick another --out",
             )
+
+    def _stored_config(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """A run's config as this code reads it (fields added since take their defaults)."""
+        try:
+            return self.plugin.Config.model_validate(stored).model_dump(mode="json")
+        except ValueError:
+            return stored
 
     def _initial_weights(self, model: nn.Module) -> dict[str, Any] | None:
         found = ckpt.read_trainer_checkpoint(self.run_dir)
@@ -302,7 +330,8 @@ class Trainer:
             source = Path(self.options.from_run)
             record = ckpt.read_run_record(source)
             if record["model"] != self.plugin.name:
-                raise RunError(f"--from {source} holds a {record['model']!r} run, not {self.plugin.name!r}")
+                what = f"{source} holds a {record['model']!r} run, not {self.plugin.name!r}"
+                raise RunError(f"from_run {what}", cli=f"--from {what}")
             ckpt.load_weights(model, source / ckpt.WEIGHTS_FILE)
             return {"completed": list(record.get("completed", []))}
         return None
@@ -318,11 +347,66 @@ class Trainer:
         with ckpt.locked(self.run_dir) if self.world.is_main else nullcontext():
             if self.world.is_main:
                 ckpt.remove_temporary_files(self.run_dir)
-            return self._run_stages(names)
+            status = "failed"
+            try:
+                model = self._run_stages(names)
+                status = "finished"
+                return model
+            except KeyboardInterrupt:
+                status = "interrupted"
+                raise
+            finally:
+                if self.tensorboard is not None:
+                    self.tensorboard.close()
+                self._end_session(status)
+
+    # the run record: one session per `zoo train` call -------------------------------------
+
+    def _start_session(self) -> None:
+        """Append this call's environment to config.json's `sessions` (rank 0)."""
+        if not self.world.is_main:
+            return
+        record = ckpt.read_run_record(self.run_dir)
+        session = {
+            "started": _now(),
+            "ended": None,
+            "status": "running",
+            "command": list(self.options.command if self.options.command is not None else sys.argv),
+            "device": str(self.device),
+            "precision": self.options.precision,
+            "world_size": self.world.world_size,
+            "resume": self.options.resume,
+            "stage": self.options.stage,
+            "versions": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "zoo": ckpt.__version__,
+                "plugin": self.plugin.version,
+            },
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+        }
+        record["sessions"] = [*record.get("sessions", []), session]
+        ckpt.atomic_write_json(self.run_dir / ckpt.CONFIG_FILE, record)
+        self._session = len(record["sessions"]) - 1
+
+    def _end_session(self, status: str) -> None:
+        index = getattr(self, "_session", None)
+        if index is None or not self.world.is_main:
+            return
+        try:
+            record = ckpt.read_run_record(self.run_dir)
+            record["sessions"][index].update(ended=_now(), status=status)
+            ckpt.atomic_write_json(self.run_dir / ckpt.CONFIG_FILE, record)
+        except (RunError, OSError, IndexError, KeyError):
+            pass  # the record of a failing disk: the error being raised is the one to show
 
     def _run_stages(self, names: list[str]) -> nn.Module:
         self.plugin.check_data(self.config)  # every stage's data, before anything trains or is written
         self._check_run_dir()
+        self._start_session()
+        self._open_tensorboard()
         torch.manual_seed(self.config.seed)
         model = self.plugin.build(self.config).to(self.device)
         saved = self._initial_weights(model) or {}
@@ -339,7 +423,18 @@ class Trainer:
             self._run_stage(model, stage, index, completed, resume)
             saved = {}
         shutdown()
+        if self.world.is_main:
+            self.reporter.done(str(self.run_dir), ckpt.stage_summaries(self.run_dir))
         return model
+
+    def _open_tensorboard(self) -> None:
+        if self.options.tensorboard is None or not self.world.is_main:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("tensorboard logging needs the tensorboard package: pip install tensorboard") from None
+        self.tensorboard = SummaryWriter(log_dir=str(self.options.tensorboard))
 
     # one stage: prepare, restore, the step loop, finish ------------------------------------
 
@@ -432,6 +527,9 @@ class Trainer:
             if self._maybe_validate(state, done):
                 break
             self._maybe_checkpoint(state, done)
+            every = self.config.sample_every
+            if every and done % every == 0 and done < state.stage.steps and self.world.is_main:
+                self._write_grid(state, self.run_dir / "samples" / state.stage.name / f"step_{done}.png", done)
 
     def _train_step(self, state: StageState, step: int, batch: Any) -> None:
         """Each optimizer due at `step` takes its step (all share one StepContext), then the EMA."""
@@ -460,11 +558,13 @@ class Trainer:
         if done % self.options.log_every and done != state.stage.steps:
             return
         images_per_s = state.window.images_per_second()
+        means = state.window.means()
+        state.last_metrics.update(means)
         self._log(
             {
                 "stage": state.stage.name,
                 "step": done,
-                **state.window.means(),
+                **means,
                 "lr": state.optimizers[0].param_groups[0]["lr"],
                 "images_per_s": images_per_s,
             }
@@ -477,6 +577,7 @@ class Trainer:
         if not spec or done % spec.every:
             return False
         loss = self._validation_loss(state, spec, done)
+        state.last_metrics["val_loss"] = loss
         self._log({"stage": state.stage.name, "step": done, "val_loss": loss})
         if not state.validation.record(loss, state.model, spec.patience):
             return False
@@ -535,6 +636,7 @@ class Trainer:
         finished = [s for s in state.completed if s != stage.name] + [stage.name]
         if self.world.is_main:
             self._save_finished_stage(state, finished)
+            self.reporter.stage_end(stage.name, seconds, dict(state.last_metrics))
         state.completed[:] = finished
 
     @torch.no_grad()
@@ -547,8 +649,7 @@ class Trainer:
         ckpt.save_weights(state.model, self.run_dir / ckpt.WEIGHTS_FILE)
         ckpt.write_trainer_checkpoint(self.run_dir, f"{state.stage.name}-done", state.model, {"completed": finished})
         self._record_completed(finished)
-        if state.stage.sample_options is not None:
-            self._write_sample_grid(state.model, state.stage.name, state.stage.sample_options)
+        self._write_grid(state, self.run_dir / "samples" / f"{state.stage.name}.png", state.step + 1)
 
     def _optimizer_step(
         self,
@@ -567,10 +668,14 @@ class Trainer:
             outputs = spec.loss(model, batch, context)
         loss = outputs["loss"]
         if not torch.isfinite(loss):
-            raise TrainingError(
+            what = (
                 f"stage {stage.name}, step {context.step}: {spec.name} loss is {loss.item()}; stopped. The last good "
-                f"checkpoint is kept in {self.run_dir} (resume it: --resume / resume=True); "
-                f"try a lower learning rate or --precision fp32"
+            )
+            raise TrainingError(
+                f"{what}checkpoint is kept in {self.run_dir} (resume it: resume=True); "
+                f"try a lower learning rate or precision='fp32'",
+                cli=f"{what}checkpoint is kept in {self.run_dir} (resume it: `zoo train --resume --out {self.run_dir}`); "
+                f"try a lower learning rate or --precision fp32",
             )
         loss.backward()
         average_gradients(params, self.world)
@@ -589,15 +694,46 @@ class Trainer:
         if not self.world.is_main:
             return
         ckpt.append_metrics(self.run_dir, metrics)
-        if "event" not in metrics:
-            self.reporter.update(metrics["step"], metrics)
+        if "event" in metrics:
+            return
+        self.reporter.update(metrics["step"], metrics)
+        if self.tensorboard is not None:
+            for key, value in metrics.items():
+                if key not in ("stage", "step") and isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(f"{metrics['stage']}/{key}", value, metrics["step"])
 
-    def _write_sample_grid(self, model: nn.Module, stage_name: str, sample_options: dict[str, Any]) -> None:
-        options = self.plugin.SampleOptions(**sample_options)
-        output = self.plugin.sample(model, self.config, options, self.device)
-        path = self.run_dir / "samples" / f"{stage_name}.png"
+    def _write_grid(self, state: StageState, path: Path, step: int) -> None:
+        """The plugin's picture of the stage (`ModelPlugin.stage_grid`) to `path` and TensorBoard.
+
+        In eval mode, under no_grad, and with the RNG state put back afterwards, so a run
+        that draws grids trains the same weights as one that does not."""
+        model, stage = state.model, state.stage
+        model.eval()
+        cuda = list(range(torch.cuda.device_count())) if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), torch.no_grad():
+            output = self.plugin.stage_grid(model, self.config, stage, self.device)
+        freeze_all_but(model, stage)
+        if output is None:
+            return
         output.save(path)
-        self.reporter.message(f"{stage_name}: sample grid written to {path}")
+        self._grid_to_tensorboard(stage.name, output, step)
+        if path.parent.name == "samples":  # the stage's end; the in-training grids are not announced
+            self.reporter.message(f"{stage.name}: grid written to {path}")
+
+    def _grid_to_tensorboard(self, stage: str, output: SampleOutput, step: int) -> None:
+        if self.tensorboard is None:
+            return
+        if output.images is not None and len(output.images):
+            import numpy as np
+
+            self.tensorboard.add_image(f"{stage}/grid", np.asarray(output.grid()), step, dataformats="HWC")
+        if output.texts:
+            self.tensorboard.add_text(f"{stage}/texts", "\n\n".join(output.texts), step)
+        self.tensorboard.flush()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def train(

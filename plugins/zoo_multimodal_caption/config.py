@@ -7,7 +7,16 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from zoo.config import IMAGE_INPUT, MAX_SAMPLES, ConfigSection, SampleOptionsBase, ZooConfig
+from zoo.config import (
+    IMAGE_INPUT,
+    MAX_SAMPLES,
+    ConfigSection,
+    SampleOptionsBase,
+    ZooConfig,
+    temperature_option,
+    top_k_option,
+    top_p_option,
+)
 
 
 class ImageConfig(ConfigSection):
@@ -193,7 +202,7 @@ def _reference(image_size: int, latent: int, embedding: int, vocab: int) -> dict
 PRESETS: dict[str, dict] = {
     # The defaults: 64 px embedded shapes, narrower than the reference, a 2x2 pool (keeps where
     # the shapes are), lr 1e-3 with warm-up and cosine decay: 800 steps in ~12 min on one CPU thread.
-    "shapes": {},
+    "shapes": {"sample_every": 200},
     "engravings": _reference(512, 1024, 512, 8000),
     "small": _reference(512, 256, 128, 4000),
     "medium": _reference(512, 512, 256, 5000),
@@ -215,11 +224,9 @@ class CaptionSampleOptions(SampleOptionsBase):
     decoding: Literal["greedy", "beam", "sample"] = Field("greedy", description="caption decoding")
     beam_width: int = Field(4, ge=1, le=MAX_BEAMS, description="beams of beam search")
     length_penalty: float = Field(0.0, ge=0, description="beam search ranks by log-prob / length^length_penalty")
-    top_k: int = Field(0, ge=0, description="sample among the k most likely tokens; 0: all")
-    top_p: float = Field(
-        1.0, gt=0, le=1, description="sample among the smallest set of tokens holding this probability"
-    )
-    temperature: float = Field(1.0, gt=0, description="divides the logits before sampling")
+    top_k: int = top_k_option(0)  # with --decoding sample
+    top_p: float = top_p_option(1.0)
+    temperature: float = temperature_option(1.0)
     max_length: int | None = Field(
         None, ge=1, description="tokens to generate at most; default: the model's max_length - 1"
     )
@@ -227,7 +234,11 @@ class CaptionSampleOptions(SampleOptionsBase):
         True, description="reuse keys/values of earlier tokens (off: recompute the prefix every step)"
     )
     n: int = Field(
-        8, ge=1, le=MAX_SAMPLES, description="held-out examples captioned when neither --image nor --caption is given"
+        8,
+        ge=1,
+        le=MAX_SAMPLES,
+        description="held-out images captioned (images in all: this model has no classes) "
+        "when neither --image nor --caption is given",
     )
 
     @field_validator("image", "caption", mode="before")

@@ -150,7 +150,11 @@ PRESETS: dict[str, dict] = {
     # content term than the official 1, where the tiny model over-stylises. Transfer stage on
     # the same 2400-step VQGANs: content weight 10 -> style ratio 0.37, luma SSIM 0.52;
     # 15 -> 0.42, 0.52; 20 -> 0.45, 0.53.
-    "tiny": {"transfer": {"content_weight": 10.0}, "training": {"vqgan_photo": {"steps": 2400}}},
+    "tiny": {
+        "sample_every": 800,
+        "transfer": {"content_weight": 10.0},
+        "training": {"vqgan_photo": {"steps": 2400}},
+    },
     "paper": {
         # configs/vqgan_wikiart.yaml and configs/coco2art.yaml of siyuhuang/QuantArt
         "image_size": 256,

@@ -7,10 +7,11 @@ import torch
 
 import zoo
 from zoo.importer import Importer
+from zoo.outputs import SampleOutput
 from zoo.plugin import Component, ExportAssets, ModelPlugin, Optimizer, Stage, StageContext
 from zoo_quantart import export
 from zoo_quantart.config import PRESETS, QuantArtConfig, QuantArtSampleOptions
-from zoo_quantart.data import check_data, code_pairs, domain_images, stack_images
+from zoo_quantart.data import check_data, code_pairs, domain_images, sample_images, stack_images
 from zoo_quantart.evaluation import evaluate_pairs
 from zoo_quantart.importer import OfficialQuantArtImporter, TamingVQGANImporter
 from zoo_quantart.losses import transfer_losses, vqgan_losses
@@ -19,6 +20,7 @@ from zoo_quantart.model import QuantArt
 # taming's and QuantArt's optimizer for every generator and discriminator
 ADAM = dict(algorithm="adam", betas=(0.5, 0.9), min_lr_ratio=0.1)
 CODEBOOK_INIT_IMAGES = 64  # images whose encoder outputs seed each VQGAN codebook
+GRID_IMAGES = 8  # held-out images in a VQGAN stage's reconstruction grid
 
 
 class QuantArtPlugin(ModelPlugin):
@@ -38,6 +40,17 @@ class QuantArtPlugin(ModelPlugin):
 
     def check_data(self, config: QuantArtConfig) -> None:
         check_data(config)
+
+    def stage_grid(
+        self, model: QuantArt, config: QuantArtConfig, stage: Stage, device: torch.device
+    ) -> SampleOutput | None:
+        """vqgan_photo / vqgan_art: held-out photos / style images above their reconstructions;
+        transfer: the held-out content x style grid."""
+        if stage.name in ("vqgan_photo", "vqgan_art"):
+            domain, role = ("photo", "content") if stage.name == "vqgan_photo" else ("art", "style")
+            images = sample_images(config, role)[:GRID_IMAGES].to(device)
+            return self.reconstruction_grid(images, model.vqgan(domain)(images)[0])
+        return super().stage_grid(model, config, stage, device)
 
     def evaluate(self, model: QuantArt, config: QuantArtConfig, device: torch.device) -> dict[str, float]:
         """Style and content metrics of held-out pairs at balances (1, 1); see evaluation.py."""

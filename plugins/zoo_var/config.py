@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from zoo.config import IMAGE_INPUT, MAX_SAMPLES, ConfigSection, SampleOptionsBase, ZooConfig
+from zoo.config import IMAGE_INPUT, ClassSampleOptions, ConfigSection, ZooConfig, top_k_option, top_p_option
 
 DEFAULT_CLASSES = 10  # with no --class: classes 0..9 (all of them for the digits)
 
@@ -174,6 +174,7 @@ PRESETS: dict[str, dict] = {
     # (1+4+9+16 = 30 tokens) reconstructs them and keeps both stages inside 15 CPU minutes.
     "digits": {
         "data": "digits",
+        "sample_every": 200,
         "tokenizer": {
             "resolution": 16,
             "channels": 32,
@@ -228,26 +229,15 @@ def _is_zero(value: int | float | str) -> bool:
         return False
 
 
-class VARSampleOptions(SampleOptionsBase):
-    classes: list[int] | None = Field(
-        None,
-        description="class labels to draw (--class, several allowed); default: classes 0..9 (or all, if fewer); "
-        "with --edit the default is the unconditional class (plain in-/out-painting)",
-        json_schema_extra={"flags": ["--class"]},
-    )
-    n: int = Field(
-        8,
-        ge=1,
-        le=MAX_SAMPLES,
-        description=f"images per class (the grid has one row per class); n x classes <= {MAX_SAMPLES}",
-    )
+class VARSampleOptions(ClassSampleOptions):
+    """`classes` and `n` (images per class) come from zoo's ClassSampleOptions; with --edit the
+    default class is the unconditional one (plain in-/out-painting)."""
+
+    default_classes: ClassVar[int] = DEFAULT_CLASSES
+
     cfg: float = Field(4.0, ge=0, description="classifier-free guidance; ramps as cfg * k / (K - 1) over scales k")
-    top_k: int = Field(
-        900, ge=0, description="keep the k most likely codes (clamped to the codebook size); 0 keeps all, 1 is greedy"
-    )
-    top_p: float = Field(
-        0.96, gt=0, le=1, description="keep the smallest set of most likely codes holding this probability; 1 keeps all"
-    )
+    top_k: int = top_k_option(900)  # clamped to the codebook size
+    top_p: float = top_p_option(0.96)
     gumbel: float = Field(
         0.0,
         ge=0,
@@ -257,7 +247,8 @@ class VARSampleOptions(SampleOptionsBase):
     # str before Path: a data: URI (zoo.runtime.images) must stay a string, as Path would fold its "//"
     edit: str | Path | None = Field(
         None,
-        description="image to edit: its tokens outside --mask are kept at every scale",
+        description="image to edit: its tokens outside --mask are kept at every scale; without --class, "
+        "regenerates unconditionally",
         json_schema_extra=IMAGE_INPUT,
     )
     mask: str | Path | None = Field(
@@ -286,10 +277,3 @@ class VARSampleOptions(SampleOptionsBase):
         if value and min(value) < -1:
             raise ValueError("class labels are 0..num_classes-1, or -1 for unconditional")
         return value
-
-    @model_validator(mode="after")
-    def _bounded_count(self) -> VARSampleOptions:
-        rows = len(self.classes) if self.classes else DEFAULT_CLASSES
-        if self.n * rows > MAX_SAMPLES:
-            raise ValueError(f"n x classes = {self.n} x {rows} images; at most {MAX_SAMPLES} per call")
-        return self

@@ -34,6 +34,13 @@ def evaluate(
     return metrics
 
 
+def reconstruct(model: VARModel, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> the tokenizer's reconstruction through its multi-scale tokens."""
+    quantizer = model.quantizer
+    tokens = model.tokenizer.encode_indices(images)  # (B, L)
+    return model.tokenizer.decode_image(quantizer.fhat_from_indices(quantizer.split_scales(tokens)))
+
+
 def tokenizer_metrics(
     model: VARModel, config: VARConfig, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 import zoo
+from zoo.data.base import first_images
+from zoo.outputs import SampleOutput
 from zoo.plugin import Component, ExportAssets, ModelPlugin, Optimizer, Stage, Validation
 from zoo_var import evaluation, export
 from zoo_var.config import PRESETS, VARConfig, VARSampleOptions
@@ -12,6 +14,8 @@ from zoo_var.data import cached_token_dataset, image_dataset
 from zoo_var.importer import OfficialVARImporter
 from zoo_var.losses import TokenizerLoss, TransformerLoss
 from zoo_var.model import VARModel
+
+GRID_IMAGES = 8  # held-out images in the tokenizer stage's reconstruction grid
 
 # As the official code: no weight decay on the position/level embeddings and the AdaLN gains.
 NO_WEIGHT_DECAY = ("pos_start", "position_embedding", "level_embedding", "ada_gss", "log_scale")
@@ -94,6 +98,13 @@ class VARPlugin(ModelPlugin):
             validation=Validation(lambda context: cached_token_dataset(context, "test"), every=training.validate_every),
             sample_options={"n": 4},
         )
+
+    def stage_grid(self, model: VARModel, config: VARConfig, stage: Stage, device: torch.device) -> SampleOutput | None:
+        """tokenizer: held-out images above their reconstructions; transformer: samples."""
+        if stage.name == "tokenizer":
+            images = first_images(image_dataset(config, "test"), GRID_IMAGES).to(device)
+            return self.reconstruction_grid(images, evaluation.reconstruct(model, images))
+        return super().stage_grid(model, config, stage, device)
 
     def evaluate(self, model: VARModel, config: VARConfig, device: torch.device) -> dict[str, float]:
         """Tokenizer PSNR and codebook usage, transformer token accuracy / NLL on the held-out

@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from zoo.config import MAX_SAMPLES, ConfigSection, SampleOptionsBase, ZooConfig
+from zoo.config import MAX_SAMPLES, ClassSampleOptions, ConfigSection, ZooConfig, temperature_option, top_k_option
 
 
 class VQVAEConfig(ConfigSection):
@@ -147,7 +147,10 @@ class VQVAE2Config(ZooConfig):
         default_factory=TrainingConfig, description="steps, batch sizes and learning rates per stage"
     )
     eval_samples: int = Field(
-        100, ge=1, le=MAX_SAMPLES, description="samples `evaluate` draws to score (digit confidence)"
+        100,
+        ge=1,
+        le=MAX_SAMPLES,
+        description="samples `evaluate` draws to score (digit confidence), in all: split evenly over the classes",
     )
 
     @model_validator(mode="after")
@@ -174,6 +177,7 @@ PRESETS: dict[str, dict] = {
     # when their held-out loss stops improving. About 6 minutes on one CPU thread.
     "digits32": {
         "data": "digits",
+        "sample_every": 400,
         "class_conditional": True,
         "vqvae": {
             "channels": 64,
@@ -216,15 +220,12 @@ PRESETS: dict[str, dict] = {
 }
 
 
-class VQVAE2SampleOptions(SampleOptionsBase):
-    n: int = Field(16, ge=1, le=MAX_SAMPLES, description="images to draw")
-    temperature: float = Field(1.0, gt=0, description="divides the prior logits")
-    top_k: int = Field(0, ge=0, description="draw among the k likeliest codes; 0 uses all, 1 is greedy")
-    classes: list[int] | None = Field(
-        None,
-        description="labels for a class-conditional model, cycled over the images; default 0, 1, 2, ... cycled",
-        json_schema_extra={"flags": ["--class"]},
-    )
+class VQVAE2SampleOptions(ClassSampleOptions):
+    """`classes` and `n` (images per class; images in all for a model trained without
+    labels) come from zoo's ClassSampleOptions."""
+
+    temperature: float = temperature_option(1.0)
+    top_k: int = top_k_option(0)
     naive: bool = Field(False, description="recompute the whole code map for every position (slow; for comparison)")
 
     @field_validator("classes")

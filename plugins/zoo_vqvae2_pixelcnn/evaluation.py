@@ -57,8 +57,14 @@ def evaluate(
         metrics[f"{name}_bits_per_code"] = nll / count / math.log(2)
 
     if config.data == "digits":
-        output = sample(VQVAE2SampleOptions(n=config.eval_samples, seed=0))
+        output = sample(eval_sample_options(config))
         images = torch.from_numpy(output.images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         labels = output.extras["labels"] if config.class_conditional else None
         metrics.update({f"sample_{k}": v for k, v in DigitsClassifier().score(images, labels).items()})
     return metrics
+
+
+def eval_sample_options(config: VQVAE2Config) -> VQVAE2SampleOptions:
+    """`eval_samples` images in all: n per class over the first 10 classes (or all n unconditionally)."""
+    rows = min(10, config.num_classes) if config.class_conditional else 1
+    return VQVAE2SampleOptions(n=max(1, config.eval_samples // rows), seed=0)

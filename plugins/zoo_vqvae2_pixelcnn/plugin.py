@@ -11,12 +11,17 @@ from typing import Any
 import torch
 
 import zoo
+from zoo.data.base import first_images
+from zoo.outputs import SampleOutput
 from zoo.plugin import Component, LossFn, ModelPlugin, Optimizer, Stage, Validation
 from zoo_vqvae2_pixelcnn import data, evaluation, export
 from zoo_vqvae2_pixelcnn.config import PRESETS, VQVAE2Config, VQVAE2SampleOptions
 from zoo_vqvae2_pixelcnn.importer import RosinalityVQVAEImporter
 from zoo_vqvae2_pixelcnn.losses import prior_bottom_loss, prior_top_loss, vqvae_loss
 from zoo_vqvae2_pixelcnn.model import VQVAE2PixelCNN
+
+GRID_IMAGES = 8  # held-out images in the vqvae stage's reconstruction grid
+SAMPLE_GRID = {"n": 6, "seed": 0}  # images per class in the priors' sample grids
 
 
 class VQVAE2PixelCNNPlugin(ModelPlugin):
@@ -40,11 +45,20 @@ class VQVAE2PixelCNNPlugin(ModelPlugin):
                 lambda context, split: data.image_set(context.config, split),
                 on_start=lambda model, context: model.vqvae.init_codebooks(data.first_images(context)),
             ),
-            part_stage(config, "prior_top", prior_top_loss, data.cached_codes),
-            part_stage(
-                config, "prior_bottom", prior_bottom_loss, data.cached_codes, sample_options={"n": 64, "seed": 0}
-            ),
+            # prior_top's samples are drawn with the bottom prior as it is then (untrained):
+            # their layout shows what the top prior learnt, their detail does not yet.
+            part_stage(config, "prior_top", prior_top_loss, data.cached_codes, sample_options=SAMPLE_GRID),
+            part_stage(config, "prior_bottom", prior_bottom_loss, data.cached_codes, sample_options=SAMPLE_GRID),
         ]
+
+    def stage_grid(
+        self, model: VQVAE2PixelCNN, config: VQVAE2Config, stage: Stage, device: torch.device
+    ) -> SampleOutput | None:
+        """vqvae: held-out images above their reconstructions; the priors: samples."""
+        if stage.name == "vqvae":
+            images = first_images(data.image_set(config, "test"), GRID_IMAGES).to(device)
+            return self.reconstruction_grid(images, model.vqvae(images).reconstruction)
+        return super().stage_grid(model, config, stage, device)
 
     def evaluate(self, model: VQVAE2PixelCNN, config: VQVAE2Config, device: torch.device) -> dict[str, float]:
         return evaluation.evaluate(model, config, device, lambda options: self.sample(model, config, options, device))

@@ -17,11 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from zoo.config import check_sample_count
 from zoo.errors import ConfigError
 from zoo.outputs import SampleOutput, to_uint8
 from zoo.runtime.loop import Components, ModelRuntime
 from zoo.runtime.sampling import draw, filter_logits, softmax
 from zoo_vqvae2_pixelcnn.config import PriorConfig, VQVAE2Config, VQVAE2SampleOptions
+
+DEFAULT_CLASSES = 10  # with no --class: classes 0..9 (all of them for the digits)
 
 
 class VQVAE2Runtime(ModelRuntime):
@@ -39,13 +42,17 @@ class VQVAE2Runtime(ModelRuntime):
         top = self.sample_codes("prior_top", {"labels": labels}, options, rng)
         bottom = self.sample_codes("prior_bottom", {"top_codes": top, "labels": labels}, options, rng)
         images = self.components("decoder", top_codes=top, bottom_codes=bottom)["images"]
+        columns = options.n if self.settings.class_conditional else None  # one row per class
         return SampleOutput(
-            images=to_uint8(images), extras={"top_codes": top, "bottom_codes": bottom, "labels": labels}
+            images=to_uint8(images),
+            columns=columns,
+            extras={"top_codes": top, "bottom_codes": bottom, "labels": labels},
         )
 
     def labels(self, options: VQVAE2SampleOptions) -> np.ndarray:
-        """(n,) int64 labels for the priors: the asked-for classes cycled, or 0, 1, 2, ...
-        A model trained without labels has the single label 0."""
+        """(rows x n,) int64 labels for the priors: each class repeated n times (n images per
+        class, as every model's `n`), the classes given or the first 10. A model trained
+        without labels draws n images of the single label 0."""
         settings = self.settings
         if not settings.class_conditional:
             if options.classes:
@@ -53,20 +60,22 @@ class VQVAE2Runtime(ModelRuntime):
                     "--class needs a class-conditional model (train it with --set class_conditional=true)"
                 )
             return np.zeros(options.n, dtype=np.int64)
-        classes = options.classes or list(range(settings.num_classes))
+        classes = options.classes or list(range(min(DEFAULT_CLASSES, settings.num_classes)))
         bad = [c for c in classes if not 0 <= c < settings.num_classes]
         if bad:
             raise ConfigError(
                 f"--class {bad[0]} is out of range: this model knows labels 0..{settings.num_classes - 1}"
             )
-        return np.resize(np.asarray(classes, dtype=np.int64), options.n)
+        check_sample_count(options.n, len(classes))  # before any code map is allocated
+        return np.repeat(np.asarray(classes, dtype=np.int64), options.n)
 
     def sample_codes(
         self, prior: str, condition_input: dict[str, np.ndarray], options: VQVAE2SampleOptions, rng: np.random.Generator
     ) -> np.ndarray:
-        """-> (n, side, side) int64 codes of one level, drawn in raster order."""
+        """-> (count, side, side) int64 codes of one level, drawn in raster order."""
+        count = len(condition_input["labels"])  # images: n per class
         side = self.settings.top_side if prior == "prior_top" else self.settings.bottom_side
-        codes = np.zeros((options.n, side, side), dtype=np.int64)
+        codes = np.zeros((count, side, side), dtype=np.int64)
         condition = self.components(f"{prior}_condition", **condition_input)["condition"]
         if options.naive:
             for row in range(side):
@@ -76,8 +85,8 @@ class VQVAE2Runtime(ModelRuntime):
             return codes
 
         settings: PriorConfig = getattr(self.settings, prior)
-        vertical = np.zeros((options.n, *settings.vertical_cache_shape(side)), dtype=np.float32)
-        horizontal = np.zeros((options.n, *settings.horizontal_cache_shape(side)), dtype=np.float32)
+        vertical = np.zeros((count, *settings.vertical_cache_shape(side)), dtype=np.float32)
+        horizontal = np.zeros((count, *settings.horizontal_cache_shape(side)), dtype=np.float32)
         for row in range(side):
             row_index = np.array([row], dtype=np.int64)
             outputs = self.components(

@@ -117,10 +117,12 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path):
 
 def test_existing_run_needs_resume_and_same_config(tmp_path):
     run_toy(tmp_path / "run", steps=5, stage="regress")
-    with pytest.raises(RunError, match="--resume"):
+    with pytest.raises(RunError, match="resume=True") as raised:
         run_toy(tmp_path / "run", steps=5)
-    with pytest.raises(RunError, match="another config"):
+    assert "--resume" not in str(raised.value) and "--resume" in raised.value.cli_message
+    with pytest.raises(RunError, match="another config .steps: the run has 5, this call gives 6") as raised:
         run_toy(tmp_path / "run", steps=6, resume=True)
+    assert "this command gives 6" in raised.value.cli_message and "--out" in raised.value.cli_message
     with pytest.raises(UnknownNameError, match="Did you mean 'regress'"):
         run_toy(tmp_path / "other", steps=5, stage="regres")
 
@@ -232,3 +234,38 @@ def test_weight_decay_skips_vectors_and_named_parameters():
     decayed, exempt = build_optimizer(spec, model).param_groups
     assert [p.shape for p in decayed["params"]] == [torch.Size([16, 4])] and decayed["weight_decay"] == 0.1
     assert len(exempt["params"]) == 3 and exempt["weight_decay"] == 0.0
+
+
+class GridToyPlugin(ToyPlugin):
+    """A plugin whose grid draws from the torch RNG and names the stage by its brightness."""
+
+    def stage_grid(self, model, config, stage, device):
+        import numpy as np
+
+        from zoo.outputs import SampleOutput
+
+        noise = torch.rand(4)  # a grid that consumes random numbers must not change training
+        shade = {"regress": 50, "adversarial": 100, "critic_only": 150}[stage.name] + int(noise.sum() > 9)
+        return SampleOutput(images=np.full((2, 8, 8, 3), shade, np.uint8))
+
+
+def test_every_stage_writes_a_grid_without_changing_the_weights(tmp_path):
+    from PIL import Image
+
+    plain = run_toy(tmp_path / "plain", steps=9)
+    plugin, config = GridToyPlugin(), ToyConfig(steps=9, sample_every=4)
+    gridded = train(plugin, config, tmp_path / "grids", options=TrainOptions(device="cpu", progress="quiet"))
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(gridded.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    samples = tmp_path / "grids" / "samples"
+    for stage, shade in (("regress", 50), ("adversarial", 100), ("critic_only", 150)):
+        assert Image.open(samples / f"{stage}.png").getpixel((20, 20))[0] == shade
+        assert sorted(p.name for p in (samples / stage).iterdir()) == ["step_4.png", "step_8.png"]
+    assert not (tmp_path / "plain" / "samples").exists()  # no sample_options, no override: no grid
+
+
+def test_a_failed_session_is_recorded(tmp_path):
+    with pytest.raises(TrainingError):
+        run_toy(tmp_path / "run", steps=10, nan_at_step=3, stage="regress")
+    [session] = json.loads((tmp_path / "run" / ckpt.CONFIG_FILE).read_text())["sessions"]
+    assert session["status"] == "failed" and session["ended"] and session["stage"] == "regress"

@@ -127,7 +127,13 @@ BAD_OPTIONS = {
         {"cfg": -1},
         {"seed": -1},
     ],
-    "vqvae2_pixelcnn": [{"n": 100000}, {"temperature": 0}, {"top_k": -1}, {"classes": [-1]}],
+    "vqvae2_pixelcnn": [
+        {"n": 100000},
+        {"temperature": 0},
+        {"top_k": -1},
+        {"classes": [-1]},
+        {"n": 200, "classes": [0, 1]},  # n is per class: 400 images
+    ],
     "quantart": [{"size": 100000}, {"size": 4}, {"content_style_balance": 1.5}],
     "multimodal_caption": [
         {"n": 100000},
@@ -138,14 +144,14 @@ BAD_OPTIONS = {
         {"top_k": -1},
         {"caption": ["a"] * (MAX_SAMPLES + 1)},
     ],
-    "tiny_autoencoder": [{"n": 100000}],
+    "tiny_autoencoder": [{"n": 100000}, {"n": 65}],  # at most the 64 held-out digits an export ships
 }
 GOOD_OPTIONS = {
     "var": [{"n": MAX_SAMPLES, "classes": [3]}, {"n": 25}, {"classes": [-1, 9]}],
     "vqvae2_pixelcnn": [{"n": MAX_SAMPLES}],
     "quantart": [{"size": 512}],
     "multimodal_caption": [{"n": MAX_SAMPLES, "top_p": 1.0}],
-    "tiny_autoencoder": [{"n": MAX_SAMPLES}],
+    "tiny_autoencoder": [{"n": 64}],
 }
 
 

@@ -113,14 +113,18 @@ def test_out_that_is_a_file_is_refused(tmp_path):
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("checkpoint_every", 0, r"checkpoint_every \(--checkpoint-every\) must be .* at least 1; got 0"),
-        ("checkpoint_every", -3, r"checkpoint_every \(--checkpoint-every\) must be .* at least 1; got -3"),
+        ("checkpoint_every", 0, r"checkpoint_every must be .* at least 1; got 0"),
+        ("checkpoint_every", -3, r"checkpoint_every must be .* at least 1; got -3"),
         ("log_every", 0, r"log_every must be .* at least 1; got 0"),
+        ("log_every_seconds", 0, r"log_every_seconds must be a positive number of seconds; got 0"),
     ],
 )
 def test_checkpoint_and_log_intervals_must_be_positive(field, value, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as raised:
         TrainOptions(**{field: value})
+    # the API's wording names the argument, the CLI's the flag
+    assert "--" not in str(raised.value)
+    assert raised.value.cli_message.startswith(f"--{field.replace('_', '-')} must be")
 
 
 def test_stage_without_steps_is_refused_before_anything_is_written(tmp_path):
@@ -136,8 +140,9 @@ def test_a_run_that_failed_before_training_does_not_block_the_corrected_command(
         run_toy(tmp_path / "run", SizedToyPlugin(), points=0, steps=5)
     run_toy(tmp_path / "run", SizedToyPlugin(), points=64, steps=5)  # no --resume, same --out
     assert json.loads((tmp_path / "run" / ckpt.CONFIG_FILE).read_text())["config"]["points"] == 64
-    with pytest.raises(RunError, match=r"already holds a run; continue it \(--resume / resume=True\)"):
+    with pytest.raises(RunError, match=r"already holds a run; continue it \(resume=True\)") as raised:
         run_toy(tmp_path / "run", SizedToyPlugin(), points=64, steps=5)
+    assert "--resume" not in str(raised.value) and "--resume --out" in raised.value.cli_message
 
 
 # state/latest.json -----------------------------------------------------------------------

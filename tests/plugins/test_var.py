@@ -321,3 +321,46 @@ def test_editing_keeps_the_tokens_outside_the_mask(trained_run, tmp_path):
     np.testing.assert_array_equal(last[:, :, :2], np.broadcast_to(source[14:].reshape(4, 4)[:, :2], (3, 4, 2)))
     assert tokens[:, 0].tolist() == [source[0]] * 3  # the 1x1 scale always comes from the image
     assert (last[:, :, 2:] != source[14:].reshape(4, 4)[None, :, 2:]).any()  # the right half was regenerated
+
+
+def test_zoo_train_var_into_a_file_shows_plain_lines_grids_and_a_report(tmp_path):
+    """`zoo train var > log.txt` on a tiny config: plain progress lines, every stage's grid,
+    the in-training grids, then `zoo report` on the run."""
+    import os
+    import re
+    import subprocess
+
+    from tests.conftest import zoo_command
+
+    config = tmp_path / "tiny.json"
+    tiny = {**TINY, "tokenizer_training": {**TINY["tokenizer_training"], "steps": 20}}
+    tiny["transformer_training"] = {**TINY["transformer_training"], "steps": 20, "validate_every": 10}
+    config.write_text(json.dumps({**tiny, "sample_every": 10}))
+    run, log = tmp_path / "run", tmp_path / "log.txt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ZOO_LOAD_PLUGINS": "zoo_var"}
+    command = ["train", "var", "--config", str(config), "--out", str(run), "--device", "cpu"]
+    with open(log, "w") as file:
+        result = subprocess.run(
+            zoo_command(*command, "--log-every-seconds", "0.001"),
+            stdout=file,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+    assert result.returncode == 0, result.stderr
+    text = log.read_text()
+    for stage in ("tokenizer", "transformer"):
+        assert re.search(rf"^{stage} 20/20 \(100%\) \d+ img/s ETA 0s loss ", text, re.MULTILINE), text
+        assert re.search(rf"^{stage}: done in \S+: loss ", text, re.MULTILINE), text
+    assert "val_loss" in text and "\x1b[" not in text and f"  zoo report {run} --out {run}/report.html" in text
+    samples = run / "samples"
+    assert Image.open(samples / "tokenizer.png").size == (8 * 66 + 2, 2 * 66 + 2)  # 8 images over 8 reconstructions
+    assert Image.open(samples / "transformer.png").size == (4 * 66 + 2, 10 * 66 + 2)  # n=4 per class, 10 classes
+    assert (samples / "tokenizer" / "step_10.png").is_file() and (samples / "transformer" / "step_10.png").is_file()
+
+    report = subprocess.run(zoo_command("report", str(run)), capture_output=True, text=True, env=env, timeout=300)
+    assert report.returncode == 0, report.stderr
+    page = (run / "report.html").read_text()
+    assert page.count("<svg") >= 8 and page.count("data:image/png;base64,") == 4
+    assert "stage tokenizer" in page and "stage transformer" in page and 'data-title="validation"' in page

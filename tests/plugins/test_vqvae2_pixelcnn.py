@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from zoo.config import deep_merge, resolve
+from zoo.config import deep_merge, resolve, validate
 from zoo.errors import ConfigError
 from zoo_vqvae2_pixelcnn.config import VQVAE2Config, VQVAE2SampleOptions
 from zoo_vqvae2_pixelcnn.data import cached_codes
@@ -137,7 +137,7 @@ def test_the_fast_step_gives_the_full_forward_logits(variant):
 @pytest.mark.parametrize("variant", ["gated", "masked"])
 def test_fast_sampling_draws_the_same_codes_as_naive_sampling(variant):
     config, model = tiny_model(variant)
-    options = {"n": 4, "seed": 3, "temperature": 1.0}
+    options = {"n": 2, "classes": [1, 5], "seed": 3, "temperature": 1.0}
     fast = PLUGIN.sample(model, config, VQVAE2SampleOptions(**options), CPU)
     naive = PLUGIN.sample(model, config, VQVAE2SampleOptions(**options, naive=True), CPU)
     for key in ("top_codes", "bottom_codes"):
@@ -150,8 +150,16 @@ def test_fast_sampling_draws_the_same_codes_as_naive_sampling(variant):
 
 def test_sample_options_classes_top_k_and_errors():
     config, model = tiny_model()
-    output = PLUGIN.sample(model, config, VQVAE2SampleOptions(n=5, classes=[3, 7]), CPU)
-    np.testing.assert_array_equal(output.extras["labels"], [3, 7, 3, 7, 3])
+    # n is images per class, as in every model: one grid row per class
+    output = PLUGIN.sample(model, config, VQVAE2SampleOptions(n=3, classes=[3, 7]), CPU)
+    np.testing.assert_array_equal(output.extras["labels"], [3, 3, 3, 7, 7, 7])
+    assert output.columns == 3 and len(output.images) == 6
+    default = VQVAE2SampleOptions(n=1)
+    np.testing.assert_array_equal(PLUGIN.sample(model, config, default, CPU).extras["labels"], range(10))
+    with pytest.raises(ConfigError, match="at most 256"):  # 26 x 10 classes, refused before sampling
+        PLUGIN.sample(model, config, VQVAE2SampleOptions(n=26), CPU)
+    with pytest.raises(ConfigError, match="at most 256"):
+        validate(VQVAE2SampleOptions, {"n": 129, "classes": [0, 1]}, what="sample option")
     greedy = [PLUGIN.sample(model, config, VQVAE2SampleOptions(n=2, seed=seed, top_k=1), CPU) for seed in (0, 1)]
     np.testing.assert_array_equal(greedy[0].extras["bottom_codes"], greedy[1].extras["bottom_codes"])
     with pytest.raises(ConfigError, match="out of range"):
@@ -245,8 +253,9 @@ def test_evaluate_reports_reconstruction_codebooks_bits_and_samples(trained_run)
     # The sample scores, recomputed from the same seed-0 samples: the fraction is a count over
     # `eval_samples` (0 for this tiny model), pinned together with the mean confidence it thresholds.
     from zoo.data.classifier import CONFIDENT, DigitsClassifier
+    from zoo_vqvae2_pixelcnn.evaluation import eval_sample_options
 
-    samples = trained_run.sample(n=trained_run.config.eval_samples, seed=0).images  # (N, H, W, 3) uint8
+    samples = trained_run.sample(**eval_sample_options(trained_run.config).model_dump()).images  # (N, H, W, 3)
     top = DigitsClassifier().predict_proba(torch.from_numpy(samples).permute(0, 3, 1, 2) / 127.5 - 1.0).max(axis=1)
     assert metrics["sample_confident_fraction"] == np.count_nonzero(top >= CONFIDENT) / len(samples)
     assert metrics["sample_digit_confidence"] == pytest.approx(top.mean())

@@ -97,3 +97,10 @@ class Subset(Dataset):
         if name in ("dataset", "indices"):  # not set yet (e.g. while unpickling in a worker)
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+
+def first_images(dataset: Dataset, count: int) -> torch.Tensor:
+    """The `image` of the first `count` items (fewer if the set is smaller): (N, 3, H, W),
+    e.g. the held-out images a stage's reconstruction grid shows."""
+    size = dataset_length(dataset)
+    return torch.stack([dataset[index]["image"] for index in range(min(count, size))])

@@ -5,7 +5,6 @@ from typing import ClassVar
 from pydantic import Field
 
 import zoo
-from zoo.config import MAX_SAMPLES
 
 
 class TinyAutoencoderConfig(zoo.ZooConfig):
@@ -20,8 +19,16 @@ class TinyAutoencoderConfig(zoo.ZooConfig):
     lr: float = Field(2e-3, description="learning rate", gt=0)
 
 
-PRESETS: dict[str, dict] = {"digits16": {}, "fast": {"steps": 50, "width": 16}}
+PRESETS: dict[str, dict] = {"digits16": {"sample_every": 100}, "fast": {"steps": 50, "width": 16}}
+
+
+HELD_OUT_DIGITS = 64  # test digits an export ships for `sample` to reconstruct
 
 
 class TinyAutoencoderSampleOptions(zoo.SampleOptionsBase):
-    n: int = Field(16, description="number of images", ge=1, le=MAX_SAMPLES)
+    n: int = Field(
+        8,
+        description="held-out digits to reconstruct: the grid shows them in its top row, their reconstructions below",
+        ge=1,
+        le=HELD_OUT_DIGITS,
+    )

@@ -1,11 +1,13 @@
-"""The graphs: `encoder` (image -> codes) and `decoder` (codes -> image), methods of the model."""
+"""The graphs: `encoder` (image -> codes) and `decoder` (codes -> image), methods of the model;
+and the held-out digits the sampling loop reconstructs, shipped with an export."""
 
 import torch
 
 import zoo
+from zoo.data import digits
 from zoo.torch_components import method_component
 
-from .config import TinyAutoencoderConfig
+from .config import HELD_OUT_DIGITS, TinyAutoencoderConfig
 from .model import TinyAutoencoder
 
 
@@ -23,3 +25,10 @@ def export_components(model: TinyAutoencoder, config: TinyAutoencoderConfig) -> 
         method_component("encoder", model, "encode_codes", images, ["codes"], {"image": batch, "codes": batch}),
         method_component("decoder", model, "decode_codes", codes, ["image"], {"codes": batch, "image": batch}),
     ]
+
+
+def export_assets(model: TinyAutoencoder, config: TinyAutoencoderConfig) -> zoo.ExportAssets:
+    """The first HELD_OUT_DIGITS test digits, (N, 3, S, S) float32 in [-1, 1]: what `sample` reconstructs."""
+    held_out = digits(config.image_size, "test")
+    images = torch.stack([held_out[i]["image"] for i in range(HELD_OUT_DIGITS)])
+    return zoo.ExportAssets(arrays={"held_out": images.numpy()})

@@ -33,7 +33,7 @@ class TinyAutoencoderPlugin(zoo.ModelPlugin):
                 config.steps,
                 config.batch_size,
                 dataset=lambda ctx: digits(config.image_size, "train", config.seed),
-                sample_options={"n": 16},
+                sample_options={"n": 8},  # the stage's grid: held-out digits above their reconstructions
             )
         ]
 
@@ -42,6 +42,9 @@ class TinyAutoencoderPlugin(zoo.ModelPlugin):
 
     def export_components(self, model: TinyAutoencoder, config: TinyAutoencoderConfig) -> list[zoo.Component]:
         return export.export_components(model, config)
+
+    def export_assets(self, model: TinyAutoencoder, config: TinyAutoencoderConfig) -> zoo.ExportAssets:
+        return export.export_assets(model, config)
 
 
 @zoo.hookimpl
