@@ -8,6 +8,8 @@ transformer_step   VARTransformer.step                 labels, scale_inputs, pos
                                                        -> logits, new_cache (zoo.nn.attention's cache layout,
                                                        (B, depth, 2, heads, past, head_dim))
 decoder            Tokenizer.decode_image              f_hat (B, code_dim, h, w) -> image (B, 3, H, W) in [-1, 1]
+
+The encoder (a nearest-code search per scale) stays fp32 at fp16/int8 (keep_fp32).
 """
 
 from __future__ import annotations

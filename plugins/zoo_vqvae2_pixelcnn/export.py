@@ -7,7 +7,8 @@
     <prior>_row             prior.row               once per row: -> row_bias, new_vertical_cache
     <prior>_step            prior.step              once per position: -> logits, new_horizontal_cache
 
-for <prior> in prior_top, prior_bottom. Every input and output has a dynamic batch axis.
+for <prior> in prior_top, prior_bottom. Every input and output has a dynamic batch axis. The
+encoder (nearest-code searches) stays fp32 at fp16/int8 (keep_fp32).
 """
 
 from __future__ import annotations
