@@ -129,7 +129,7 @@ def export_component(
     graph = trace_component(component, {name: tensor.to(device) for name, tensor in inputs.items()}, scratch, opset)
     file = f"{component.name}.onnx"
     precision = "fp32" if component.keep_fp32 else precision
-    convert_precision(graph, out_dir / file, precision, component.name, scratch)
+    precision = convert_precision(graph, out_dir / file, precision, component.name, scratch)
     del graph  # it holds copies of the weights (folded transposes): free them before validation loads the file
     check_graph(out_dir / file, component.name)
     validation = validate_component(component, out_dir / file, precision, device)

@@ -7,7 +7,8 @@ manifest.json::
     model, plugin_version         the plugin's name and version
     config                        the resolved config (config.model_dump(mode="json"))
     opset                         one for all components (read back from the graphs)
-    precision                     the one asked for; a component declared keep_fp32 stays fp32
+    precision                     the one asked for; components.<name>.precision is what each graph
+                                  has (fp32 if declared keep_fp32, or if int8 found no MatMul/Gemm)
     tools                         versions of torch, onnx, onnxruntime, onnxscript used
     validation                    provider, sizes, the error rule and precision bounds
     components.<name>             file, sha256, external_data ({file, sha256} or null),

@@ -39,6 +39,7 @@ from zoo_onnx.trace import is_large, root_cause, save_graph
 
 PRECISION_BOUNDS = {"fp32": 0.0, "fp16": 1e-2, "int8": 0.1}  # relative error each precision may add
 QUANTIZED_OPS = ("MatMul", "Gemm")
+INTEGER_OPS = {"MatMulInteger", "ConvInteger", "DynamicQuantizeLinear"}  # what quantize_dynamic writes
 
 
 def allowed_error(precision: str, tolerance: float, reference: float) -> float:
@@ -51,18 +52,20 @@ def allowed_mismatch(precision: str) -> float:
     return PRECISION_BOUNDS[precision]
 
 
-def convert_precision(model: ir.Model, destination: Path, precision: str, component_name: str, scratch: Path) -> None:
-    """Write the `precision` version of the fp32 graph `model` to `destination`."""
+def convert_precision(model: ir.Model, destination: Path, precision: str, component_name: str, scratch: Path) -> str:
+    """Write the `precision` version of the fp32 graph `model` to `destination`; returns the
+    precision the graph really has: "fp32" where int8 found no MatMul/Gemm weight to quantize
+    (a graph of convolutions), so that the manifest does not claim an int8 graph."""
     if precision == "fp32":
         save_graph(model, destination)
-        return
+        return precision
     source = scratch / f"{component_name}.fp32.onnx"
     save_graph(model, source)
     try:
         if precision == "fp16":
             to_fp16(source, destination)
-        else:
-            to_int8(source, destination)
+            return precision
+        return precision if to_int8(source, destination) else "fp32"
     except ExportError:
         raise
     except Exception as error:
@@ -108,7 +111,8 @@ def drop_duplicate_nodes(graph: onnx.GraphProto) -> None:
             node.name = f"{node.name}_{index}"
 
 
-def to_int8(source: Path, destination: Path, ops: tuple[str, ...] = QUANTIZED_OPS) -> None:
+def to_int8(source: Path, destination: Path, ops: tuple[str, ...] = QUANTIZED_OPS) -> bool:
+    """Write the dynamically quantized graph; whether any weight was quantized."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     large = is_large(source)
@@ -134,6 +138,8 @@ def to_int8(source: Path, destination: Path, ops: tuple[str, ...] = QUANTIZED_OP
                 reduce_range=True,
                 use_external_data_format=large,
             )
-            save_graph(ir.load(str(quantized)), destination)
+            graph = ir.load(str(quantized))
+            save_graph(graph, destination)
+            return any(node.op_type in INTEGER_OPS for node in graph.graph.all_nodes())
     finally:
         quantizer_log.setLevel(level)
