@@ -24,8 +24,6 @@ import argparse
 import gc
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +34,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "plugins"), str(ROOT / "exporters")]
 import numpy as np  # noqa: E402
 import onnxruntime  # noqa: E402
 import torch  # noqa: E402
+from deploy import GiB, cpu_name, directory_gib, first_line, image_errors, random_state_dict, run_child  # noqa: E402
 from report import Report, table  # noqa: E402
 from timing import median_seconds  # noqa: E402
 
@@ -48,7 +47,6 @@ KEYS = ROOT / "tests" / "fixtures" / "var" / "keys"
 PRECISIONS = ("fp32", "fp16", "int8")
 GREEDY = {"classes": [207], "n": 1, "cfg": 1.5, "top_k": 1, "seed": 0}
 SAMPLING = {"classes": [207], "cfg": 4.0, "top_k": 900, "top_p": 0.96, "seed": 0}
-GiB = 2**30
 
 
 # -- random official-layout files ------------------------------------------------------------------
@@ -81,38 +79,9 @@ def random_tensor(key: str, shape: list[int], dtype: torch.dtype, generator: tor
 def make_official_file(key_list: Path, out: Path, seed: int) -> int:
     """Write a random state dict with the keys, shapes and dtypes of `key_list`; returns its
     parameter count."""
-    generator = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for line in key_list.read_text().splitlines():
-        key, shape, dtype = line.split("\t")
-        dims = [int(n) for n in shape.split(",") if n]
-        tensors[key] = random_tensor(key, dims, getattr(torch, dtype), generator).to(getattr(torch, dtype))
+    tensors = random_state_dict(key_list, random_tensor, seed)
     torch.save(tensors, out)
     return sum(t.numel() for t in tensors.values())
-
-
-# -- child processes -------------------------------------------------------------------------------
-
-
-def run_child(args: list[str]) -> tuple[float, float, str | None]:
-    """Run `python -m zoo ARGS` on one thread: (seconds, peak RSS GiB, last error line or None)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    start = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "zoo", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - start
-    peak = usage.ru_maxrss * 1024 / GiB  # Linux reports KiB
-    lines = [line for line in output.splitlines() if line.strip()]
-    error = None if process.returncode == 0 else (lines[-1] if lines else f"exit code {process.returncode}")
-    return seconds, peak, error
-
-
-def directory_gib(path: Path) -> float:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / GiB
 
 
 # -- engines ---------------------------------------------------------------------------------------
@@ -145,12 +114,8 @@ def agreement(output, reference) -> list[str]:
     tokens = np.concatenate([np.asarray(t).ravel() for t in output.extras["tokens"]])
     expected = np.concatenate([np.asarray(t).ravel() for t in reference.extras["tokens"]])
     equal = float(np.mean(tokens == expected))
-    error = np.abs(output.images.astype(np.int16) - reference.images.astype(np.int16))
-    return [
-        "identical" if equal == 1.0 else f"{equal:.4f}",
-        f"{int(error.max())}",
-        f"{float(error.mean()):.2f}",
-    ]
+    largest, mean = image_errors(output.images, reference.images)
+    return ["identical" if equal == 1.0 else f"{equal:.4f}", f"{largest}", f"{mean:.2f}"]
 
 
 # -- one size --------------------------------------------------------------------------------------
@@ -217,7 +182,8 @@ def bench_size(size: str, args: argparse.Namespace, report: Report, deadline: fl
         (f"onnxruntime {p}", lambda p=p: onnx_engine(exports[p], p)) for p in ("fp32", "int8", "fp16") if p in exports
     ]
     makers += [(f"onnxruntime {p}", None) for p in args.precisions if p not in exports]
-    makers += [("torch bf16 autocast", lambda: torch_engine(run, bf16=True))]  # slowest without bf16 units: last
+    if not args.skip_bf16:
+        makers += [("torch bf16 autocast", lambda: torch_engine(run, bf16=True))]  # slowest without bf16 units: last
     greedy_rows, timing_rows, reference = [], [], None
     for name, make in makers:
         if make is None:
@@ -234,7 +200,7 @@ def bench_size(size: str, args: argparse.Namespace, report: Report, deadline: fl
             output = engine.sample(GREEDY)  # also the warm-up of the timings
             greedy_seconds = time.perf_counter() - start
         except Exception as error:  # noqa: BLE001 - a failing engine is a result, not the end of the run
-            message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:200]
+            message = first_line(error)
             greedy_rows.append([name, message, "-", "-"])
             timing_rows.append([name, message, "-", "-"])
             continue
@@ -246,7 +212,9 @@ def bench_size(size: str, args: argparse.Namespace, report: Report, deadline: fl
             continue
         one = median_seconds(lambda engine=engine: engine.sample({**SAMPLING, "n": 1}), args.repeats, warmup=0)
         cells = [name, f"{one:.1f}"]
-        if time.perf_counter() + 8 * one * args.repeats_8 > deadline:
+        if args.repeats_8 == 0:
+            cells += ["not run (--repeats-8 0)", f"{args.repeats} / 0"]
+        elif time.perf_counter() + 8 * one * args.repeats_8 > deadline:
             cells += ["not run: time budget", f"{args.repeats} / 0"]
         else:
             eight = median_seconds(lambda engine=engine: engine.sample({**SAMPLING, "n": 8}), args.repeats_8, warmup=0)
@@ -268,13 +236,6 @@ def bench_size(size: str, args: argparse.Namespace, report: Report, deadline: fl
     )
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 STEP_HEADER = ["size", "step", "seconds", "peak RSS GiB", "size GiB", "result"]
 
 
@@ -289,6 +250,9 @@ def main() -> None:
     parser.add_argument("--budget-minutes", type=float, default=40.0, help="skip what would start later")
     parser.add_argument("--reuse", action="store_true", help="sample from the run and exports already in --workdir")
     parser.add_argument("--greedy-only", action="store_true", help="compare greedy tokens, time nothing")
+    parser.add_argument(
+        "--skip-bf16", action="store_true", help="leave out torch bf16 autocast (slow without bf16 units)"
+    )
     parser.add_argument("--append", action="store_true", help="add to the results file instead of replacing it")
     args = parser.parse_args()
     deadline = time.perf_counter() + args.budget_minutes * 60
