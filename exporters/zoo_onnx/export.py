@@ -130,7 +130,7 @@ def export_component(
     file = f"{component.name}.onnx"
     precision = "fp32" if component.keep_fp32 else precision
     precision = convert_precision(graph, out_dir / file, precision, component.name, scratch)
-    del graph  # it holds copies of the weights (folded transposes): free them before validation loads the file
+    del graph  # it may hold weight copies made by constant folding: free them before validation loads the file
     check_graph(out_dir / file, component.name)
     validation = validate_component(component, out_dir / file, precision, device)
     return component_entry(component, out_dir, file, precision, validation)
