@@ -12,7 +12,7 @@ import typing
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import pydantic
 
@@ -74,6 +74,29 @@ def current_names(schema: type[pydantic.BaseModel], values: Mapping[str, Any]) -
 MAX_SAMPLES = 256
 
 
+class ScaleConfig(ConfigSection):
+    """How a training step is computed, not what it computes: the levers of training at
+    size. A run may be resumed with other values (a larger GPU, more processes)."""
+
+    accumulate: int = pydantic.Field(
+        1, ge=1, description="micro-batches per optimizer step (gradient accumulation): each process's batch is split in this many"
+    )
+    activation_checkpointing: bool = pydantic.Field(
+        False, description="keep only each block's inputs and recompute its activations in the backward pass"
+    )
+    shard: bool = pydantic.Field(
+        False,
+        description="with several processes: shard weights, gradients and optimizer state per block "
+        "(FSDP2 fully_shard) instead of replicating them (DDP)",
+    )
+    compile: bool = pydantic.Field(
+        False, description="torch.compile each block; where compiling fails, train eagerly with a one-line warning"
+    )
+    adamw: Literal["auto", "fused", "foreach", "for-loop"] = pydantic.Field(
+        "auto", description="optimizer kernel: auto takes fused for unsharded weights, foreach for sharded ones"
+    )
+
+
 class ZooConfig(ConfigSection):
     """Base of every plugin's `Config`."""
 
@@ -82,6 +105,7 @@ class ZooConfig(ConfigSection):
     sample_every: int = pydantic.Field(
         0, ge=0, description="write the stage's grid to samples/STAGE/step_N.png every this many steps; 0 is off"
     )
+    scale: ScaleConfig = pydantic.Field(default_factory=ScaleConfig, description="memory and speed levers")
 
 
 class SampleOptionsBase(pydantic.BaseModel):

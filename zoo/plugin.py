@@ -140,6 +140,16 @@ class ModelPlugin:
     def export_assets(self, model: nn.Module, config: ZooConfig) -> ExportAssets:
         return ExportAssets()
 
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        """The model's repeated units: what `scale.shard` shards one by one (FSDP2), what
+        `scale.activation_checkpointing` recomputes and `scale.compile` compiles; typically
+        transformer blocks and the resolution levels of a conv encoder/decoder.
+
+        A block must be a module whose forward has no side effect a second call would
+        repeat (no running statistics, no codebook updates): checkpointing runs it twice.
+        Default: none (the model is one unit; the levers have nothing to act on)."""
+        return []
+
     def check_data(self, config: ZooConfig) -> None:
         """Raise DataError if a data source of any stage is unusable. The trainer calls this
         before the first stage, so a later stage's bad folder costs no training time.

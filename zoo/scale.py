@@ -1,0 +1,69 @@
+"""The single-process levers of training at size: activation checkpointing and
+torch.compile per block (`ModelPlugin.blocks`), and the AdamW kernel. Set in the
+config's `scale` section (`zoo.config.ScaleConfig`); the trainer applies them once
+to the model it builds."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributed._composable import checkpoint as composable_checkpoint
+
+
+def checkpoint_activations(blocks: list[nn.Module]) -> None:
+    """Each block keeps only its inputs for the backward pass and recomputes the rest there.
+
+    torch's composable, non-reentrant checkpoint: it hooks the block itself (so a loss may
+    call any module), restores the RNG for the recomputation (dropout draws the same mask)
+    and composes with `fully_shard`."""
+    for block in blocks:
+        composable_checkpoint(block)
+
+
+def compile_blocks(blocks: list[nn.Module], warn: Callable[[str], None]) -> None:
+    """torch.compile each block's forward (the hooks of sharding and checkpointing stay
+    outside the compiled code). A block whose compilation fails runs eagerly from then on;
+    the first failure is reported in one line through `warn`."""
+    failed: list[str] = []
+
+    def report(error: Exception) -> None:
+        if not failed:
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            warn(f"--compile: torch.compile failed ({type(error).__name__}: {first_line[:200]}); training eagerly")
+        failed.append(type(error).__name__)
+
+    for block in blocks:
+        block.forward = _with_eager_fallback(block.forward, torch.compile(block.forward), report)  # type: ignore[method-assign]
+
+
+def _with_eager_fallback(
+    eager: Callable[..., Any], compiled: Callable[..., Any], report: Callable[[Exception], None]
+) -> Callable[..., Any]:
+    state = {"compiled": True}
+
+    @functools.wraps(eager)
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if state["compiled"]:
+            try:
+                return compiled(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - any failure: the eager call below shows a real bug again
+                state["compiled"] = False
+                report(error)
+        return eager(*args, **kwargs)
+
+    return forward
+
+
+def adamw_kernel(choice: str, device: torch.device, sharded: bool) -> dict[str, bool]:
+    """The keyword that picks torch.optim.AdamW's implementation.
+
+    `auto`: the fused kernel (one pass over each tensor; 3x the for-loop on this project's
+    CPU, see benchmarks/results/train_step.md) for plain tensors on CPU and CUDA; foreach
+    for sharded weights (DTensors)."""
+    if choice == "auto":
+        choice = "foreach" if sharded or device.type not in ("cpu", "cuda") else "fused"
+    return {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[choice]
