@@ -249,8 +249,10 @@ def _from_json_key(key: Any) -> Any:
     return key["int"] if isinstance(key, dict) else key
 
 
-def write_trainer_checkpoint(run_dir: Path, step_name: str, model: torch.nn.Module, state: dict[str, Any]) -> None:
-    """Write model + trainer state into a fresh folder, then point `latest.json` at it."""
+def write_trainer_checkpoint(
+    run_dir: Path, step_name: str, weights: Mapping[str, torch.Tensor], state: dict[str, Any]
+) -> None:
+    """Write the model's weights + trainer state into a fresh folder, then point `latest.json` at it."""
     state_dir = Path(run_dir) / STATE_DIR
     folder = state_dir / f"ckpt-{step_name}"
     partial = state_dir / f".ckpt-{step_name}.partial"
@@ -258,7 +260,7 @@ def write_trainer_checkpoint(run_dir: Path, step_name: str, model: torch.nn.Modu
     partial.mkdir(parents=True)
     tensors: dict[str, torch.Tensor] = {}
     skeleton = flatten_state(state, "state", tensors)
-    _save_tensors_file(partial / WEIGHTS_FILE, model.state_dict())
+    _save_tensors_file(partial / WEIGHTS_FILE, weights)
     _save_tensors_file(partial / "tensors.safetensors", tensors)
     atomic_write_json(partial / "trainer.json", skeleton)
     shutil.rmtree(folder, ignore_errors=True)

@@ -79,21 +79,24 @@ class ScaleConfig(ConfigSection):
     size. A run may be resumed with other values (a larger GPU, more processes)."""
 
     accumulate: int = pydantic.Field(
-        1, ge=1, description="micro-batches per optimizer step (gradient accumulation): each process's batch is split in this many"
+        default=1,
+        ge=1,
+        description="micro-batches per optimizer step (gradient accumulation): each process's batch is split in this many",
     )
     activation_checkpointing: bool = pydantic.Field(
-        False, description="keep only each block's inputs and recompute its activations in the backward pass"
+        default=False, description="keep only each block's inputs and recompute its activations in the backward pass"
     )
     shard: bool = pydantic.Field(
-        False,
+        default=False,
         description="with several processes: shard weights, gradients and optimizer state per block "
         "(FSDP2 fully_shard) instead of replicating them (DDP)",
     )
     compile: bool = pydantic.Field(
-        False, description="torch.compile each block; where compiling fails, train eagerly with a one-line warning"
+        default=False,
+        description="torch.compile each block; where compiling fails, train eagerly with a one-line warning",
     )
     adamw: Literal["auto", "fused", "foreach", "for-loop"] = pydantic.Field(
-        "auto", description="optimizer kernel: auto takes fused for unsharded weights, foreach for sharded ones"
+        default="auto", description="optimizer kernel: auto takes fused for unsharded weights, foreach for sharded ones"
     )
 
 

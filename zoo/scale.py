@@ -37,7 +37,7 @@ def compile_blocks(blocks: list[nn.Module], warn: Callable[[str], None]) -> None
         failed.append(type(error).__name__)
 
     for block in blocks:
-        block.forward = _with_eager_fallback(block.forward, torch.compile(block.forward), report)  # type: ignore[method-assign]
+        block.forward = _with_eager_fallback(block.forward, torch.compile(block.forward), report)
 
 
 def _with_eager_fallback(

@@ -1,4 +1,5 @@
-"""The one trainer: runs any plugin's stages, with checkpoints, resume, DDP and progress.
+"""The one trainer: runs any plugin's stages, with checkpoints, resume, data parallelism
+(zoo.distributed), the levers of zoo.scale, and progress.
 
 Determinism: the seed fixes initialisation, the data order (a per-epoch permutation
 derived from the seed, addressed by step, so a resumed run sees the same batches) and
@@ -27,11 +28,12 @@ from zoo import checkpoint as ckpt
 from zoo.config import ZooConfig, config_differences
 from zoo.data.base import dataset_length
 from zoo.device import Precision, autocast, choose_device
-from zoo.distributed import WorldInfo, average_gradients, barrier, init_from_env, shutdown
+from zoo.distributed import Engine, StageStep, WorldInfo, barrier, init_from_env, shutdown
 from zoo.errors import ConfigError, DataError, RunError, TrainingError, UnknownNameError
 from zoo.outputs import SampleOutput
 from zoo.plugin import ModelPlugin, Optimizer, Stage, StageContext, StepContext, Validation
 from zoo.progress import Mode, Reporter, make_reporter
+from zoo.scale import adamw_kernel, checkpoint_activations, compile_blocks
 
 
 @dataclass
@@ -131,7 +133,8 @@ def named_trained_parameters(model: nn.Module, spec: Optimizer) -> list[tuple[st
     return named
 
 
-def build_optimizer(spec: Optimizer, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(spec: Optimizer, model: nn.Module, kernel: dict[str, bool] | None = None) -> torch.optim.Optimizer:
+    """`kernel`: the implementation keyword of zoo.scale.adamw_kernel (torch's default without)."""
     # Weight decay on matrices and kernels only, never on biases, norms and gains, nor on
     # the parameters the plugin names in `no_weight_decay` (e.g. position embeddings).
     decayed: list[nn.Parameter] = []
@@ -142,7 +145,7 @@ def build_optimizer(spec: Optimizer, model: nn.Module) -> torch.optim.Optimizer:
     groups = [{"params": decayed, "weight_decay": spec.weight_decay}, {"params": exempt, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     algorithm = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[spec.algorithm]
-    return algorithm(groups, lr=spec.lr, betas=spec.betas)
+    return algorithm(groups, lr=spec.lr, betas=spec.betas, **(kernel or {}))
 
 
 def freeze_all_but(model: nn.Module, stage: Stage) -> None:
@@ -153,6 +156,21 @@ def freeze_all_but(model: nn.Module, stage: Stage) -> None:
         for module in spec.modules(model):
             module.train()
             module.requires_grad_(True)
+
+
+def split_batch(batch: Any, parts: int) -> list[Any]:
+    """A collated batch cut into `parts` equal micro-batches along its first dimension."""
+    if parts == 1:
+        return [batch]
+    if isinstance(batch, torch.Tensor):
+        return list(batch.chunk(parts))
+    if isinstance(batch, dict):
+        pieces = {key: split_batch(value, parts) for key, value in batch.items()}
+        return [{key: pieces[key][i] for key in batch} for i in range(parts)]
+    if isinstance(batch, list):
+        size = len(batch) // parts
+        return [batch[i * size : (i + 1) * size] for i in range(parts)]
+    return [batch] * parts
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -221,6 +239,7 @@ class StageState:
     """Everything one stage's loop reads and changes; what a checkpoint saves of a stage."""
 
     model: nn.Module
+    step_module: StageStep  # the root the engine wraps; every loss runs through it
     stage: Stage
     index: int  # position of the stage in the plugin's list
     context: StageContext
@@ -256,6 +275,7 @@ class Trainer:
         self.reporter: Reporter = make_reporter(
             options.progress if self.world.is_main else "quiet", options.log_every_seconds
         )
+        self.engine = Engine(self.world, config.scale.shard, self.device, self._build_model)
         self.stages = plugin.stages(config)
         self.tensorboard: Any = None  # a SummaryWriter on rank 0 with options.tensorboard
 
@@ -264,11 +284,20 @@ class Trainer:
     def _check_stages(self) -> None:
         """Defence against a plugin whose config lets a stage have no steps: it would save
         an untrained model as trained."""
+        parts = self.world.world_size * self.config.scale.accumulate
         for stage in self.stages:
-            if self.options.stage in (None, stage.name) and (stage.steps < 1 or stage.batch_size < 1):
+            if self.options.stage not in (None, stage.name):
+                continue
+            if stage.steps < 1 or stage.batch_size < 1:
                 raise TrainingError(
                     f"stage {stage.name} of {self.plugin.name} has {stage.steps} steps of batch size "
                     f"{stage.batch_size}; set both to at least 1 in the config"
+                )
+            if stage.batch_size % parts:
+                raise TrainingError(
+                    f"stage {stage.name}: batch size {stage.batch_size} does not split into "
+                    f"{self.world.world_size} processes x {self.config.scale.accumulate} micro-batches "
+                    f"(scale.accumulate); use a multiple of {parts}"
                 )
 
     def _check_run_dir(self) -> None:
@@ -303,7 +332,12 @@ class Trainer:
                 cli=f"{run} already holds a run; continue it (`zoo train --resume --out {run}`), "
                 f"run one stage (--stage NAME), or pick another --out",
             )
-        differences = config_differences(self._stored_config(existing["config"]), record["config"])
+        # The levers say how a step is computed, not what: a run resumes with other ones.
+        differences = [
+            difference
+            for difference in config_differences(self._stored_config(existing["config"]), record["config"])
+            if not difference[0].startswith("scale.")
+        ]
         if differences:
             shown = "; ".join(f"{key}: the run has {old}, this call gives {new}" for key, old, new in differences[:3])
             raise RunError(
@@ -375,6 +409,8 @@ class Trainer:
             "device": str(self.device),
             "precision": self.options.precision,
             "world_size": self.world.world_size,
+            "engine": self.engine.name,
+            "scale": self.config.scale.model_dump(mode="json"),
             "resume": self.options.resume,
             "stage": self.options.stage,
             "versions": {
@@ -408,7 +444,7 @@ class Trainer:
         self._start_session()
         self._open_tensorboard()
         torch.manual_seed(self.config.seed)
-        model = self.plugin.build(self.config).to(self.device)
+        model = self._build_model()
         saved = self._initial_weights(model) or {}
         completed: list[str] = list(saved.get("completed", []))  # each finished stage moves to its end
         for index, stage in enumerate(self.stages):
@@ -420,11 +456,29 @@ class Trainer:
             if missing and self.world.is_main:
                 self.reporter.message(f"note: stage {stage.name} starts without trained {', '.join(missing)} weights")
             resume = saved if self.options.resume and saved.get("stage") == stage.name else None
-            self._run_stage(model, stage, index, completed, resume)
+            model = self._run_stage(model, stage, index, completed, resume)
             saved = {}
         shutdown()
         if self.world.is_main:
             self.reporter.done(str(self.run_dir), ckpt.stage_summaries(self.run_dir))
+        return model
+
+    def _build_model(self) -> nn.Module:
+        """The plugin's model on the device, with the config's per-block levers applied."""
+        model = self.plugin.build(self.config).to(self.device)
+        scale = self.config.scale
+        if not (scale.activation_checkpointing or scale.compile):
+            return model
+        blocks = self.plugin.blocks(model)
+        if not blocks:
+            self.reporter.message(
+                f"note: {self.plugin.name} names no blocks (ModelPlugin.blocks): "
+                "scale.activation_checkpointing and scale.compile have nothing to act on"
+            )
+        if scale.activation_checkpointing:
+            checkpoint_activations(blocks)
+        if scale.compile:
+            compile_blocks(blocks, self.reporter.message)
         return model
 
     def _open_tensorboard(self) -> None:
@@ -440,7 +494,8 @@ class Trainer:
 
     def _run_stage(
         self, model: nn.Module, stage: Stage, index: int, completed: list[str], resume: dict[str, Any] | None
-    ) -> None:
+    ) -> nn.Module:
+        """Train one stage; returns the plain model with its weights (rebuilt when sharded)."""
         state = self._prepare_stage(model, stage, index, completed, resume)
         if resume is not None:
             self._restore(state, resume)
@@ -455,11 +510,13 @@ class Trainer:
         finally:
             self.reporter.finish()
         self._finish_stage(state)
+        return state.model
 
     def _prepare_stage(
         self, model: nn.Module, stage: Stage, index: int, completed: list[str], resume: dict[str, Any] | None
     ) -> StageState:
-        """Seed, freeze, build the data, run `on_start` (not on resume), build the optimizers."""
+        """Seed, freeze, build the data, run `on_start` (not on resume), wrap the model in the
+        engine, build the optimizers."""
         context = StageContext(model, self.config, self.run_dir / "cache", self.device)
         torch.manual_seed(self.config.seed + 1000 * (index + 1))
         freeze_all_but(model, stage)
@@ -467,12 +524,14 @@ class Trainer:
         if stage.on_start is not None and resume is None:
             stage.on_start(model, context)
             freeze_all_but(model, stage)
+        step_module = self.engine.wrap(model, self.plugin.blocks(model) if self.engine.shard else [])
         param_lists = [trained_parameters(model, spec) for spec in stage.optimizers]
-        optimizers = [build_optimizer(spec, model) for spec in stage.optimizers]
+        kernel = adamw_kernel(self.config.scale.adamw, self.device, self.engine.shard)
+        optimizers = [build_optimizer(spec, model, kernel) for spec in stage.optimizers]
         ema = (
             {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad} if stage.ema_decay else None
         )
-        return StageState(model, stage, index, context, dataset, completed, param_lists, optimizers, ema)
+        return StageState(model, step_module, stage, index, context, dataset, completed, param_lists, optimizers, ema)
 
     def _stage_dataset(self, stage: Stage, context: StageContext) -> Dataset:
         dataset = stage.dataset(context)
@@ -492,13 +551,14 @@ class Trainer:
                 f"stage has {len(state.optimizers)} optimizers; resume with the code that wrote it, or start the stage anew"
             )
         for optimizer, saved in zip(state.optimizers, resume["optimizers"], strict=True):
-            optimizer.load_state_dict(saved)
+            self.engine.load_optimizer_state(optimizer, saved)
         torch.set_rng_state(resume["rng"]["cpu"])
         if torch.cuda.is_available() and resume["rng"].get("cuda"):
             torch.cuda.set_rng_state_all(resume["rng"]["cuda"])
-        state.ema = resume.get("ema") or state.ema
+        state.ema = self.engine.like_parameters(resume.get("ema"), state.model) or state.ema
         if resume.get("validation"):
             state.validation = ValidationState.from_dict(resume["validation"])
+            state.validation.best_weights = self.engine.like_parameters(state.validation.best_weights, state.model)
 
     def _loader(self, state: StageState) -> DataLoader:
         stage = state.stage
@@ -528,18 +588,24 @@ class Trainer:
                 break
             self._maybe_checkpoint(state, done)
             every = self.config.sample_every
-            if every and done % every == 0 and done < state.stage.steps and self.world.is_main:
-                self._write_grid(state, self.run_dir / "samples" / state.stage.name / f"step_{done}.png", done)
+            if every and done % every == 0 and done < state.stage.steps:
+                model = self.engine.plain_model(state.step_module)  # every process: gathering is collective
+                if self.world.is_main:
+                    self._write_grid(
+                        state, model, self.run_dir / "samples" / state.stage.name / f"step_{done}.png", done
+                    )
 
     def _train_step(self, state: StageState, step: int, batch: Any) -> None:
-        """Each optimizer due at `step` takes its step (all share one StepContext), then the EMA."""
+        """Each optimizer due at `step` takes its step, then the EMA. The batch is cut into
+        `scale.accumulate` micro-batches; the optimizers share one StepContext per micro-batch."""
         stage, state.step = state.stage, step
-        context = StepContext(step, stage.steps, self.device)
+        micro_batches = split_batch(batch, self.config.scale.accumulate)
+        contexts = [StepContext(step, stage.steps, self.device) for _ in micro_batches]
         prefix = len(state.optimizers) > 1
         for spec, optimizer, params in zip(stage.optimizers, state.optimizers, state.param_lists, strict=True):
             if step < spec.start_step or (step - spec.start_step) % spec.every:
                 continue
-            values = self._optimizer_step(state.model, spec, optimizer, params, batch, context, stage)
+            values = self._optimizer_step(state, spec, optimizer, params, micro_batches, contexts)
             state.window.add(values, spec.name if prefix else None)
         self._update_ema(state)
         state.window.images += stage.batch_size
@@ -601,14 +667,24 @@ class Trainer:
                 break
             batch = _to_device(batch, self.device)
             with autocast(self.device, self.options.precision):
-                outputs = stage.optimizers[0].loss(model, batch, StepContext(step, stage.steps, self.device))
+                outputs = state.step_module(
+                    stage.optimizers[0].loss, batch, StepContext(step, stage.steps, self.device)
+                )
             losses.append(outputs["loss"].float().item())
         freeze_all_but(model, stage)
         return sum(losses) / max(1, len(losses))
 
     def _maybe_checkpoint(self, state: StageState, done: int) -> None:
-        """Every `checkpoint_every` steps before the last (the stage's end writes its own): rank 0 saves."""
-        if done % self.options.checkpoint_every or done >= state.stage.steps or not self.world.is_main:
+        """Every `checkpoint_every` steps before the last (the stage's end writes its own):
+        every process gathers whole tensors (collective when sharded), rank 0 saves."""
+        if done % self.options.checkpoint_every or done >= state.stage.steps:
+            return
+        engine, model = self.engine, state.model
+        weights = engine.model_state(model)
+        optimizers = [engine.optimizer_state(o) for o in state.optimizers]
+        validation = {**state.validation.as_dict(), "best_weights": engine.full(state.validation.best_weights)}
+        ema = engine.full(state.ema)
+        if not self.world.is_main:
             return
         rng: dict[str, Any] = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
@@ -618,11 +694,11 @@ class Trainer:
             "stage": state.stage.name,
             "step": done,
             "rng": rng,
-            "optimizers": [o.state_dict() for o in state.optimizers],
-            "ema": state.ema,
-            "validation": state.validation.as_dict(),
+            "optimizers": optimizers,
+            "ema": ema,
+            "validation": validation,
         }
-        ckpt.write_trainer_checkpoint(self.run_dir, f"{state.stage.name}-{done}", state.model, saved)
+        ckpt.write_trainer_checkpoint(self.run_dir, f"{state.stage.name}-{done}", weights, saved)
 
     def _finish_stage(self, state: StageState) -> None:
         """Best (early stopping) or averaged (EMA) weights in; log the end; rank 0 saves the stage."""
@@ -631,6 +707,7 @@ class Trainer:
             model.load_state_dict(state.validation.best_weights)
         if state.ema is not None:
             self._copy_ema_in(model, state.ema)
+        state.model = self.engine.plain_model(state.step_module)
         seconds = time.perf_counter() - state.started
         self._log({"stage": stage.name, "event": "end", "step": state.step + 1, "seconds": round(seconds, 2)})
         finished = [s for s in state.completed if s != stage.name] + [stage.name]
@@ -647,43 +724,54 @@ class Trainer:
 
     def _save_finished_stage(self, state: StageState, finished: list[str]) -> None:
         ckpt.save_weights(state.model, self.run_dir / ckpt.WEIGHTS_FILE)
-        ckpt.write_trainer_checkpoint(self.run_dir, f"{state.stage.name}-done", state.model, {"completed": finished})
+        weights = state.model.state_dict()
+        ckpt.write_trainer_checkpoint(self.run_dir, f"{state.stage.name}-done", weights, {"completed": finished})
         self._record_completed(finished)
-        self._write_grid(state, self.run_dir / "samples" / f"{state.stage.name}.png", state.step + 1)
+        self._write_grid(state, state.model, self.run_dir / "samples" / f"{state.stage.name}.png", state.step + 1)
 
     def _optimizer_step(
         self,
-        model: nn.Module,
+        state: StageState,
         spec: Optimizer,
         optimizer: torch.optim.Optimizer,
         params: list[nn.Parameter],
-        batch: Any,
-        context: StepContext,
-        stage: Stage,
+        micro_batches: list[Any],
+        contexts: list[StepContext],
     ) -> dict[str, float]:
+        """One update from the gradients of every micro-batch; each one's loss is divided by
+        their number, so the sum is the whole batch's mean. Only the last backward pass
+        reduces gradients across processes. Returns the micro-batches' mean values."""
+        context = contexts[0]
         for group in optimizer.param_groups:
             group["lr"] = spec.lr * lr_factor(spec, context.step, context.total_steps)
         optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device, self.options.precision):
-            outputs = spec.loss(model, batch, context)
-        loss = outputs["loss"]
-        if not torch.isfinite(loss):
-            what = (
-                f"stage {stage.name}, step {context.step}: {spec.name} loss is {loss.item()}; stopped. The last good "
-            )
-            raise TrainingError(
-                f"{what}checkpoint is kept in {self.run_dir} (resume it: resume=True); "
-                f"try a lower learning rate or precision='fp32'",
-                cli=f"{what}checkpoint is kept in {self.run_dir} (resume it: `zoo train --resume --out {self.run_dir}`); "
-                f"try a lower learning rate or --precision fp32",
-            )
-        loss.backward()
-        average_gradients(params, self.world)
-        values = {k: v.detach().float().item() for k, v in outputs.items()}
+        totals: dict[str, float] = defaultdict(float)
+        count = len(micro_batches)
+        for index, (batch, micro_context) in enumerate(zip(micro_batches, contexts, strict=True)):
+            with self.engine.gradient_sync(state.step_module, enabled=index == count - 1):
+                with autocast(self.device, self.options.precision):
+                    outputs = state.step_module(spec.loss, batch, micro_context)
+                loss = outputs["loss"]
+                self._check_finite(loss, spec, state.stage, context.step)
+                (loss / count if count > 1 else loss).backward()
+            for key, value in outputs.items():
+                totals[key] += value.detach().float().item() / count
+        values = dict(totals)
         if spec.clip_grad_norm is not None:
             values["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, spec.clip_grad_norm).item()
         optimizer.step()
         return values
+
+    def _check_finite(self, loss: torch.Tensor, spec: Optimizer, stage: Stage, step: int) -> None:
+        if torch.isfinite(loss):
+            return
+        what = f"stage {stage.name}, step {step}: {spec.name} loss is {loss.item()}; stopped. The last good "
+        raise TrainingError(
+            f"{what}checkpoint is kept in {self.run_dir} (resume it: resume=True); "
+            f"try a lower learning rate or precision='fp32'",
+            cli=f"{what}checkpoint is kept in {self.run_dir} (resume it: `zoo train --resume --out {self.run_dir}`); "
+            f"try a lower learning rate or --precision fp32",
+        )
 
     def _record_completed(self, completed: list[str]) -> None:
         record = ckpt.read_run_record(self.run_dir)
@@ -702,12 +790,13 @@ class Trainer:
                 if key not in ("stage", "step") and isinstance(value, (int, float)):
                     self.tensorboard.add_scalar(f"{metrics['stage']}/{key}", value, metrics["step"])
 
-    def _write_grid(self, state: StageState, path: Path, step: int) -> None:
-        """The plugin's picture of the stage (`ModelPlugin.stage_grid`) to `path` and TensorBoard.
+    def _write_grid(self, state: StageState, model: nn.Module, path: Path, step: int) -> None:
+        """The plugin's picture of the stage (`ModelPlugin.stage_grid`) drawn by the plain
+        `model` (the stage's, or its gathered copy when sharded) to `path` and TensorBoard.
 
         In eval mode, under no_grad, and with the RNG state put back afterwards, so a run
         that draws grids trains the same weights as one that does not."""
-        model, stage = state.model, state.stage
+        stage = state.stage
         model.eval()
         cuda = list(range(torch.cuda.device_count())) if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda), torch.no_grad():

@@ -78,6 +78,9 @@ class ToyPlugin(zoo.ModelPlugin):
     def build(self, config: ToyConfig) -> nn.Module:
         return Toy(config)
 
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        return [model.generator]
+
     def stages(self, config: ToyConfig) -> list[zoo.Stage]:
         data = lambda ctx: Points(64, 0)  # noqa: E731
         validation = (
