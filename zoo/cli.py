@@ -278,6 +278,7 @@ def cmd_info(args: argparse.Namespace) -> None:
                 for stage in stages
             ],
             "components": plugin.component_names(config),
+            "levers": _levers_line(plugin, config),
             "config": config.model_dump(mode="json"),
             "fields": _field_descriptions(plugin.Config),
         }
@@ -291,10 +292,26 @@ def cmd_info(args: argparse.Namespace) -> None:
     for stage in stages:
         optimizers = ", ".join(f"{o.name} lr {o.lr:g}" for o in stage.optimizers)
         print(f"  {stage.name}: {stage.steps} steps, batch {stage.batch_size}, optimizers: {optimizers}")
+    print(f"\nlevers (scale): {_levers_line(plugin, config)}")
     print(f"\nexport components: {', '.join(plugin.component_names(config))}")
     print("\nconfig fields (set with --set key=value):")
     for line in _describe_fields(plugin.Config, config.model_dump()):
         print(f"  {line}")
+
+
+def _levers_line(plugin: Any, config: Any) -> str:
+    """The config's `scale` section in one line, with how many blocks the levers act on."""
+    import torch
+
+    scale = config.scale
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        blocks = plugin.blocks(plugin.build(config))
+    on = {True: "on", False: "off"}
+    return (
+        f"accumulate {scale.accumulate}, activation checkpointing {on[scale.activation_checkpointing]}, "
+        f"shard {on[scale.shard]}, compile {on[scale.compile]}, adamw {scale.adamw}; "
+        f"{len(blocks)} blocks (ModelPlugin.blocks)"
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -314,7 +331,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             overrides=overrides,
             run_dir=args.out,
             config_file=args.config,
-            assignments=args.set or [],
+            assignments=[*(args.set or []), *_lever_assignments(args)],
             stage=args.stage,
             resume=args.resume,
             from_run=args.from_run,
@@ -332,6 +349,17 @@ def cmd_train(args: argparse.Namespace) -> None:
         sys.exit(130)
     if progress != "json" and int(os.environ.get("RANK", "0")) == 0:
         print(training_summary(run.plugin.name, run.run_dir, args.tensorboard is not None))
+
+
+def _lever_assignments(args: argparse.Namespace) -> list[str]:
+    """The `scale` flags as the `--set` assignments they stand for."""
+    flags = {
+        "shard": args.shard,
+        "compile": args.compile,
+        "activation_checkpointing": args.activation_checkpointing,
+        "accumulate": args.accumulate,
+    }
+    return [f"scale.{field}={json.dumps(value)}" for field, value in flags.items() if value is not None]
 
 
 def _tensorboard_dir(flag: str | None, run_dir: Path) -> Path | None:
@@ -803,7 +831,8 @@ def build_parser() -> argparse.ArgumentParser:
         "in a pipe or file a plain line every --log-every-seconds.",
         "examples:\n  zoo train var\n  zoo train var --preset digits --set tokenizer_training.steps=100 --out runs/v\n"
         "  zoo train --resume --out runs/v          (continues with the run's stored config)\n"
-        "  zoo train var --json > log.jsonl\n  zoo train var --tensorboard && tensorboard --logdir runs/var",
+        "  zoo train var --json > log.jsonl\n  zoo train var --tensorboard && tensorboard --logdir runs/var\n"
+        "  zoo train var --preset d16 --nproc-per-node 8 --shard --activation-checkpointing",
     )
     train.add_argument("model", nargs="?", help="installed model (optional with --resume --out RUN)")
     train.add_argument("--preset", help="named preset (default: the model's default preset; the run's on --resume)")
@@ -827,7 +856,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="write TensorBoard scalars and grids to DIR (default DIR: RUN/tensorboard)",
     )
-    train.add_argument("--nproc-per-node", type=int, help="start torchrun with N processes (DDP)")
+    train.add_argument(
+        "--nproc-per-node", type=int, help="start torchrun with N processes on this machine (replicate/DDP; --shard: FSDP2)"
+    )
+    levers = train.add_argument_group("memory and speed levers (the config's `scale` section; default: the preset's)")
+    levers.add_argument(
+        "--shard", action="store_true", default=None, help="with several processes: FSDP2 fully_shard per block"
+    )
+    levers.add_argument(
+        "--activation-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="recompute each block's activations in the backward pass",
+    )
+    levers.add_argument("--accumulate", type=int, metavar="N", help="micro-batches per optimizer step")
+    levers.add_argument(
+        "--compile", action="store_true", default=None, help="torch.compile each block (falls back to eager)"
+    )
     mode = train.add_mutually_exclusive_group()
     mode.add_argument("--quiet", action="store_true", help="no progress output")
     mode.add_argument("--json", action="store_true", help="progress as JSON lines, ending with a `done` event")

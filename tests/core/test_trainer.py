@@ -1,4 +1,5 @@
-"""The trainer: stages, freezing, several optimizers, EMA, early stopping, NaN, resume, DDP."""
+"""The trainer: stages, freezing, several optimizers, EMA, early stopping, NaN, resume
+(several processes: test_distributed.py; the levers: test_scale.py)."""
 
 from __future__ import annotations
 
@@ -171,41 +172,6 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     assert straight.keys() == resumed.keys()
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
-
-
-DDP_SCRIPT = textwrap.dedent("""
-    import sys, torch
-    torch.set_num_threads(1)
-    sys.path.insert(0, {root!r})
-    from tests.core.toy_plugin import ToyConfig, ToyPlugin
-    from zoo.trainer import TrainOptions, train
-    train(ToyPlugin(), ToyConfig(steps=15, batch_size=8), sys.argv[1],
-          options=TrainOptions(device="cpu", progress="quiet", stage="adversarial"))
-""")
-
-
-@pytest.mark.slow
-def test_two_gloo_processes_match_one_process_with_the_whole_batch(tmp_path):
-    script = tmp_path / "ddp_toy.py"
-    script.write_text(DDP_SCRIPT.format(root=str(ROOT)))
-    subprocess.run([sys.executable, str(script), str(tmp_path / "one")], check=True)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node=2",
-            str(script),
-            str(tmp_path / "two"),
-        ],
-        check=True,
-        timeout=240,
-    )
-    one = ckpt.load_tensors(tmp_path / "one" / "model.safetensors")
-    two = ckpt.load_tensors(tmp_path / "two" / "model.safetensors")
-    for key in one:
-        torch.testing.assert_close(one[key], two[key], rtol=1e-5, atol=1e-6)
 
 
 def test_bf16_autocast_trains(tmp_path):
