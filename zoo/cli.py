@@ -857,7 +857,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="write TensorBoard scalars and grids to DIR (default DIR: RUN/tensorboard)",
     )
     train.add_argument(
-        "--nproc-per-node", type=int, help="start torchrun with N processes on this machine (replicate/DDP; --shard: FSDP2)"
+        "--nproc-per-node",
+        type=int,
+        help="start torchrun with N processes on this machine (replicate/DDP; --shard: FSDP2)",
     )
     levers = train.add_argument_group("memory and speed levers (the config's `scale` section; default: the preset's)")
     levers.add_argument(

@@ -1,0 +1,136 @@
+"""The levers of zoo.scale in one process: accumulation, activation checkpointing,
+torch.compile with its fallback, the AdamW kernel; resuming with other levers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.core.toy_plugin import Points, ToyConfig, ToyPlugin
+from zoo.errors import TrainingError
+from zoo.plugin import StepContext
+from zoo.scale import adamw_kernel, checkpoint_activations, compile_blocks
+from zoo.trainer import TrainOptions, build_optimizer, split_batch, train
+
+
+def train_toy(run_dir, options: dict | None = None, **fields) -> torch.nn.Module:
+    options = {**(options or {}), **{k: fields.pop(k) for k in list(fields) if k in TrainOptions.__dataclass_fields__}}
+    return train(
+        ToyPlugin(), ToyConfig(**fields), run_dir, options=TrainOptions(device="cpu", progress="quiet", **options)
+    )
+
+
+def assert_same_state(expected: torch.nn.Module, found: torch.nn.Module, tolerance: float = 1e-6) -> None:
+    for key, value in expected.state_dict().items():
+        torch.testing.assert_close(found.state_dict()[key], value, rtol=tolerance, atol=tolerance, msg=key)
+
+
+def test_four_micro_batches_train_the_weights_of_one_batch_four_times_larger(tmp_path):
+    # every stage: one optimizer, a GAN stage whose critic reads the generator's output of
+    # the same micro-batch (StepContext.cache), a critic-only stage
+    whole = train_toy(tmp_path / "whole", steps=12, batch_size=16)
+    micro = train_toy(tmp_path / "micro", steps=12, batch_size=16, scale={"accumulate": 4})
+    assert_same_state(whole, micro)
+
+
+def test_a_batch_that_does_not_split_into_micro_batches_is_refused(tmp_path):
+    with pytest.raises(TrainingError, match="batch size 8 does not split into 1 processes x 3 micro-batches"):
+        train_toy(tmp_path / "run", steps=2, batch_size=8, scale={"accumulate": 3})
+
+
+def test_split_batch_cuts_tensors_and_lists_alike():
+    batch = {"x": torch.arange(8).view(4, 2), "caption": ["a", "b", "c", "d"], "tag": "t"}
+    parts = split_batch(batch, 2)
+    assert [p["caption"] for p in parts] == [["a", "b"], ["c", "d"]]
+    assert torch.equal(parts[1]["x"], torch.tensor([[4, 5], [6, 7]])) and parts[0]["tag"] == "t"
+
+
+def gradients(checkpointed: bool) -> dict[str, torch.Tensor]:
+    plugin, config = ToyPlugin(), ToyConfig(dropout=0.3)
+    torch.manual_seed(0)
+    model = plugin.build(config)
+    if checkpointed:
+        checkpoint_activations(plugin.blocks(model))
+    points = Points(16, 0)
+    batch = {"x": points.x, "y": points.y}
+    torch.manual_seed(1)  # dropout: the recomputation must draw the same mask
+    stage = plugin.stages(config)[1]
+    context = StepContext(0, 1, torch.device("cpu"))
+    for spec in stage.optimizers:
+        spec.loss(model, batch, context)["loss"].backward()
+    return {name: param.grad.clone() for name, param in model.named_parameters()}
+
+
+def test_activation_checkpointing_gives_the_same_gradients_as_none():
+    plain, checkpointed = gradients(False), gradients(True)
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=0, atol=0, msg=name)
+
+
+def test_activation_checkpointing_trains_the_same_weights(tmp_path):
+    plain = train_toy(tmp_path / "plain", steps=10, dropout=0.2)
+    checkpointed = train_toy(tmp_path / "ckpt", steps=10, dropout=0.2, scale={"activation_checkpointing": True})
+    assert_same_state(plain, checkpointed, tolerance=0)
+
+
+def test_a_block_that_fails_to_compile_runs_eagerly_after_one_warning(monkeypatch):
+    def broken_compile(function, **kwargs):
+        def compiled(*args, **kw):
+            raise RuntimeError("inductor: no C++ compiler\nlong traceback")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    blocks = [torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)]
+    expected = [block(torch.ones(1, 3)) for block in blocks]
+    warnings: list[str] = []
+    compile_blocks(blocks, warnings.append)
+    for _ in range(2):
+        for block, value in zip(blocks, expected, strict=True):
+            torch.testing.assert_close(block(torch.ones(1, 3)), value)
+    assert warnings == ["--compile: torch.compile failed (RuntimeError: inductor: no C++ compiler); training eagerly"]
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_the_weights_of_eager_ones(tmp_path):
+    warnings: list[str] = []
+    model = ToyPlugin().build(ToyConfig())
+    compile_blocks(ToyPlugin().blocks(model), warnings.append)
+    model.generator(torch.randn(4, 4)).sum().backward()
+    assert warnings == []  # this machine compiles: the comparison below is of compiled code
+    eager = train_toy(tmp_path / "eager", steps=6, stage="regress")
+    compiled = train_toy(tmp_path / "compiled", steps=6, stage="regress", scale={"compile": True})
+    assert_same_state(eager, compiled, tolerance=1e-5)
+
+
+def test_adamw_kernel_choice():
+    cpu = torch.device("cpu")
+    assert adamw_kernel("auto", cpu, sharded=False) == {"fused": True}
+    assert adamw_kernel("auto", cpu, sharded=True) == {"foreach": True}
+    assert adamw_kernel("for-loop", cpu, sharded=False) == {"foreach": False}
+    spec = ToyPlugin().stages(ToyConfig())[0].optimizers[0]
+    optimizer = build_optimizer(spec, ToyPlugin().build(ToyConfig()), adamw_kernel("auto", cpu, sharded=False))
+    assert optimizer.defaults["fused"] is True
+
+
+def test_a_run_resumes_with_other_levers(tmp_path, monkeypatch):
+    from zoo import checkpoint as ckpt
+    from zoo.trainer import Trainer
+
+    straight = train_toy(tmp_path / "straight", steps=12, stage="regress")
+    checkpoint = Trainer._maybe_checkpoint
+
+    def interrupted_after_step_4(self, state, done):
+        checkpoint(self, state, done)
+        if done == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_maybe_checkpoint", interrupted_after_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train_toy(tmp_path / "run", {"checkpoint_every": 4}, steps=12, stage="regress")
+    monkeypatch.undo()
+    assert ckpt.read_trainer_checkpoint(tmp_path / "run")[1]["step"] == 4
+    # other levers (a resume on other hardware), the same model and data: the same weights
+    levers = {"accumulate": 2, "activation_checkpointing": True, "adamw": "for-loop"}
+    resumed = train_toy(tmp_path / "run", {"resume": True}, steps=12, stage="regress", scale=levers)
+    assert_same_state(straight, resumed, tolerance=1e-5)
