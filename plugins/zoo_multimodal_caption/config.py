@@ -203,7 +203,8 @@ PRESETS: dict[str, dict] = {
     # The defaults: 64 px embedded shapes, narrower than the reference, a 2x2 pool (keeps where
     # the shapes are), lr 1e-3 with warm-up and cosine decay: 800 steps in ~12 min on one CPU thread.
     "shapes": {"sample_every": 200},
-    "engravings": _reference(512, 1024, 512, 8000),
+    # the reference's own size recomputes each block's activations in the backward pass
+    "engravings": {**_reference(512, 1024, 512, 8000), "scale": {"activation_checkpointing": True}},
     "small": _reference(512, 256, 128, 4000),
     "medium": _reference(512, 512, 256, 5000),
     "xl": _reference(512, 2048, 768, 12000),

@@ -5,6 +5,7 @@ evaluation.py and export.py."""
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 import zoo
 from zoo.plugin import Component, ExportAssets, ModelPlugin, Optimizer, Stage, StageContext, StepContext, Validation
@@ -12,6 +13,7 @@ from zoo_multimodal_caption import export
 from zoo_multimodal_caption.config import PRESETS, CaptionConfig, CaptionSampleOptions, parameter_counts
 from zoo_multimodal_caption.data import stage_tokenizer, tokenized, tokenizer_for
 from zoo_multimodal_caption.evaluation import evaluate_captions
+from zoo_multimodal_caption.image import TimmBackbone
 from zoo_multimodal_caption.losses import caption_losses
 from zoo_multimodal_caption.model import CaptionModel
 
@@ -85,6 +87,14 @@ class MultimodalCaptionPlugin(ModelPlugin):
                 sample_options={"n": 8},
             )
         ]
+
+    def blocks(self, model: CaptionModel) -> list[nn.Module]:
+        """The image encoder and decoder, each one unit (a plain conv -> ReLU chain: a checkpoint
+        per conv would keep the very tensors it keeps without one, while one for the whole
+        chain keeps only its input), and the text transformer layers. Left out: a timm image
+        encoder (its BatchNorm, if any, keeps running statistics)."""
+        image_encoder = [] if isinstance(model.image_encoder.backbone, TimmBackbone) else [model.image_encoder]
+        return [*image_encoder, model.image_decoder, *model.text_encoder.blocks, *model.text_decoder.blocks]
 
     def evaluate(self, model: CaptionModel, config: CaptionConfig, device: torch.device) -> dict[str, float]:
         """Captioning, retrieval and reconstruction of held-out images; see evaluation.py."""

@@ -179,6 +179,7 @@ PRESETS: dict[str, dict] = {
             "vqgan_art": {"steps": 200000, "batch_size": 5, "lr": 4.5e-6 * 5},
             "transfer": {"steps": 100000, "batch_size": 8, "lr": 4.5e-6 * 8},
         },
+        "scale": {"activation_checkpointing": True},  # recompute each block's activations in the backward pass
     },
 }
 

@@ -4,6 +4,7 @@ model.py, losses.py, data.py, evaluation.py and export.py."""
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 import zoo
 from zoo.importer import Importer
@@ -37,6 +38,18 @@ class QuantArtPlugin(ModelPlugin):
 
     def stages(self, config: QuantArtConfig) -> list[Stage]:
         return [vqgan_stage(config, "photo"), vqgan_stage(config, "art"), transfer_stage(config)]
+
+    def blocks(self, model: QuantArt) -> list[nn.Module]:
+        """Both VQGANs' encoder/decoder levels and the style transfer blocks. Left out: the
+        quantisers (their forward updates code usage in training) and both PatchGANs
+        (BatchNorm keeps running statistics, which a recomputation would update twice)."""
+        return [
+            *model.photo.encoder.levels(),
+            *model.photo.decoder.levels(),
+            *model.art.encoder.levels(),
+            *model.art.decoder.levels(),
+            *model.transfer.blocks,
+        ]
 
     def check_data(self, config: QuantArtConfig) -> None:
         check_data(config)

@@ -162,6 +162,8 @@ class VARConfig(ZooConfig):
 
 
 _PAPER_TRANSFORMER_STEPS = {"steps": 200000, "batch_size": 768, "warmup_steps": 4000}
+# The paper sizes recompute each block's activations in the backward pass instead of keeping them.
+_PAPER_SCALE = {"activation_checkpointing": True}
 
 # The official scale lists (side of the token map per scale), by image side.
 PAPER_PATCH_NUMS: dict[int, list[int]] = {
@@ -208,6 +210,7 @@ PRESETS: dict[str, dict] = {
             "tokenizer": {"resolution": 256},
             "transformer": {"depth": depth, "num_classes": 1000},
             "transformer_training": _PAPER_TRANSFORMER_STEPS,
+            "scale": _PAPER_SCALE,
         }
         for depth in (16, 20, 24, 30)
     },
@@ -218,6 +221,7 @@ PRESETS: dict[str, dict] = {
         "tokenizer": {"resolution": 512, "patch_nums": PAPER_PATCH_NUMS[512], "attention_resolutions": [32]},
         "transformer": {"depth": 36, "num_classes": 1000, "shared_adaln": True},
         "transformer_training": _PAPER_TRANSFORMER_STEPS,
+        "scale": _PAPER_SCALE,
     },
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 import zoo
 from zoo.data.base import first_images
@@ -35,6 +36,13 @@ class VARPlugin(ModelPlugin):
 
     def stages(self, config: VARConfig) -> list[Stage]:
         return [self._tokenizer_stage(config), self._transformer_stage(config)]
+
+    def blocks(self, model: VARModel) -> list[nn.Module]:
+        """The AdaLN blocks and the tokenizer's encoder/decoder levels. Left out: the
+        quantiser (its forward updates code usage and restarts dead codes in training) and
+        the discriminator (BatchNorm keeps running statistics)."""
+        tokenizer = model.tokenizer
+        return [*tokenizer.encoder.levels(), *tokenizer.decoder.levels(), *model.transformer.blocks]
 
     @staticmethod
     def _tokenizer_stage(config: VARConfig) -> Stage:

@@ -86,6 +86,10 @@ class PixelCNNPrior(nn.Module):
             nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(), nn.Conv2d(channels, codebook_size, 1)
         )
 
+    def gated_layers(self) -> list[nn.Module]:
+        """The repeated layers: every gated stack layer, or the masked variant's gated blocks."""
+        return list(self.layers if self.variant == "gated" else self.blocks)
+
     def embed(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, H, W) int64 -> (B, C, H, W)."""
         return self.embedding(codes).permute(0, 3, 1, 2)

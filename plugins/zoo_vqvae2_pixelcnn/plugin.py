@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 
 import zoo
 from zoo.data.base import first_images
@@ -50,6 +51,14 @@ class VQVAE2PixelCNNPlugin(ModelPlugin):
             part_stage(config, "prior_top", prior_top_loss, data.cached_codes, sample_options=SAMPLE_GRID),
             part_stage(config, "prior_bottom", prior_bottom_loss, data.cached_codes, sample_options=SAMPLE_GRID),
         ]
+
+    def blocks(self, model: VQVAE2PixelCNN) -> list[nn.Module]:
+        """The autoencoder's four conv stacks (each a chain of strided convs and residual
+        blocks, one unit so a checkpoint keeps only its input) and both priors' gated
+        layers. Left out: the quantisers (their forward moves the EMA codebooks and code usage in training)."""
+        vqvae = model.vqvae
+        stacks = [vqvae.encoder_bottom, vqvae.encoder_top, vqvae.decoder_top, vqvae.decoder]
+        return [*stacks, *model.prior_top.gated_layers(), *model.prior_bottom.gated_layers()]
 
     def stage_grid(
         self, model: VQVAE2PixelCNN, config: VQVAE2Config, stage: Stage, device: torch.device

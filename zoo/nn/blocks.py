@@ -9,7 +9,6 @@ zoo model is a diffusion model.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -120,7 +119,8 @@ class _Middle(nn.Module):
 
 class _Level(nn.Module):
     """One resolution of the encoder or decoder: res blocks (each followed by attention
-    when the resolution is in `attn_resolutions`) and an optional resampler."""
+    when the resolution is in `attn_resolutions`) and an optional resampler, run by one
+    call, so a level can be a unit of `ModelPlugin.blocks` (its hooks see the whole level)."""
 
     downsample: Downsample  # set on every encoder level but the last
     upsample: Upsample  # set on every decoder level but the first
@@ -130,11 +130,15 @@ class _Level(nn.Module):
         self.block = nn.ModuleList(blocks)
         self.attn = nn.ModuleList(attentions)
 
-    def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, C_out, H', W'), H' = H/2, H or 2H
         for i, block in enumerate(self.block):
             x = block(x)
             if self.attn:
                 x = self.attn[i](x)
+        if hasattr(self, "downsample"):
+            x = self.downsample(x)
+        if hasattr(self, "upsample"):
+            x = self.upsample(x)
         return x
 
 
@@ -181,12 +185,15 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
-        for down in cast("Sequence[_Level]", self.down):  # ModuleList is not generic; it holds _Levels
-            h = down.run_blocks(h)
-            if hasattr(down, "downsample"):
-                h = down.downsample(h)
+        for down in self.down:
+            h = down(h)
         h = self.mid(h)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    def levels(self) -> list[nn.Module]:
+        """The resolution levels and the middle, in call order: the encoder's units for
+        `ModelPlugin.blocks` (conv_in, norm_out and conv_out stay outside them)."""
+        return [*self.down, self.mid]
 
 
 class Decoder(nn.Module):
@@ -234,8 +241,11 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))
-        for up in reversed(cast("Sequence[_Level]", self.up)):  # ModuleList is not generic; it holds _Levels
-            h = up.run_blocks(h)
-            if hasattr(up, "upsample"):
-                h = up.upsample(h)
+        for up in reversed(self.up):
+            h = up(h)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    def levels(self) -> list[nn.Module]:
+        """The middle and the resolution levels, in call order: the decoder's units for
+        `ModelPlugin.blocks` (conv_in, norm_out and conv_out stay outside them)."""
+        return [self.mid, *reversed(self.up)]
