@@ -11,17 +11,24 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed._composable import checkpoint as composable_checkpoint
+from torch.utils.checkpoint import checkpoint
 
 
 def checkpoint_activations(blocks: list[nn.Module]) -> None:
     """Each block keeps only its inputs for the backward pass and recomputes the rest there.
 
-    torch's composable, non-reentrant checkpoint: it hooks the block itself (so a loss may
-    call any module), restores the RNG for the recomputation (dropout draws the same mask)
-    and composes with `fully_shard`."""
+    torch.utils.checkpoint (non-reentrant) around the block's forward: the RNG is restored
+    for the recomputation (dropout draws the same mask), a graph may be differentiated
+    more than once (a GAN's adaptive weight takes the gradient at a block before the
+    backward pass), and the hooks of fully_shard stay outside it, so a sharded block's
+    weights are gathered before it recomputes. (torch's composable `checkpoint` recomputes
+    a block once only.)"""
     for block in blocks:
-        composable_checkpoint(block)
+        block.forward = functools.partial(_checkpointed, block.forward)
+
+
+def _checkpointed(forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
 def compile_blocks(blocks: list[nn.Module], warn: Callable[[str], None]) -> None:

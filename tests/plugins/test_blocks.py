@@ -153,31 +153,39 @@ def prepared_stage(plugin: ModelPlugin, config: ZooConfig, stage: Stage, cache: 
     return model, default_collate([dataset[i] for i in range(BATCH)])
 
 
-def train_step(model: nn.Module, stage: Stage, batch: Any, blocks: list[nn.Module]) -> tuple[dict, dict, Counter]:
-    """The first optimizer's loss and backward pass -> gradients, state after it, and how
-    often each block (by position) started to run."""
+def count_calls(blocks: list[nn.Module]) -> Counter:
+    """How often each block's forward (by position) starts to run, the recomputations of
+    checkpointing included: call before `checkpoint_activations`, which wraps the forward."""
     calls: Counter = Counter()
-    # a pre-hook: the recomputation stops as soon as it has what the backward pass needs
-    hooks = [
-        block.register_forward_pre_hook(lambda *_, index=index: calls.update([index]))
-        for index, block in enumerate(blocks)
-    ]
+    for index, block in enumerate(blocks):
+        forward = block.forward
+
+        def counted(*args: Any, forward: Any = forward, index: int = index, **kwargs: Any) -> Any:
+            calls.update([index])  # at the start: the recomputation stops once it has what backward needs
+            return forward(*args, **kwargs)
+
+        block.forward = counted
+    return calls
+
+
+def train_step(model: nn.Module, stage: Stage, batch: Any, calls: Counter) -> tuple[dict, dict, Counter]:
+    """The first optimizer's loss and backward pass -> gradients, state after it, and how
+    often each block started to run."""
     torch.manual_seed(1)
     loss = stage.optimizers[0].loss(model, batch, StepContext(0, stage.steps, CPU))["loss"]
     loss.backward()
-    for hook in hooks:
-        hook.remove()
     gradients = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
-    return gradients, copy.deepcopy(model.state_dict()), calls
+    return gradients, copy.deepcopy(model.state_dict()), Counter(calls)
 
 
 def assert_checkpointing_changes_nothing(plugin: ModelPlugin, config: ZooConfig, stage: Stage, cache: Path) -> None:
     model, batch = prepared_stage(plugin, config, stage, cache)
     checkpointed = copy.deepcopy(model)
+    plain_calls, checkpointed_calls = count_calls(plugin.blocks(model)), count_calls(plugin.blocks(checkpointed))
     checkpoint_activations(plugin.blocks(checkpointed))
 
-    expected, expected_state, calls = train_step(model, stage, batch, plugin.blocks(model))
-    gradients, state, recomputed_calls = train_step(checkpointed, stage, batch, plugin.blocks(checkpointed))
+    expected, expected_state, calls = train_step(model, stage, batch, plain_calls)
+    gradients, state, recomputed_calls = train_step(checkpointed, stage, batch, checkpointed_calls)
 
     assert expected, stage.name
     assert gradients.keys() == expected.keys(), stage.name
@@ -186,7 +194,9 @@ def assert_checkpointing_changes_nothing(plugin: ModelPlugin, config: ZooConfig,
     torch.testing.assert_close(state, expected_state, rtol=0, atol=0, msg=lambda m: f"{stage.name}: {m}")
     # and it did happen: every block that ran in the loss ran again in the backward pass
     assert calls, f"{stage.name}: no block ran"
-    assert recomputed_calls == Counter({index: 2 * count for index, count in calls.items()}), stage.name
+    # (a graph differentiated twice, as by the adaptive GAN weight, recomputes twice)
+    assert recomputed_calls.keys() == calls.keys(), stage.name
+    assert all(recomputed_calls[index] >= 2 * count for index, count in calls.items()), stage.name
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -196,12 +206,6 @@ def test_checkpointed_blocks_give_the_same_gradients_in_every_stage(name, tmp_pa
         assert_checkpointing_changes_nothing(plugin, config, stage, tmp_path / stage.name)
 
 
-@pytest.mark.xfail(
-    raises=AttributeError,
-    strict=True,
-    reason="torch's composable checkpoint recomputes a block once only: the adaptive weight's "
-    "torch.autograd.grad(retain_graph=True) at the last transfer block takes its one recomputation",
-)
 def test_the_adaptive_gan_weight_through_checkpointed_transfer_blocks(tmp_path):
     plugin, overrides = TINY["quantart"]
     config = resolve(plugin.Config, overrides, overrides={"transfer": {"adaptive_weight": True}})
