@@ -275,7 +275,7 @@ class Trainer:
         self.reporter: Reporter = make_reporter(
             options.progress if self.world.is_main else "quiet", options.log_every_seconds
         )
-        self.engine = Engine(self.world, config.scale.shard, self.device, self._build_model)
+        self.engine = Engine(self.world, config.scale.shard, self.device, self._build_model, self.reporter.message)
         self.stages = plugin.stages(config)
         self.tensorboard: Any = None  # a SummaryWriter on rank 0 with options.tensorboard
 
@@ -524,7 +524,7 @@ class Trainer:
         if stage.on_start is not None and resume is None:
             stage.on_start(model, context)
             freeze_all_but(model, stage)
-        step_module = self.engine.wrap(model, self.plugin.blocks(model) if self.engine.shard else [])
+        step_module = self.engine.wrap(model, self.plugin.blocks(model), stage.name)
         param_lists = [trained_parameters(model, spec) for spec in stage.optimizers]
         kernel = adamw_kernel(self.config.scale.adamw, self.device, self.engine.shard)
         optimizers = [build_optimizer(spec, model, kernel) for spec in stage.optimizers]
