@@ -275,7 +275,7 @@ class Trainer:
         self.reporter: Reporter = make_reporter(
             options.progress if self.world.is_main else "quiet", options.log_every_seconds
         )
-        self.engine = Engine(self.world, config.scale.shard, self.device, self._build_model, self.reporter.message)
+        self.engine = Engine(self.world, config.scale.shard, self.device, self._build_model, self._note)
         self.stages = plugin.stages(config)
         self.tensorboard: Any = None  # a SummaryWriter on rank 0 with options.tensorboard
 
@@ -471,15 +471,20 @@ class Trainer:
             return model
         blocks = self.plugin.blocks(model)
         if not blocks:
-            self.reporter.message(
+            self._note(
                 f"note: {self.plugin.name} names no blocks (ModelPlugin.blocks): "
                 "scale.activation_checkpointing and scale.compile have nothing to act on"
             )
         if scale.activation_checkpointing:
             checkpoint_activations(blocks)
         if scale.compile:
-            compile_blocks(blocks, self.reporter.message)
+            compile_blocks(blocks, self._note)
         return model
+
+    def _note(self, text: str) -> None:
+        """A line for the user, from rank 0 only (every process meets the same conditions)."""
+        if self.world.is_main:
+            self.reporter.message(text)
 
     def _open_tensorboard(self) -> None:
         if self.options.tensorboard is None or not self.world.is_main:
