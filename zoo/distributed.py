@@ -124,7 +124,16 @@ class Engine:
         or when sharded a copy rebuilt from the gathered weights (every process calls it)."""
         if not self.shard:
             return step.model
-        weights = self.model_state(step.model)
+        return self._rebuilt(self.model_state(step.model))
+
+    def plain_model_on_main(self, step: StageStep) -> nn.Module | None:
+        """`plain_model` for rank 0 alone (a grid): None elsewhere, which builds no copy."""
+        if not self.shard:
+            return step.model if self.world.is_main else None
+        weights = self.model_state(step.model)  # collective: every process takes part
+        return self._rebuilt(weights) if self.world.is_main else None
+
+    def _rebuilt(self, weights: Mapping[str, torch.Tensor]) -> nn.Module:
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):  # building draws an initialisation: training must not see it
             model = self.build()

@@ -594,8 +594,8 @@ class Trainer:
             self._maybe_checkpoint(state, done)
             every = self.config.sample_every
             if every and done % every == 0 and done < state.stage.steps:
-                model = self.engine.plain_model(state.step_module)  # every process: gathering is collective
-                if self.world.is_main:
+                model = self.engine.plain_model_on_main(state.step_module)  # every process: gathering is collective
+                if model is not None:
                     self._write_grid(
                         state, model, self.run_dir / "samples" / state.stage.name / f"step_{done}.png", done
                     )
