@@ -39,7 +39,7 @@ from zoo.scale import adamw_kernel, checkpoint_activations, compile_blocks
 @dataclass
 class TrainOptions:
     device: str = "auto"
-    precision: Precision = "fp32"
+    precision: Precision | None = None  # None: the config's scale.precision
     progress: Mode = "bar"
     stage: str | None = None  # run only this stage
     resume: bool = False
@@ -275,6 +275,7 @@ class Trainer:
         self.reporter: Reporter = make_reporter(
             options.progress if self.world.is_main else "quiet", options.log_every_seconds
         )
+        self.precision: Precision = options.precision or config.scale.precision
         self.engine = Engine(self.world, config.scale.shard, self.device, self._build_model, self._note)
         self.stages = plugin.stages(config)
         self.tensorboard: Any = None  # a SummaryWriter on rank 0 with options.tensorboard
@@ -407,7 +408,7 @@ class Trainer:
             "status": "running",
             "command": list(self.options.command if self.options.command is not None else sys.argv),
             "device": str(self.device),
-            "precision": self.options.precision,
+            "precision": self.precision,
             "world_size": self.world.world_size,
             "engine": self.engine.name,
             "scale": self.config.scale.model_dump(mode="json"),
@@ -671,7 +672,7 @@ class Trainer:
             if batch_index >= spec.batches:  # fetching this batch is kept: it may draw random numbers
                 break
             batch = _to_device(batch, self.device)
-            with autocast(self.device, self.options.precision):
+            with autocast(self.device, self.precision):
                 outputs = state.step_module(
                     stage.optimizers[0].loss, batch, StepContext(step, stage.steps, self.device)
                 )
@@ -754,7 +755,7 @@ class Trainer:
         count = len(micro_batches)
         for index, (batch, micro_context) in enumerate(zip(micro_batches, contexts, strict=True)):
             with self.engine.gradient_sync(state.step_module, enabled=index == count - 1):
-                with autocast(self.device, self.options.precision):
+                with autocast(self.device, self.precision):
                     outputs = state.step_module(spec.loss, batch, micro_context)
                 loss = outputs["loss"]
                 self._check_finite(loss, spec, state.stage, context.step)
