@@ -95,11 +95,8 @@ class Engine:
     def name(self) -> str:
         if not self.parallel:
             return "one process"
-        return (
-            f"fully_shard (FSDP2) on {self.world.world_size} processes"
-            if self.shard_asked
-            else (f"replicate (DDP) on {self.world.world_size} processes")
-        )
+        engine = "fully_shard (FSDP2)" if self.shard_asked else "replicate (DDP)"
+        return f"{engine} on {self.world.world_size} processes"
 
     def wrap(self, model: nn.Module, blocks: list[nn.Module], stage: str) -> StageStep:
         """The stage's root over `model`, its trained parameters set (requires_grad) already."""
