@@ -37,6 +37,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from deploy import cpu_name  # noqa: E402
 from report import Report, table  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 from torch import nn  # noqa: E402
 
 from zoo.config import resolve  # noqa: E402
@@ -230,10 +231,12 @@ def run_worker(method: str, out: Path, steps: int, warmup: int) -> None:
     freeze_all_but(model, stage)
     transformer_keys = [k for k in model.state_dict() if k.startswith("transformer.")]
     if method == "flat" and world.is_main:
-        torch.save({k: model.state_dict()[k].clone() for k in transformer_keys}, out / "initial.pt")
+        save_file(
+            {k: model.state_dict()[k].clone().contiguous() for k in transformer_keys}, out / "initial.safetensors"
+        )
 
     counter = Counter(world.world_size)
-    engine = Engine(world, method == "fully_shard", device, build)
+    engine = Engine(world, method == "fully_shard", device, build, print)
     if method == "fully_shard":
         block_ids = {id(p) for block in plugin.blocks(model) for p in block.parameters()}
         root_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in block_ids)
@@ -242,7 +245,7 @@ def run_worker(method: str, out: Path, steps: int, warmup: int) -> None:
     if world.world_size > 1:
         counter.patch_functions()
     if method in ("replicate", "fully_shard"):
-        step_module = engine.wrap(model, plugin.blocks(model) if engine.shard else [])
+        step_module = engine.wrap(model, plugin.blocks(model), stage.name)
         if method == "replicate":
             step_module.register_comm_hook(None, counter.ddp_hook())  # registered at DDP's lazy init
     params = trained_parameters(model, spec)
@@ -285,7 +288,9 @@ def run_worker(method: str, out: Path, steps: int, warmup: int) -> None:
 
     weights = engine.model_state(model) if engine.shard else model.state_dict()  # collective when sharded
     if world.is_main:
-        torch.save({k: weights[k].detach().clone() for k in transformer_keys}, out / f"{method}.pt")
+        save_file(
+            {k: weights[k].detach().clone().contiguous() for k in transformer_keys}, out / f"{method}.safetensors"
+        )
     record = {
         "method": method,
         "rank": world.rank,
@@ -390,10 +395,10 @@ def main() -> None:
                 json.loads((low / f"{method}-rank{r}.json").read_text()) for r in range(len(records[method][0]))
             ]
             records[f"{method}-returned"].append(returned)
-        weights = {method: torch.load(out / f"{method}.pt") for method in methods}
-        initial = torch.load(out / "initial.pt")
+        weights = {method: load_file(out / f"{method}.safetensors") for method in methods}
+        initial = load_file(out / "initial.safetensors")
         repeatable = all(
-            max_difference(torch.load(Path(tmp) / f"round{r}" / f"{m}.pt"), weights[m]) == 0
+            max_difference(load_file(Path(tmp) / f"round{r}" / f"{m}.safetensors"), weights[m]) == 0
             for r in range(args.rounds - 1)
             for m in methods
         )
