@@ -661,15 +661,19 @@ class Trainer:
 
     @torch.no_grad()
     def _validation_loss(self, state: StageState, spec: Validation, step: int) -> float:
-        """The first optimizer's loss over the first `validation.batches` held-out batches."""
+        """The first optimizer's loss over the first `validation.batches` held-out (global)
+        batches, taken in micro-batches of the training step's size: a process never holds
+        more than one micro-batch's activations. Every process computes them all (the same
+        value everywhere; under fully_shard every forward is collective)."""
         stage, model = state.stage, state.model
         model.eval()
+        parts = self.world.world_size * self.config.scale.accumulate
         loader = DataLoader(
-            spec.dataset(state.context), batch_size=stage.batch_size, shuffle=False, collate_fn=default_collate
+            spec.dataset(state.context), batch_size=stage.batch_size // parts, shuffle=False, collate_fn=default_collate
         )
         losses = []
         for batch_index, batch in enumerate(loader):
-            if batch_index >= spec.batches:  # fetching this batch is kept: it may draw random numbers
+            if batch_index >= spec.batches * parts:  # fetching this batch is kept: it may draw random numbers
                 break
             batch = _to_device(batch, self.device)
             with autocast(self.device, self.precision):

@@ -152,15 +152,22 @@ class VARTransformer(nn.Module):
         return tokens, condition
 
     def run_blocks(
-        self, tokens: torch.Tensor, condition: torch.Tensor, mask: torch.Tensor | None, cache: torch.Tensor | None
+        self,
+        tokens: torch.Tensor,
+        condition: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: torch.Tensor | None,
+        keep_presents: bool = True,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """tokens (B, T, C), cache (B, depth, 2, H, P, d) or None -> logits (B, T, codebook_size) and each
-        block's keys/values (B, 2, H, P+T, d)."""
+        block's keys/values (B, 2, H, P+T, d); none with `keep_presents=False` (training: holding
+        them to the end of the forward pass would cost twice the checkpointed activations)."""
         block_condition = self.shared_ada_lin(condition)
         presents = []
         for i, block in enumerate(self.blocks):
             tokens, present = block(tokens, block_condition, mask, None if cache is None else cache[:, i])
-            presents.append(present)
+            if keep_presents:
+                presents.append(present)
         logits = self.head(self.head_norm(tokens, condition))
         return logits, presents
 
@@ -172,7 +179,7 @@ class VARTransformer(nn.Module):
         positions = torch.arange(scale_inputs.shape[1], device=labels.device)
         tokens, condition = self.embed(labels, scale_inputs, positions)
         mask = block_causal_mask(self.level_of_position[positions])  # (L, L)
-        logits, _ = self.run_blocks(tokens, condition, mask, None)
+        logits, _ = self.run_blocks(tokens, condition, mask, None, keep_presents=False)
         return logits
 
     def step(

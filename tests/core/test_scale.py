@@ -33,6 +33,18 @@ def test_four_micro_batches_train_the_weights_of_one_batch_four_times_larger(tmp
     assert_same_state(whole, micro)
 
 
+def test_validation_runs_in_micro_batches_and_measures_the_same_loss(tmp_path):
+    import json
+
+    def validation_losses(run: str, **fields) -> list[float]:
+        train_toy(tmp_path / run, steps=10, stage="regress", patience=100, **fields)
+        rows = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [row["val_loss"] for row in rows if "val_loss" in row]
+
+    whole, micro = validation_losses("whole"), validation_losses("micro", scale={"accumulate": 4})
+    assert len(whole) == 2 and micro == pytest.approx(whole, rel=1e-6)
+
+
 def test_a_batch_that_does_not_split_into_micro_batches_is_refused(tmp_path):
     with pytest.raises(TrainingError, match="batch size 8 does not split into 1 processes x 3 micro-batches"):
         train_toy(tmp_path / "run", steps=2, batch_size=8, scale={"accumulate": 3})
