@@ -138,7 +138,7 @@ def train(
     resume: bool = False,
     from_run: Path | None = None,
     device: str = "auto",
-    precision: Precision = "fp32",
+    precision: Precision | None = None,
     progress: Mode = "quiet",
     checkpoint_every: int = 200,
     log_every: int = 10,

@@ -309,7 +309,7 @@ def _levers_line(plugin: Any, config: Any) -> str:
     on = {True: "on", False: "off"}
     return (
         f"accumulate {scale.accumulate}, activation checkpointing {on[scale.activation_checkpointing]}, "
-        f"shard {on[scale.shard]}, compile {on[scale.compile]}, adamw {scale.adamw}; "
+        f"shard {on[scale.shard]}, compile {on[scale.compile]}, precision {scale.precision}, adamw {scale.adamw}; "
         f"{len(blocks)} blocks (ModelPlugin.blocks)"
     )
 
@@ -336,7 +336,6 @@ def cmd_train(args: argparse.Namespace) -> None:
             resume=args.resume,
             from_run=args.from_run,
             device=args.device,
-            precision=args.precision,
             progress=progress,
             checkpoint_every=args.checkpoint_every,
             log_every_seconds=args.log_every_seconds,
@@ -358,6 +357,7 @@ def _lever_assignments(args: argparse.Namespace) -> list[str]:
         "compile": args.compile,
         "activation_checkpointing": args.activation_checkpointing,
         "accumulate": args.accumulate,
+        "precision": args.precision,
     }
     return [f"scale.{field}={json.dumps(value)}" for field, value in flags.items() if value is not None]
 
@@ -404,8 +404,6 @@ def interrupted_message(args: argparse.Namespace, run_dir: Path) -> str:
     except (ZooError, OSError):
         found = None
     command = ["zoo", "train"] + ([args.model] if args.model else []) + ["--resume", "--out", str(run_dir)]
-    if args.precision != "fp32":
-        command += ["--precision", args.precision]
     if args.device != "auto":
         command += ["--device", args.device]
     if found is None:
@@ -844,7 +842,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     train.add_argument("--seed", type=int, help="config field seed (default: the config's)")
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
-    train.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 autocast (CUDA or CPU)")
     train.add_argument("--checkpoint-every", type=int, default=200, help="steps between trainer checkpoints")
     train.add_argument(
         "--log-every-seconds", type=float, default=30.0, help="seconds between progress lines when not on a terminal"
@@ -872,6 +869,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="recompute each block's activations in the backward pass",
     )
     levers.add_argument("--accumulate", type=int, metavar="N", help="micro-batches per optimizer step")
+    levers.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 autocast (CUDA or CPU)")
     levers.add_argument(
         "--compile", action="store_true", default=None, help="torch.compile each block (falls back to eager)"
     )

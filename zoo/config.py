@@ -95,6 +95,9 @@ class ScaleConfig(ConfigSection):
         default=False,
         description="torch.compile each block; where compiling fails, train eagerly with a one-line warning",
     )
+    precision: Literal["fp32", "bf16"] = pydantic.Field(
+        default="fp32", description="bf16: autocast the forward pass (weights, gradients and AdamW moments stay fp32)"
+    )
     adamw: Literal["auto", "fused", "foreach", "for-loop"] = pydantic.Field(
         default="auto", description="optimizer kernel: auto takes fused for unsharded weights, foreach for sharded ones"
     )

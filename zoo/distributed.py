@@ -75,26 +75,33 @@ class Engine:
     """How one run's stages train on `world`: plain (one process), replicated or sharded.
 
     `build` makes a fresh plain model with the run's levers applied; the sharded engine
-    uses it to rebuild the model at a stage's end."""
+    uses it to rebuild the model at a stage's end. `note` tells the user of a stage that
+    cannot be sharded."""
 
-    def __init__(self, world: WorldInfo, shard: bool, device: torch.device, build: Callable[[], nn.Module]) -> None:
-        self.world, self.device, self.build = world, device, build
-        self.shard = shard and world.world_size > 1
+    def __init__(
+        self,
+        world: WorldInfo,
+        shard: bool,
+        device: torch.device,
+        build: Callable[[], nn.Module],
+        note: Callable[[str], None],
+    ) -> None:
+        self.world, self.device, self.build, self.note = world, device, build, note
         self.parallel = world.world_size > 1
+        self.shard_asked = shard and self.parallel
+        self.shard = False  # whether the current stage is sharded
 
     @property
     def name(self) -> str:
         if not self.parallel:
             return "one process"
-        return (
-            f"fully_shard (FSDP2) on {self.world.world_size} processes"
-            if self.shard
-            else (f"replicate (DDP) on {self.world.world_size} processes")
-        )
+        engine = "fully_shard (FSDP2)" if self.shard_asked else "replicate (DDP)"
+        return f"{engine} on {self.world.world_size} processes"
 
-    def wrap(self, model: nn.Module, blocks: list[nn.Module]) -> StageStep:
+    def wrap(self, model: nn.Module, blocks: list[nn.Module], stage: str) -> StageStep:
         """The stage's root over `model`, its trained parameters set (requires_grad) already."""
         step = StageStep(model)
+        self.shard = self.shard_asked and not self._rewrites_parameters(model, stage)
         if self.shard:
             from torch.distributed.fsdp import fully_shard
 
@@ -106,7 +113,8 @@ class Engine:
 
             # A stage's optimizers train different parts (a discriminator's step leaves the
             # generator without gradients): DDP must look for parameters a loss did not use.
-            replicate(step, device_id=self.device, find_unused_parameters=True)
+            # Gradients live in DDP's buckets: no second copy of them (4 bytes a parameter).
+            replicate(step, device_id=self.device, find_unused_parameters=True, gradient_as_bucket_view=True)
         return step
 
     def plain_model(self, step: StageStep) -> nn.Module:
@@ -114,12 +122,34 @@ class Engine:
         or when sharded a copy rebuilt from the gathered weights (every process calls it)."""
         if not self.shard:
             return step.model
-        weights = self.model_state(step.model)
+        return self._rebuilt(self.model_state(step.model))
+
+    def plain_model_on_main(self, step: StageStep) -> nn.Module | None:
+        """`plain_model` for rank 0 alone (a grid): None elsewhere, which builds no copy."""
+        if not self.shard:
+            return step.model if self.world.is_main else None
+        weights = self.model_state(step.model)  # collective: every process takes part
+        return self._rebuilt(weights) if self.world.is_main else None
+
+    def _rebuilt(self, weights: Mapping[str, torch.Tensor]) -> nn.Module:
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):  # building draws an initialisation: training must not see it
             model = self.build()
         model.load_state_dict(weights)
         return model
+
+    def _rewrites_parameters(self, model: nn.Module, stage: str) -> bool:
+        """A module whose training forward writes its own parameters in place (a codebook's
+        dead-code restarts) says so with `rewrites_parameters = True`: under fully_shard those
+        writes would land in the gathered copy and be lost, so its stage is replicated."""
+        for name, module in model.named_modules():
+            if getattr(module, "rewrites_parameters", False) and any(p.requires_grad for p in module.parameters()):
+                self.note(
+                    f"stage {stage}: {name} writes its parameters in the forward pass (dead-code restarts), "
+                    "which sharding would lose; this stage is replicated (DDP) instead"
+                )
+                return True
+        return False
 
     @contextmanager
     def gradient_sync(self, step: StageStep, enabled: bool) -> Iterator[None]:

@@ -39,7 +39,7 @@ from zoo.scale import adamw_kernel, checkpoint_activations, compile_blocks
 @dataclass
 class TrainOptions:
     device: str = "auto"
-    precision: Precision = "fp32"
+    precision: Precision | None = None  # None: the config's scale.precision
     progress: Mode = "bar"
     stage: str | None = None  # run only this stage
     resume: bool = False
@@ -275,7 +275,8 @@ class Trainer:
         self.reporter: Reporter = make_reporter(
             options.progress if self.world.is_main else "quiet", options.log_every_seconds
         )
-        self.engine = Engine(self.world, config.scale.shard, self.device, self._build_model)
+        self.precision: Precision = options.precision or config.scale.precision
+        self.engine = Engine(self.world, config.scale.shard, self.device, self._build_model, self._note)
         self.stages = plugin.stages(config)
         self.tensorboard: Any = None  # a SummaryWriter on rank 0 with options.tensorboard
 
@@ -407,7 +408,7 @@ class Trainer:
             "status": "running",
             "command": list(self.options.command if self.options.command is not None else sys.argv),
             "device": str(self.device),
-            "precision": self.options.precision,
+            "precision": self.precision,
             "world_size": self.world.world_size,
             "engine": self.engine.name,
             "scale": self.config.scale.model_dump(mode="json"),
@@ -471,15 +472,20 @@ class Trainer:
             return model
         blocks = self.plugin.blocks(model)
         if not blocks:
-            self.reporter.message(
+            self._note(
                 f"note: {self.plugin.name} names no blocks (ModelPlugin.blocks): "
                 "scale.activation_checkpointing and scale.compile have nothing to act on"
             )
         if scale.activation_checkpointing:
             checkpoint_activations(blocks)
         if scale.compile:
-            compile_blocks(blocks, self.reporter.message)
+            compile_blocks(blocks, self._note)
         return model
+
+    def _note(self, text: str) -> None:
+        """A line for the user, from rank 0 only (every process meets the same conditions)."""
+        if self.world.is_main:
+            self.reporter.message(text)
 
     def _open_tensorboard(self) -> None:
         if self.options.tensorboard is None or not self.world.is_main:
@@ -524,7 +530,7 @@ class Trainer:
         if stage.on_start is not None and resume is None:
             stage.on_start(model, context)
             freeze_all_but(model, stage)
-        step_module = self.engine.wrap(model, self.plugin.blocks(model) if self.engine.shard else [])
+        step_module = self.engine.wrap(model, self.plugin.blocks(model), stage.name)
         param_lists = [trained_parameters(model, spec) for spec in stage.optimizers]
         kernel = adamw_kernel(self.config.scale.adamw, self.device, self.engine.shard)
         optimizers = [build_optimizer(spec, model, kernel) for spec in stage.optimizers]
@@ -589,8 +595,8 @@ class Trainer:
             self._maybe_checkpoint(state, done)
             every = self.config.sample_every
             if every and done % every == 0 and done < state.stage.steps:
-                model = self.engine.plain_model(state.step_module)  # every process: gathering is collective
-                if self.world.is_main:
+                model = self.engine.plain_model_on_main(state.step_module)  # every process: gathering is collective
+                if model is not None:
                     self._write_grid(
                         state, model, self.run_dir / "samples" / state.stage.name / f"step_{done}.png", done
                     )
@@ -666,7 +672,7 @@ class Trainer:
             if batch_index >= spec.batches:  # fetching this batch is kept: it may draw random numbers
                 break
             batch = _to_device(batch, self.device)
-            with autocast(self.device, self.options.precision):
+            with autocast(self.device, self.precision):
                 outputs = state.step_module(
                     stage.optimizers[0].loss, batch, StepContext(step, stage.steps, self.device)
                 )
@@ -749,7 +755,7 @@ class Trainer:
         count = len(micro_batches)
         for index, (batch, micro_context) in enumerate(zip(micro_batches, contexts, strict=True)):
             with self.engine.gradient_sync(state.step_module, enabled=index == count - 1):
-                with autocast(self.device, self.options.precision):
+                with autocast(self.device, self.precision):
                     outputs = state.step_module(spec.loss, batch, micro_context)
                 loss = outputs["loss"]
                 self._check_finite(loss, spec, state.stage, context.step)

@@ -110,6 +110,11 @@ class MultiScaleResidualQuantizer(nn.Module):
         self.register_buffer("usage", torch.zeros(codebook_size))
 
     @property
+    def rewrites_parameters(self) -> bool:
+        """Dead-code restarts write the codebook in place (see zoo.distributed)."""
+        return self.dead_code_threshold is not None
+
+    @property
     def num_scales(self) -> int:
         return len(self.patch_nums)
 

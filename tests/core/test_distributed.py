@@ -89,3 +89,20 @@ def test_two_processes_killed_mid_stage_resume_to_the_same_weights(tmp_path, sha
     assert record.get("completed") == ["regress"], "the kill should land inside the second stage"
     subprocess.run(command(tmp_path, tmp_path / "killed", fields, 2, resume=True), check=True, timeout=240)
     assert_same_weights(tmp_path / "straight", tmp_path / "killed")
+
+
+def test_a_stage_whose_forward_rewrites_parameters_is_replicated_not_sharded():
+    from zoo.distributed import Engine, WorldInfo
+    from zoo.nn.quantize import VectorQuantizer
+
+    notes: list[str] = []
+    engine = Engine(WorldInfo(0, 2), True, torch.device("cpu"), lambda: torch.nn.Module(), notes.append)
+    restarting = torch.nn.Sequential(torch.nn.Linear(2, 2), VectorQuantizer(8, 2, ema_decay=None))
+    assert engine._rewrites_parameters(restarting, "tokenizer")
+    assert notes == [
+        "stage tokenizer: 1 writes its parameters in the forward pass (dead-code restarts), which sharding "
+        "would lose; this stage is replicated (DDP) instead"
+    ]
+    averaged = torch.nn.Sequential(torch.nn.Linear(2, 2), VectorQuantizer(8, 2, ema_decay=0.99))
+    frozen = torch.nn.Sequential(torch.nn.Linear(2, 2), VectorQuantizer(8, 2, ema_decay=None).requires_grad_(False))
+    assert not engine._rewrites_parameters(averaged, "vqvae") and not engine._rewrites_parameters(frozen, "prior")

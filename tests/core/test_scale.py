@@ -134,3 +134,12 @@ def test_a_run_resumes_with_other_levers(tmp_path, monkeypatch):
     levers = {"accumulate": 2, "activation_checkpointing": True, "adamw": "for-loop"}
     resumed = train_toy(tmp_path / "run", {"resume": True}, steps=12, stage="regress", scale=levers)
     assert_same_state(straight, resumed, tolerance=1e-5)
+
+
+def test_precision_is_a_lever_of_the_config_and_the_call_may_override_it(tmp_path):
+    import json
+
+    train_toy(tmp_path / "config", steps=2, stage="regress", scale={"precision": "bf16"})
+    train_toy(tmp_path / "call", {"precision": "bf16"}, steps=2, stage="regress")
+    for run in ("config", "call"):
+        assert json.loads((tmp_path / run / "config.json").read_text())["sessions"][-1]["precision"] == "bf16"

@@ -79,7 +79,7 @@ class ToyPlugin(zoo.ModelPlugin):
         return Toy(config)
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
-        return [model.generator]
+        return [model.generator, model.critic]  # the critic runs twice in a loss (real, fake)
 
     def stages(self, config: ToyConfig) -> list[zoo.Stage]:
         data = lambda ctx: Points(64, 0)  # noqa: E731

@@ -147,6 +147,11 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("cluster_sum", codebook.clone())
         self.register_buffer("usage", torch.ones(num_codes))
 
+    @property
+    def rewrites_parameters(self) -> bool:
+        """Dead-code restarts write a gradient-trained codebook in place (see zoo.distributed)."""
+        return self.ema_decay is None and self.dead_code_threshold is not None
+
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         batch, channels, height, width = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, channels)  # (N, C)

@@ -46,6 +46,10 @@ class TinyAutoencoderPlugin(zoo.ModelPlugin):
     def export_assets(self, model: TinyAutoencoder, config: TinyAutoencoderConfig) -> zoo.ExportAssets:
         return export.export_assets(model, config)
 
+    def blocks(self, model: TinyAutoencoder) -> list[torch.nn.Module]:
+        # optional: the units --shard, --activation-checkpointing and --compile act on
+        return [model.encoder, model.decoder]
+
 
 @zoo.hookimpl
 def zoo_register_models() -> list[zoo.ModelPlugin]:
