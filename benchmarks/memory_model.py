@@ -415,8 +415,8 @@ def dp_probe(method: str) -> None:
     model = build()
     phase["built"] = _rss_kib("VmRSS") * 1024
     freeze_all_but(model, stage)
-    engine = Engine(world, method == "fully_shard", device, build)
-    step_module = engine.wrap(model, plugin.blocks(model) if engine.shard else [])
+    engine = Engine(world, method == "fully_shard", device, build, print)
+    step_module = engine.wrap(model, plugin.blocks(model), stage.name)
     gc.collect()
     phase["wrapped"] = _rss_kib("VmRSS") * 1024
     params = trained_parameters(model, spec)
@@ -507,19 +507,21 @@ def largest_batch(phases: list[Line], capacity: float = USABLE) -> int:
 def static_bytes(params: Parameters, shard: bool, gpus: int) -> dict[str, float]:
     """Weights, gradients and AdamW moments (fp32) resident on one GPU.
 
-    One process, or replicate (DDP): everything on every GPU; with several processes DDP's
-    reducer also keeps its buckets, a flat copy of the gradients (zoo does not set
-    gradient_as_bucket_view). fully_shard (FSDP2), N > 1: every parameter, the frozen
-    tokenizer's too, split N ways; the root unit (the parameters outside plugin.blocks()) is
-    gathered for the whole step, two block units at a time (the one computing and the one
-    prefetched), and in backward their unsharded gradients until reduce-scatter; foreach AdamW
-    (zoo's kernel for sharded weights) makes one temporary of the shard's size."""
+    One process: everything, the gradients from the backward pass to the optimizer step (the
+    trainer sets them to None before each step). replicate (DDP), N > 1: everything on every
+    GPU; the gradients are views of DDP's buckets (zoo sets gradient_as_bucket_view), which are
+    allocated for the whole run, forward pass included. fully_shard (FSDP2), N > 1: every
+    parameter, the frozen tokenizer's too, split N ways; the root unit (the parameters outside
+    plugin.blocks()) is gathered for the whole step, two block units at a time (the one
+    computing and the one prefetched), and in backward their unsharded gradients until
+    reduce-scatter; foreach AdamW (zoo's kernel for sharded weights) makes one temporary of the
+    shard's size."""
     trained, frozen = params.transformer, params.tokenizer
     if not shard or gpus == 1:
         return {
             "weights": 4 * (trained + frozen),
             "grads": 4 * trained,
-            "buckets": 4 * trained if gpus > 1 else 0,
+            "grads_always": gpus > 1,  # DDP's buckets
             "adamw": 8 * trained,
             "gathered": 0,
             "gathered_grads": 0,
@@ -528,7 +530,7 @@ def static_bytes(params: Parameters, shard: bool, gpus: int) -> dict[str, float]
     return {
         "weights": 4 * (trained + frozen) / gpus,
         "grads": 4 * trained / gpus,
-        "buckets": 0,
+        "grads_always": False,
         "adamw": 8 * trained / gpus,
         "gathered": 4 * params.root + 2 * 4 * params.largest_block,
         "gathered_grads": 4 * params.root_trained + 2 * 4 * params.largest_block,
@@ -549,25 +551,28 @@ def phases(params: Parameters, measured: dict[int, StepMemory], shard: bool, gpu
     measured peak, its gradients (measured, whole) replaced by the engine's when sharded;
     optimizer step: gradients and moments, the activations freed."""
     s = static_bytes(params, shard, gpus)
-    held = s["weights"] + s["adamw"] + s["buckets"] + s["gathered"]
-    sharded = shard and gpus > 1
-    lines: dict[str, Line] = {"step": Line(held + s["grads"] + s["step_temporary"], 0.0)}
+    held = s["weights"] + s["adamw"] + s["gathered"] + (s["grads"] if s["grads_always"] else 0)
+    # the measured backward peak holds gradients as they are made: one process; otherwise
+    # they are already counted (DDP's buckets) or sharded (FSDP2) and the peak without them is taken
+    own_grads = not s["grads_always"] and not (shard and gpus > 1)
+    step_held = held + (0 if s["grads_always"] else s["grads"])
+    lines: dict[str, Line] = {"step": Line(step_held + s["step_temporary"], 0.0)}
     for small, large in BATCH_PAIRS:
         if small not in measured or large not in measured:
             continue
         one, two = measured[small], measured[large]
 
-        def through(value_one: float, value_two: float) -> Line:
+        def through(value_one: float, value_two: float, small: int = small, large: int = large) -> Line:
             slope = (value_two - value_one) / (large - small)
             return Line(value_one - slope * small, slope)
 
         forward = through(one.forward_peak, two.forward_peak)
-        if sharded:
-            backward = through(one.backward_peak_without_grads, two.backward_peak_without_grads)
-            backward_held = held + s["grads"] + s["gathered_grads"]
-        else:
-            backward = through(one.backward_peak, two.backward_peak)  # gradients included as they grow
+        if own_grads:
+            backward = through(one.backward_peak, two.backward_peak)
             backward_held = held
+        else:
+            backward = through(one.backward_peak_without_grads, two.backward_peak_without_grads)
+            backward_held = held + (0 if s["grads_always"] else s["grads"] + s["gathered_grads"])
         lines[f"forward {small}-{large}"] = Line(held + forward.fixed, forward.per_image)
         lines[f"backward {small}-{large}"] = Line(backward_held + backward.fixed, backward.per_image)
     return lines
@@ -653,8 +658,6 @@ FINDINGS = (
     "(autocast's cast cache). Under FSDP2 they are casts of the gathered weights, so (by construction; no "
     "GPU run here) they are not divided by N. "
     "Not tried here: fully_shard's MixedPrecisionPolicy(param_dtype=torch.bfloat16), which zoo does not set.",
-    "**DDP keeps a second copy of the gradients** in its buckets: `replicate(..., gradient_as_bucket_view=True)` "
-    "would save 4 B per trained parameter (1.16 GiB d16, 7.5 GiB d30 per GPU).",
     "**The d30 preset's batch is 768**; the official d30 command used `--bs=1024` (d16-d24: 768). "
     "`--set transformer_training.batch_size=1024` gives the paper's.",
     "Activations per image measured at fixed width are 0.58 GiB (bf16) / 0.98 GiB (fp32) for d16 without "
@@ -727,6 +730,7 @@ def compact_table(params: dict[str, Parameters], steps: dict[tuple, StepMemory],
 def cpu_prediction_rows(
     params: Parameters, steps: dict[tuple, StepMemory], runtime: float, measured: dict[tuple, dict]
 ) -> list[str]:
+    """`runtime`: the process's bytes beyond weights, gradients, moments and activations."""
     lines = [
         "| batch | precision | checkpointing | predicted RSS after step 1 | predicted peak RSS | "
         "measured after step 1 | measured peak | peak difference |",
@@ -752,6 +756,17 @@ def cpu_prediction_rows(
                     f"{gib(peak)} | " + " | ".join(shown) + " |"
                 )
     return lines
+
+
+def step_residue(data: dict) -> float:
+    """What a process holds after its first step beyond runtime + weights + AdamW moments (the
+    2-block CPU check, freed tensors leaving the RSS): allocator and library state, ~0.1 GiB."""
+    params = count_parameters("d16", depth=CHECK_DEPTH)
+    static = 4 * (params.transformer + params.tokenizer) + 8 * params.transformer
+    rows = [row for row in data.get("cpu_check", []) if row.get("allocator", "").startswith("mmap")]
+    if not rows:
+        return 0.0
+    return sum(row["rss_before"] - data["runtime"] - static for row in rows) / len(rows)
 
 
 def load_measured(path: Path | None) -> dict[tuple, dict]:
@@ -789,20 +804,21 @@ def load_measured_dp(path: Path | None) -> dict[str, str]:
     found = {}
     for line in path.read_text().splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if len(cells) >= 6 and cells[0].startswith(("(b)", "(c)", "one process")):
+        if len(cells) >= 8 and cells[0].startswith(("(b)", "(c)", "one process")):
             key = "replicate" if cells[0].startswith("(b)") else "fully_shard" if cells[0].startswith("(c)") else "one"
-            found[key] = cells[5]
+            found[key] = f"{cells[5]}; freed memory returned: {cells[7]}"
     return found
 
 
 def bench_dp_rows(dp_steps: dict[int, StepMemory], runtime: float, measured: dict[str, str]) -> list[str]:
+    """`runtime`: the process's bytes beyond the model's (Python, torch, a step's residue)."""
     """Per-process bytes the model predicts for bench_data_parallel.py's run (fp32, checkpointing
     on): one process at batch 2, and 2 processes at batch 1 each."""
     params = count_parameters(BENCH_DP)
     lines = [
-        "| engine | per-GPU batch | weights | gradients | DDP buckets | AdamW (+ foreach temporary) | gathered (weights + grads) | "
-        "activations peak | predicted peak RSS (+ runtime) | measured peak RSS per process |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| engine | per-GPU batch | weights | gradients | AdamW (+ foreach temporary) | gathered (weights + grads) | "
+        "activations peak | predicted peak RSS (+ runtime) | data_parallel.md: peak RSS per process |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, shard, gpus, batch in (
         ("one process", False, 1, 2),
@@ -820,7 +836,7 @@ def bench_dp_rows(dp_steps: dict[int, StepMemory], runtime: float, measured: dic
             peak = max(peak, 4 * (params.transformer + params.tokenizer))
         key = {"one process": "one", "replicate": "replicate", "fully_shard": "fully_shard"}[name]
         lines.append(
-            f"| {name} | {batch} | {gib(s['weights'])} | {gib(s['grads'])} | {gib(s['buckets'])} | "
+            f"| {name} | {batch} | {gib(s['weights'])} | {gib(s['grads'])}{' (buckets)' if s['grads_always'] else ''} | "
             f"{gib(s['adamw'])} (+{gib(s['step_temporary'])}) | {gib(s['gathered'])} + {gib(s['gathered_grads'])} | "
             f"{gib(activations)} | {gib(peak + runtime)} | {measured.get(key, 'pending')} |"
         )
@@ -836,6 +852,7 @@ def write_report(data: dict, measured_path: Path | None, out: Path, measured_dp:
     cpu_check = data.get("cpu_check", [])
     kinds = data.get("saved_kinds", {})
     runtime = data["runtime"]
+    residue = step_residue(data)
     measured = load_measured(measured_path)
     md: list[str] = []
     add = md.append
@@ -859,8 +876,8 @@ def write_report(data: dict, measured_path: Path | None, out: Path, measured_dp:
     add(
         "The transformer stage trains the transformer (AdamW); the tokenizer is frozen but resident (its quantiser "
         "makes the teacher-forcing input). Per parameter: fp32 weight 4 B, gradient 4 B, AdamW moments 8 B; "
-        "DDP (`replicate`) also keeps its gradient buckets (4 B per trained parameter: zoo does not set "
-        "`gradient_as_bucket_view`). FSDP2 divides all of it by N, plus what is gathered: the root unit (everything "
+        "under DDP (`replicate`) the gradients are views of its buckets (zoo sets `gradient_as_bucket_view`), "
+        "allocated for the whole run. FSDP2 divides all of it by N, plus what is gathered: the root unit (everything "
         "outside `plugin.blocks()`: embeddings, head, quantiser, tokenizer convs outside its levels) for the whole "
         "step, and two transformer blocks at a time (computing + prefetched), with their unsharded gradients in "
         "backward."
@@ -876,7 +893,7 @@ def write_report(data: dict, measured_path: Path | None, out: Path, measured_dp:
 
         def total(shard: bool, gpus: int) -> float:
             s = static_bytes(p, shard, gpus)
-            return s["weights"] + s["grads"] + s["buckets"] + s["adamw"] + s["gathered"] + s["gathered_grads"]
+            return s["weights"] + s["grads"] + s["adamw"] + s["gathered"] + s["gathered_grads"]
 
         add(
             f"| var {preset} | {p.depth} / {p.width} / {p.heads} | {p.transformer / 1e6:.1f} M | "
@@ -993,7 +1010,7 @@ def write_report(data: dict, measured_path: Path | None, out: Path, measured_dp:
                 line = line_of(validation[(preset, 1, precision)], validation[(preset, 2, precision)])
                 ddp = static_bytes(p, False, 8)
                 fsdp = static_bytes(p, True, 64)
-                ddp_held = ddp["weights"] + ddp["adamw"] + ddp["buckets"]
+                ddp_held = ddp["weights"] + ddp["adamw"] + ddp["grads"]  # gradients: DDP's buckets
                 fsdp_held = fsdp["weights"] + fsdp["adamw"] + fsdp["gathered"]
 
                 def verdict(total: float) -> str:
@@ -1029,15 +1046,17 @@ def write_report(data: dict, measured_path: Path | None, out: Path, measured_dp:
     add("")
     add(
         "Predicted peak RSS of a steady training step (AdamW moments already allocated: every step but the first) = "
-        f"runtime ({gib(runtime)} GiB: a fresh Python with torch, zoo's trainer and the VAR plugin, measured) + fp32 "
-        "weights of transformer and tokenizer + AdamW moments + max(forward peak, backward peak with gradients). "
-        "After step 1: runtime + weights + gradients + moments. Not counted: the data (the token cache of the few "
-        "images encoded: kilobytes) and whatever the process did before the steps (building and initialising the "
-        "model, encoding the images through the tokenizer at 256 px); a process-wide peak (ru_maxrss) includes "
-        "them if they were larger. Measured: `benchmarks/results/train_step.md` (branch `bench-step`)."
+        f"runtime ({gib(runtime)} GiB: a fresh Python with torch, zoo's trainer and the VAR plugin, measured) + "
+        f"what a process holds once it has run a step ({gib(residue)} GiB: measured by the 2-block check below, "
+        "and the same in both 2-process probes of section 5) + fp32 weights of transformer and tokenizer + AdamW "
+        "moments + max(forward peak, backward peak with gradients). After step 1: the same with the gradients "
+        "instead of the step's peak. Not counted: the data (the token cache of the few images encoded: kilobytes) "
+        "and whatever the process did before the steps (building and initialising the model, encoding the images "
+        "through the tokenizer at 256 px); a process-wide peak (ru_maxrss) includes them if they were larger. "
+        "Measured: `benchmarks/results/train_step.md` (branch `bench-step`)."
     )
     add("")
-    md.extend(cpu_prediction_rows(params["d16"], steps, runtime, measured))
+    md.extend(cpu_prediction_rows(params["d16"], steps, runtime + residue, measured))
     add("")
     if measured:
         add(
@@ -1076,16 +1095,17 @@ def write_report(data: dict, measured_path: Path | None, out: Path, measured_dp:
         add("")
     if data.get("bench_dp"):
         dp_steps = {row["batch"]: StepMemory(**row) for row in data["bench_dp"]}
-        add("## 5. Check against 2 CPU processes: bench_data_parallel.py (branch `bench-dp`)")
+        add("## 5. Check against 2 CPU processes: bench_data_parallel.py (`data_parallel.md`)")
         add("")
         add(
             "Its model: d16 with a depth-12, width-512 transformer (60 M trained) on a slim 128 px tokenizer (155 tokens), "
             "fp32, checkpointing on; one process at batch 2, or 2 processes at batch 1. Per process, GiB, from the same "
             "model (the tracker measured this config: fake CPU tensors); predicted peak = the largest phase + "
-            f"runtime ({gib(runtime)} GiB); for fully_shard at least the whole model, built before it is split."
+            f"runtime and a step's residue ({gib(runtime + residue)} GiB, section 4); for fully_shard at least the "
+            "whole model, built before it is split."
         )
         add("")
-        md.extend(bench_dp_rows(dp_steps, runtime, load_measured_dp(measured_dp)))
+        md.extend(bench_dp_rows(dp_steps, runtime + residue, load_measured_dp(measured_dp)))
         add("")
     if data.get("dp_probe"):
         add(
@@ -1106,17 +1126,25 @@ def write_report(data: dict, measured_path: Path | None, out: Path, measured_dp:
                 + " |"
             )
         add("")
-        add(
-            "With the threshold, the model's steady-state peaks (1.36 replicate, 0.85 fully_shard above) are "
-            "0.10 and 0.05 GiB under the probe's; both engines' *after step 1* exceed runtime + weights + moments "
-            "(+ buckets) by ~0.1 GiB, what the process group and gloo add to the runtime measured without them. The "
-            "peak above *after step 1* is the model's: gradients (replicate: 0.22), or half the gradients, the "
-            "gathered units and foreach AdamW's temporary (fully_shard: 0.22). With the default allocator "
-            "fully_shard's RSS keeps ~0.4-0.5 GiB of freed memory (its many per-step all-gather and reduce-scatter "
-            "buffers), which is why a process-wide peak RSS (`data_parallel.md`) shows fully_shard no lower than "
-            "replicate at this size. GPU memory follows the caching allocator, not glibc: the GPU table uses the "
-            "live bytes."
-        )
+        probe = {row["method"]: row for row in probes if row.get("allocator", "").startswith("mmap")}
+        dp_params = count_parameters(BENCH_DP)
+        dp_steps = {row["batch"]: StepMemory(**row) for row in data.get("bench_dp", [])}
+        if probe and dp_steps:
+            checks = []
+            for method, shard in (("replicate", False), ("fully_shard", True)):
+                model_peak = max(line.at(1) for line in phases(dp_params, dp_steps, shard, 2).values())
+                real = (probe[method]["peak of step 2"] - probe[method]["imported"]) * GIB
+                checks.append(f"{method} {gib(model_peak)} predicted, {gib(real)} probed")
+            add(
+                "Peak of step 2 above the RSS after imports (process group included), against the model's peak "
+                f"(weights, moments, gradients, activations): {'; '.join(checks)}. The rest is what a process holds "
+                f"once it has run a step ({gib(residue)} GiB in one process, section 4). Before zoo's replicate "
+                "took `gradient_as_bucket_view` (commit af81baf) the same probe gave replicate 1.46 GiB (a second "
+                "copy of the gradients), the value `data_parallel.md` shows with freed memory returned. With glibc's "
+                "default allocator fully_shard's RSS keeps ~0.5 GiB of freed memory, which is why a process-wide "
+                "peak RSS shows fully_shard no lower than replicate at this size; GPU memory follows torch's caching "
+                "allocator, not glibc, so the GPU table counts live bytes."
+            )
         add("")
     out.write_text("\n".join(md) + "\n")
     print(f"wrote {out}")
