@@ -1059,8 +1059,10 @@ def write_report(data: dict, measured_path: Path | None, out: Path, measured_dp:
     md.extend(cpu_prediction_rows(params["d16"], steps, runtime + residue, measured))
     add("")
     if measured:
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(measured_path.stat().st_mtime))
         add(
-            "Measured rows are read from bench_train_step.py's `train_step.jsonl` (`--measured`). Its children run "
+            f"Measured rows are read from bench_train_step.py's `train_step.jsonl` (`--measured`, as of {stamp}; "
+            "`pending`: not measured by then). Its children run "
             "with glibc's default allocator, so their RSS keeps part of the memory a step frees (the check below "
             "shows it at 2 blocks); expect the measured RSS after step 1 and the peak to exceed the prediction by "
             "up to the step's activation peak (section 2: ~1.1 GiB per image at fp32 without checkpointing, ~0.15 "
