@@ -749,6 +749,8 @@ def cpu_prediction_rows(
                     real_after, real_peak = row.get("after_first_gib"), row["peak_gib"]
                     diff = f"{real_peak - peak / GIB:+.2f} GiB ({(real_peak * GIB / peak - 1) * 100:+.0f}%)"
                     shown = f"{real_after:.2f}" if real_after == real_after else "-", f"{real_peak:.2f}", diff
+                elif row and row.get("error"):
+                    shown = (f"not measured: {row['error']}", "-", "-")
                 else:
                     shown = ("pending", "pending", "-")
                 lines.append(
