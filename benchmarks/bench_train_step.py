@@ -211,7 +211,11 @@ def run_child(spec: dict, max_gib: float, wall_cap: float) -> dict:
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     watchdog.join()
-    result: dict = {"wall_s": time.perf_counter() - start, "peak_gib": usage.ru_maxrss * 1024 / GiB}
+    result: dict = {
+        "wall_s": time.perf_counter() - start,
+        "peak_gib": usage.ru_maxrss * 1024 / GiB,
+        "load_average": os.getloadavg()[1],  # other processes on the machine slow every step
+    }
     lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
     if killed:
         result["error"] = killed[0]
@@ -255,8 +259,9 @@ def step_cell(result: dict) -> str:
         first = result.get("times", [])
         done = f"; warm-up step {first[0]:.0f} s" if first else "; warm-up step unfinished"
         return f"over {result['over'] / 60:g} min{done}"
-    timed = len(result["times"]) - 1
-    return f"{seconds:.2f} (median of {timed})" if timed > 1 else f"{seconds:.2f} (1 step)"
+    timed = result["times"][1:]
+    each = ", ".join(f"{t:.1f}" for t in timed)
+    return f"{seconds:.1f} (median of {each})" if len(timed) > 1 else f"{seconds:.1f} (1 step)"
 
 
 STEP_HEADER = (
@@ -288,6 +293,8 @@ def compile_line(eager: dict, compiled: dict) -> str:
     spec = eager["spec"]
     e, c = eager["result"], compiled["result"]
     es, cs = steady(e, 2), steady(c, 2)
+    if c.get("over") and not c.get("times"):
+        c = dict(c, error=f"compiled: over {c['over'] / 60:g} min, first step unfinished")
     ratio = f"{es / cs:.2f}x" if es and cs else "-"
     e1 = e.get("times", [None])[0]
     c1 = c.get("times", [None])[0]
@@ -380,7 +387,7 @@ def step_plan(args: argparse.Namespace) -> list[dict]:
         ("quantart", "paper", "transfer", (1, 2)),
         ("multimodal_caption", "engravings", "joint", (1, 2)),
     ):
-        for batch in batches:
+        for batch in [b for b in batches if b in args.batches]:
             for precision, checkpointing in VARIANTS:
                 plan.append(
                     {"model": model, "preset": preset, "stage": stage, "batch": batch, "precision": precision,
@@ -449,6 +456,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="steps per configuration (the first is warm-up)")
     parser.add_argument("--cap", type=float, default=360, help="seconds per fp32 configuration")
     parser.add_argument("--bf16-cap", type=float, default=240, help="seconds per bf16 configuration")
+    parser.add_argument("--batches", type=int, nargs="*", default=[1, 2], help="batch sizes of the step section")
+    parser.add_argument("--compile-cap", type=float, default=360, help="seconds per compile-section configuration")
+    parser.add_argument("--tables", action="store_true", help="only write the tables of the stored rows")
     parser.add_argument("--max-gib", type=float, default=16.0, help="kill a child whose RSS passes this")
     parser.add_argument("--budget-min", type=float, default=80, help="skip what starts after this many minutes")
     args = parser.parse_args()
@@ -472,7 +482,12 @@ def main() -> None:
         f"torch {torch.__version__}, Python {platform.python_version()}; "
         f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}."
     )
+    if args.tables and TABLE_FILE.exists():  # the machine line of the run that measured the rows
+        machine = next((line for line in TABLE_FILE.read_text().splitlines() if line.startswith("Machine:")), machine)
     print(machine, flush=True)
+    if args.tables:
+        print(write_tables(machine), flush=True)
+        return
     sections = args.only or ["adamw", "step", "compile", "d30"]
     deadline = time.time() + args.budget_min * 60
     global HARD_DEADLINE
@@ -485,7 +500,7 @@ def main() -> None:
         done[key] = row
         return row
 
-    if "adamw" in sections:
+    def run_adamw() -> None:
         spec = {"adamw": True, "model": "var", "preset": "d16", "stage": "transformer", "repeats": 5}
         row = record("adamw", spec, "adamw:var:d16", run_child(spec, args.max_gib, 900))
         print(adamw_table(row), flush=True)
@@ -503,10 +518,7 @@ def main() -> None:
                 row = record("step", spec, key, run_child(spec, args.max_gib, spec["cap"] + 600))
             print(step_line(row), flush=True)
 
-    if "step" in sections:
-        run_steps(step_plan(args))
-
-    if "compile" in sections:
+    def run_compile() -> None:
         print(COMPILE_HEADER, flush=True)
         from zoo.api import resolve_config
 
@@ -519,17 +531,23 @@ def main() -> None:
                 pair = []
                 for compiled in (False, True):
                     spec = {"model": model, "preset": preset, "stage": name, "batch": None, "precision": "fp32",
-                            "checkpointing": False, "compile": compiled, "steps": 4, "cap": args.cap}
+                            "checkpointing": False, "compile": compiled, "steps": 4, "cap": args.compile_cap}
                     key = f"compile:{model}:{preset}:{name}:{'compiled' if compiled else 'eager'}"
                     if time.time() > deadline:
                         result = {"error": "not run: out of the benchmark's time budget"}
                     else:
-                        result = run_child(spec, args.max_gib, args.cap + 600)
+                        result = run_child(spec, args.max_gib, args.compile_cap + 600)
                     pair.append(record("compile", spec, key, result))
                 print(compile_line(*pair), flush=True)
 
-    if "d30" in sections:
-        run_steps(d30_plan(args))
+    run = {
+        "adamw": run_adamw,
+        "step": lambda: run_steps(step_plan(args)),
+        "compile": run_compile,
+        "d30": lambda: run_steps(d30_plan(args)),
+    }
+    for section in sections:  # in the order given
+        run[section]()
 
     print(write_tables(machine), flush=True)
 
