@@ -30,8 +30,8 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -56,8 +56,9 @@ def _status_gib(field: str) -> float:
 def _few_images(count: int) -> None:
     """VAR's transformer stage encodes its whole image set through the tokenizer first (512
     photos at 256 px: many CPU minutes); the benchmark encodes only the first `count`."""
-    import zoo_var.data
     from torch.utils.data import Subset
+
+    import zoo_var.data
 
     full = zoo_var.data.image_dataset
     zoo_var.data.image_dataset = lambda config, split: Subset(full(config, split), range(count))
@@ -145,7 +146,9 @@ def child_step(spec: dict) -> dict:
                 times.append(time.perf_counter() - start)
                 if step == 0:
                     after_first = _status_gib("VmRSS")
-                print(f"  step {step}: {times[-1]:.2f} s, rss {_status_gib('VmRSS'):.2f} GiB", file=sys.stderr, flush=True)
+                print(
+                    f"  step {step}: {times[-1]:.2f} s, rss {_status_gib('VmRSS'):.2f} GiB", file=sys.stderr, flush=True
+                )
     except OverCap:
         over = spec["cap"]
     return {
@@ -178,7 +181,11 @@ def child_adamw(spec: dict) -> dict:
     for param in params:
         param.grad = torch.randn_like(param) * 1e-3
     rows = {}
-    for kernel, keyword in (("fused", {"fused": True}), ("foreach", {"foreach": True}), ("for-loop", {"foreach": False})):
+    for kernel, keyword in (
+        ("fused", {"fused": True}),
+        ("foreach", {"foreach": True}),
+        ("for-loop", {"foreach": False}),
+    ):
         optimizer = build_optimizer(optimizer_spec, model, keyword)
         rows[kernel] = median_seconds(optimizer.step, repeats=spec["repeats"], warmup=1)
         print(f"  {kernel}: {rows[kernel]:.3f} s", file=sys.stderr, flush=True)
@@ -201,7 +208,9 @@ def run_child(spec: dict, max_gib: float, wall_cap: float) -> dict:
         status = Path(f"/proc/{process.pid}/status")
         while process.poll() is None:
             try:
-                rss = next(int(l.split()[1]) for l in status.read_text().splitlines() if l.startswith("VmRSS:"))
+                rss = next(
+                    int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmRSS:")
+                )
             except (OSError, StopIteration):
                 return
             if rss * 1024 / GiB > max_gib:
@@ -364,8 +373,11 @@ def write_tables(machine: str) -> str:
     if step_rows:
         parts += ["", "## Training step", "", STEP_HEADER, *[step_line(r) for r in step_rows]]
     compiles = {r["key"]: r for r in rows.values() if r["section"] == "compile"}
-    pairs = [(compiles[k], compiles[k.replace(":eager", ":compiled")]) for k in compiles if k.endswith(":eager")
-             and k.replace(":eager", ":compiled") in compiles]
+    pairs = [
+        (compiles[k], compiles[k.replace(":eager", ":compiled")])
+        for k in compiles
+        if k.endswith(":eager") and k.replace(":eager", ":compiled") in compiles
+    ]
     if pairs:
         parts += [
             "",
@@ -381,10 +393,18 @@ def write_tables(machine: str) -> str:
     adamw = [r for r in rows.values() if r["section"] == "adamw"]
     if adamw:
         parts += ["", "## AdamW kernels", "", *[adamw_table(r) for r in adamw]]
-    d30 = [r["result"]["trained_params"] for r in step_rows if r["spec"]["preset"] == "d30" and r["result"].get("trained_params")]
+    d30 = [
+        r["result"]["trained_params"]
+        for r in step_rows
+        if r["spec"]["preset"] == "d30" and r["result"].get("trained_params")
+    ]
     if d30:
-        parts += ["", "## var d30", "", D30_NOTE.format(params=d30[0] / 1e9, gb=16 * d30[0] / 1e9, gib=16 * d30[0] / GiB,
-                                                      weights=4 * d30[0] / GiB)]
+        parts += [
+            "",
+            "## var d30",
+            "",
+            D30_NOTE.format(params=d30[0] / 1e9, gb=16 * d30[0] / 1e9, gib=16 * d30[0] / GiB, weights=4 * d30[0] / GiB),
+        ]
     text = "\n".join(parts) + "\n"
     TABLE_FILE.write_text(text)
     return text
@@ -405,9 +425,16 @@ def step_plan(args: argparse.Namespace) -> list[dict]:
         for batch in [b for b in batches if b in args.batches]:
             for precision, checkpointing in VARIANTS:
                 plan.append(
-                    {"model": model, "preset": preset, "stage": stage, "batch": batch, "precision": precision,
-                     "checkpointing": checkpointing, "steps": args.steps,
-                     "cap": args.bf16_cap if precision == "bf16" else args.cap}
+                    {
+                        "model": model,
+                        "preset": preset,
+                        "stage": stage,
+                        "batch": batch,
+                        "precision": precision,
+                        "checkpointing": checkpointing,
+                        "steps": args.steps,
+                        "cap": args.bf16_cap if precision == "bf16" else args.cap,
+                    }
                 )
     return plan
 
@@ -416,8 +443,17 @@ def d30_plan(args: argparse.Namespace) -> list[dict]:
     plan = []
     for checkpointing in (True, False):
         plan.append(
-            {"model": "var", "preset": "d30", "stage": "transformer", "batch": 1, "precision": "fp32",
-             "checkpointing": checkpointing, "steps": 2, "cap": args.cap, "no_optimizer": True}
+            {
+                "model": "var",
+                "preset": "d30",
+                "stage": "transformer",
+                "batch": 1,
+                "precision": "fp32",
+                "checkpointing": checkpointing,
+                "steps": 2,
+                "cap": args.cap,
+                "no_optimizer": True,
+            }
         )
     return plan
 
@@ -433,8 +469,15 @@ COMPILE_STAGES = [
 
 
 def key_of(spec: dict) -> str:
-    parts = [spec["model"], spec["preset"], spec["stage"], str(spec.get("batch")), spec["precision"],
-             f"ck={spec['checkpointing']}", "noopt" if spec.get("no_optimizer") else "full"]
+    parts = [
+        spec["model"],
+        spec["preset"],
+        spec["stage"],
+        str(spec.get("batch")),
+        spec["precision"],
+        f"ck={spec['checkpointing']}",
+        "noopt" if spec.get("no_optimizer") else "full",
+    ]
     return ":".join(parts)
 
 
@@ -547,8 +590,17 @@ def main() -> None:
             for name in [stage] if stage else stages:
                 pair = []
                 for compiled in (False, True):
-                    spec = {"model": model, "preset": preset, "stage": name, "batch": None, "precision": "fp32",
-                            "checkpointing": False, "compile": compiled, "steps": 4, "cap": args.compile_cap}
+                    spec = {
+                        "model": model,
+                        "preset": preset,
+                        "stage": name,
+                        "batch": None,
+                        "precision": "fp32",
+                        "checkpointing": False,
+                        "compile": compiled,
+                        "steps": 4,
+                        "cap": args.compile_cap,
+                    }
                     key = f"compile:{model}:{preset}:{name}:{'compiled' if compiled else 'eager'}"
                     if time.time() > deadline:
                         result = {"error": "not run: out of the benchmark's time budget"}

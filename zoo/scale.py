@@ -68,7 +68,7 @@ def _with_eager_fallback(
 def adamw_kernel(choice: str, device: torch.device, sharded: bool) -> dict[str, bool]:
     """The keyword that picks torch.optim.AdamW's implementation.
 
-    `auto`: the fused kernel (one pass over each tensor; 3x the for-loop on this project's
+    `auto`: the fused kernel (one pass over each tensor; 3-4x the for-loop on this project's
     CPU, see benchmarks/results/train_step.md) for plain tensors on CPU and CUDA; foreach
     for sharded weights (DTensors)."""
     if choice == "auto":
