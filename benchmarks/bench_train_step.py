@@ -19,18 +19,15 @@ written to benchmarks/results/train_step.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -64,25 +61,6 @@ def _few_images(count: int) -> None:
     zoo_var.data.image_dataset = lambda config, split: Subset(full(config, split), range(count))
 
 
-class OverCap(BaseException):
-    """The configuration's time cap passed. A BaseException, unlike timing.OverTime: zoo.scale's
-    eager fallback catches every Exception raised inside a compiled block."""
-
-
-@contextlib.contextmanager
-def step_cap(seconds: float) -> Iterator[None]:
-    def interrupt(signum: int, frame: object) -> None:
-        raise OverCap
-
-    previous = signal.signal(signal.SIGALRM, interrupt)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def _few_quantart_images(count: int) -> None:
     """QuantArt's transfer stage encodes every content photo and style image through both
     VQGANs first (at 256 px: many CPU minutes); the benchmark encodes only the first `count`."""
@@ -95,6 +73,7 @@ def _few_quantart_images(count: int) -> None:
 
 def child_step(spec: dict) -> dict:
     import torch
+    from timing import OverTime, time_cap
 
     torch.set_num_threads(THREADS)
     from zoo.api import resolve_config
@@ -139,7 +118,7 @@ def child_step(spec: dict) -> dict:
     after_first = float("nan")
     over = None
     try:
-        with step_cap(spec["cap"]):
+        with time_cap(spec["cap"]):
             for step in range(spec["steps"]):
                 start = time.perf_counter()
                 trainer._train_step(state, step, batch)
@@ -149,7 +128,7 @@ def child_step(spec: dict) -> dict:
                 print(
                     f"  step {step}: {times[-1]:.2f} s, rss {_status_gib('VmRSS'):.2f} GiB", file=sys.stderr, flush=True
                 )
-    except OverCap:
+    except OverTime:
         over = spec["cap"]
     return {
         "built_gib": built_gib,

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from bench_data_parallel import CONFIG as BENCH_DP_OVERRIDES
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -84,20 +85,9 @@ class Parameters:
     depth: int
 
 
-# benchmarks/bench_data_parallel.py's model (branch bench-dp): d16 with a depth-12, width-512
+# benchmarks/bench_data_parallel.py's model (its CONFIG): d16 with a depth-12, width-512
 # transformer on a slim 128 px tokenizer (155 tokens), 2 processes of batch 1
 BENCH_DP = "bench-dp"
-BENCH_DP_OVERRIDES = {
-    "transformer": {"depth": 12, "width": 512, "heads": 8},
-    "tokenizer": {
-        "resolution": 128,
-        "patch_nums": [1, 2, 3, 4, 5, 6, 8],
-        "channels": 16,
-        "res_blocks": 1,
-        "attention_resolutions": [],
-        "mid_attention": False,
-    },
-}
 
 
 def make_config(preset: str, depth: int | None = None) -> VARConfig:
