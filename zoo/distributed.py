@@ -188,10 +188,7 @@ class Engine:
         if tensors is None or not self.shard:
             return tensors
         current = dict(model.state_dict())
-        return {
-            key: self._like({key: value}, current[key])[key] if key in current else value
-            for key, value in tensors.items()
-        }
+        return {key: self._like(value, current[key]) if key in current else value for key, value in tensors.items()}
 
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """`optimizer.state_dict()` with whole tensors.
@@ -208,19 +205,18 @@ class Engine:
     def load_optimizer_state(self, optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
         if self.shard:
             parameters = [p for group in optimizer.param_groups for p in group["params"]]
-            state = {index: self._like(values, parameters[index]) for index, values in saved["state"].items()}
+            state = {
+                index: {key: self._like(value, parameters[index]) for key, value in values.items()}
+                for index, values in saved["state"].items()
+            }
             saved = {"state": state, "param_groups": saved["param_groups"]}
         optimizer.load_state_dict(saved)
 
-    def _like(self, tensors: Mapping[str, Any], parameter: torch.Tensor) -> dict[str, Any]:
-        """Whole tensors of a parameter's shape (its moments) split like the parameter."""
+    def _like(self, value: Any, parameter: torch.Tensor) -> Any:
+        """A whole tensor of a sharded parameter's shape (the parameter in a checkpoint, one of
+        its moments) split like the parameter; anything else (a step count) as it is."""
         from torch.distributed.tensor import DTensor, distribute_tensor
 
-        if not isinstance(parameter, DTensor):
-            return dict(tensors)
-        return {
-            key: distribute_tensor(value.to(self.device), parameter.device_mesh, parameter.placements)
-            if isinstance(value, torch.Tensor) and value.shape == parameter.shape
-            else value
-            for key, value in tensors.items()
-        }
+        if not (isinstance(parameter, DTensor) and isinstance(value, torch.Tensor) and value.shape == parameter.shape):
+            return value
+        return distribute_tensor(value.to(self.device), parameter.device_mesh, parameter.placements)
