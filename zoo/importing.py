@@ -16,7 +16,6 @@ beside it and renamed into place.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
@@ -33,6 +32,7 @@ from zoo.errors import RunError, UnknownNameError
 from zoo.importer import Converted
 from zoo.plugin import ModelPlugin
 from zoo.registry import get_registry
+from zoo.runtime.manifest import sha256_file
 
 
 @dataclass
@@ -164,11 +164,7 @@ def check_fit(
 
 
 def _describe_file(path: Path) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"name": path.name, "sha256": digest.hexdigest(), "bytes": path.stat().st_size}
+    return {"name": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
 def _write_run(out: Path, record: dict[str, Any], net: torch.nn.Module) -> None:
