@@ -58,13 +58,13 @@ from zoo_quantart.config import QuantArtConfig
 ATTENTION_SIDE = 16  # taming's attn_resolutions in every published config
 SKIPPED = re.compile(r"loss\.(perceptual_loss\..*|logvar)")  # LPIPS and latent-diffusion's log-variance
 
+# a PatchGAN tensor as taming's loss holds it; \1 is its name under the discriminator
+PATCHGAN_KEY = r"loss\.discriminator\.(main\.\d+\.(?:weight|bias|running_mean|running_var|num_batches_tracked))"
+
 # (taming key pattern, zoo key under the VQGAN) in order; the first match wins.
 VQGAN_RULES: list[tuple[str, str]] = [
     (r"quantize\.embedding\.weight", "quantizer.codebook"),
-    (
-        r"loss\.discriminator\.(main\.\d+\.(?:weight|bias|running_mean|running_var|num_batches_tracked))",
-        r"discriminator.\1",
-    ),
+    (PATCHGAN_KEY, r"discriminator.\1"),
     # the rest keeps its name, except fused `qkv` attention convs (VAR's VQVAE; taming has q, k, v)
     (r"((?:encoder|decoder)\.(?!.*\.qkv\.)[\w.]+|(?:post_)?quant_conv\.(?:weight|bias))", r"\1"),
 ]
@@ -247,18 +247,12 @@ QUANTART_RULES: list[tuple[str, str]] = [
         r"model_x2y\.blocks\.(\d+\.(?:res_block|self_attn_block|attn_block)\.\w+\.(?:weight|bias))",
         r"transfer.blocks.\1",
     ),
-    (
-        r"loss\.discriminator\.(main\.\d+\.(?:weight|bias|running_mean|running_var|num_batches_tracked))",
-        r"latent_discriminator.\1",
-    ),
+    (PATCHGAN_KEY, r"latent_discriminator.\1"),
 ]
 # what the taming VQGAN beside it gives: the photo decoder and the photo image discriminator
 PHOTO_DECODER_RULES: list[tuple[str, str]] = [
     (r"((?:decoder|post_quant_conv)\.[\w.]+)", r"photo.\1"),
-    (
-        r"loss\.discriminator\.(main\.\d+\.(?:weight|bias|running_mean|running_var|num_batches_tracked))",
-        r"photo.discriminator.\1",
-    ),
+    (PATCHGAN_KEY, r"photo.discriminator.\1"),
 ]
 # ... whose photo encoder side QuantArt's training keeps frozen: it must equal QuantArt's copy
 PHOTO_ENCODER_PAIRS: list[tuple[str, str]] = [
