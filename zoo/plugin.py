@@ -179,7 +179,7 @@ class ModelPlugin:
     def runtime_target(self) -> str:
         """ "package.module:Class" of the model's sampling loop: the installed `zoo.runtimes`
         entry point of its name (what `zoo run` imports), else `runtime`."""
-        from zoo.runtime.installed import plugin_runtime
+        from zoo.runtime_entry_points import plugin_runtime
 
         return plugin_runtime(self.name, self.runtime)
 

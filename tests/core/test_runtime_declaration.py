@@ -11,8 +11,8 @@ from tests.core.toy_plugin import ToyPlugin
 from zoo.errors import PluginError
 from zoo.registry import get_registry, reset_registry
 from zoo.runtime.discovery import runtime_class
-from zoo.runtime.installed import installed_runtimes
 from zoo.runtime.loop import ModelRuntime
+from zoo.runtime_entry_points import installed_runtimes
 
 BUILT_IN = {"var", "vqvae2_pixelcnn", "quantart", "multimodal_caption"}
 

@@ -114,7 +114,7 @@ def cmd_plugins(args: argparse.Namespace) -> None:
 def _list_runtimes(args: argparse.Namespace) -> None:
     """`zoo list` / `zoo plugins` of the runtime-only install: plugin modules import torch,
     so only the sampling loops the installed plugins declare are listed."""
-    from zoo.runtime.installed import installed_runtimes
+    from zoo.runtime_entry_points import installed_runtimes
 
     runtimes = installed_runtimes()
     if args.json:

@@ -4,7 +4,7 @@ An export directory is data: whoever wrote it chooses its every byte. So the sam
 loop is looked up by the manifest's model name among *installed* plugins, never imported
 from a module path the manifest names. A plugin declares its loop in the entry-point
 group `zoo.runtimes` (name: the model, value: "package.module:RuntimeClass"); the loop's
-`options_class` gives the sample options (zoo.runtime.installed). Plugin modules
+`options_class` gives the sample options (zoo.runtime_entry_points). Plugin modules
 themselves import torch, so they are consulted only as a fallback, when torch is
 importable: a plugin loaded from a registry file, with no installed distribution, names
 its loop in `ModelPlugin.runtime`.
@@ -19,8 +19,8 @@ from pathlib import Path
 from zoo.config import SampleOptionsBase
 from zoo.errors import ExportError, ZooError
 from zoo.extras import installed
-from zoo.runtime.installed import installed_runtime
 from zoo.runtime.loop import ModelRuntime
+from zoo.runtime_entry_points import installed_runtime
 
 
 def runtime_class(model: str, export_dir: Path) -> type[ModelRuntime]:
