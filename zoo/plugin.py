@@ -4,7 +4,7 @@ A plugin module hands the registry `ModelPlugin` objects through the `zoo_regist
 hook (see `zoo.hookspecs`). Everything the core does with a model goes through this class:
 the trainer runs its `stages`, `zoo sample` calls `sample`, `zoo eval` calls `evaluate`,
 an exporter (see `zoo.exporter`; ONNX by default) writes `export_components`, and `zoo run`
-drives the exported graphs with the torch-free loop named by `runtime`.
+drives the exported graphs with the torch-free loop its `zoo.runtimes` entry point names.
 
 This module imports no torch at run time, so the registry can list models cheaply.
 """
@@ -123,7 +123,12 @@ class ModelPlugin:
     SampleOptions: ClassVar[type[SampleOptionsBase]]
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     default_preset: ClassVar[str | None] = None
-    runtime: ClassVar[str]  # "package.module:Class", a zoo.runtime.loop.ModelRuntime subclass
+    # The torch-free sampling loop is declared once, where `zoo run` finds it without torch:
+    # the entry point named after the model in the group `zoo.runtimes` of the plugin's
+    # distribution ("package.module:Class", a zoo.runtime.loop.ModelRuntime subclass).
+    # Only a plugin with no installed distribution (a module a registry file names) sets it
+    # here instead; where both exist they must agree (`runtime_target`).
+    runtime: ClassVar[str | None] = None
 
     def build(self, config: ZooConfig) -> nn.Module:
         raise NotImplementedError
@@ -171,8 +176,15 @@ class ModelPlugin:
         except NotImplementedError:  # a model that exports nothing
             return []
 
+    def runtime_target(self) -> str:
+        """ "package.module:Class" of the model's sampling loop: the installed `zoo.runtimes`
+        entry point of its name (what `zoo run` imports), else `runtime`."""
+        from zoo.runtime_entry_points import plugin_runtime
+
+        return plugin_runtime(self.name, self.runtime)
+
     def runtime_class(self) -> type:
-        module_name, _, attr = self.runtime.partition(":")
+        module_name, _, attr = self.runtime_target().partition(":")
         return getattr(importlib.import_module(module_name), attr)
 
     def runtime_for(self, model: nn.Module, config: ZooConfig, device: torch.device) -> Any:

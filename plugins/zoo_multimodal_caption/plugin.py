@@ -40,7 +40,6 @@ class MultimodalCaptionPlugin(ModelPlugin):
     SampleOptions = CaptionSampleOptions
     presets = PRESETS
     default_preset = "shapes"
-    runtime = "zoo_multimodal_caption.runtime:CaptionRuntime"
 
     def build(self, config: CaptionConfig) -> CaptionModel:
         return CaptionModel(config)

@@ -31,7 +31,6 @@ class QuantArtPlugin(ModelPlugin):
     SampleOptions = QuantArtSampleOptions
     presets = PRESETS
     default_preset = "tiny"
-    runtime = "zoo_quantart.runtime:QuantArtRuntime"
 
     def build(self, config: QuantArtConfig) -> QuantArt:
         return QuantArt(config)

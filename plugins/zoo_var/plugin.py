@@ -29,7 +29,6 @@ class VARPlugin(ModelPlugin):
     SampleOptions = VARSampleOptions
     presets = PRESETS
     default_preset = "digits"
-    runtime = "zoo_var.runtime:VARRuntime"
 
     def build(self, config: VARConfig) -> VARModel:
         return VARModel(config)

@@ -32,7 +32,6 @@ class VQVAE2PixelCNNPlugin(ModelPlugin):
     SampleOptions = VQVAE2SampleOptions
     presets = PRESETS
     default_preset = "digits32"
-    runtime = "zoo_vqvae2_pixelcnn.runtime:VQVAE2Runtime"
 
     def build(self, config: VQVAE2Config) -> VQVAE2PixelCNN:
         return VQVAE2PixelCNN(config)

@@ -19,7 +19,6 @@ class TinyAutoencoderPlugin(zoo.ModelPlugin):
     SampleOptions = TinyAutoencoderSampleOptions
     presets = PRESETS
     default_preset = "digits16"
-    runtime = "zoo_tiny_autoencoder.runtime:TinyAutoencoderRuntime"
 
     def build(self, config: TinyAutoencoderConfig) -> TinyAutoencoder:
         return TinyAutoencoder(config)
