@@ -25,6 +25,7 @@ from torch import nn
 
 from zoo.nn.blocks import AttnBlock, AutoencoderShape, Decoder, Encoder, ResnetBlock
 from zoo.nn.gan import NLayerDiscriminator
+from zoo.nn.layers import modules_as
 from zoo.nn.quantize import QuantizerOutput, VectorQuantizer, codes_from_features, init_codebook_from
 from zoo_quantart.config import QuantArtConfig
 
@@ -128,9 +129,7 @@ class StyleTransferModule(nn.Module):
     @property
     def last_layer(self) -> torch.Tensor:
         """The output projection of the last cross-attention, where the adaptive GAN weight is measured."""
-        last = self.blocks[-1]
-        assert isinstance(last, StyleTransferBlock)  # narrows ModuleList's Module
-        return last.attn_block.proj_out.weight
+        return modules_as(self.blocks, StyleTransferBlock)[-1].attn_block.proj_out.weight
 
     def forward(self, content: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         codes = content

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from zoo.nn.attention import FusedSelfAttention, block_causal_mask
-from zoo.nn.layers import DropPath, FeedForward
+from zoo.nn.layers import DropPath, FeedForward, modules_as
 from zoo_var.config import TransformerConfig
 
 
@@ -138,8 +138,7 @@ class VARTransformer(nn.Module):
             self.head.weight.mul_(head)
             _last_linear(self.head_norm.ada_lin).weight.mul_(adaln)
             width, depth = self.width, len(self.blocks)
-            for block in self.blocks:
-                assert isinstance(block, AdaLNSelfAttentionBlock)  # narrows ModuleList's Module
+            for block in modules_as(self.blocks, AdaLNSelfAttentionBlock):
                 block.attention.proj.weight.div_(math.sqrt(2 * depth))
                 block.ffn.fc2.weight.div_(math.sqrt(2 * depth))
                 if block.shared_adaln:
