@@ -96,6 +96,7 @@ def _inert_pickle_module() -> ModuleType:
     torch.load subclasses its Unpickler (to resolve storages, deferring every other name to
     it) and, for files in the legacy format, calls its `load` directly."""
     module = ModuleType("zoo_inert_pickle")
+    # A ModuleType declares no attributes: these two are the whole of this module.
     module.Unpickler = InertUnpickler  # type: ignore[attr-defined]
     module.load = _inert_load  # type: ignore[attr-defined]
     return module
