@@ -17,6 +17,7 @@ from PIL import Image
 import zoo
 import zoo.api
 from tests.conftest import BLOCK_TORCH, zoo_command
+from tests.tolerances import EPS32, assert_same_training
 from zoo.cli import main
 
 
@@ -223,8 +224,7 @@ def test_nproc_per_node_launches_torchrun_and_matches_one_process(tmp_path, exam
         )
         assert result.returncode == 0, result.stderr
     one, two = (load_tensors(tmp_path / n / "model.safetensors") for n in ("one", "two"))
-    for key in one:
-        np.testing.assert_allclose(one[key].numpy(), two[key].numpy(), rtol=1e-4, atol=1e-5, err_msg=key)
+    assert_same_training(one, two, steps=6)  # within rounding: all-reduce adds in its own order
 
 
 def test_json_progress_mode(tmp_path, example_site):
@@ -410,7 +410,8 @@ def test_tensorboard_holds_the_scalars_and_grids(trained_run):
     assert [e.step for e in events.Scalars("autoencoder/loss")] == list(range(10, 121, 10))
     metrics = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     last = [m for m in metrics if m.get("step") == 120 and "loss" in m][0]
-    assert events.Scalars("autoencoder/loss")[-1].value == pytest.approx(last["loss"], rel=1e-6)
+    # TensorBoard stores float32: one rounding of the float64 in metrics.jsonl, eps/2 relative
+    assert events.Scalars("autoencoder/loss")[-1].value == pytest.approx(last["loss"], rel=EPS32 / 2)
     assert [e.step for e in events.Images("autoencoder/grid")] == [40, 80, 120]
 
 

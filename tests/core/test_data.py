@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from tests.tolerances import EPS32
 from zoo.data import (
     DigitsClassifier,
     caption_set,
@@ -98,7 +99,8 @@ def test_train_and_test_regions_do_not_overlap(width, height):
 def test_textures_include_colour_and_grayscale():
     images = stack(textures(size=16, count=60), 60)
     channel_spread = (images.amax(dim=1) - images.amin(dim=1)).flatten(1).mean(1)  # 0 for gray images
-    assert (channel_spread < 1e-6).any() and (channel_spread > 0.1).any()
+    assert (channel_spread == 0).any()  # gray: one value copied to the three channels
+    assert (channel_spread > 0.1).any()
 
 
 # --- shapes ---------------------------------------------------------------------------------
@@ -117,7 +119,10 @@ def test_shapes_captions_match_the_drawing():
         contrast = (pixels - pixels[:, :1, :1]).abs().amax(0)
         mask = contrast > 60
         colour = pixels.flatten(1)[:, contrast.argmax()]  # an inner pixel, not an anti-aliased edge
-        assert torch.allclose(colour, torch.tensor(COLORS[attributes["color"]], dtype=torch.float32), atol=40)
+        # the fill is the named colour jittered by at most 15 a channel (zoo/data/shapes.py);
+        # half a level more for the round trip through [-1, 1] in float32
+        expected = torch.tensor(COLORS[attributes["color"]], dtype=torch.float32)
+        assert torch.allclose(colour, expected, rtol=0, atol=15.5), (colour, expected)
         rows, cols = torch.nonzero(mask, as_tuple=True)
         x, y = cols.float().mean() / 32, rows.float().mean() / 32
         expected = {
@@ -269,7 +274,9 @@ def test_digits_classifier_is_accurate_confident_and_rejects_non_digits():
     test = digits(size=24, split="test")
     images = test.images.expand(-1, 3, -1, -1).numpy()  # numpy input works too
     probabilities = classifier.predict_proba(images)
-    assert probabilities.shape == (len(test), 10) and np.allclose(probabilities.sum(1), 1.0)
+    assert probabilities.shape == (len(test), 10)
+    # ten probabilities add up to 1 but for ten float32 roundings at most
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, rtol=0, atol=10 * EPS32)
     assert (probabilities.max(1) >= 0.8).mean() >= 0.85
     assert (probabilities.argmax(1) == test.labels.numpy()).mean() >= 0.95
     blank = -torch.ones(4, 3, 32, 32)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tests.core.toy_plugin import Points, ToyConfig, ToyPlugin
+from tests.tolerances import assert_same_training, rounding_bound
 from zoo.errors import TrainingError
 from zoo.plugin import StepContext
 from zoo.scale import adamw_kernel, checkpoint_activations, compile_blocks
@@ -20,9 +21,14 @@ def train_toy(run_dir, options: dict | None = None, **fields) -> torch.nn.Module
     )
 
 
-def assert_same_state(expected: torch.nn.Module, found: torch.nn.Module, tolerance: float = 1e-6) -> None:
-    for key, value in expected.state_dict().items():
-        torch.testing.assert_close(found.state_dict()[key], value, rtol=tolerance, atol=tolerance, msg=key)
+def assert_same_state(expected: torch.nn.Module, found: torch.nn.Module, steps: int | None) -> None:
+    """The same weights: bitwise (steps None), or within the rounding of `steps` optimizer
+    steps that add the same gradients in other orders (tests.tolerances)."""
+    if steps is None:
+        for key, value in expected.state_dict().items():
+            torch.testing.assert_close(found.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    else:
+        assert_same_training(expected.state_dict(), found.state_dict(), steps)
 
 
 def test_four_micro_batches_train_the_weights_of_one_batch_four_times_larger(tmp_path):
@@ -30,7 +36,7 @@ def test_four_micro_batches_train_the_weights_of_one_batch_four_times_larger(tmp
     # the same micro-batch (StepContext.cache), a critic-only stage
     whole = train_toy(tmp_path / "whole", steps=12, batch_size=16)
     micro = train_toy(tmp_path / "micro", steps=12, batch_size=16, scale={"accumulate": 4})
-    assert_same_state(whole, micro)
+    assert_same_state(whole, micro, steps=3 * 12)  # three stages
 
 
 def test_validation_runs_in_micro_batches_and_measures_the_same_loss(tmp_path):
@@ -42,7 +48,9 @@ def test_validation_runs_in_micro_batches_and_measures_the_same_loss(tmp_path):
         return [row["val_loss"] for row in rows if "val_loss" in row]
 
     whole, micro = validation_losses("whole"), validation_losses("micro", scale={"accumulate": 4})
-    assert len(whole) == 2 and micro == pytest.approx(whole, rel=1e-6)
+    assert len(whole) == 2
+    # the mean of four micro-batch means against one mean: a few roundings of the loss
+    assert micro == pytest.approx(whole, rel=rounding_bound(1.0, depth=4))
 
 
 def test_a_batch_that_does_not_split_into_micro_batches_is_refused(tmp_path):
@@ -82,7 +90,7 @@ def test_activation_checkpointing_gives_the_same_gradients_as_none():
 def test_activation_checkpointing_trains_the_same_weights(tmp_path):
     plain = train_toy(tmp_path / "plain", steps=10, dropout=0.2)
     checkpointed = train_toy(tmp_path / "ckpt", steps=10, dropout=0.2, scale={"activation_checkpointing": True})
-    assert_same_state(plain, checkpointed, tolerance=0)
+    assert_same_state(plain, checkpointed, steps=None)
 
 
 def test_a_block_that_fails_to_compile_runs_eagerly_after_one_warning(monkeypatch):
@@ -112,7 +120,7 @@ def test_compiled_blocks_train_the_weights_of_eager_ones(tmp_path):
     assert warnings == []  # this machine compiles: the comparison below is of compiled code
     eager = train_toy(tmp_path / "eager", steps=6, stage="regress")
     compiled = train_toy(tmp_path / "compiled", steps=6, stage="regress", scale={"compile": True})
-    assert_same_state(eager, compiled, tolerance=1e-5)
+    assert_same_state(eager, compiled, steps=6)
 
 
 def test_adamw_kernel_choice():
@@ -145,7 +153,7 @@ def test_a_run_resumes_with_other_levers(tmp_path, monkeypatch):
     # other levers (a resume on other hardware), the same model and data: the same weights
     levers = {"accumulate": 2, "activation_checkpointing": True, "adamw": "for-loop"}
     resumed = train_toy(tmp_path / "run", {"resume": True}, steps=12, stage="regress", scale=levers)
-    assert_same_state(straight, resumed, tolerance=1e-5)
+    assert_same_state(straight, resumed, steps=12)
 
 
 def test_precision_is_a_lever_of_the_config_and_the_call_may_override_it(tmp_path):

@@ -13,6 +13,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import zoo
+from tests.tolerances import depth_of, rounding_bound
 from zoo.config import validate
 from zoo.errors import ConfigError, ZooError
 from zoo.plugin import StageContext
@@ -124,7 +125,11 @@ def test_beam_width_one_equals_greedy_and_wider_beams_score_higher(model, config
     assert beam.texts == greedy.texts
     assert len(greedy.texts) == 6 and greedy.images.shape == (6, 32, 32, 3)
     wide = plugin.sample(model, config, CaptionSampleOptions(n=6, max_length=12, decoding="beam", beam_width=4), CPU)
-    assert _log_prob(model, config, wide.extras["tokens"]) >= _log_prob(model, config, greedy.extras["tokens"]) - 1e-4
+    greedy_log_prob = _log_prob(model, config, greedy.extras["tokens"])
+    # up to rounding (tests.tolerances): a wide beam may find the greedy captions themselves
+    assert _log_prob(model, config, wide.extras["tokens"]) >= greedy_log_prob - rounding_bound(
+        greedy_log_prob, depth_of(model)
+    )
 
 
 def _log_prob(model, config, generated: np.ndarray) -> float:
@@ -167,7 +172,9 @@ def test_image_files_captions_and_retrieval(model, config, plugin, tmp_path):
     scores = plugin.sample(
         model, config, CaptionSampleOptions(image=paths, caption=["a red star", "two blue squares"]), CPU
     )
-    assert scores.extras["similarity"].shape == (2, 2) and np.abs(scores.extras["similarity"]).max() <= 1 + 1e-5
+    assert scores.extras["similarity"].shape == (2, 2)
+    # cosine similarities: one dot product of unit vectors, 1 at most but for rounding
+    assert np.abs(scores.extras["similarity"]).max() <= 1 + rounding_bound(1.0, depth=1)
     with pytest.raises(ZooError, match="no such file"):
         plugin.sample(model, config, CaptionSampleOptions(image=str(tmp_path / "missing.png")), CPU)
 
