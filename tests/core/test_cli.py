@@ -16,19 +16,8 @@ from PIL import Image
 
 import zoo
 import zoo.api
-from tests.conftest import BLOCK_TORCH, zoo_command
+from tests.conftest import BLOCK_TORCH, cli, zoo_command
 from tests.tolerances import EPS32, assert_same_training
-from zoo.cli import main
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit:
-        code = exit.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +57,8 @@ def trained_run(tmp_path_factory, example_site):
         env=env,
     )
     assert result.returncode == 0, result.stderr
-    (run_dir.parent / "train_stdout.txt").write_text(result.stdout)  # piped: plain lines (test_observe.py)
+    # piped: plain lines, read by test_piped_training_prints_plain_lines_and_a_summary below
+    (run_dir.parent / "train_stdout.txt").write_text(result.stdout)
     assert f"grid: {run_dir}/samples/autoencoder.png" in result.stdout
     return run_dir
 

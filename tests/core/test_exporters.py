@@ -15,11 +15,8 @@ import numpy as np
 import pytest
 
 import zoo
-from tests.conftest import ROOT
-from tests.exporter.tiny_export_plugin import TinyPlugin
+from tests.conftest import ROOT, cli
 from tests.tolerances import EPS16
-from zoo.checkpoint import CONFIG_FILE, WEIGHTS_FILE, atomic_write_json, run_record, save_weights
-from zoo.cli import main
 from zoo.errors import ConfigError, PluginError, UnknownNameError
 from zoo.registry import Registry, reset_registry
 
@@ -68,29 +65,6 @@ NPZ_EXPORTER = textwrap.dedent("""
     def zoo_register_exporters():
         return [NpzExporter()]
 """)
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit:
-        code = exit.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    """A run directory of the tiny export plugin (untrained: an export needs its files only)."""
-    plugin = TinyPlugin()
-    config = plugin.Config()
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    save_weights(plugin.build(config), run_dir / WEIGHTS_FILE)
-    atomic_write_json(
-        run_dir / CONFIG_FILE, run_record(plugin.name, plugin.version, None, config.model_dump(mode="json"))
-    )
-    return run_dir
 
 
 @pytest.fixture

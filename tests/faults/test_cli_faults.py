@@ -10,41 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import cli
 from tests.exporter.conftest import tiny_runtime_installed  # noqa: F401  (autouse fixture)
-from tests.exporter.tiny_export_plugin import TinyPlugin
 from tests.exporter.tiny_export_runtime import TinyRuntime
-from zoo.checkpoint import CONFIG_FILE, WEIGHTS_FILE, atomic_write_json, run_record, save_weights
-from zoo.cli import main
 from zoo.registry import reset_registry
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit:
-        code = exit.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_one_line_error(code: int, err: str, message: str) -> None:
     assert code == 1 and "Traceback" not in err, err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err, err
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    """A run directory of the tiny TorchScript plugin (untrained: these tests need its files, not its skill)."""
-    plugin = TinyPlugin()
-    config = plugin.Config()
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    save_weights(plugin.build(config), run_dir / WEIGHTS_FILE)
-    atomic_write_json(
-        run_dir / CONFIG_FILE, run_record(plugin.name, plugin.version, None, config.model_dump(mode="json"))
-    )
-    return run_dir
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import TINY_VAR
 from zoo import api
 from zoo.data import caption_set, image_folder, load_images
 from zoo.errors import DataError
@@ -163,16 +164,7 @@ def test_a_folder_read_again_is_decoded_once_until_it_changes(tmp_path, caplog):
 # --- every plugin's data inputs: nothing readable stops training before a step --------------
 
 VAR_TINY = {
-    "tokenizer": {
-        "resolution": 16,
-        "channels": 8,
-        "channel_multipliers": [1, 2, 2],
-        "res_blocks": 1,
-        "attention_resolutions": [],
-        "code_dim": 8,
-        "codebook_size": 32,
-        "patch_nums": [1, 2, 3, 4],
-    },
+    "tokenizer": TINY_VAR["tokenizer"],
     "transformer": {"depth": 1, "width": 16, "heads": 1, "num_classes": 2},
     "tokenizer_training": {"steps": 2, "batch_size": 2},
     "transformer_training": {"steps": 2, "batch_size": 2, "validate_every": 1},

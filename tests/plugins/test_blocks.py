@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
+from tests.conftest import TINY_VAR
 from tests.tolerances import assert_within_rounding, depth_of
 from zoo.config import ZooConfig, resolve
 from zoo.plugin import ModelPlugin, Stage, StageContext, StepContext
@@ -37,18 +38,8 @@ TINY: dict[str, tuple[ModelPlugin, dict[str, Any]]] = {
         VARPlugin(),
         {
             **VARPlugin.presets["digits"],
-            "tokenizer": {
-                "resolution": 16,
-                "channels": 8,
-                "channel_multipliers": [1, 2, 2],
-                "res_blocks": 1,
-                "attention_resolutions": [8],
-                "dropout": 0.2,
-                "code_dim": 8,
-                "codebook_size": 32,
-                "patch_nums": [1, 2, 3, 4],
-            },
-            "transformer": {"depth": 2, "width": 32, "heads": 2, "num_classes": 10, "drop_path": 0.5},
+            "tokenizer": {**TINY_VAR["tokenizer"], "attention_resolutions": [8], "dropout": 0.2},
+            "transformer": {**TINY_VAR["transformer"], "drop_path": 0.5},
         },
     ),
     "vqvae2_pixelcnn": (

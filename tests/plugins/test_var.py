@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from tests.conftest import TINY_VAR
 from tests.tolerances import assert_within_rounding, depth_of, rounding_bound
 from zoo.config import resolve, validate
 from zoo.errors import ConfigError, ZooError
@@ -22,17 +23,7 @@ from zoo_var.scales import area_matrix
 from zoo_var.vqvae import bicubic_matrix, phi_index_per_scale, resample
 
 TINY = {
-    "tokenizer": {
-        "resolution": 16,
-        "channels": 8,
-        "channel_multipliers": [1, 2, 2],
-        "res_blocks": 1,
-        "attention_resolutions": [],
-        "code_dim": 8,
-        "codebook_size": 32,
-        "patch_nums": [1, 2, 3, 4],
-    },
-    "transformer": {"depth": 2, "width": 32, "heads": 2, "num_classes": 10},
+    **TINY_VAR,
     "tokenizer_training": {"steps": 60, "batch_size": 32, "lr": 3e-3, "warmup_steps": 5},
     "transformer_training": {
         "steps": 200,
