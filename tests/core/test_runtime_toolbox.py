@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import BLOCK_TORCH
 from zoo.errors import DataError
-from zoo.runtime import images as runtime_images
 from zoo.runtime.images import (
     IMAGE_SUFFIXES,
     center_crop_box,
@@ -242,12 +243,19 @@ def test_to_model_input_is_channels_first_in_minus_one_to_one():
 
 
 def test_the_runtime_toolbox_and_zoo_data_import_no_torch():
-    code = (
-        "import sys, zoo.data, zoo.data.images, zoo.runtime.sampling, zoo.runtime.images; "
-        "assert 'torch' not in sys.modules, 'torch imported'"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
-    assert runtime_images.__name__ == "zoo.runtime.images"
+    """Imported and used with torch unimportable: each call below would fail if it reached torch."""
+    code = BLOCK_TORCH + textwrap.dedent("""
+        import numpy as np
+        import zoo.data, zoo.data.images, zoo.runtime.images, zoo.runtime.sampling
+        values = zoo.runtime.images.to_model_input(np.full((1, 2, 2, 3), 255, np.uint8))
+        probabilities = zoo.runtime.sampling.softmax(np.zeros((1, 4)))
+        drawn = zoo.runtime.sampling.draw(probabilities, np.random.default_rng(0))
+        assert "torch" not in sys.modules, "torch imported"
+        print(values.min(), probabilities.sum(), drawn.shape)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["1.0", "1.0", "(1,)"]
 
 
 def test_zoo_data_names_resolve_on_first_use():

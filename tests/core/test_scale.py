@@ -3,6 +3,8 @@ torch.compile with its fallback, the AdamW kernel; resuming with other levers.""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 
@@ -65,31 +67,72 @@ def test_split_batch_cuts_tensors_and_lists_alike():
     assert torch.equal(parts[1]["x"], torch.tensor([[4, 5], [6, 7]])) and parts[0]["tag"] == "t"
 
 
-def gradients(checkpointed: bool) -> dict[str, torch.Tensor]:
+def count_layer_calls(model: torch.nn.Module, calls: Counter) -> None:
+    """Count the calls of the first layer inside each block (generator, critic): a block's
+    recomputation in the backward pass runs its layers again."""
+    for name in ("generator", "critic"):
+        getattr(model, name)[0].register_forward_pre_hook(lambda module, args, name=name: calls.update([name]))
+
+
+def gradients(checkpointed: bool) -> tuple[dict[str, torch.Tensor], Counter]:
+    """The adversarial stage's gradients, and the block layers' calls during the backward passes."""
     plugin, config = ToyPlugin(), ToyConfig(dropout=0.3)
     torch.manual_seed(0)
     model = plugin.build(config)
     if checkpointed:
         checkpoint_activations(plugin.blocks(model))
+    forward_calls, backward_calls = Counter(), Counter()
     points = Points(16, 0)
     batch = {"x": points.x, "y": points.y}
     torch.manual_seed(1)  # dropout: the recomputation must draw the same mask
     stage = plugin.stages(config)[1]
     context = StepContext(0, 1, torch.device("cpu"))
     for spec in stage.optimizers:
-        spec.loss(model, batch, context)["loss"].backward()
-    return {name: param.grad.clone() for name, param in model.named_parameters()}
+        calls = Counter()
+        count_layer_calls(model, calls)
+        loss = spec.loss(model, batch, context)["loss"]
+        forward_calls += calls
+        calls.clear()
+        loss.backward()
+        backward_calls += calls
+        for module in (model.generator[0], model.critic[0]):
+            module._forward_pre_hooks.clear()
+    assert forward_calls == Counter(generator=1, critic=2), forward_calls  # the critic sees real and fake
+    return {name: param.grad.clone() for name, param in model.named_parameters()}, backward_calls
 
 
-def test_activation_checkpointing_gives_the_same_gradients_as_none():
-    plain, checkpointed = gradients(False), gradients(True)
+def test_activation_checkpointing_recomputes_the_blocks_and_gives_the_same_gradients():
+    (plain, plain_recomputed), (checkpointed, recomputed) = gradients(False), gradients(True)
+    assert plain_recomputed == Counter()  # without checkpointing the backward pass runs no layer
+    # with it, each block call of the forward pass that the loss differentiates runs again:
+    # the generator once (the critic loss detaches its output), the critic on real and fake
+    assert recomputed == Counter(generator=1, critic=2)
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, rtol=0, atol=0, msg=name)
 
 
+class LayerCallCountingToy(ToyPlugin):
+    """The toy plugin whose models count the calls of their blocks' first layers."""
+
+    def __init__(self) -> None:
+        self.calls: Counter = Counter()
+
+    def build(self, config: ToyConfig) -> torch.nn.Module:
+        model = super().build(config)
+        count_layer_calls(model, self.calls)
+        return model
+
+
 def test_activation_checkpointing_trains_the_same_weights(tmp_path):
-    plain = train_toy(tmp_path / "plain", steps=10, dropout=0.2)
-    checkpointed = train_toy(tmp_path / "ckpt", steps=10, dropout=0.2, scale={"activation_checkpointing": True})
+    runs = {}
+    for name, scale in (("plain", {}), ("checkpointed", {"activation_checkpointing": True})):
+        plugin = LayerCallCountingToy()
+        options = TrainOptions(device="cpu", progress="quiet", stage="regress")
+        model = train(plugin, ToyConfig(steps=10, dropout=0.2, scale=scale), tmp_path / name, options=options)
+        runs[name] = model, plugin.calls
+    (plain, plain_calls), (checkpointed, checkpointed_calls) = runs["plain"], runs["checkpointed"]
+    # the lever reached the model: each of the 10 steps ran the generator again in its backward pass
+    assert checkpointed_calls["generator"] == plain_calls["generator"] + 10, (plain_calls, checkpointed_calls)
     assert_same_state(plain, checkpointed, steps=None)
 
 

@@ -4,19 +4,21 @@ input checks, and running with torch unimportable."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
 import zoo.runtime
 from tests.conftest import BLOCK_TORCH, ROOT
 from tests.exporter.tiny_export_runtime import TinyRuntime, TinySampleOptions
-from tests.tolerances import assert_within_rounding, depth_of
+from tests.tolerances import EPS16, assert_within_rounding, depth_of, magnitude
 from zoo.config import SampleOptionsBase
 from zoo.errors import ConfigError, ExportError, UnknownNameError
 from zoo.runtime.sessions import OnnxComponents, binding_device
@@ -51,11 +53,60 @@ def test_runtime_methods_are_reachable_on_the_loaded_export(tiny, fp32_export):
         loaded.no_such_method  # noqa: B018  (the attribute access is what raises)
 
 
+# int8 (onnxruntime's dynamic quantization, zoo_onnx/precision.py): weights 7-bit per tensor,
+# rounded to half a step of max|w| / 63; activations uint8, half a step of their range / 255.
+INT8_ROUNDING = 1 / 126 + 1 / 510
+
+
+def reduced_precision_bound(precision: str, reference: np.ndarray, layers: int) -> float:
+    """The largest difference from the fp32 export that the format's rounding explains,
+    through `layers` layers whose roundings add like a random walk (tests.tolerances).
+
+    fp16: every weight and activation rounds to 11 significant bits, eps16 / 2 relative, once
+    a layer (sums run in float32); 4x that. Measured on this tiny model: at most 0.4
+    eps16 * max|reference| over the 6 layers (the bound: 4.9 eps16).
+    int8: INT8_ROUNDING relative a quantized layer, 2x that. The integer sums are exact on
+    every CPU (VNNI, AMX; AVX2 adds in saturating int16, which 7-bit weights never fill), so
+    the error is the same everywhere: at most 1.7 % of max|reference| on the step graph's 5
+    quantized MatMuls (the bound: 4.4 %)."""
+    if precision == "fp16":
+        return 4 * EPS16 / 2 * magnitude(reference) * math.sqrt(layers)
+    return 2 * INT8_ROUNDING * magnitude(reference) * math.sqrt(layers)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_reduced_precision_exports_stay_within_their_rounding_of_fp32(tiny, fp32_export, precision, request):
+    plugin, config, model = tiny
+    out_dir, manifest = request.getfixturevalue(f"{precision}_export")
+    reduced, exact = zoo.runtime.load(out_dir, verify=False), zoo.runtime.load(fp32_export[0], verify=False)
+    for component in plugin.export_components(model, config):
+        graph = onnx.load(str(out_dir / f"{component.name}.onnx")).graph
+        quantized = sum(node.op_type == "MatMulInteger" for node in graph.node)
+        layers = depth_of(component.module) if precision == "fp16" else quantized
+        converted = manifest["components"][component.name]["precision"]
+        for size in (1, 2):  # the validation sizes: other batch sizes and cache lengths
+            inputs = {name: value.numpy() for name, value in component.make_inputs(size).items()}
+            expected, found = exact.components(component.name, **inputs), reduced.components(component.name, **inputs)
+            for name, value in expected.items():
+                where = f"{component.name}.{name} at {precision}, size {size}"
+                if converted == "fp32":  # int8 found nothing to quantize: the fp32 graph itself
+                    np.testing.assert_array_equal(found[name], value, err_msg=where)
+                elif value.dtype.kind == "f":
+                    error = np.abs(found[name] - value).max()
+                    bound = reduced_precision_bound(precision, value, layers)
+                    assert error <= bound, (where, error, bound)
+                else:  # an index flips where two distances are closer than the rounding: 1 % at most
+                    assert (found[name] != value).mean() <= 0.01, where
+    if precision == "int8":
+        assert manifest["components"]["step"]["precision"] == "int8"  # the MatMuls were quantized
+
+
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_reduced_precision_exports_sample(precision, request):
     loaded = zoo.runtime.load(request.getfixturevalue(f"{precision}_export")[0])
     output = loaded.sample({"count": 2, "top_k": 1})
-    assert output.images.shape == (2, 16, 16, 3) and output.images.dtype == np.uint8
+    assert output.images.shape == (2, 16, 16, 3)
+    assert output.images.dtype == np.uint8
 
 
 def test_example_plugin_export_runs_like_zoo_sample(tmp_path, example_plugin_env):
@@ -225,6 +276,7 @@ BLOCK_AND_CHECK = (
     BLOCK_TORCH
     + """
 import json
+import math
 try:
     import torch
     sys.exit("torch was importable")

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,13 +15,14 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import zoo
+import zoo_multimodal_caption.evaluation
 from tests.tolerances import depth_of, rounding_bound
 from zoo.config import validate
 from zoo.errors import ConfigError, ZooError
 from zoo.plugin import StageContext
 from zoo_multimodal_caption.config import PRESETS, CaptionConfig, CaptionSampleOptions, parameter_counts
 from zoo_multimodal_caption.data import captioned_images, captions_of, parse_shapes_caption
-from zoo_multimodal_caption.evaluation import retrieval_recall
+from zoo_multimodal_caption.evaluation import evaluate_captions, retrieval_recall
 from zoo_multimodal_caption.plugin import MultimodalCaptionPlugin
 from zoo_multimodal_caption.text_tokenizer import BOS_ID, EOS_ID, PAD_ID, decode, encode, train_tokenizer
 
@@ -177,6 +180,69 @@ def test_image_files_captions_and_retrieval(model, config, plugin, tmp_path):
     assert np.abs(scores.extras["similarity"]).max() <= 1 + rounding_bound(1.0, depth=1)
     with pytest.raises(ZooError, match="no such file"):
         plugin.sample(model, config, CaptionSampleOptions(image=str(tmp_path / "missing.png")), CPU)
+
+
+class StubCaptionRuntime:
+    """Stands in for the sampling loop in evaluate_captions: fixed captions, latents whose
+    similarities are chosen, and decoded images a known distance from the targets."""
+
+    tokenizer = SimpleNamespace(normalizer=SimpleNamespace(normalize_str=str))
+
+    def __init__(self, captions: list[str], targets: np.ndarray) -> None:
+        self.captions, self.targets = captions, targets
+        self.image_latents = np.array([[0.9, 0.1], [0.8, 0.2]])  # both images are nearest caption 0
+        self.text_latents = np.eye(2)
+
+    def encode_images(self, images: np.ndarray) -> np.ndarray:
+        np.testing.assert_array_equal(images, self.targets)
+        return self.image_latents
+
+    def caption_latents(self, latents: np.ndarray) -> tuple[list[str], None]:
+        return self.captions, None
+
+    def encode_captions(self, captions: list[str]) -> np.ndarray:
+        return self.text_latents
+
+    def similarity(self, image_latents: np.ndarray, text_latents: np.ndarray) -> np.ndarray:
+        return image_latents @ text_latents.T
+
+    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+        return self.targets + (0.1 if latents is self.image_latents else 0.2)  # MSE 0.01 or 0.04
+
+
+def test_caption_metrics_of_a_hand_computed_case(monkeypatch):
+    references = ["a red circle in the center", "a blue square on the left"]
+    items = [
+        {"image": torch.zeros(3, 4, 4), "caption": caption, "attributes": parse_shapes_caption(caption)}
+        for caption in references
+    ]
+    monkeypatch.setattr(zoo_multimodal_caption.evaluation, "captioned_images", lambda config, split: items)
+    captions = ["a red circle in the center", "a green square on the left"]  # the second: one word wrong
+    runtime = StubCaptionRuntime(captions, np.zeros((2, 3, 4, 4), np.float32))
+    metrics = evaluate_captions(runtime, CaptionConfig())
+    # BLEU over the corpus, both 6 words (no brevity penalty): n-gram matches of the two captions
+    # 1-grams 6 + 5 of 12, 2-grams 5 + 3 of 10, 3-grams 4 + 2 of 8, 4-grams 3 + 1 of 6
+    bleu = 100 * (11 / 12 * 8 / 10 * 6 / 8 * 4 / 6) ** (1 / 4)
+    assert metrics == pytest.approx(
+        {
+            "exact_match": 0.5,
+            "bleu": bleu,  # 77.8
+            # image 1 is nearest caption 0: a miss; each caption is nearest its own image
+            "image_to_text_recall@1": 0.5,
+            "image_to_text_recall@5": 1.0,
+            "text_to_image_recall@1": 1.0,
+            "text_to_image_recall@5": 1.0,
+            "reconstruction_psnr": 10 * math.log10(4 / 0.01),  # 26.0 dB
+            "caption_to_image_psnr": 10 * math.log10(4 / 0.04),  # 20.0 dB
+            "attribute_accuracy/count": 1.0,
+            "attribute_accuracy/size": 1.0,
+            "attribute_accuracy/color": 0.5,
+            "attribute_accuracy/shape": 1.0,
+            "attribute_accuracy/position": 1.0,
+            "attribute_accuracy": 0.9,
+        },
+        rel=rounding_bound(1.0, depth=1),  # float32 PSNR (tests.tolerances); the rest is exact
+    )
 
 
 def test_retrieval_recall_counts_identical_captions_as_hits():

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 import zoo.runtime
+from zoo.runtime.images import data_uri
 
 SAMPLE = "/v1/models/var/sample"
 
@@ -68,12 +69,34 @@ def test_png_on_request_is_the_grid_zoo_run_saves(server, direct, ask):
     assert float(response.headers["x-zoo-seconds"]) > 0
 
 
-def test_multipart_takes_options_and_image_files_in_memory(server):
-    files = [("options", (None, json.dumps({"classes": [4], "n": 1}))), ("mask", ("mask.png", png_file(), "image/png"))]
-    # the export has no encoder, so the loop stops at editing: the uploads got through to it
-    response = httpx.post(f"{server}{SAMPLE}", files=files + [("edit", ("edit.png", png_file(), "image/png"))])
-    assert response.status_code == 400
-    assert response.json()["error"].startswith("unknown component 'encoder'")
+def half_white_png(side: int = 16) -> bytes:
+    """A mask: white (regenerate) on the left half, black (keep) on the right."""
+    mask = np.zeros((side, side), np.uint8)
+    mask[:, : side // 2] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(mask).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_multipart_edits_the_uploaded_image_as_the_runtime_does(server, direct):
+    options = {"classes": [4], "n": 1, "seed": 3}
+    edit, mask = png_file(), half_white_png()
+    files = [
+        ("options", (None, json.dumps(options))),
+        ("edit", ("edit.png", edit, "image/png")),
+        ("mask", ("mask.png", mask, "image/png")),
+    ]
+    response = httpx.post(f"{server}{SAMPLE}", files=files, timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    # the same edit with the images given to the runtime directly
+    expected = direct.sample({**options, "edit": data_uri(edit, "image/png"), "mask": data_uri(mask, "image/png")})
+    images = np.stack([png_array(base64.b64decode(item)) for item in body["images"]])
+    np.testing.assert_array_equal(images, expected.images)
+    assert body["extras"]["tokens"] == expected.extras["tokens"].tolist()
+    # and the uploads mattered: the same seed without them draws other tokens
+    unedited = direct.sample(options)
+    assert body["extras"]["tokens"] != unedited.extras["tokens"].tolist()
 
 
 @pytest.mark.parametrize(
