@@ -104,4 +104,5 @@ def test_a_stage_whose_forward_rewrites_parameters_is_replicated_not_sharded():
     ]
     averaged = torch.nn.Sequential(torch.nn.Linear(2, 2), VectorQuantizer(8, 2, ema_decay=0.99))
     frozen = torch.nn.Sequential(torch.nn.Linear(2, 2), VectorQuantizer(8, 2, ema_decay=None).requires_grad_(False))
-    assert not engine._rewrites_parameters(averaged, "vqvae") and not engine._rewrites_parameters(frozen, "prior")
+    assert not engine._rewrites_parameters(averaged, "vqvae")
+    assert not engine._rewrites_parameters(frozen, "prior")

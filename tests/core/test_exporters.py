@@ -107,18 +107,24 @@ def test_a_second_exporter_through_the_cli(npz_env, tiny_run, tmp_path, capsys):
             # float16 rounds to nearest: eps16 / 2 relative, half the subnormal step 2**-24 near zero
             np.testing.assert_allclose(archive[name], value.numpy(), rtol=EPS16 / 2, atol=2**-25, err_msg=name)
     # the exporter's summary rows and notes, not ONNX columns
-    assert "array" in stdout and "shape" in stdout and "max abs error" not in stdout
-    assert f"export directory: {out}" in stdout and f"{len(state)} arrays as float16" in stdout
+    assert "array" in stdout
+    assert "shape" in stdout
+    assert "max abs error" not in stdout
+    assert f"export directory: {out}" in stdout
+    assert f"{len(state)} arrays as float16" in stdout
     # --format may also come before MODEL
     code, _, stderr = cli(
         capsys, "export", "--format", "npz", "tiny", "--run", str(tiny_run), "--out", str(tmp_path / "b")
     )
-    assert code == 0 and json.loads((tmp_path / "b" / "manifest.json").read_text())["dtype"] == "float32", stderr
+    assert code == 0, stderr
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["dtype"] == "float32", stderr
 
 
 def test_the_exporter_options_become_flags_and_are_validated(npz_env, tiny_run, tmp_path, capsys):
-    code, stdout, _ = cli(capsys, "export", "tiny", "--format", "npz", "--help")
-    assert code == 0 and "--dtype {float32,float16}" in stdout and "npz export options" in stdout
+    code, stdout, stderr = cli(capsys, "export", "tiny", "--format", "npz", "--help")
+    assert code == 0, stderr
+    assert "--dtype {float32,float16}" in stdout
+    assert "npz export options" in stdout
     assert "--opset" not in stdout  # the ONNX exporter's flags belong to it
     code, _, stderr = cli(
         capsys,
@@ -133,13 +139,16 @@ def test_the_exporter_options_become_flags_and_are_validated(npz_env, tiny_run, 
         "--dtype",
         "int4",
     )
-    assert code == 2 and "invalid choice: 'int4'" in stderr and not (tmp_path / "x").exists()
+    assert code == 2, stderr
+    assert "invalid choice: 'int4'" in stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_second_exporter_through_the_api(npz_env, tiny_run, tmp_path):
     run = zoo.load_run(tiny_run, device="cpu")
     manifest = run.export(tmp_path / "npz", format="npz", dtype="float16")
-    assert manifest["dtype"] == "float16" and (tmp_path / "npz" / "weights.npz").is_file()
+    assert manifest["dtype"] == "float16"
+    assert (tmp_path / "npz" / "weights.npz").is_file()
     with pytest.raises(ConfigError, match="npz export option 'precision'"):
         run.export(tmp_path / "other", format="npz", precision="int8")
     with pytest.raises(UnknownNameError, match="unknown export format 'npy'. Did you mean 'npz'?"):
@@ -153,17 +162,21 @@ def test_unknown_format_through_the_cli_is_one_line(npz_env, tiny_run, tmp_path,
     code, _, stderr = cli(
         capsys, "export", "tiny", "--format", "npy", "--run", str(tiny_run), "--out", str(tmp_path / "x")
     )
-    assert code == 1 and stderr.count("\n") == 1 and "Did you mean 'npz'?" in stderr
+    assert code == 1, stderr
+    assert stderr.count("\n") == 1
+    assert "Did you mean 'npz'?" in stderr
 
 
 def test_zoo_plugins_lists_exporters(npz_env, capsys):
     code, stdout, _ = cli(capsys, "plugins", "--json")
     infos = {Path(info["name"]).name: info for info in json.loads(stdout)}
-    assert infos["npz_exporter.py"]["exporters"] == ["npz"] and infos["npz_exporter.py"]["models"] == []
+    assert infos["npz_exporter.py"]["exporters"] == ["npz"]
+    assert infos["npz_exporter.py"]["models"] == []
     assert infos["npz_exporter.py"]["version"] == "2.0.0"
     assert infos["tests.exporter.tiny_export_plugin"]["exporters"] == []
     code, stdout, _ = cli(capsys, "plugins")
-    assert "exporters" in stdout and "npz" in stdout
+    assert "exporters" in stdout
+    assert "npz" in stdout
 
 
 def test_an_export_format_claimed_twice_fails_the_later_plugin(tmp_path, monkeypatch):
@@ -184,7 +197,8 @@ def test_an_export_format_claimed_twice_fails_the_later_plugin(tmp_path, monkeyp
     registry_file = tmp_path / "reg.yaml"
     registry_file.write_text("plugins: [first.py, second.py, third.py]\n")
     registry = Registry(registry_file)
-    assert set(registry.exporters) == {"npz", "npz16"} and "toy" not in registry.models
+    assert set(registry.exporters) == {"npz", "npz16"}
+    assert "toy" not in registry.models
     assert registry.exporters["npz"].module.endswith("first.py")
     [failure] = registry.failures
     assert failure.name.endswith("second.py")
@@ -212,10 +226,12 @@ def test_onnx_options_keep_the_old_flags():
         ["--out", "e", "--components", "decode,step", "--sign", "key.pem", "--precision", "int8", "--opset", "18"],
         common,
     )
-    assert options.components == ["decode", "step"] and options.sign_key == Path("key.pem")
+    assert options.components == ["decode", "step"]
+    assert options.sign_key == Path("key.pem")
     assert (options.precision, options.opset) == ("int8", 18)
     _, options = parse_options(OnnxOptions, "zoo export", ["--out", "e", "--components", "decode", "step"], common)
-    assert options.components == ["decode", "step"] and options.precision == "fp32"
+    assert options.components == ["decode", "step"]
+    assert options.precision == "fp32"
 
 
 def test_the_onnx_exporter_is_an_entry_point_plugin_that_loads_without_torch():
@@ -234,7 +250,8 @@ def test_the_onnx_exporter_is_an_entry_point_plugin_that_loads_without_torch():
     module, source, models, precisions, torch_loaded, onnx_loaded = json.loads(result.stdout)
     assert (module, source, models) == ("zoo_onnx.plugin", "entry point zoo", [])
     assert precisions == ["fp32", "fp16", "int8"]
-    assert not torch_loaded and not onnx_loaded
+    assert not torch_loaded
+    assert not onnx_loaded
 
 
 def _imports(path: Path) -> set[str]:
@@ -267,4 +284,5 @@ def test_components_and_exporter_interfaces_are_leaf_modules():
         "zoo.version",  # a leaf: one constant
     }
     assert "zoo.plugin" not in _imports(ROOT / "zoo" / "torch_components.py")
-    assert zoo.plugin.Component is zoo.Component and zoo.plugin.ExportAssets is zoo.ExportAssets
+    assert zoo.plugin.Component is zoo.Component
+    assert zoo.plugin.ExportAssets is zoo.ExportAssets

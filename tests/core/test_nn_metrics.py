@@ -20,7 +20,8 @@ def test_psnr_per_image_against_hand_values():
     images[0] += 0.2  # MSE 0.04: 10 log10(4 / 0.04) = 20 dB
     images[1, :, :2] += 1.0  # half the pixels off by 1: MSE 0.5, 10 log10(8) dB
     values = psnr(images, targets)
-    assert values.shape == (2,) and values.dtype == torch.float32
+    assert values.shape == (2,)
+    assert values.dtype == torch.float32
     assert values[0].item() == pytest.approx(20.0, rel=ROUNDING)
     assert values[1].item() == pytest.approx(10 * math.log10(8), rel=ROUNDING)
 

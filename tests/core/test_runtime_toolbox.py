@@ -115,7 +115,8 @@ def test_softmax_and_log_softmax():
     logits = np.array([[1.0, 2.0, -np.inf, 0.5]])
     probabilities = softmax(logits)
     np.testing.assert_allclose(probabilities.sum(-1), 1.0)
-    assert probabilities[0, 2] == 0.0 and probabilities[0, 1] > probabilities[0, 0] > probabilities[0, 3]
+    assert probabilities[0, 2] == 0.0
+    assert probabilities[0, 1] > probabilities[0, 0] > probabilities[0, 3]
     np.testing.assert_allclose(np.exp(log_softmax(logits)), probabilities)
     np.testing.assert_allclose(softmax(np.array([1000.0, 1000.0])), [0.5, 0.5])  # no overflow
 
@@ -213,15 +214,18 @@ def test_square_resize_crops_the_sides_away():
     pixels[:, 50:] = (0, 0, 255)
     pixels[:, 10:50] = (0, 255, 0)
     square = square_resize(Image.fromarray(pixels), 8)
-    assert square.shape == (8, 8, 3) and square.dtype == np.uint8
-    assert square[..., 1].min() >= 254 and square[..., [0, 2]].max() <= 1
+    assert square.shape == (8, 8, 3)
+    assert square.dtype == np.uint8
+    assert square[..., 1].min() >= 254
+    assert square[..., [0, 2]].max() <= 1
 
 
 def test_read_square_makes_rgb_upright_and_composites_alpha_on_white(tmp_path):
     path = tmp_path / "clear.png"
     Image.new("RGBA", (12, 6), (0, 0, 0, 0)).save(path)
     square = read_square(path, 4)
-    assert square.shape == (4, 4, 3) and (square == 255).all()
+    assert square.shape == (4, 4, 3)
+    assert (square == 255).all()
     assert read_rgb(path).mode == "RGB"
 
 
@@ -238,8 +242,11 @@ def test_to_model_input_is_channels_first_in_minus_one_to_one():
     images = np.zeros((2, 3, 5, 3), dtype=np.uint8)
     images[0, 0, 0] = 255
     values = to_model_input(images)
-    assert values.shape == (2, 3, 3, 5) and values.dtype == np.float32 and values.flags.c_contiguous
-    assert values[0, :, 0, 0].tolist() == [1.0, 1.0, 1.0] and values.min() == -1.0
+    assert values.shape == (2, 3, 3, 5)
+    assert values.dtype == np.float32
+    assert values.flags.c_contiguous
+    assert values[0, :, 0, 0].tolist() == [1.0, 1.0, 1.0]
+    assert values.min() == -1.0
 
 
 def test_the_runtime_toolbox_and_zoo_data_import_no_torch():
@@ -263,7 +270,9 @@ def test_zoo_data_names_resolve_on_first_use():
     import zoo.data.catalog  # imports the zoo.data.digits submodule, which must not shadow the function
     from zoo.data import Digits, digits, shapes
 
-    assert callable(digits) and callable(shapes) and digits.__module__ == "zoo.data.digits"
+    assert callable(digits)
+    assert callable(shapes)
+    assert digits.__module__ == "zoo.data.digits"
     assert zoo.data.Digits is Digits
     with pytest.raises(AttributeError):
         zoo.data.no_such_name  # noqa: B018

@@ -64,7 +64,8 @@ def test_split_batch_cuts_tensors_and_lists_alike():
     batch = {"x": torch.arange(8).view(4, 2), "caption": ["a", "b", "c", "d"], "tag": "t"}
     parts = split_batch(batch, 2)
     assert [p["caption"] for p in parts] == [["a", "b"], ["c", "d"]]
-    assert torch.equal(parts[1]["x"], torch.tensor([[4, 5], [6, 7]])) and parts[0]["tag"] == "t"
+    assert torch.equal(parts[1]["x"], torch.tensor([[4, 5], [6, 7]]))
+    assert parts[0]["tag"] == "t"
 
 
 def count_layer_calls(model: torch.nn.Module, calls: Counter) -> None:

@@ -126,9 +126,12 @@ def test_example_plugin_export_runs_like_zoo_sample(tmp_path, example_plugin_env
 
 def test_loaded_export_describes_itself_and_validates_options(fp32_export):
     loaded = zoo.runtime.load(fp32_export[0], graph_optimization_level="basic", intra_op_threads=1, inter_op_threads=1)
-    assert loaded.model == "tiny" and loaded.config == fp32_export[1]["config"]
-    assert loaded.options_class is TinySampleOptions and isinstance(loaded.runtime, TinyRuntime)
-    assert set(loaded.components) == {"encode", "decode", "step"} and "step" in loaded.components
+    assert loaded.model == "tiny"
+    assert loaded.config == fp32_export[1]["config"]
+    assert loaded.options_class is TinySampleOptions
+    assert isinstance(loaded.runtime, TinyRuntime)
+    assert set(loaded.components) == {"encode", "decode", "step"}
+    assert "step" in loaded.components
     assert loaded.providers["used"] == "CPUExecutionProvider"
     assert loaded.providers["tried"][-1] == "CPUExecutionProvider"
     with pytest.raises(
@@ -146,7 +149,8 @@ def test_loaded_export_describes_itself_and_validates_options(fp32_export):
 def test_provider_choice_is_silent_and_forced_providers_must_work(fp32_export, capfd):
     loaded = zoo.runtime.load(fp32_export[0])
     captured = capfd.readouterr()
-    assert captured.out == "" and captured.err == ""  # no CUDA error spam on a machine without CUDA
+    assert captured.out == ""
+    assert captured.err == ""  # no CUDA error spam on a machine without CUDA
     if "CUDAExecutionProvider" in ort.get_available_providers():
         assert loaded.providers["tried"][0] == "CUDAExecutionProvider"
     if loaded.providers["used"] == "CPUExecutionProvider":  # CUDA unusable here: forcing it is an error
@@ -208,7 +212,8 @@ def test_io_binding_path_gives_the_same_outputs(fp32_export):
     assert set(through_binding) == {"logits", "new_cache"}
     for name in plain:
         np.testing.assert_array_equal(plain[name], through_binding[name])
-    assert binding_device("CUDAExecutionProvider") == "cuda" and binding_device("CPUExecutionProvider") is None
+    assert binding_device("CUDAExecutionProvider") == "cuda"
+    assert binding_device("CPUExecutionProvider") is None
 
 
 def test_unknown_component(fp32_export):

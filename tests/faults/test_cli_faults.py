@@ -17,8 +17,10 @@ from zoo.registry import reset_registry
 
 
 def assert_one_line_error(code: int, err: str, message: str) -> None:
-    assert code == 1 and "Traceback" not in err, err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert code == 1, err
+    assert "Traceback" not in err, err
+    assert err.startswith("error: "), err
+    assert err.count("\n") == 1, err
     assert message in err, err
 
 
@@ -158,10 +160,12 @@ def test_a_file_where_a_folder_should_be_is_one_line(tiny_cli, tiny_run, tmp_pat
 
 
 def test_keygen_sign_and_verify(tiny_cli, tiny_run, tmp_path, capsys):
-    code, out, _ = cli(capsys, "keygen", "--out", str(tmp_path / "key"))
-    assert code == 0 and "private key" in out
+    code, out, err = cli(capsys, "keygen", "--out", str(tmp_path / "key"))
+    assert code == 0, err
+    assert "private key" in out
     private, public = tmp_path / "key.pem", tmp_path / "key.pub.pem"
-    assert oct(private.stat().st_mode & 0o777) == "0o600" and public.is_file()
+    assert oct(private.stat().st_mode & 0o777) == "0o600"
+    assert public.is_file()
     code, _, err = cli(capsys, "keygen", "--out", str(tmp_path / "key"))
     assert_one_line_error(code, err, "exists; choose another --out (a key is never overwritten)")
 
@@ -182,7 +186,8 @@ def test_keygen_sign_and_verify(tiny_cli, tiny_run, tmp_path, capsys):
     assert code == 0, err
     assert (export / "manifest.sig").is_file()
     code, out, err = cli(capsys, "run", str(export), "--verify", str(public), "--out", str(tmp_path / "grid.png"))
-    assert code == 0 and (tmp_path / "grid.png").is_file(), err
+    assert code == 0, err
+    assert (tmp_path / "grid.png").is_file(), err
 
     manifest = json.loads((export / "manifest.json").read_text())
     manifest["config"]["num_codes"] = 8

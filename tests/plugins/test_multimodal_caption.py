@@ -73,10 +73,14 @@ def test_tokenizer_is_deterministic_and_round_trips(config):
     assert first.to_str() == train_tokenizer(captions, 128, 24).to_str()
     assert 4 < first.get_vocab_size() <= 128
     tokens = encode(first, ["two small red circles on the left", "a star"])
-    assert tokens.shape[0] == 2 and tokens[0, 0] == BOS_ID and tokens[1, 3] == EOS_ID and tokens[1, -1] == PAD_ID
+    assert tokens.shape[0] == 2
+    assert tokens[0, 0] == BOS_ID
+    assert tokens[1, 3] == EOS_ID
+    assert tokens[1, -1] == PAD_ID
     assert decode(first, tokens[0, 1:]) == "two small red circles on the left"
     long = encode(first, ["a red circle " * 20])
-    assert long.shape == (1, 24) and long[0, -1] == EOS_ID  # cut to max_length, [EOS] kept
+    assert long.shape == (1, 24)
+    assert long[0, -1] == EOS_ID  # cut to max_length, [EOS] kept
 
 
 def test_shapes_captions_parse_back_to_their_attributes(config):
@@ -126,7 +130,8 @@ def test_beam_width_one_equals_greedy_and_wider_beams_score_higher(model, config
     beam = plugin.sample(model, config, CaptionSampleOptions(n=6, max_length=12, decoding="beam", beam_width=1), CPU)
     np.testing.assert_array_equal(beam.extras["tokens"], greedy.extras["tokens"])
     assert beam.texts == greedy.texts
-    assert len(greedy.texts) == 6 and greedy.images.shape == (6, 32, 32, 3)
+    assert len(greedy.texts) == 6
+    assert greedy.images.shape == (6, 32, 32, 3)
     wide = plugin.sample(model, config, CaptionSampleOptions(n=6, max_length=12, decoding="beam", beam_width=4), CPU)
     greedy_log_prob = _log_prob(model, config, greedy.extras["tokens"])
     # up to rounding (tests.tolerances): a wide beam may find the greedy captions themselves
@@ -169,9 +174,11 @@ def test_image_files_captions_and_retrieval(model, config, plugin, tmp_path):
         )
         paths.append(str(path))
     captioned = plugin.sample(model, config, CaptionSampleOptions(image=paths, max_length=8), CPU)
-    assert len(captioned.texts) == 2 and captioned.images.shape == (2, 32, 32, 3)
+    assert len(captioned.texts) == 2
+    assert captioned.images.shape == (2, 32, 32, 3)
     drawn = plugin.sample(model, config, CaptionSampleOptions(caption="a red circle in the center"), CPU)
-    assert drawn.images.shape == (1, 32, 32, 3) and drawn.texts == ["a red circle in the center"]
+    assert drawn.images.shape == (1, 32, 32, 3)
+    assert drawn.texts == ["a red circle in the center"]
     scores = plugin.sample(
         model, config, CaptionSampleOptions(image=paths, caption=["a red star", "two blue squares"]), CPU
     )
@@ -262,14 +269,17 @@ def test_engravings_preset_parameters_and_shapes(plugin):
         image = model.image_decoder(latent)
         logits, cache = model.text_decoder(torch.zeros(2, 100, dtype=torch.long), latent)
         text_latent = model.text_encoder(torch.zeros(2, 100, dtype=torch.long))
-    assert latent.shape == (2, 1024) and text_latent.shape == (2, 1024)
-    assert image.shape == (2, 3, 512, 512) and logits.shape == (2, 100, 8000)
+    assert latent.shape == (2, 1024)
+    assert text_latent.shape == (2, 1024)
+    assert image.shape == (2, 3, 512, 512)
+    assert logits.shape == (2, 100, 8000)
     assert cache.shape == (2, 3, 2, 8, 100, 64)  # (B, layers, keys/values, heads, positions, head_dim)
     counts = parameter_counts(config)
     for part, expected in counts.items():
         assert sum(p.numel() for p in getattr(model, part).parameters()) == expected, part
     stem = model.image_decoder.stem
-    assert stem.weight.shape == (512 * 32 * 32, 1024) and stem.weight.numel() + stem.bias.numel() == 537_395_200
+    assert stem.weight.shape == (512 * 32 * 32, 1024)
+    assert stem.weight.numel() + stem.bias.numel() == 537_395_200
     assert sum(p.numel() for p in model.parameters()) == sum(counts.values()) > 575_000_000
     assert f"engravings {sum(counts.values()) / 1e6:.1f}M" in plugin.description
 
@@ -330,7 +340,8 @@ def test_a_user_caption_set_trains_its_own_tokenizer(plugin, tmp_path):
     model = plugin.build(config)
     context = StageContext(model, config, tmp_path / "cache", CPU)
     dataset = plugin.stages(config)[0].dataset(context)
-    assert len(dataset) == 11 and (tmp_path / "cache" / "tokenizer.json").is_file()  # one of 12 images held out
+    assert len(dataset) == 11
+    assert (tmp_path / "cache" / "tokenizer.json").is_file()  # one of 12 images held out
     decoded = {decode(model.tokenizer, item["tokens"][1:].tolist()) for item in dataset}
     assert {f"a red field, number {index}" for index in (0, 3, 6, 9)} & decoded
     assert dataset[0]["image"].shape == (3, 32, 32)

@@ -84,7 +84,8 @@ def _series(rows: list[dict], stage: str, key: str) -> list[float]:
 
 def test_paper_preset_maps_256_pixels_to_16x16_codes():
     config = QuantArtConfig(**PRESETS["paper"])
-    assert config.vqgan.codebook_size == 1024 and config.vqgan.code_dim == 256
+    assert config.vqgan.codebook_size == 1024
+    assert config.vqgan.code_dim == 256
     with torch.device("meta"):
         model = QuantArt(config)
         images = torch.empty(1, 3, 256, 256)
@@ -155,7 +156,8 @@ def test_transfer_stage_reduces_its_loss(trained):
     assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses
     # the latent discriminator is on from step 0, its term scaled by the adaptive weight
     weights = _series(trained["metrics"], "transfer", "transfer/adaptive_weight")
-    assert len(weights) == len(losses) and all(np.isfinite(w) and w > 0 for w in weights)
+    assert len(weights) == len(losses)
+    assert all(np.isfinite(w) and w > 0 for w in weights)
 
 
 def test_transfer_stage_trains_only_the_transfer_module_and_latent_discriminator(trained):
@@ -224,11 +226,13 @@ def test_sample_grids_single_pairs_and_sweeps(trained, tmp_path):
     run = trained["run"]
     contents, styles = _write_images(tmp_path / "c", 2, 0), _write_images(tmp_path / "s", 3, 1)
     grid = run.sample(content=str(contents), style=str(styles))
-    assert grid.images.shape == (3 * 4, 32, 32, 3) and grid.columns == 4  # header row + 2 rows of 3 styles
+    assert grid.images.shape == (3 * 4, 32, 32, 3)
+    assert grid.columns == 4  # header row + 2 rows of 3 styles
     single = run.sample(content=str(contents / "0.png"), style=str(styles / "1.png"))
     assert single.images.shape == (1, 32, 32, 3)
     sweep = run.sample(content=str(contents / "0.png"), style=str(styles / "1.png"), sweep=True)
-    assert sweep.images.shape == (25, 32, 32, 3) and sweep.columns == 5
+    assert sweep.images.shape == (25, 32, 32, 3)
+    assert sweep.columns == 5
     # the sweep's (1, 1) corner is the plain single-pair result
     # one item of a batch of 25 against a batch of one: other kernel blockings (tests.tolerances)
     depth = depth_of(run.model)

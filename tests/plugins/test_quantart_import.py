@@ -69,7 +69,8 @@ def test_import_infers_the_config_and_records_the_file(imported):
     notes = " ".join(record["imported"]["notes"])
     assert "5 LPIPS tensors (loss.perceptual_loss.*)" in notes
     assert "skipped loss.logvar" in notes
-    assert "loss.discriminator.main.<i>.*" in notes and "photo.discriminator.main.<i>.*" in notes
+    assert "loss.discriminator.main.<i>.*" in notes
+    assert "photo.discriminator.main.<i>.*" in notes
 
 
 def test_imported_weights_are_the_official_ones(imported):
@@ -248,7 +249,8 @@ def test_cli_import_writes_a_run_and_refuses_bad_files_in_one_line(tmp_path, cap
         main(["import", "quantart", str(VAR_VAE), "--format", "taming", "--out", str(tmp_path / "bad")])
     assert exit_.value.code != 0
     error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1 and "encoder.down.4.attn.0.qkv.weight" in error
+    assert len(error.splitlines()) == 1
+    assert "encoder.down.4.attn.0.qkv.weight" in error
     assert not (tmp_path / "bad").exists()
 
 

@@ -221,7 +221,8 @@ def test_paper_presets_have_the_paper_sizes(preset, paper):
         f"{preset}: {count / 1e6:.1f}M parameters, the paper says {paper / 1e6:.0f}M"
     )
     assert config.transformer.resolved_width == 64 * config.transformer.depth
-    assert config.tokenizer.codebook_size == 4096 and config.tokenizer.code_dim == 32
+    assert config.tokenizer.codebook_size == 4096
+    assert config.tokenizer.code_dim == 32
 
 
 # -- training, export and editing ----------------------------------------------------------
@@ -255,7 +256,8 @@ def test_optional_gan_term_trains_a_discriminator(tmp_path):
     }
     zoo.api.train("var", overrides=overrides, run_dir=tmp_path / "run", stage="tokenizer", device="cpu", log_every=1)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert "discriminator/loss" not in rows[1] and "discriminator/loss" in rows[2]  # from gan_start on
+    assert "discriminator/loss" not in rows[1]
+    assert "discriminator/loss" in rows[2]  # from gan_start on
     assert all(np.isfinite(r["tokenizer/adversarial"]) for r in rows[2:] if "tokenizer/adversarial" in r)
 
 
@@ -278,7 +280,8 @@ def test_evaluate_reports_the_issue_metrics(trained_run):
         "sample_accuracy_9",
     ):
         assert key in metrics
-    assert metrics["tokenizer_psnr"] > 10 and 0 < metrics["codebook_usage"] <= 1
+    assert metrics["tokenizer_psnr"] > 10
+    assert 0 < metrics["codebook_usage"] <= 1
     assert metrics["token_nll"] < np.log(32)  # better than uniform over the codebook
 
 
@@ -351,14 +354,20 @@ def test_zoo_train_var_into_a_file_shows_plain_lines_grids_and_a_report(tmp_path
     for stage in ("tokenizer", "transformer"):
         assert re.search(rf"^{stage} 20/20 \(100%\) \d+ img/s ETA 0s loss ", text, re.MULTILINE), text
         assert re.search(rf"^{stage}: done in \S+: loss ", text, re.MULTILINE), text
-    assert "val_loss" in text and "\x1b[" not in text and f"  zoo report {run} --out {run}/report.html" in text
+    assert "val_loss" in text
+    assert "\x1b[" not in text
+    assert f"  zoo report {run} --out {run}/report.html" in text
     samples = run / "samples"
     assert Image.open(samples / "tokenizer.png").size == (8 * 66 + 2, 2 * 66 + 2)  # 8 images over 8 reconstructions
     assert Image.open(samples / "transformer.png").size == (4 * 66 + 2, 10 * 66 + 2)  # n=4 per class, 10 classes
-    assert (samples / "tokenizer" / "step_10.png").is_file() and (samples / "transformer" / "step_10.png").is_file()
+    assert (samples / "tokenizer" / "step_10.png").is_file()
+    assert (samples / "transformer" / "step_10.png").is_file()
 
     report = subprocess.run(zoo_command("report", str(run)), capture_output=True, text=True, env=env, timeout=300)
     assert report.returncode == 0, report.stderr
     page = (run / "report.html").read_text()
-    assert page.count("<svg") >= 8 and page.count("data:image/png;base64,") == 4
-    assert "stage tokenizer" in page and "stage transformer" in page and 'data-title="validation"' in page
+    assert page.count("<svg") >= 8
+    assert page.count("data:image/png;base64,") == 4
+    assert "stage tokenizer" in page
+    assert "stage transformer" in page
+    assert 'data-title="validation"' in page

@@ -88,8 +88,11 @@ def test_import_infers_the_config_and_records_the_files(imported):
         assert recorded[path.name]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
         assert recorded[path.name]["bytes"] == path.stat().st_size
     notes = " ".join(record["imported"]["notes"])
-    assert "lvl_1L" in notes and "attn_bias_for_masking" in notes and "zero_k_bias" in notes
-    assert "ema_vocab_hit_SV" in notes and "no exact counterpart" in notes
+    assert "lvl_1L" in notes
+    assert "attn_bias_for_masking" in notes
+    assert "zero_k_bias" in notes
+    assert "ema_vocab_hit_SV" in notes
+    assert "no exact counterpart" in notes
 
 
 def test_imported_weights_are_the_official_ones(imported):
@@ -198,14 +201,16 @@ def test_a_vqvae_alone_converts_to_the_tokenizer_only():
     converted = OfficialVARImporter().convert([VAE])
     assert converted.stages == ["tokenizer"]
     assert "transformer" not in converted.config
-    assert converted.tensors and all(key.startswith("tokenizer.") for key in converted.tensors)
+    assert converted.tensors
+    assert all(key.startswith("tokenizer.") for key in converted.tensors)
     assert converted.config["tokenizer"]["patch_nums"] == [1, 2, 3, 4]  # from the 4 rows of ema_vocab_hit_SV
     assert any("patch_nums" in note for note in converted.notes)  # ... which is a guess, and says so
     # (zoo.import_checkpoint would build the default, paper-size transformer beside it: not here)
     config = validate(VARConfig, {**converted.config, "transformer": {"depth": 1, "width": 8, "heads": 1}})
     model = VARModel(config).eval()
     missing, unexpected = model.load_state_dict(converted.tensors, strict=False)
-    assert not unexpected and all(key.startswith("transformer.") for key in missing)
+    assert not unexpected
+    assert all(key.startswith("transformer.") for key in missing)
     official = official_outputs("saln0")
     with torch.no_grad():
         tokens = model.tokenizer.encode_indices(official["images"])
@@ -373,7 +378,8 @@ def test_cli_import_writes_a_run_and_refuses_bad_files_in_one_line(tmp_path, cap
         main(["import", "var", str(FIXTURES / "var_saln1.pth"), "--out", str(tmp_path / "bad")])
     assert exit_.value.code != 0
     error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1 and "missing VAE file" in error
+    assert len(error.splitlines()) == 1
+    assert "missing VAE file" in error
     assert not (tmp_path / "bad").exists()
 
 

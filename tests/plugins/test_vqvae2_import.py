@@ -107,7 +107,10 @@ def test_import_infers_the_config_and_records_the_file(imported):
     assert described["name"] == "vqvae.pt"
     assert described["sha256"] == hashlib.sha256(CHECKPOINT.read_bytes()).hexdigest()
     notes = " ".join(record["imported"]["notes"])
-    assert "residual_relu_skip" in notes and "image_size" in notes and "usage" in notes and "prior" in notes
+    assert "residual_relu_skip" in notes
+    assert "image_size" in notes
+    assert "usage" in notes
+    assert "prior" in notes
 
 
 def test_imported_weights_are_the_official_ones(imported):
@@ -165,13 +168,15 @@ def test_the_published_file_converts_key_for_key():
     vqvae = converted.config["vqvae"]
     assert (vqvae["channels"], vqvae["res_blocks"], vqvae["res_channels"], vqvae["code_dim"]) == (128, 2, 32, 64)
     assert (vqvae["top_codebook_size"], vqvae["bottom_codebook_size"]) == (512, 512)
-    assert converted.config["image_size"] == 256 and vqvae["residual_relu_skip"] is True
+    assert converted.config["image_size"] == 256
+    assert vqvae["residual_relu_skip"] is True
     assert converted.stages == ["vqvae"]
     with torch.device("meta"):
         model = VQVAE2PixelCNN(validate(VQVAE2Config, converted.config))
     expected = {key: tuple(t.shape) for key, t in model.state_dict().items() if key.startswith("vqvae.")}
     assert {key: tuple(t.shape) for key, t in converted.tensors.items()} == expected
-    assert len(official) == 64 and len(converted.tensors) == 66  # every key, + usage of both levels
+    assert len(official) == 64
+    assert len(converted.tensors) == 66  # every key, + usage of both levels
 
 
 # -- training the priors on an imported autoencoder ------------------------------------------------
