@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import TINY_VAR
 from zoo import api
 from zoo.data import caption_set, image_folder, load_images
 from zoo.errors import DataError
@@ -82,12 +83,15 @@ def test_bad_files_are_skipped_counted_and_raise_no_pillow_warning(tmp_path, bad
     with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="zoo.data"):
         warnings.simplefilter("error")  # Pillow's DecompressionBombWarning must not reach the user
         dataset = image_folder(tmp_path, size=8)
-    assert len(dataset) == 10 and dataset.skipped == len(BAD_FILES)
+    assert len(dataset) == 10
+    assert dataset.skipped == len(BAD_FILES)
     assert {path for path, _ in dataset.skipped_files} == {f"cats/{name}" for name in BAD_FILES}
     reasons = dict(dataset.skipped_files)
     assert "12000x12000" in reasons["cats/huge.png"]
     summary = dataset.summary()
-    assert "\n" not in summary and "10 images in 2 classes" in summary and f"skipped {len(BAD_FILES)}" in summary
+    assert "\n" not in summary
+    assert "10 images in 2 classes" in summary
+    assert f"skipped {len(BAD_FILES)}" in summary
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
 
 
@@ -96,7 +100,8 @@ def test_pixel_limit_follows_the_runtime_setting(tmp_path, monkeypatch):
     Image.new("RGB", (40, 40)).save(tmp_path / "big.png")
     monkeypatch.setenv("ZOO_MAX_IMAGE_PIXELS", "1000")  # 40 x 40 = 1600 is over it
     dataset = image_folder(tmp_path, size=8)
-    assert dataset.paths == ["good0.png", "good1.png"] and dataset.skipped_files[0][0] == "big.png"
+    assert dataset.paths == ["good0.png", "good1.png"]
+    assert dataset.skipped_files[0][0] == "big.png"
 
 
 def test_held_out_split_is_made_over_readable_files(tmp_path, bad_file_bytes):
@@ -113,7 +118,9 @@ def test_splits_of_readable_files_are_disjoint_and_every_class_is_held_out(tmp_p
         write_good(tmp_path / label, 3)
         write_bad(tmp_path / label, bad_file_bytes)
     train, test = image_folder(tmp_path, 8, "train"), image_folder(tmp_path, 8, "test")
-    assert len(train) == 4 and len(test) == 2 and not set(train.paths) & set(test.paths)
+    assert len(train) == 4
+    assert len(test) == 2
+    assert not set(train.paths) & set(test.paths)
     assert sorted(test.labels.tolist()) == [0, 1]
 
 
@@ -126,17 +133,20 @@ def test_caption_set_skips_bad_images_and_paths_outside_the_folder(tmp_path, bad
     outside = ["../good9.png", str(tmp_path / "good9.png")]
     write_captions(root, good + bad + outside, kind)
     dataset = caption_set(root, size=8)
-    assert sorted(dataset.paths) == sorted(good) and len(dataset) == len(good)
+    assert sorted(dataset.paths) == sorted(good)
+    assert len(dataset) == len(good)
     assert dataset.skipped == len(bad) + len(outside)
     reasons = [reason for _, reason in dataset.skipped_files]
     assert sum("outside the caption folder" in reason for reason in reasons) == len(outside)
-    assert "\n" not in dataset.summary() and f"skipped {len(bad) + len(outside)}" in dataset.summary()
+    assert "\n" not in dataset.summary()
+    assert f"skipped {len(bad) + len(outside)}" in dataset.summary()
 
 
 def test_caption_split_over_readable_images(tmp_path, bad_file_bytes):
     good = write_good(tmp_path, 1)
     write_captions(tmp_path, good + write_bad(tmp_path, bad_file_bytes), "jsonl")
-    assert caption_set(tmp_path, 8, "test").paths == good and caption_set(tmp_path, 8, "train").paths == good
+    assert caption_set(tmp_path, 8, "test").paths == good
+    assert caption_set(tmp_path, 8, "train").paths == good
 
 
 @pytest.mark.parametrize("layout", ["classes", "flat", "jsonl", "csv"])
@@ -146,7 +156,8 @@ def test_a_folder_with_no_readable_image_is_one_data_error(tmp_path, bad_file_by
     if layout in ("jsonl", "csv"):
         write_captions(tmp_path, names, layout)
     message = one_line_data_error(lambda: load_images(str(tmp_path), 8, "train"))
-    assert "no readable images" in message and f"skipped {len(BAD_FILES)}" in message
+    assert "no readable images" in message
+    assert f"skipped {len(BAD_FILES)}" in message
 
 
 def test_a_folder_read_again_is_decoded_once_until_it_changes(tmp_path, caplog):
@@ -157,22 +168,14 @@ def test_a_folder_read_again_is_decoded_once_until_it_changes(tmp_path, caplog):
         image_folder(tmp_path, 8, "test")
         assert len(caplog.records) == 1  # one report for the folder, not one per split
         write_good(tmp_path, 1, start=3)
-        assert len(image_folder(tmp_path, 8, "all")) == 4 and len(caplog.records) == 2
+        assert len(image_folder(tmp_path, 8, "all")) == 4
+        assert len(caplog.records) == 2
 
 
 # --- every plugin's data inputs: nothing readable stops training before a step --------------
 
 VAR_TINY = {
-    "tokenizer": {
-        "resolution": 16,
-        "channels": 8,
-        "channel_multipliers": [1, 2, 2],
-        "res_blocks": 1,
-        "attention_resolutions": [],
-        "code_dim": 8,
-        "codebook_size": 32,
-        "patch_nums": [1, 2, 3, 4],
-    },
+    "tokenizer": TINY_VAR["tokenizer"],
     "transformer": {"depth": 1, "width": 16, "heads": 1, "num_classes": 2},
     "tokenizer_training": {"steps": 2, "batch_size": 2},
     "transformer_training": {"steps": 2, "batch_size": 2, "validate_every": 1},
@@ -275,7 +278,9 @@ def test_finished_quantart_run_samples_and_exports_without_its_data(tmp_path, ba
     with caplog.at_level(logging.WARNING, logger="zoo.quantart"):
         arrays = plugin.export_assets(model, config).arrays
     assert arrays["content_images"].shape == arrays["style_images"].shape == (2, 16, 16, 3)
-    assert len(caplog.records) == 2 and "held-out photos" in caplog.records[0].getMessage()
+    assert len(caplog.records) == 2
+    assert "held-out photos" in caplog.records[0].getMessage()
     output = plugin.sample(model, config, plugin.SampleOptions(), torch.device("cpu"))
-    assert output.images is not None and len(output.images) > 0
+    assert output.images is not None
+    assert len(output.images) > 0
     assert "does not exist" in one_line_data_error(lambda: plugin.evaluate(model, config, torch.device("cpu")))
