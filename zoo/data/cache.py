@@ -242,7 +242,7 @@ def _valid_header(directory: Path, part: int, metadata: dict[str, str]) -> dict[
         return None
     try:
         header = _header(path)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, KeyError, TypeError) as error:  # TypeError, KeyError: JSON of another shape
         logger.warning("%s is unreadable (%s); encoding it again", path, error)
         return None
     expected = metadata | {"first": str(part * int(metadata["part_items"]))}
