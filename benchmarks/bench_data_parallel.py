@@ -183,7 +183,7 @@ class Counter:
 
 def token_batches(model: nn.Module, config: VARConfig, count: int) -> list[dict[str, torch.Tensor]]:
     """`count` global batches of the stage's data: the first images of its image set encoded by
-    the model's (frozen) tokenizer, as the stage's cached_token_dataset does for the whole set."""
+    the model's (frozen) tokenizer, as the stage does batch by batch (codes.mode on_the_fly) or for the whole set (disk)."""
     size = PROCESSES * PER_PROCESS_BATCH
     images = image_dataset(config, "train")
     items = [images[i] for i in range(count * size)]

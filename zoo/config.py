@@ -103,6 +103,31 @@ class ScaleConfig(ConfigSection):
     )
 
 
+class CodesConfig(ConfigSection):
+    """Where a stage that trains on the codes of a frozen network gets them (VAR's transformer
+    on the tokenizer's token maps, VQ-VAE-2's priors on the autoencoder's codes). Neither
+    way holds the data set in memory; `zoo.data.cache` describes both."""
+
+    mode: Literal["on_the_fly", "disk"] = pydantic.Field(
+        default="disk",
+        description="on_the_fly: the stage reads images (augmented as configured) and encodes each batch on the "
+        "training device, as the official VAR training does; disk: each split is encoded once, split over the "
+        "processes, into the run's cache and read memory-mapped (fastest on small data sets)",
+    )
+    views: int = pydantic.Field(
+        default=1,
+        ge=1,
+        description="disk: encoded views of each item, each differently augmented (the same without augmentation); "
+        "an epoch reads every view once",
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _views_are_encoded(self) -> CodesConfig:
+        if self.views > 1 and self.mode != "disk":
+            raise ValueError("codes.views applies to codes.mode=disk; on the fly, every batch is a new view")
+        return self
+
+
 class ZooConfig(ConfigSection):
     """Base of every plugin's `Config`."""
 

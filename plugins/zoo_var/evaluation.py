@@ -27,8 +27,7 @@ def evaluate(
 ) -> dict[str, float]:
     """`sample` draws images with the plugin's sampling loop (used for the digits only)."""
     model.eval()
-    tokens, labels, metrics = tokenizer_metrics(model, config, device)
-    metrics.update(transformer_metrics(model, tokens, labels))
+    metrics = held_out_metrics(model, config, device)
     if config.data == "digits":
         metrics.update(sample_accuracy(sample(VARSampleOptions())))
     return metrics
@@ -41,36 +40,29 @@ def reconstruct(model: VARModel, images: torch.Tensor) -> torch.Tensor:
     return model.tokenizer.decode_image(quantizer.fhat_from_indices(quantizer.split_scales(tokens)))
 
 
-def tokenizer_metrics(
-    model: VARModel, config: VARConfig, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-    """The test split's tokens (N, L) and labels (N,), its reconstruction PSNR and codebook usage."""
+def held_out_metrics(model: VARModel, config: VARConfig, device: torch.device) -> dict[str, float]:
+    """On the held-out split, batch by batch (no split is held whole): the tokenizer's
+    reconstruction PSNR and codebook usage, the transformer's teacher-forced NLL (nats per
+    token) and token accuracy."""
     quantizer = model.quantizer
-    psnrs, all_tokens, all_labels = [], [], []
+    psnrs, hits = [], torch.zeros(config.tokenizer.codebook_size, dtype=torch.int64)
+    nll, correct, token_count = 0.0, 0.0, 0
     for batch in DataLoader(image_dataset(config, "test"), batch_size=BATCH, shuffle=False):
         images = batch["image"].to(device)
         tokens = model.tokenizer.encode_indices(images)  # (B, L)
-        f_hat = quantizer.fhat_from_indices(quantizer.split_scales(tokens))
-        psnrs.append(psnr(model.tokenizer.decode_image(f_hat), images).cpu())
-        all_tokens.append(tokens)
-        all_labels.append(labels_of(batch).to(device))
-    tokens = torch.cat(all_tokens)
-    hits = torch.bincount(tokens.flatten().cpu(), minlength=config.tokenizer.codebook_size)
-    metrics = {"tokenizer_psnr": float(torch.cat(psnrs).mean()), "codebook_usage": float(hits.gt(0).float().mean())}
-    return tokens, torch.cat(all_labels), metrics
-
-
-def transformer_metrics(model: VARModel, tokens: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Teacher-forced NLL (nats per token) and accuracy of the transformer on (N, L) tokens."""
-    quantizer = model.quantizer
-    nll, correct = 0.0, 0.0
-    for start in range(0, len(tokens), BATCH):
-        chunk, chunk_labels = tokens[start : start + BATCH], labels[start : start + BATCH]
-        teacher_input = quantizer.teacher_forcing_input(quantizer.split_scales(chunk))
-        logits = model.transformer(chunk_labels, teacher_input)  # (B, L, codebook_size)
-        nll += float(F.cross_entropy(logits.flatten(0, 1), chunk.flatten(), reduction="sum"))
-        correct += float((logits.argmax(-1) == chunk).sum())
-    return {"token_nll": nll / tokens.numel(), "token_accuracy": correct / tokens.numel()}
+        scales = quantizer.split_scales(tokens)
+        psnrs.append(psnr(model.tokenizer.decode_image(quantizer.fhat_from_indices(scales)), images).cpu())
+        hits += torch.bincount(tokens.flatten().cpu(), minlength=config.tokenizer.codebook_size)
+        logits = model.transformer(labels_of(batch).to(device), quantizer.teacher_forcing_input(scales))  # (B, L, V)
+        nll += float(F.cross_entropy(logits.flatten(0, 1), tokens.flatten(), reduction="sum"))
+        correct += float((logits.argmax(-1) == tokens).sum())
+        token_count += tokens.numel()
+    return {
+        "tokenizer_psnr": float(torch.cat(psnrs).mean()),
+        "codebook_usage": float(hits.gt(0).float().mean()),
+        "token_nll": nll / token_count,
+        "token_accuracy": correct / token_count,
+    }
 
 
 def sample_accuracy(output: SampleOutput) -> dict[str, float]:

@@ -14,6 +14,7 @@ from zoo.nn.metrics import psnr
 from zoo.nn.perceptual import LazyPerceptual
 from zoo.plugin import StepContext
 from zoo_var.config import VARConfig
+from zoo_var.data import tokens_and_labels
 from zoo_var.model import VARModel
 
 
@@ -76,13 +77,14 @@ class TokenizerLoss:
 
 class TransformerLoss:
     """Teacher-forced next-scale cross-entropy; the class is dropped to the unconditional one
-    with probability condition_dropout while training (for classifier-free guidance)."""
+    with probability condition_dropout while training (for classifier-free guidance). A batch
+    of images is tokenized first (codes.mode on_the_fly)."""
 
     def __init__(self, label_smoothing: float) -> None:
         self.label_smoothing = label_smoothing
 
     def __call__(self, model: VARModel, batch: dict[str, Any], context: StepContext) -> dict[str, torch.Tensor]:
-        tokens, labels = batch["tokens"], batch["label"]  # (B, L), (B,)
+        tokens, labels = tokens_and_labels(model, batch)  # (B, L), (B,)
         transformer, quantizer = model.transformer, model.quantizer
         with torch.no_grad():
             teacher_input = quantizer.teacher_forcing_input(quantizer.split_scales(tokens))

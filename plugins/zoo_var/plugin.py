@@ -11,7 +11,7 @@ from zoo.outputs import SampleOutput
 from zoo.plugin import Component, ExportAssets, ModelPlugin, Optimizer, Stage, Validation
 from zoo_var import evaluation, export
 from zoo_var.config import PRESETS, VARConfig, VARSampleOptions
-from zoo_var.data import cached_token_dataset, image_dataset
+from zoo_var.data import image_dataset, transformer_dataset
 from zoo_var.importer import OfficialVARImporter
 from zoo_var.losses import TokenizerLoss, TransformerLoss
 from zoo_var.model import VARModel
@@ -101,8 +101,8 @@ class VARPlugin(ModelPlugin[VARConfig, VARSampleOptions, VARModel]):
             [optimizer],
             training.steps,
             training.batch_size,
-            dataset=lambda context: cached_token_dataset(context, "train"),
-            validation=Validation(lambda context: cached_token_dataset(context, "test"), every=training.validate_every),
+            dataset=lambda context: transformer_dataset(context, "train"),
+            validation=Validation(lambda context: transformer_dataset(context, "test"), every=training.validate_every),
             sample_options={"n": 4},
         )
 

@@ -11,11 +11,11 @@ from torch.utils.data import DataLoader
 
 from zoo.data import DigitsClassifier
 from zoo.nn.metrics import psnr_from_mse
-from zoo.nn.quantize import code_statistics
+from zoo.nn.quantize import count_statistics
 from zoo.outputs import SampleOutput
 from zoo.plugin import StepContext
 from zoo_vqvae2_pixelcnn.config import VQVAE2Config, VQVAE2SampleOptions
-from zoo_vqvae2_pixelcnn.data import ENCODE_BATCH, CodeSet, extract_codes, image_set
+from zoo_vqvae2_pixelcnn.data import ENCODE_BATCH, check_labels, image_set, prior_batch
 from zoo_vqvae2_pixelcnn.losses import PRIOR_LOSSES
 from zoo_vqvae2_pixelcnn.model import VQVAE2PixelCNN
 
@@ -30,31 +30,28 @@ def evaluate(
     """`sample(options)` draws images with the model (the plugin's sampling loop); the digit
     scores are of `eval_samples` images drawn with seed 0."""
     model.eval()
-    metrics: dict[str, float] = {}
-    squared_errors = []
-    for batch in DataLoader(image_set(config, "test"), batch_size=ENCODE_BATCH):
-        images = batch["image"].to(device)
+    images_set = image_set(config, "test")
+    check_labels(config, images_set)
+    codebook_sizes = {"top": config.vqvae.top_codebook_size, "bottom": config.vqvae.bottom_codebook_size}
+    counts = {level: torch.zeros(size, dtype=torch.int64) for level, size in codebook_sizes.items()}
+    squared_error, nll, images_seen = 0.0, dict.fromkeys(PRIOR_LOSSES, 0.0), 0
+    for batch in DataLoader(images_set, batch_size=ENCODE_BATCH):  # batch by batch: no split held whole
+        batch = {key: value.to(device) for key, value in batch.items() if key in ("image", "label")}
+        images = batch["image"]
         reconstruction = model.vqvae(images).reconstruction.clamp(-1, 1)
-        squared_errors.append((reconstruction - images).pow(2).mean(dim=(1, 2, 3)).cpu())
-    mse = torch.cat(squared_errors).mean().item()
-    metrics["recon_mse"] = mse
-    metrics["recon_psnr"] = psnr_from_mse(mse).item()  # of the mean MSE of the split
-
-    codes = CodeSet(extract_codes(model, config, "test", device))
-    for level, codebook_size in (
-        ("top", config.vqvae.top_codebook_size),
-        ("bottom", config.vqvae.bottom_codebook_size),
-    ):
-        usage, perplexity = code_statistics(codes.tensors[level], codebook_size)
-        metrics[f"{level}_codebook_usage"] = usage
-        metrics[f"{level}_perplexity"] = perplexity
-    for name, loss in PRIOR_LOSSES.items():
-        nll, count = 0.0, 0
-        for batch in DataLoader(codes, batch_size=ENCODE_BATCH):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            nll += loss(model, batch, StepContext(0, 1, device))["loss"].item() * len(batch["label"])
-            count += len(batch["label"])
-        metrics[f"{name}_bits_per_code"] = nll / count / math.log(2)
+        squared_error += (reconstruction - images).pow(2).mean(dim=(1, 2, 3)).sum().item()
+        codes = prior_batch(model, batch)
+        for level, size in codebook_sizes.items():
+            counts[level] += torch.bincount(codes[level].flatten().cpu(), minlength=size)
+        for name, loss in PRIOR_LOSSES.items():
+            nll[name] += loss(model, codes, StepContext(0, 1, device))["loss"].item() * len(images)
+        images_seen += len(images)
+    mse = squared_error / max(1, images_seen)
+    metrics: dict[str, float] = {"recon_mse": mse, "recon_psnr": psnr_from_mse(mse).item()}  # of the mean MSE
+    for level, level_counts in counts.items():
+        metrics[f"{level}_codebook_usage"], metrics[f"{level}_perplexity"] = count_statistics(level_counts)
+    for name, total in nll.items():
+        metrics[f"{name}_bits_per_code"] = total / max(1, images_seen) / math.log(2)
 
     if config.data == "digits":
         output = sample(eval_sample_options(config))

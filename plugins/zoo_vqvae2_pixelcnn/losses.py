@@ -1,5 +1,6 @@
 """The stages' losses: reconstruction + commitment for the autoencoder, cross-entropy of
-each level's codes for its prior (reported in bits per code too)."""
+each level's codes for its prior (reported in bits per code too; a batch of images is
+encoded first, codes.mode on_the_fly)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.plugin import StepContext
+from zoo_vqvae2_pixelcnn.data import prior_batch
 from zoo_vqvae2_pixelcnn.model import VQVAE2PixelCNN
 from zoo_vqvae2_pixelcnn.vqvae import VQVAEOutput
 
@@ -30,11 +32,13 @@ def vqvae_loss(model: VQVAE2PixelCNN, batch: dict[str, Any], context: StepContex
 
 
 def prior_top_loss(model: VQVAE2PixelCNN, batch: dict[str, Any], context: StepContext) -> dict[str, torch.Tensor]:
+    batch = prior_batch(model, batch)
     nll = F.cross_entropy(model.prior_top(batch["top"], batch["label"]), batch["top"])
     return {"loss": nll, "bits_per_code": nll / math.log(2)}
 
 
 def prior_bottom_loss(model: VQVAE2PixelCNN, batch: dict[str, Any], context: StepContext) -> dict[str, torch.Tensor]:
+    batch = prior_batch(model, batch)
     nll = F.cross_entropy(model.prior_bottom(batch["bottom"], batch["top"], batch["label"]), batch["bottom"])
     return {"loss": nll, "bits_per_code": nll / math.log(2)}
 

@@ -23,6 +23,7 @@ class VQVAE2PixelCNN(nn.Module):
     def __init__(self, config: VQVAE2Config) -> None:
         super().__init__()
         self.vqvae = VQVAE2(config.vqvae)
+        self.class_conditional = config.class_conditional  # else the priors know one label, 0
         top, bottom, codebooks = config.prior_top, config.prior_bottom, config.vqvae
         labels = config.num_classes if config.class_conditional else 1  # one label, 0, without classes
         self.prior_top = PixelCNNPrior(

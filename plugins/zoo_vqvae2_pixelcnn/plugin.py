@@ -1,7 +1,7 @@
 """VQ-VAE-2 with gated PixelCNN priors: the plugin (wiring only) and the registry hook.
 
 Stages: `vqvae` (the autoencoder), `prior_top` and `prior_bottom` (the priors, trained on
-codes extracted once with the frozen autoencoder and cached in the run directory).
+codes of the frozen autoencoder: extracted once into the run's cache, or from each batch).
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ class VQVAE2PixelCNNPlugin(ModelPlugin[VQVAE2Config, VQVAE2SampleOptions, VQVAE2
             ),
             # prior_top's samples are drawn with the bottom prior as it is then (untrained):
             # their layout shows what the top prior learnt, their detail does not yet.
-            part_stage(config, "prior_top", prior_top_loss, data.cached_codes, sample_options=SAMPLE_GRID),
-            part_stage(config, "prior_bottom", prior_bottom_loss, data.cached_codes, sample_options=SAMPLE_GRID),
+            part_stage(config, "prior_top", prior_top_loss, data.prior_dataset, sample_options=SAMPLE_GRID),
+            part_stage(config, "prior_bottom", prior_bottom_loss, data.prior_dataset, sample_options=SAMPLE_GRID),
         ]
 
     def blocks(self, model: VQVAE2PixelCNN) -> list[nn.Module]:

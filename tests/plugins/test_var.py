@@ -243,8 +243,59 @@ def test_both_stages_train_and_the_losses_go_down(trained_run):
     transformer = [r for r in rows if r.get("stage") == "transformer" and "loss" in r]
     assert tokenizer[-1]["reconstruction"] < 0.5 * tokenizer[0]["reconstruction"]
     assert transformer[-1]["loss"] < transformer[0]["loss"] - 0.5  # nats per token
-    assert len(list((trained_run.run_dir / "cache").glob("var-tokens-train-*.safetensors"))) == 1
+    assert len(list((trained_run.run_dir / "cache").glob("var-tokens-train-*/part-*.safetensors"))) == 1
     assert (trained_run.run_dir / "samples" / "transformer.png").is_file()
+
+
+def test_tokens_on_disk_are_uint16_memory_maps_and_on_the_fly_give_the_same_loss(trained_run):
+    from torch.utils.data import default_collate
+
+    from zoo.plugin import StageContext, StepContext
+    from zoo_var.data import image_dataset, token_set
+    from zoo_var.losses import TransformerLoss
+
+    model, config, cpu = trained_run.model.eval(), trained_run.config, torch.device("cpu")
+    tokens = token_set(StageContext(model, config, trained_run.run_dir / "cache", cpu), "train")
+    assert isinstance(tokens.part(0)["tokens"], np.memmap) and tokens.part(0)["tokens"].dtype == np.uint16
+    indices = [0, 3, 99, 1616]
+    from_disk = default_collate([tokens[i] for i in indices])
+    from_images = default_collate([image_dataset(config, "train")[i] for i in indices])
+    loss = TransformerLoss(label_smoothing=0.1)
+    on_the_fly = loss(model, from_images, StepContext(0, 1, cpu))
+    assert torch.equal(on_the_fly["loss"], loss(model, from_disk, StepContext(0, 1, cpu))["loss"])
+
+
+def test_the_transformer_trains_on_tokens_made_on_the_fly(trained_run, tmp_path):
+    import zoo.api
+
+    overrides = {
+        **TINY,
+        "codes": {"mode": "on_the_fly"},
+        "transformer_training": {**TINY["transformer_training"], "steps": 12, "validate_every": 6},
+    }
+    run = zoo.api.train(
+        "var",
+        overrides=overrides,
+        run_dir=tmp_path / "run",
+        stage="transformer",
+        from_run=trained_run.run_dir,
+        device="cpu",
+        log_every=3,
+    )
+    rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [row["loss"] for row in rows if "loss" in row]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert len([row for row in rows if "val_loss" in row]) == 2  # held-out images, tokenized too
+    assert not list((run.run_dir / "cache").glob("var-tokens-*"))  # nothing encoded to disk
+
+
+def test_paper_presets_tokenize_on_the_fly_and_the_digits_once():
+    assert all(
+        resolve(VARConfig, PRESETS[name]).codes.mode == "on_the_fly" for name in ("d16", "d20", "d24", "d30", "d36")
+    )
+    assert resolve(VARConfig, PRESETS["digits"]).codes.mode == "disk"
+    with pytest.raises(ConfigError, match="codes.views applies to codes.mode=disk"):
+        resolve(VARConfig, PRESETS["d16"], overrides={"codes": {"views": 2}})
 
 
 def test_optional_gan_term_trains_a_discriminator(tmp_path):

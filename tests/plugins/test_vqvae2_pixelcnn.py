@@ -12,7 +12,7 @@ from tests.tolerances import assert_within_rounding, depth_of
 from zoo.config import deep_merge, resolve, validate
 from zoo.errors import ConfigError
 from zoo_vqvae2_pixelcnn.config import VQVAE2Config, VQVAE2SampleOptions
-from zoo_vqvae2_pixelcnn.data import cached_codes
+from zoo_vqvae2_pixelcnn.data import code_set, image_set
 from zoo_vqvae2_pixelcnn.pixelcnn import PixelCNNPrior
 from zoo_vqvae2_pixelcnn.plugin import VQVAE2PixelCNNPlugin
 
@@ -236,17 +236,54 @@ def test_every_stage_trains_and_its_loss_goes_down(trained_run):
     assert (trained_run.run_dir / "samples" / "prior_bottom.png").is_file()
 
 
-def test_codes_are_extracted_once_and_cached_in_the_run(trained_run, monkeypatch):
-    import zoo_vqvae2_pixelcnn.data as data_module
+def test_codes_are_extracted_once_into_the_run_and_read_memory_mapped(trained_run, monkeypatch):
+    import zoo.data.cache as cache_module
     from zoo.plugin import StageContext
 
-    cached = list((trained_run.run_dir / "cache").glob("vqvae2-codes-train-*.safetensors"))
-    assert len(cached) == 1
-    monkeypatch.setattr(data_module, "extract_codes", lambda *args: pytest.fail("codes were extracted again"))
+    parts = list((trained_run.run_dir / "cache").glob("vqvae2-codes-train-*/part-*.safetensors"))
+    assert len(parts) == 1  # 1,617 digits: one part
+    monkeypatch.setattr(cache_module, "_encode_part", lambda *args: pytest.fail("codes were extracted again"))
     context = StageContext(trained_run.model, trained_run.config, trained_run.run_dir / "cache", CPU)
-    codes = cached_codes(context, "train")
-    assert codes[0]["top"].shape == (2, 2)
-    assert codes[0]["bottom"].shape == (4, 4)
+    codes = code_set(context, "train")
+    assert (
+        codes[0]["top"].shape == (2, 2) and codes[0]["bottom"].shape == (4, 4) and codes[0]["top"].dtype == torch.int64
+    )
+    assert isinstance(codes.part(0)["bottom"], np.memmap) and codes.part(0)["bottom"].dtype == np.uint16
+
+
+def test_codes_on_the_fly_give_the_losses_of_the_codes_on_disk(trained_run):
+    from torch.utils.data import default_collate
+
+    from zoo.plugin import StageContext, StepContext
+    from zoo_vqvae2_pixelcnn.losses import PRIOR_LOSSES
+
+    model, config = trained_run.model.eval(), trained_run.config
+    codes = code_set(StageContext(model, config, trained_run.run_dir / "cache", CPU), "train")
+    images = image_set(config, "train")
+    indices = [0, 5, 17, 400, 1616]
+    from_disk = default_collate([codes[i] for i in indices])
+    from_images = default_collate([images[i] for i in indices])
+    for name, loss in PRIOR_LOSSES.items():
+        on_the_fly = loss(model, from_images, StepContext(0, 1, CPU))["loss"]
+        assert torch.equal(on_the_fly, loss(model, from_disk, StepContext(0, 1, CPU))["loss"]), name
+
+
+def test_the_priors_train_on_codes_made_on_the_fly(trained_run, tmp_path):
+    import zoo.api
+
+    overrides = deep_merge(TINY, {"codes": {"mode": "on_the_fly"}, "training": {"prior_top": {"steps": 12}}})
+    run = zoo.api.train(
+        "vqvae2_pixelcnn",
+        overrides=overrides,
+        run_dir=tmp_path / "run",
+        stage="prior_top",
+        from_run=trained_run.run_dir,
+        device="cpu",
+        log_every=3,
+    )
+    losses = [json.loads(line)["loss"] for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()[:-1]]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert not list((run.run_dir / "cache").glob("vqvae2-codes-*"))  # nothing encoded to disk
 
 
 def test_evaluate_reports_reconstruction_codebooks_bits_and_samples(trained_run):

@@ -87,7 +87,13 @@ def restart_dead_codes(
 
 def code_statistics(indices: torch.Tensor, num_codes: int) -> tuple[float, float]:
     """(fraction of codes used, perplexity) of a set of code indices."""
-    counts = torch.bincount(indices.flatten(), minlength=num_codes).float()
+    return count_statistics(torch.bincount(indices.flatten(), minlength=num_codes))
+
+
+def count_statistics(counts: torch.Tensor) -> tuple[float, float]:
+    """(fraction of codes used, perplexity) from each code's count (num_codes,), e.g. summed
+    batch by batch over a split that is never held whole."""
+    counts = counts.float()
     probs = counts / counts.sum().clamp(min=1)
     perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
     return (counts > 0).float().mean().item(), perplexity.item()
