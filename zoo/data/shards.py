@@ -175,7 +175,7 @@ def check_shard(path: Path) -> None:
         with path.open("rb") as stream:
             header = stream.read(BLOCK)
     except OSError as error:
-        raise DataError(f"shard {path} cannot be opened ({one_line(error)})") from None
+        raise DataError(f"shard {path} cannot be opened ({error.strerror or one_line(error)})") from None
     if header and not _is_tar_header(header):
         raise DataError(f"shard {path} is not a tar file; pack the folder again (zoo data pack)")
 
