@@ -180,6 +180,10 @@ PRESETS: dict[str, dict] = {
             "transfer": {"steps": 100000, "batch_size": 8, "lr": 4.5e-6 * 8},
         },
         "scale": {"activation_checkpointing": True},  # recompute each block's activations in the backward pass
+        # The official VQGAN data (taming.data.custom.CustomTrain): the shorter side resized to
+        # 256 (albumentations SmallestMaxSize: bilinear) and a centre crop, no random crop or
+        # flip (taming's ImageNet VQGAN uses random crops; QuantArt's configs do not).
+        "augment": {"filter": "bilinear"},
     },
 }
 

@@ -165,6 +165,12 @@ _PAPER_TRANSFORMER_STEPS = {"steps": 200000, "batch_size": 768, "warmup_steps": 
 # The paper sizes recompute each block's activations in the backward pass instead of keeping them.
 _PAPER_SCALE = {"activation_checkpointing": True}
 
+# The official training augmentation (FoundationVision/VAR utils/data.py, build_dataset):
+# Resize(round(1.125 * side), LANCZOS) on the shorter side, then RandomCrop(side); the
+# held-out images the same resize and CenterCrop(side). Its horizontal flip is an option
+# (`hflip`, default off in utils/arg_util.py), so it is off here too.
+PAPER_AUGMENT = {"resize_ratio": 1.125, "filter": "lanczos", "crop": "random", "flip": False}
+
 # The official scale lists (side of the token map per scale), by image side.
 PAPER_PATCH_NUMS: dict[int, list[int]] = {
     256: [1, 2, 3, 4, 5, 6, 8, 10, 13, 16],
@@ -211,6 +217,7 @@ PRESETS: dict[str, dict] = {
             "transformer": {"depth": depth, "num_classes": 1000},
             "transformer_training": _PAPER_TRANSFORMER_STEPS,
             "scale": _PAPER_SCALE,
+            "augment": PAPER_AUGMENT,
         }
         for depth in (16, 20, 24, 30)
     },
@@ -222,6 +229,7 @@ PRESETS: dict[str, dict] = {
         "transformer": {"depth": 36, "num_classes": 1000, "shared_adaln": True},
         "transformer_training": _PAPER_TRANSFORMER_STEPS,
         "scale": _PAPER_SCALE,
+        "augment": PAPER_AUGMENT,
     },
 }
 

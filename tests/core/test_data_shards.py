@@ -96,7 +96,11 @@ def test_caption_sets_pack_one_sample_per_caption_line(tmp_path):
     for split in ("train", "test"):
         shards, captions = load_images(str(tmp_path / "shards"), 8, split), caption_set(folder, 8, split)
         assert [item["caption"] for item in read_all(shards)] == list(captions.captions)
+        assert list(shards.captions) == list(captions.captions)  # what a tokenizer trains on, no image decoded
         assert "label" not in shards[0]
+    assert load_images(str(tmp_path / "shards"), 8).__class__ is ShardSet
+    assert write_folder(tmp_path / "labelled") and pack(tmp_path / "labelled", tmp_path / "labelled_shards")
+    assert load_images(str(tmp_path / "labelled_shards"), 8).captions is None
 
 
 def test_a_brace_pattern_names_shards_and_keeps_the_held_out_ones(tmp_path):

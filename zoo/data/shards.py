@@ -41,10 +41,10 @@ import os
 import tarfile
 import warnings
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from PIL import Image
@@ -301,8 +301,22 @@ class ShardSet(LazyImages):
         )
         if not len(self.rows):
             raise DataError(f"{spec} holds no items in its {split} split; {self.hint}")
-        self.captions = found.captions if found.captions is not None else self._first_has_caption()
+        self.captioned = found.captions if found.captions is not None else self._first_has_caption()
         self.check_readable()
+
+    @property
+    def captions(self) -> Sequence[str] | None:
+        """The split's captions in item order, read from the .txt members without decoding an
+        image (a tokenizer trains on them); None for a set of labelled images."""
+        return _ShardCaptions(self) if self.captioned else None
+
+    def caption_of(self, item: int) -> str:
+        shard, local = self._locate(item)
+        starts, ends = self._spans_of(shard)
+        if local >= len(starts):
+            return ""
+        members = read_sample(self.shards[shard], int(starts[local]), int(ends[local]))
+        return members.get("txt", b"").decode("utf-8")
 
     def _first_has_caption(self) -> bool:
         """Shards without an index: a set of captions if its first readable sample has a .txt member."""
@@ -360,7 +374,7 @@ class ShardSet(LazyImages):
         if extension is None:
             raise ValueError(f"no image member (found {', '.join(sorted(members)) or 'none'})")
         image = read_rgb(io.BytesIO(members[extension]), self.max_pixels)
-        if self.captions:
+        if self.captioned:
             if "txt" not in members:
                 raise ValueError("no .txt caption member")
             return image, {"caption": members["txt"].decode("utf-8")}
@@ -377,6 +391,25 @@ class ShardSet(LazyImages):
         skipped = self.skipped_summary()
         items = f"{len(self)} items in {len(self.shards)} shards"
         return f"{self.spec} ({self.split} split): {items}" + (f"; {skipped}" if skipped else "")
+
+
+class _ShardCaptions(Sequence[str]):
+    def __init__(self, shards: ShardSet) -> None:
+        self.shards = shards
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self.shards.caption_of(int(self.shards.rows[index]))
 
 
 # packing -------------------------------------------------------------------------------------
