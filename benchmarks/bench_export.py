@@ -36,6 +36,7 @@ from timing import median_seconds
 import zoo  # noqa: E402
 import zoo.runtime  # noqa: E402
 from zoo.config import validate  # noqa: E402
+from zoo.errors import first_line  # noqa: E402
 from zoo.plugin import Component, ModelPlugin  # noqa: E402
 from zoo_onnx import export_model  # noqa: E402
 
@@ -229,9 +230,7 @@ def main() -> None:
             table = bench_model(label, plugin, config, model, args)
         except Exception as error:  # one model failing must not hide the others' figures
             traceback.print_exc(limit=3)
-            table = (
-                f"## {label}\n\nfailed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}\n"
-            )
+            table = f"## {label}\n\nfailed: {first_line(error, with_type=True)}\n"
         text = f"# Export benchmark: {label}\n\n{machine_note(args.threads)}\n{table}"
         print(text)
         (RESULTS / f"export_{label.split()[0]}.md").write_text(text)

@@ -53,7 +53,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "plugins"), str(ROOT / "exporters")]
 import numpy as np  # noqa: E402
 import onnxruntime  # noqa: E402
 import torch  # noqa: E402
-from deploy import GiB, cpu_name, directory_gib, first_line, image_errors, random_state_dict, run_child  # noqa: E402
+from deploy import GiB, cpu_name, directory_gib, image_errors, random_state_dict, run_child  # noqa: E402
 from PIL import Image  # noqa: E402
 from report import Report, table, validation_errors  # noqa: E402
 from timing import OverTime, median_seconds, time_cap  # noqa: E402
@@ -61,6 +61,7 @@ from timing import OverTime, median_seconds, time_cap  # noqa: E402
 import zoo.api  # noqa: E402
 import zoo.runtime  # noqa: E402
 from zoo.config import validate  # noqa: E402
+from zoo.errors import first_line  # noqa: E402
 from zoo.outputs import to_uint8  # noqa: E402
 from zoo.runtime.images import to_model_input  # noqa: E402
 from zoo.runtime.loop import ModelRuntime  # noqa: E402
@@ -372,7 +373,7 @@ def measure(
         engine.over_cap = task.size
         return [f"not measured: one call over {args.cap_seconds:g} s", "-", *dash], None
     except Exception as error:  # noqa: BLE001 - a failing engine is a result, not the end of the run
-        return [first_line(error), "-", *dash], None
+        return [first_line(error, with_type=True), "-", *dash], None
     finally:
         runtime = None  # the closure `call` held the sessions until here
         gc.collect()

@@ -34,12 +34,13 @@ sys.path[:0] = [str(ROOT), str(ROOT / "plugins"), str(ROOT / "exporters")]
 import numpy as np  # noqa: E402
 import onnxruntime  # noqa: E402
 import torch  # noqa: E402
-from deploy import GiB, cpu_name, directory_gib, first_line, image_errors, random_state_dict, run_child  # noqa: E402
+from deploy import GiB, cpu_name, directory_gib, image_errors, random_state_dict, run_child  # noqa: E402
 from report import Report, table  # noqa: E402
 from timing import median_seconds  # noqa: E402
 
 import zoo.api  # noqa: E402
 import zoo.runtime  # noqa: E402
+from zoo.errors import first_line  # noqa: E402
 from zoo_var.config import PAPER_PATCH_NUMS  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "var_deploy.md"
@@ -200,7 +201,7 @@ def bench_size(size: str, args: argparse.Namespace, report: Report, deadline: fl
             output = engine.sample(GREEDY)  # also the warm-up of the timings
             greedy_seconds = time.perf_counter() - start
         except Exception as error:  # noqa: BLE001 - a failing engine is a result, not the end of the run
-            message = first_line(error)
+            message = first_line(error, with_type=True)
             greedy_rows.append([name, message, "-", "-"])
             timing_rows.append([name, message, "-", "-"])
             continue

@@ -71,9 +71,3 @@ def image_errors(images: np.ndarray, reference: np.ndarray) -> tuple[int, float]
     """Max and mean absolute difference of two uint8 image arrays, in uint8 levels (0..255)."""
     error = np.abs(images.astype(np.int16) - reference.astype(np.int16))
     return int(error.max()), float(error.mean())
-
-
-def first_line(error: BaseException) -> str:
-    """`Type: first line of the message`, at most 200 characters: an exception as a table cell."""
-    text = str(error)
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:200]

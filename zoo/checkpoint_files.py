@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import torch
 
 from zoo.config import ZooConfig, validate
-from zoo.errors import ConfigError, ZooError
+from zoo.errors import ConfigError, ZooError, first_line
 
 ZooConfigT = TypeVar("ZooConfigT", bound=ZooConfig)
 
@@ -113,20 +113,19 @@ def load_checkpoint(path: str | Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         if "weights_only" not in str(error) and "Unsupported global" not in str(error):
-            raise CheckpointError(f"{path} is not a readable torch checkpoint ({_first_line(error)})") from None
+            raise CheckpointError(
+                f"{path} is not a readable torch checkpoint ({first_line(error, 160, with_type=True)})"
+            ) from None
     except Exception as error:  # a truncated or foreign file fails in many ways; each is one line
         raise CheckpointError(
-            f"{path} is not a readable torch checkpoint ({_first_line(error)}); is the download complete?"
+            f"{path} is not a readable torch checkpoint ({first_line(error, 160, with_type=True)}); is the download complete?"
         ) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_inert_pickle_module(), mmap=mmap)
     except Exception as error:  # whatever a malformed pickle raises, it is one line
-        raise CheckpointError(f"{path} is not a readable torch checkpoint ({_first_line(error)})") from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:160]}" if text else type(error).__name__
+        raise CheckpointError(
+            f"{path} is not a readable torch checkpoint ({first_line(error, 160, with_type=True)})"
+        ) from None
 
 
 def tensors_in(obj: Any, what: str, path: Path) -> dict[str, torch.Tensor]:

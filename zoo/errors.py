@@ -52,3 +52,14 @@ class ExportError(ZooError):
 
 class TrainingError(ZooError):
     """A training run that has to stop (non-finite loss, bad stage selection)."""
+
+
+def first_line(error: BaseException, limit: int = 200, *, with_type: bool = False) -> str:
+    """The first line of `error`'s message, at most `limit` characters (its type's name if the
+    message is empty): another library's exception inside a one-line error. `with_type`
+    puts the type's name in front (`ValueError: ...`) where the message alone would not say
+    what failed."""
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return type(error).__name__
+    return f"{type(error).__name__}: {lines[0][:limit]}" if with_type else lines[0][:limit]

@@ -16,10 +16,9 @@ beside it and renamed into place.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from zoo.errors import RunError, UnknownNameError
 from zoo.importer import Converted
 from zoo.plugin import ModelPlugin
 from zoo.registry import get_registry
+from zoo.runtime.manifest import sha256_file
 
 
 @dataclass
@@ -124,29 +124,47 @@ def _load_converted(net: torch.nn.Module, converted: Converted, stages: list[str
     """Every converted tensor must name a parameter or buffer of the model, with its shape."""
     own = net.state_dict()
     files = ", ".join(str(path) for path in paths)
-    for key, tensor in converted.tensors.items():
-        if key not in own:
-            raise CheckpointError(
-                f"{files}: converted key {key!r} is not in the {net.__class__.__name__}; "
-                "the files belong to another model or version"
-            )
-        if tuple(own[key].shape) != tuple(tensor.shape):
-            raise CheckpointError(
-                f"{files}: {key} has shape {tuple(tensor.shape)} in the files, "
-                f"{tuple(own[key].shape)} in a model built from the inferred config"
-            )
+    shapes = {key: tuple(value.shape) for key, value in own.items()}
+    check_fit(converted.tensors, shapes, f"the {net.__class__.__name__}", lambda key: (files, key))
     unknown = [stage for stage in converted.stages if stage not in stages]
     if unknown:
         raise CheckpointError(f"the importer names stages {unknown} the model does not have")
     net.load_state_dict({**own, **{k: v.to(own[k].dtype) for k, v in converted.tensors.items()}})
 
 
+def check_fit(
+    tensors: Mapping[str, torch.Tensor],
+    shapes: Mapping[str, tuple[int, ...]],
+    model: str,
+    origin: Callable[[str], tuple[str | Path, str]],
+    file_layout: Callable[[str, tuple[int, ...]], tuple[int, ...]] = lambda key, shape: shape,
+) -> list[str]:
+    """Every converted tensor (zoo key -> tensor) must be a key of `shapes`, the state dict
+    of `model` built from the inferred config (`zoo.checkpoint_files.meta_shapes` builds it
+    on the meta device), with its shape. Returns the keys of `shapes` no tensor fills, in
+    order: which of them may stay at their initialisation is the importer's call.
+
+    A misfit is a one-line `CheckpointError` naming where the tensor came from:
+    `origin(key)` is (file, the tensor's name in it); `file_layout(key, shape)` is a shape
+    of zoo's layout in the file's (for an importer that transposes some tensors)."""
+    for key, tensor in tensors.items():
+        file, name = origin(key)
+        where = f"{file}: {key}" if name == key else f"{file}: {name!r} (zoo's {key})"
+        if key not in shapes:
+            raise CheckpointError(
+                f"{where} fits no layer of {model} built from the inferred config; "
+                "the files belong to another model or version"
+            )
+        if tuple(tensor.shape) != shapes[key]:
+            have, need = file_layout(key, tuple(tensor.shape)), file_layout(key, shapes[key])
+            raise CheckpointError(
+                f"{where} has shape {have} in the files, {need} in {model} built from the inferred config"
+            )
+    return [key for key in shapes if key not in tensors]
+
+
 def _describe_file(path: Path) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"name": path.name, "sha256": digest.hexdigest(), "bytes": path.stat().st_size}
+    return {"name": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
 def _write_run(out: Path, record: dict[str, Any], net: torch.nn.Module) -> None:

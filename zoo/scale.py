@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from zoo.errors import first_line
+
 
 def checkpoint_activations(blocks: list[nn.Module]) -> None:
     """Each block keeps only its inputs for the backward pass and recomputes the rest there.
@@ -39,8 +41,7 @@ def compile_blocks(blocks: list[nn.Module], warn: Callable[[str], None]) -> None
 
     def report(error: Exception) -> None:
         if not failed:
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            warn(f"--compile: torch.compile failed ({type(error).__name__}: {first_line[:200]}); training eagerly")
+            warn(f"--compile: torch.compile failed ({first_line(error, with_type=True)}); training eagerly")
         failed.append(type(error).__name__)
 
     for block in blocks:

@@ -18,7 +18,7 @@ import onnx_ir as ir
 import torch
 
 from zoo.components import Component
-from zoo.errors import ConfigError, ExportError
+from zoo.errors import ConfigError, ExportError, first_line
 from zoo_onnx.options import DEFAULT_OPSET, SUPPORTED_OPSETS
 
 # Protobuf cannot serialise a message past 2 GiB; keep a margin for the graph itself.
@@ -148,6 +148,4 @@ def root_cause(error: BaseException) -> str:
     several generic ones."""
     while error.__cause__ is not None:
         error = error.__cause__
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = lines[0] if lines else type(error).__name__
-    return text.split(" [Caused by")[0][:300]  # the TorchScript exporter appends its IR
+    return first_line(error, 300).split(" [Caused by")[0].rstrip()  # the TorchScript exporter appends its IR

@@ -52,18 +52,19 @@ from zoo.checkpoint_files import (
     tensors_in,
 )
 from zoo.importer import Converted, Importer
+from zoo.importing import check_fit
 from zoo_quantart.config import QuantArtConfig
 
 ATTENTION_SIDE = 16  # taming's attn_resolutions in every published config
 SKIPPED = re.compile(r"loss\.(perceptual_loss\..*|logvar)")  # LPIPS and latent-diffusion's log-variance
 
+# a PatchGAN tensor as taming's loss holds it; \1 is its name under the discriminator
+PATCHGAN_KEY = r"loss\.discriminator\.(main\.\d+\.(?:weight|bias|running_mean|running_var|num_batches_tracked))"
+
 # (taming key pattern, zoo key under the VQGAN) in order; the first match wins.
 VQGAN_RULES: list[tuple[str, str]] = [
     (r"quantize\.embedding\.weight", "quantizer.codebook"),
-    (
-        r"loss\.discriminator\.(main\.\d+\.(?:weight|bias|running_mean|running_var|num_batches_tracked))",
-        r"discriminator.\1",
-    ),
+    (PATCHGAN_KEY, r"discriminator.\1"),
     # the rest keeps its name, except fused `qkv` attention convs (VAR's VQVAE; taming has q, k, v)
     (r"((?:encoder|decoder)\.(?!.*\.qkv\.)[\w.]+|(?:post_)?quant_conv\.(?:weight|bias))", r"\1"),
 ]
@@ -159,28 +160,16 @@ class TamingVQGANImporter(Importer):
         mapped: dict[str, tuple[str, torch.Tensor]],
         has_discriminator: bool,
     ) -> None:
-        """Every converted tensor must be a key of zoo's VQGAN built from the inferred config
-        (on the meta device: no memory), with its shape, and no key may be missing."""
+        """Every converted tensor must fit zoo's VQGAN built from the inferred config (on the
+        meta device: no memory); no key may be missing but the code usage zoo keeps and,
+        where the file has none, the discriminator."""
         from zoo_quantart.model import VQGAN
 
         quantart_config = config_from_tensors(QuantArtConfig, config, file.path, "QuantArt")
-        expected = meta_shapes(lambda: VQGAN(quantart_config))
-        for key, (official, tensor) in mapped.items():
-            if key not in expected:
-                raise file.fail(
-                    official,
-                    "fits no layer of zoo's VQGAN built from the inferred config; "
-                    "the file belongs to another model or version",
-                )
-            if tuple(tensor.shape) != expected[key]:
-                raise file.fail(
-                    official,
-                    f"has shape {tuple(tensor.shape)}, but the config read off the file needs {expected[key]}",
-                )
-        for key in expected:
-            if key in mapped or key == "quantizer.usage":
-                continue
-            if key.startswith("discriminator.") and not has_discriminator:
+        shapes = meta_shapes(lambda: VQGAN(quantart_config))
+        tensors = {key: tensor for key, (_, tensor) in mapped.items()}
+        for key in check_fit(tensors, shapes, "zoo's VQGAN", lambda key: (file.path, mapped[key][0])):
+            if key == "quantizer.usage" or (key.startswith("discriminator.") and not has_discriminator):
                 continue
             official = (
                 "quantize.embedding.weight"
@@ -258,18 +247,12 @@ QUANTART_RULES: list[tuple[str, str]] = [
         r"model_x2y\.blocks\.(\d+\.(?:res_block|self_attn_block|attn_block)\.\w+\.(?:weight|bias))",
         r"transfer.blocks.\1",
     ),
-    (
-        r"loss\.discriminator\.(main\.\d+\.(?:weight|bias|running_mean|running_var|num_batches_tracked))",
-        r"latent_discriminator.\1",
-    ),
+    (PATCHGAN_KEY, r"latent_discriminator.\1"),
 ]
 # what the taming VQGAN beside it gives: the photo decoder and the photo image discriminator
 PHOTO_DECODER_RULES: list[tuple[str, str]] = [
     (r"((?:decoder|post_quant_conv)\.[\w.]+)", r"photo.\1"),
-    (
-        r"loss\.discriminator\.(main\.\d+\.(?:weight|bias|running_mean|running_var|num_batches_tracked))",
-        r"photo.discriminator.\1",
-    ),
+    (PATCHGAN_KEY, r"photo.discriminator.\1"),
 ]
 # ... whose photo encoder side QuantArt's training keeps frozen: it must equal QuantArt's copy
 PHOTO_ENCODER_PAIRS: list[tuple[str, str]] = [
@@ -405,19 +388,13 @@ def _check_model(
     main: PublishedFile,
     allow_missing: tuple[str, ...],
 ) -> None:
-    """Every converted tensor must be a key of zoo's QuantArt built from the inferred config
-    (meta device), with its shape; only keys containing `allow_missing` may be missing."""
+    """Every converted tensor must fit zoo's QuantArt built from the inferred config (on the
+    meta device: no memory); only keys containing one of `allow_missing` may be missing."""
     from zoo_quantart.model import QuantArt
 
     quantart_config = config_from_tensors(QuantArtConfig, config, main.path, "QuantArt")
-    expected = meta_shapes(lambda: QuantArt(quantart_config))
-    for key, (file, official, tensor) in mapped.items():
-        if key not in expected:
-            raise file.fail(official, "fits no layer of zoo's QuantArt built from the inferred config")
-        if tuple(tensor.shape) != expected[key]:
-            raise file.fail(
-                official, f"has shape {tuple(tensor.shape)}, but the config read off the files needs {expected[key]}"
-            )
-    for key in expected:
-        if key not in mapped and not any(part in key for part in allow_missing):
+    shapes = meta_shapes(lambda: QuantArt(quantart_config))
+    tensors = {key: tensor for key, (_, _, tensor) in mapped.items()}
+    for key in check_fit(tensors, shapes, "zoo's QuantArt", lambda key: (mapped[key][0].path, mapped[key][1])):
+        if not any(part in key for part in allow_missing):
             raise CheckpointError(f"{main.path}: no tensor for zoo's {key}; are the files complete?")

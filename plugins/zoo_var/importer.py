@@ -44,6 +44,7 @@ from zoo.checkpoint_files import (
     tensors_in,
 )
 from zoo.importer import Converted, Importer
+from zoo.importing import check_fit
 from zoo_var.config import PAPER_PATCH_NUMS, VARConfig
 
 VAE_FILE = "vae_ch160v4096z32.pth"
@@ -86,6 +87,11 @@ class _Conversion:
     def add(self, file: PublishedFile, official: str, key: str, tensor: torch.Tensor) -> None:
         self.tensors[key] = tensor
         self.sources[key] = (file, official)
+
+    def origin(self, key: str) -> tuple[Path, str]:
+        """(file, official key) of zoo's `key`, for errors."""
+        file, official = self.sources[key]
+        return file.path, official
 
 
 def _is_vqvae(tensors: dict[str, torch.Tensor]) -> bool:
@@ -313,28 +319,15 @@ class OfficialVARImporter(Importer):
     def _check_against_model(
         config: dict[str, Any], out: _Conversion, vqvae: PublishedFile, transformer: PublishedFile | None
     ) -> None:
-        """Every converted tensor must be a key of the model built from the inferred config
-        (on the meta device: no memory), with its shape, and no key may be missing."""
+        """Every converted tensor must fit the model built from the inferred config (on the
+        meta device: no memory); no tokenizer key may be missing, nor, with a transformer
+        file, any transformer key."""
         from zoo_var.model import VARModel
 
         var_config = config_from_tensors(VARConfig, config, vqvae.path, "VAR")
-        expected = meta_shapes(lambda: VARModel(var_config))
-        for key, tensor in out.tensors.items():
-            file, official = out.sources[key]
-            if key not in expected:
-                raise file.fail(
-                    official,
-                    "fits no layer of zoo's VAR built from the inferred config; "
-                    "the file belongs to another model or version",
-                )
-            if tuple(tensor.shape) != expected[key]:
-                raise file.fail(
-                    official,
-                    f"has shape {tuple(tensor.shape)}, but the config read off the files needs {expected[key]} ({key})",
-                )
-        for key in expected:
-            if key not in out.tensors and (transformer is not None or key.startswith("tokenizer.")):
-                file = vqvae if key.startswith("tokenizer.") or transformer is None else transformer
+        for key in check_fit(out.tensors, meta_shapes(lambda: VARModel(var_config)), "zoo's VAR", out.origin):
+            file = vqvae if key.startswith("tokenizer.") else transformer
+            if file is not None:
                 raise CheckpointError(f"{file.path}: no tensor for zoo's {key}; is the file complete?")
 
 

@@ -31,6 +31,7 @@ import torch
 
 from zoo.checkpoint_files import (
     CheckpointError,
+    PublishedFile,
     config_from_tensors,
     load_checkpoint,
     matching_rule,
@@ -38,6 +39,7 @@ from zoo.checkpoint_files import (
     tensors_in,
 )
 from zoo.importer import Converted, Importer
+from zoo.importing import check_fit
 from zoo_vqvae2_pixelcnn.config import VQVAE2Config
 
 PUBLISHED_FILE = "vqvae_560.pt"
@@ -80,28 +82,25 @@ class RosinalityVQVAEImporter(Importer):
     def convert_state_dict(self, path: Path, official: dict[str, torch.Tensor]) -> Converted:
         """`convert` on a state dict already read (`path` names it in errors); tensors may be
         on the meta device (shapes only)."""
-
-        def fail(key: str, problem: str) -> CheckpointError:
-            return CheckpointError(f"{path}: {key!r} {problem}")
-
+        file = PublishedFile(path, official, "rosinality's vqvae_*.pt, complete")
         tensors: dict[str, torch.Tensor] = {}
         sources: dict[str, str] = {}  # zoo key -> official key
         for key, tensor in official.items():  # names first: a file of another model fails on its first key
             rule = matching_rule(RULES, key)
             if rule is None:
-                raise fail(key, "maps to nothing in zoo's VQ-VAE-2; is this rosinality's vqvae_*.pt?")
+                raise file.fail(key, "maps to nothing in zoo's VQ-VAE-2; is this rosinality's vqvae_*.pt?")
             zoo_key = "vqvae." + re.sub(rule[0], rule[1], key)
             if key in TRANSPOSED:
                 if tensor.ndim != 2:
-                    raise fail(key, f"has shape {tuple(tensor.shape)}, not (code_dim, codebook_size)")
+                    raise file.fail(key, f"has shape {tuple(tensor.shape)}, not (code_dim, codebook_size)")
                 tensor = tensor.t()  # (D, K) -> (K, D)
             tensors[zoo_key], sources[zoo_key] = tensor, key
             if key.endswith("cluster_size"):  # zoo tracks code usage separately; same EMA of hits per batch
                 usage = zoo_key.replace("cluster_size", "usage")
                 tensors[usage], sources[usage] = tensor, key
 
-        config = {"image_size": PUBLISHED_IMAGE_SIZE, "vqvae": self._vqvae_config(official, fail)}
-        self._check_against_model(path, config, tensors, sources, official, fail)
+        config = {"image_size": PUBLISHED_IMAGE_SIZE, "vqvae": self._vqvae_config(file)}
+        self._check_against_model(path, config, tensors, sources)
         notes = [
             f"image_size is not stored in the file: {PUBLISHED_IMAGE_SIZE} (the published FFHQ model) is assumed; "
             "no weight depends on it (the autoencoder is fully convolutional, the priors' layers do not depend on "
@@ -118,18 +117,13 @@ class RosinalityVQVAEImporter(Importer):
         return Converted(config=config, tensors=tensors, stages=["vqvae"], notes=notes)
 
     @staticmethod
-    def _vqvae_config(official: dict[str, torch.Tensor], fail: Any) -> dict[str, Any]:
-        def get(key: str) -> torch.Tensor:
-            if key not in official:
-                raise fail(key, "is missing; is this rosinality's vqvae_*.pt, complete?")
-            return official[key]
-
-        top, bottom = get("quantize_t.embed"), get("quantize_b.embed")  # (D, K)
+    def _vqvae_config(file: PublishedFile) -> dict[str, Any]:
+        top, bottom = file.get("quantize_t.embed"), file.get("quantize_b.embed")  # (D, K)
         if top.ndim != 2 or bottom.ndim != 2 or top.shape[0] != bottom.shape[0]:
-            raise fail("quantize_b.embed", f"has shape {tuple(bottom.shape)}, quantize_t.embed {tuple(top.shape)}")
-        channels = get("enc_b.blocks.4.weight").shape[0]  # the 3x3 conv after the two strided ones
+            raise file.fail("quantize_b.embed", f"has shape {tuple(bottom.shape)}, quantize_t.embed {tuple(top.shape)}")
+        channels = file.get("enc_b.blocks.4.weight").shape[0]  # the 3x3 conv after the two strided ones
         res_blocks = sorted(
-            {int(m.group(1)) for k in official if (m := re.fullmatch(r"enc_b\.blocks\.(\d+)\.conv\..+", k))}
+            {int(m.group(1)) for k in file.tensors if (m := re.fullmatch(r"enc_b\.blocks\.(\d+)\.conv\..+", k))}
         )
         values: dict[str, Any] = {
             "channels": channels,
@@ -143,34 +137,23 @@ class RosinalityVQVAEImporter(Importer):
             "residual_relu_skip": True,
         }
         if res_blocks:
-            values["res_channels"] = get(f"enc_b.blocks.{res_blocks[0]}.conv.1.weight").shape[0]
+            values["res_channels"] = file.get(f"enc_b.blocks.{res_blocks[0]}.conv.1.weight").shape[0]
         return values
 
     @staticmethod
     def _check_against_model(
-        path: Path,
-        config: dict[str, Any],
-        tensors: dict[str, torch.Tensor],
-        sources: dict[str, str],
-        official: dict[str, torch.Tensor],
-        fail: Any,
+        path: Path, config: dict[str, Any], tensors: dict[str, torch.Tensor], sources: dict[str, str]
     ) -> None:
-        """Every converted tensor must be a key of the model built from the inferred config
-        (on the meta device: no memory), with its shape, and no autoencoder key may be missing."""
+        """Every converted tensor must fit the model built from the inferred config (on the
+        meta device: no memory); no autoencoder key may be missing (the priors were never
+        published)."""
         from zoo_vqvae2_pixelcnn.model import VQVAE2PixelCNN
 
+        def file_layout(key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+            return shape[::-1] if sources[key] in TRANSPOSED else shape
+
         model_config = config_from_tensors(VQVAE2Config, config, path, "VQ-VAE-2")
-        expected = meta_shapes(lambda: VQVAE2PixelCNN(model_config))
-        for key, tensor in tensors.items():
-            if key not in expected:
-                raise fail(sources[key], "fits no layer of zoo's VQ-VAE-2 built from the inferred config")
-            if tuple(tensor.shape) != expected[key]:
-                name = sources[key]
-                needs = expected[key][::-1] if name in TRANSPOSED else expected[key]  # in the file's layout
-                raise fail(
-                    name,
-                    f"has shape {tuple(official[name].shape)}, but the config read off the file needs {needs} ({key})",
-                )
-        for key in expected:
-            if key.startswith("vqvae.") and key not in tensors:
+        shapes = meta_shapes(lambda: VQVAE2PixelCNN(model_config))
+        for key in check_fit(tensors, shapes, "zoo's VQ-VAE-2", lambda key: (path, sources[key]), file_layout):
+            if key.startswith("vqvae."):
                 raise CheckpointError(f"{path}: no tensor for zoo's {key}; is the file complete?")

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from zoo.errors import DataError
+from zoo.errors import DataError, first_line
 
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 MAX_PIXELS_VARIABLE = "ZOO_MAX_IMAGE_PIXELS"
@@ -113,11 +113,6 @@ def open_image(path: str | Path, role: str, max_pixels: int | None = None) -> It
         raise DataError(f"{role} {name}: no such file") from None
     except (OSError, ValueError, SyntaxError) as error:  # UnidentifiedImageError is an OSError; truncated data too
         raise DataError(f"{role} {name}: not a readable image ({first_line(error)})") from None
-
-
-def first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0][:200] if lines else type(error).__name__
 
 
 def is_image_file(path: Path) -> bool:

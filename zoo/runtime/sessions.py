@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from zoo.errors import ConfigError, ExportError, UnknownNameError
+from zoo.errors import ConfigError, ExportError, UnknownNameError, first_line
 
 EXECUTION_PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -122,8 +122,10 @@ def _sessions_on(
                     session = ort.InferenceSession(str(path), options, providers=providers)
             except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/... types
                 if probing:
-                    raise _ProviderUnusable(_first_line(error)) from None
-                raise ExportError(f"onnxruntime cannot load {path.name}: {_first_line(error)}; export again") from None
+                    raise _ProviderUnusable(first_line(error, 300)) from None
+                raise ExportError(
+                    f"onnxruntime cannot load {path.name}: {first_line(error, 300)}; export again"
+                ) from None
             # onnxruntime falls back to CPU by itself when a provider's libraries do not load.
             if session.get_providers()[0] != wanted:
                 raise _ProviderUnusable(f"{wanted} did not start (its libraries or the device are missing)")
@@ -132,11 +134,6 @@ def _sessions_on(
         if probing:
             ort.set_default_logger_severity(DEFAULT_SEVERITY)
     return sessions
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:300] if text else type(error).__name__
 
 
 class OnnxComponents:
@@ -177,7 +174,7 @@ class OnnxComponents:
         except Exception as error:  # onnxruntime's own exception types
             shapes = {key: value.shape for key, value in feeds.items()}
             raise ExportError(
-                f"component {name!r} failed in onnxruntime on inputs {shapes}: {_first_line(error)}"
+                f"component {name!r} failed in onnxruntime on inputs {shapes}: {first_line(error, 300)}"
             ) from None
         return dict(zip(output_names, values, strict=True))
 

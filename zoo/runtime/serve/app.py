@@ -29,8 +29,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from zoo.errors import ConfigError, ExportError, UnknownNameError, ZooError
-from zoo.runtime.images import first_line
+from zoo.errors import ConfigError, ExportError, UnknownNameError, ZooError, first_line
 from zoo.runtime.serve.inputs import RequestError, sample_options
 from zoo.runtime.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics, MetricsMiddleware
 from zoo.runtime.serve.models import ServedModel
@@ -141,4 +140,4 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
-    return error(500, f"internal error: {type(exc).__name__}: {first_line(exc)}")
+    return error(500, f"internal error: {first_line(exc, with_type=True)}")
