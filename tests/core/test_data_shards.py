@@ -14,8 +14,9 @@ from PIL import Image
 from webdataset.writer import TarWriter
 
 from zoo.data import caption_set, image_folder, info, load_images, pack
-from zoo.data.shards import INDEX_FILE, ShardSet, describe, file_sha256, scan_shard
+from zoo.data.shards import INDEX_FILE, ShardSet, describe, scan_shard
 from zoo.errors import DataError
+from zoo.runtime.manifest import sha256_file
 
 torch.set_num_threads(1)
 
@@ -56,7 +57,7 @@ def test_pack_writes_the_folders_splits_as_shards_with_an_index(tmp_path):
     assert index["__kind__"] == "wids-shard-index-v1" and index["zoo"]["classes"] == ["class0", "class1", "class2"]
     for entry in index["shardlist"]:
         shard = tmp_path / "shards" / entry["url"]
-        assert entry["sha256"] == file_sha256(shard) and entry["filesize"] == shard.stat().st_size
+        assert entry["sha256"] == sha256_file(shard) and entry["filesize"] == shard.stat().st_size
         assert entry["nsamples"] == len(scan_shard(shard)[0]) <= 4
         assert entry["url"].startswith(entry["split"] + "-")
     assert sum(entry["nsamples"] for entry in index["shardlist"]) == sum(report.items.values())

@@ -34,7 +34,6 @@ short) is skipped and counted like an unreadable file of a folder.
 from __future__ import annotations
 
 import glob
-import hashlib
 import io
 import json
 import os
@@ -65,6 +64,7 @@ from zoo.data.images import read_rgb
 from zoo.data.sources import LazyImages, Skipped, nothing_readable, one_line
 from zoo.errors import DataError
 from zoo.runtime.images import IMAGE_SUFFIXES, max_image_pixels
+from zoo.runtime.manifest import sha256_file
 
 INDEX_FILE = "shardindex.json"
 INDEX_KIND = "wids-shard-index-v1"
@@ -460,7 +460,7 @@ class _SplitWriter:
                 "url": name,
                 "nsamples": self._count,
                 "filesize": (self.out / name).stat().st_size,
-                "sha256": file_sha256(self.out / name),
+                "sha256": sha256_file(self.out / name),
                 "split": self.split,
             }
         )
@@ -470,14 +470,6 @@ class _SplitWriter:
         if self._writer is not None:
             self._close()
         return self.entries
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _image_bytes(path: Path, max_pixels: int, resize: int | None) -> tuple[bytes, str]:
@@ -615,7 +607,7 @@ def info(spec: str | Path, verify: bool = False) -> dict[str, Any]:
         }
         if verify:
             result["mismatched"] = [
-                str(shard.path) for shard in found.shards if shard.sha256 and file_sha256(shard.path) != shard.sha256
+                str(shard.path) for shard in found.shards if shard.sha256 and sha256_file(shard.path) != shard.sha256
             ]
             result["unverified"] = sum(1 for shard in found.shards if not shard.sha256)
         return result
