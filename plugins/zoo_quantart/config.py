@@ -109,8 +109,8 @@ class TrainingConfig(ConfigSection):
 
 
 class DataConfig(ConfigSection):
-    content: str = Field("photos", description="content images: a zoo.data set name (photos) or a directory")
-    style: str = Field("textures", description="style images: a zoo.data set name (textures) or a directory")
+    content: str = Field("photos", description="content images: a zoo.data set name (photos), a directory or shards")
+    style: str = Field("textures", description="style images: a zoo.data set name (textures), a directory or shards")
     count: int = Field(2000, ge=1, description="random crops per generated training set")
     eval_pairs: int = Field(16, ge=1, description="held-out (content, style) pairs scored by evaluate")
     sample_images: int = Field(

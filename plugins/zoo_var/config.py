@@ -136,7 +136,8 @@ class VARConfig(ZooConfig):
 
     data: str = Field(
         "digits",
-        description="training images: digits | photos | textures | a folder (class subfolders become labels)",
+        description="training images: digits | photos | textures | a folder (class subfolders become labels) | "
+        "shards (a directory of zoo data pack, or a pattern train-{000000..000127}.tar)",
     )
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="the multi-scale VQVAE")
     transformer: TransformerConfig = Field(default_factory=TransformerConfig, description="the VAR transformer")
