@@ -1,10 +1,12 @@
 """Load test of `zoo serve`: N concurrent clients, a fixed count of requests each level,
 p50/p99 latency and throughput per model, and a check that every response is what its
-own seed gives alone.
+own seed gives alone. With --screenshot, the web page is also used in headless Chromium
+(pick VAR, pick a digit, sample; as tests/serve/test_page.py does) and saved as a PNG.
 
     python benchmarks/bench_serve.py                               # a tiny random-weight VAR export
     python benchmarks/bench_serve.py exports/var exports/quantart --options '{"n": 1}'
     python benchmarks/bench_serve.py --clients 1 4 8 --requests 48 --workers 2
+    python benchmarks/bench_serve.py --screenshot benchmarks/results/serve_page.png
 
 A live `zoo serve` subprocess on a free port of 127.0.0.1 answers httpx clients. Request i
 carries seed i; first every seed is asked once, alone (the reference), then each level
@@ -91,6 +93,22 @@ async def run_level(url: str, model: str, options: dict, seeds: list[int], clien
     return latencies, answers
 
 
+def save_screenshot(url: str, path: Path) -> None:
+    """The page after sampling the digit 3 (two images) in headless Chromium, as a PNG at `path`."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.serve.conftest import CHROMIUM, CHROMIUM_ARGS, sample_digit_on_page
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 900, "height": 900})
+        sample_digit_on_page(page, url, digit=3, n=2)
+        page.screenshot(path=str(path), full_page=True)
+        browser.close()
+    print(f"screenshot: {path}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("export_dirs", nargs="*", type=Path, help="default: a tiny random-weight VAR export")
@@ -99,6 +117,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="zoo serve --workers")
     parser.add_argument("--options", default='{"classes": [3], "n": 4}', help="sample options of every request")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve.md")
+    parser.add_argument(
+        "--screenshot",
+        type=Path,
+        help="also sample a digit on the web page in headless Chromium and save the page here "
+        "(benchmarks/results/serve_page.png); needs playwright and /usr/bin/chromium",
+    )
     args = parser.parse_args()
     options = json.loads(args.options)
 
@@ -145,6 +169,8 @@ def main() -> None:
                         ]
                     )
                     print(rows[-1], flush=True)
+            if args.screenshot:
+                save_screenshot(url, args.screenshot)
         finally:
             process.terminate()
             process.wait(timeout=30)

@@ -77,7 +77,7 @@ def child_step(spec: dict) -> dict:
 
     torch.set_num_threads(THREADS)
     from zoo.api import resolve_config
-    from zoo.trainer import Trainer, TrainOptions, _to_device
+    from zoo.trainer import Trainer, TrainOptions, to_device
 
     assignments = [
         f"scale.activation_checkpointing={str(spec['checkpointing']).lower()}",
@@ -113,7 +113,7 @@ def child_step(spec: dict) -> dict:
         for params in state.param_lists:
             for param in params:
                 param.register_post_accumulate_grad_hook(lambda p: setattr(p, "grad", None))
-    batch = _to_device(next(iter(trainer._loader(state))), trainer.device)
+    batch = to_device(next(iter(trainer._loader(state))), trainer.device)
     times: list[float] = []
     after_first = float("nan")
     over = None

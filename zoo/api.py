@@ -41,7 +41,7 @@ def list_models(pattern: str | None = None) -> list[str]:
     return names if pattern is None else [n for n in names if fnmatch.fnmatchcase(n, pattern)]
 
 
-def get_plugin(name: str) -> ModelPlugin:
+def get_plugin(name: str) -> ModelPlugin[Any, Any, Any]:
     return get_registry().get(name)
 
 
@@ -52,7 +52,7 @@ def resolve_config(
     assignments: Iterable[str] = (),
     overrides: Mapping[str, Any] | None = None,
     base: Mapping[str, Any] | None = None,
-) -> tuple[ModelPlugin, str | None, ZooConfig]:
+) -> tuple[ModelPlugin[Any, Any, Any], str | None, ZooConfig]:
     """defaults < preset < registry overrides < config file < overrides < --set assignments.
 
     With `base` (a run's stored config, when resuming it), the layers go on top of it
@@ -67,7 +67,9 @@ def resolve_config(
     return plugin, preset_name, config
 
 
-def create_model(name: str, preset: str | None = None, **overrides: Any) -> tuple[ModelPlugin, ZooConfig, nn.Module]:
+def create_model(
+    name: str, preset: str | None = None, **overrides: Any
+) -> tuple[ModelPlugin[Any, Any, Any], ZooConfig, nn.Module]:
     """Build a model with fresh weights, like `timm.create_model`."""
     plugin, _, config = resolve_config(name, preset, overrides=overrides)
     torch.manual_seed(config.seed)
@@ -78,7 +80,7 @@ def create_model(name: str, preset: str | None = None, **overrides: Any) -> tupl
 class Run:
     """A trained model loaded from its run directory."""
 
-    plugin: ModelPlugin
+    plugin: ModelPlugin[Any, Any, Any]
     config: ZooConfig
     model: nn.Module
     run_dir: Path

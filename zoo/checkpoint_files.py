@@ -96,6 +96,7 @@ def _inert_pickle_module() -> ModuleType:
     torch.load subclasses its Unpickler (to resolve storages, deferring every other name to
     it) and, for files in the legacy format, calls its `load` directly."""
     module = ModuleType("zoo_inert_pickle")
+    # A ModuleType declares no attributes: these two are the whole of this module.
     module.Unpickler = InertUnpickler  # type: ignore[attr-defined]
     module.load = _inert_load  # type: ignore[attr-defined]
     return module
@@ -145,7 +146,10 @@ Rule = tuple[str, "str | None"]
 """(official key pattern, zoo key template or None to drop the tensor), for `re.sub`."""
 
 
-def matching_rule(rules: Sequence[Rule], key: str) -> Rule | None:
+RuleT = TypeVar("RuleT", bound=Rule)  # an importer's rules may all keep their tensor: tuple[str, str]
+
+
+def matching_rule(rules: Sequence[RuleT], key: str) -> RuleT | None:
     """The first rule whose pattern matches the whole of `key`, or None."""
     return next((rule for rule in rules if re.fullmatch(rule[0], key)), None)
 

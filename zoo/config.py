@@ -179,6 +179,12 @@ class SampleOptionsBase(pydantic.BaseModel):
     seed: int = pydantic.Field(0, ge=0, description="random seed of the sampling loop")
 
 
+# The type parameters of the plugin interfaces (zoo.plugin.ModelPlugin, zoo.runtime.ModelRuntime):
+# a plugin's own Config and SampleOptions, so its methods take exactly those.
+ConfigT = TypeVar("ConfigT", bound=ZooConfig)
+SampleOptionsT = TypeVar("SampleOptionsT", bound=SampleOptionsBase)
+
+
 # The `json_schema_extra` of a sample option that takes images (one, or a list): file paths
 # on the command line, `data:` URIs anywhere (zoo.runtime.images reads both). `zoo serve`
 # fills these options from uploads only, never from a path a client names, and its web page

@@ -156,11 +156,13 @@ class Engine:
         """Backward passes inside reduce gradients across processes only when `enabled`:
         accumulation's early micro-batches keep theirs local."""
         if self.parallel and not enabled:
+            # set_requires_gradient_sync is added by fully_shard/replicate at run time, which
+            # nn.Module's typed __getattr__ takes for a Tensor attribute.
             step.set_requires_gradient_sync(False)  # type: ignore[operator]
             try:
                 yield
             finally:
-                step.set_requires_gradient_sync(True)  # type: ignore[operator]
+                step.set_requires_gradient_sync(True)  # type: ignore[operator]  # as above
         else:
             yield
 
@@ -171,6 +173,7 @@ class Engine:
             return model.state_dict()
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+        # full_state_dict=True gathers plain tensors; torch types the values as any state value.
         return dict(get_model_state_dict(model, options=StateDictOptions(full_state_dict=True)))  # type: ignore[arg-type]
 
     def full(self, tensors: Mapping[str, Any] | None) -> dict[str, Any] | None:

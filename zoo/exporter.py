@@ -6,7 +6,7 @@ module hands the registry `Exporter` objects through the `zoo_register_exporters
 (see `zoo.hookspecs`), exactly as it hands over models; `zoo export MODEL --format NAME`
 and `Run.export(out_dir, format=NAME, **options)` look them up by `name`.
 
-    class NpzExporter(zoo.Exporter):
+    class NpzExporter(zoo.Exporter[NpzOptions]):
         name = "npz"
         description = "the model's weights as one .npz"
         Options = NpzOptions            # a zoo.ExportOptions subclass: one CLI flag per field
@@ -21,7 +21,7 @@ A leaf module beside zoo.components: it imports no torch and no exporter.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import pydantic
 
@@ -46,9 +46,17 @@ class ExportOptions(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
 
 
-class Exporter:
+ExportOptionsT = TypeVar("ExportOptionsT", bound=ExportOptions)
+
+
+class Exporter(Generic[ExportOptionsT]):
     """Base class of an exporter. Subclasses set the class attributes and override `export`;
-    `summary` and `notes` shape what `zoo export` prints."""
+    `summary` and `notes` shape what `zoo export` prints.
+
+    The type parameter is the exporter's `Options` class (`Exporter[NpzOptions]`): the core
+    validates the user's options with `Options` and passes the result to `export` and `notes`.
+    (`Options` itself stays typed as any ExportOptions class: it has a default, and a class
+    attribute cannot name the type parameter.)"""
 
     name: ClassVar[str]  # the format, `zoo export --format NAME`; global like model names
     description: ClassVar[str]
@@ -57,7 +65,12 @@ class Exporter:
     Options: ClassVar[type[ExportOptions]] = ExportOptions
 
     def export(
-        self, plugin: ModelPlugin, model: nn.Module, config: ZooConfig, out_dir: Path, options: ExportOptions
+        self,
+        plugin: ModelPlugin[Any, Any, Any],
+        model: nn.Module,
+        config: ZooConfig,
+        out_dir: Path,
+        options: ExportOptionsT,
     ) -> dict[str, Any]:
         """Write the export of `model` (built by `plugin` from `config`) to `out_dir` and
         return its manifest (or a summary of what was written). Fail with a ZooError whose
@@ -69,6 +82,6 @@ class Exporter:
         in every row); none prints no table."""
         return []
 
-    def notes(self, manifest: dict[str, Any], out_dir: Path, options: ExportOptions) -> list[str]:
+    def notes(self, manifest: dict[str, Any], out_dir: Path, options: ExportOptionsT) -> list[str]:
         """Lines `zoo export` prints after the table and the export directory."""
         return []

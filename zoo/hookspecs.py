@@ -8,9 +8,9 @@ Example, a complete plugin module::
 
     import zoo
 
-    class MyModel(zoo.ModelPlugin):
+    class MyModel(zoo.ModelPlugin[MyConfig, MySampleOptions, MyNetwork]):
         name = "my_model"
-        ...
+        ...  # build(config: MyConfig) -> MyNetwork, stages(config) -> list[zoo.Stage[MyConfig, MyNetwork]], ...
 
     @zoo.hookimpl
     def zoo_register_models():
@@ -23,7 +23,7 @@ name matches no spec below is rejected when the plugin loads.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -37,7 +37,7 @@ hookimpl = pluggy.HookimplMarker("zoo")
 
 
 @hookspec
-def zoo_register_models() -> list[ModelPlugin]:
+def zoo_register_models() -> list[ModelPlugin[Any, Any, Any]]:
     """Return the models this plugin provides, one `ModelPlugin` instance each.
 
     Model names are global: two plugins returning the same name is an error that names
@@ -46,7 +46,7 @@ def zoo_register_models() -> list[ModelPlugin]:
 
 
 @hookspec
-def zoo_register_exporters() -> list[Exporter]:
+def zoo_register_exporters() -> list[Exporter[Any]]:
     """Return the export formats this plugin provides, one `zoo.Exporter` instance each.
 
     `zoo export MODEL --format NAME` and `Run.export(out_dir, format=NAME, **options)` find
@@ -55,9 +55,10 @@ def zoo_register_exporters() -> list[Exporter]:
     ONNX exporter (format "onnx", the default) registers through this hook from its own
     entry point, like any third party's::
 
-        class NpzExporter(zoo.Exporter):
+        class NpzExporter(zoo.Exporter[NpzOptions]):
             name = "npz"
             description = "each component's weights as one .npz"
+            Options = NpzOptions  # a zoo.ExportOptions subclass
 
             def export(self, plugin, model, config, out_dir, options):
                 ...  # write files into out_dir

@@ -85,7 +85,10 @@ def import_checkpoint(
 
 
 def _config_for(
-    plugin: ModelPlugin, presets: Mapping[str, Mapping[str, Any]], inferred: dict[str, Any], preset: str | None
+    plugin: ModelPlugin[Any, Any, Any],
+    presets: Mapping[str, Mapping[str, Any]],
+    inferred: dict[str, Any],
+    preset: str | None,
 ) -> tuple[ZooConfig, str | None]:
     """The config: the inferred values over the named preset (which must agree with them),
     or over the first preset they all agree with, or over the defaults."""

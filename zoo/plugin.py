@@ -4,7 +4,12 @@ A plugin module hands the registry `ModelPlugin` objects through the `zoo_regist
 hook (see `zoo.hookspecs`). Everything the core does with a model goes through this class:
 the trainer runs its `stages`, `zoo sample` calls `sample`, `zoo eval` calls `evaluate`,
 an exporter (see `zoo.exporter`; ONNX by default) writes `export_components`, and `zoo run`
-drives the exported graphs with the torch-free loop named by `runtime`.
+drives the exported graphs with the torch-free loop its `zoo.runtimes` entry point names.
+
+A plugin subclasses `ModelPlugin[ItsConfig, ItsSampleOptions, ItsModel]`, so its methods
+take its own types; the stages it returns are `Stage[ItsConfig, ItsModel]`, whose loss
+functions, module selectors and data builders see them too. The core holds plugins as
+`ModelPlugin[Any, Any, Any]`: it only passes each plugin what that plugin built or validated.
 
 This module imports no torch at run time, so the registry can list models cheaply.
 """
@@ -15,10 +20,10 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 from zoo.components import Component, ExportAssets  # defined in a leaf module; re-exported here
-from zoo.config import SampleOptionsBase, ZooConfig
+from zoo.config import ConfigT, SampleOptionsT
 from zoo.outputs import SampleOutput
 from zoo.version import __version__
 
@@ -29,6 +34,9 @@ if TYPE_CHECKING:
 
 Batch = dict[str, Any]
 """A collated batch: `image` (B, 3, H, W) in [-1, 1], `label` (B,), `caption` list[str], ..."""
+
+ModelT = TypeVar("ModelT", bound="nn.Module")
+"""The module a plugin's `build` returns: what its stages' functions receive."""
 
 
 @dataclass
@@ -43,12 +51,12 @@ class StepContext:
     cache: dict[str, Any] = field(default_factory=dict)
 
 
-LossFn = Callable[["nn.Module", Batch, StepContext], Mapping[str, "torch.Tensor"]]
+LossFn = Callable[[ModelT, Batch, StepContext], Mapping[str, "torch.Tensor"]]
 """Returns named scalars; the trainer back-propagates `loss` and logs every entry."""
 
 
 @dataclass
-class Optimizer:
+class Optimizer(Generic[ModelT]):
     """One optimizer of a stage: the modules it trains, the loss it minimises, its schedule.
 
     A stage with several optimizers (a GAN's generator and discriminator) runs them in
@@ -56,8 +64,8 @@ class Optimizer:
     """
 
     name: str
-    modules: Callable[[nn.Module], list[nn.Module]]
-    loss: LossFn
+    modules: Callable[[ModelT], list[nn.Module]]
+    loss: LossFn[ModelT]
     lr: float
     algorithm: Literal["adamw", "adam"] = "adamw"
     betas: tuple[float, float] = (0.9, 0.999)
@@ -72,75 +80,85 @@ class Optimizer:
 
 
 @dataclass
-class Validation:
+class Validation(Generic[ConfigT, ModelT]):
     """Held-out loss measured during a stage; optionally stops the stage early."""
 
-    dataset: Callable[[StageContext], Dataset]
+    dataset: Callable[[StageContext[ConfigT, ModelT]], Dataset]
     every: int
     patience: int | None = None  # evaluations without improvement before stopping; None never stops
     batches: int = 8
 
 
 @dataclass
-class StageContext:
+class StageContext(Generic[ConfigT, ModelT]):
     """What a stage's data builder may use: the model (with earlier stages' weights)."""
 
-    model: nn.Module
-    config: ZooConfig
+    model: ModelT
+    config: ConfigT
     cache_dir: Path  # inside the run directory; survives resumes
     device: torch.device
 
 
 @dataclass
-class Stage:
+class Stage(Generic[ConfigT, ModelT]):
     """One training stage. Parameters of modules no optimizer names stay frozen."""
 
     name: str
-    optimizers: list[Optimizer]
+    optimizers: list[Optimizer[ModelT]]
     steps: int
     batch_size: int
-    dataset: Callable[[StageContext], Dataset]
+    dataset: Callable[[StageContext[ConfigT, ModelT]], Dataset]
     ema_decay: float | None = None  # EMA of trained weights, copied into the model at the end
-    validation: Validation | None = None
+    validation: Validation[ConfigT, ModelT] | None = None
     # Options of the sample grid `ModelPlugin.stage_grid` draws by default (at the stage's
     # end and every `sample_every` steps); None: no sample grid unless the plugin overrides it.
     sample_options: dict[str, Any] | None = None
     # Runs once after the stage's data is built and before its first step (e.g. to
     # initialise a codebook from data); must be deterministic given the seed.
-    on_start: Callable[[nn.Module, StageContext], None] | None = None
+    on_start: Callable[[ModelT, StageContext[ConfigT, ModelT]], None] | None = None
 
 
-class ModelPlugin:
+class ModelPlugin(Generic[ConfigT, SampleOptionsT, ModelT]):
     """Base class of a model plugin. Subclasses set the class attributes and override
     `build`, `stages`, `evaluate` and `export_components`; `sample` is inherited: it runs
     the plugin's torch-free runtime loop on the torch components, so `zoo sample` and
-    `zoo run` share one sampling algorithm."""
+    `zoo run` share one sampling algorithm.
+
+    The type parameters are the plugin's `Config`, `SampleOptions` and the module `build`
+    returns: `class VARPlugin(ModelPlugin[VARConfig, VARSampleOptions, VARModel])`."""
 
     name: ClassVar[str]
     description: ClassVar[str]
     version: ClassVar[str] = __version__  # a third-party plugin sets its own
-    Config: ClassVar[type[ZooConfig]]
-    SampleOptions: ClassVar[type[SampleOptionsBase]]
+    # Class attributes like the others; not ClassVar only because a ClassVar cannot name a
+    # type parameter.
+    Config: type[ConfigT]
+    SampleOptions: type[SampleOptionsT]
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     default_preset: ClassVar[str | None] = None
-    runtime: ClassVar[str]  # "package.module:Class", a zoo.runtime.loop.ModelRuntime subclass
+    # The torch-free sampling loop is declared once, where `zoo run` finds it without torch:
+    # the entry point named after the model in the group `zoo.runtimes` of the plugin's
+    # distribution ("package.module:Class", a zoo.runtime.loop.ModelRuntime subclass).
+    # Only a plugin with no installed distribution (a module a registry file names) sets it
+    # here instead; where both exist they must agree (`runtime_target`).
+    runtime: ClassVar[str | None] = None
 
-    def build(self, config: ZooConfig) -> nn.Module:
+    def build(self, config: ConfigT) -> ModelT:
         raise NotImplementedError
 
-    def stages(self, config: ZooConfig) -> list[Stage]:
+    def stages(self, config: ConfigT) -> list[Stage[ConfigT, ModelT]]:
         raise NotImplementedError
 
-    def evaluate(self, model: nn.Module, config: ZooConfig, device: torch.device) -> dict[str, float]:
+    def evaluate(self, model: ModelT, config: ConfigT, device: torch.device) -> dict[str, float]:
         raise NotImplementedError
 
-    def export_components(self, model: nn.Module, config: ZooConfig) -> list[Component]:
+    def export_components(self, model: ModelT, config: ConfigT) -> list[Component]:
         raise NotImplementedError
 
-    def export_assets(self, model: nn.Module, config: ZooConfig) -> ExportAssets:
+    def export_assets(self, model: ModelT, config: ConfigT) -> ExportAssets:
         return ExportAssets()
 
-    def blocks(self, model: nn.Module) -> list[nn.Module]:
+    def blocks(self, model: ModelT) -> list[nn.Module]:
         """The model's repeated units: what `scale.shard` shards one by one (FSDP2), what
         `scale.activation_checkpointing` recomputes and `scale.compile` compiles; typically
         transformer blocks and the resolution levels of a conv encoder/decoder.
@@ -150,15 +168,15 @@ class ModelPlugin:
         Default: none (the model is one unit; the levers have nothing to act on)."""
         return []
 
-    def check_data(self, config: ZooConfig) -> None:
+    def check_data(self, config: ConfigT) -> None:
         """Raise DataError if a data source of any stage is unusable. The trainer calls this
         before the first stage, so a later stage's bad folder costs no training time.
         Override when a stage after the first reads data the first stage does not."""
 
-    def stage_names(self, config: ZooConfig) -> list[str]:
+    def stage_names(self, config: ConfigT) -> list[str]:
         return [stage.name for stage in self.stages(config)]
 
-    def component_names(self, config: ZooConfig) -> list[str]:
+    def component_names(self, config: ConfigT) -> list[str]:
         """What `export_components` returns for this config, derived from it on a model
         built on the meta device (no memory, no weights), so listings never disagree with
         what an export writes."""
@@ -171,11 +189,18 @@ class ModelPlugin:
         except NotImplementedError:  # a model that exports nothing
             return []
 
+    def runtime_target(self) -> str:
+        """ "package.module:Class" of the model's sampling loop: the installed `zoo.runtimes`
+        entry point of its name (what `zoo run` imports), else `runtime`."""
+        from zoo.runtime_entry_points import plugin_runtime
+
+        return plugin_runtime(self.name, self.runtime)
+
     def runtime_class(self) -> type:
-        module_name, _, attr = self.runtime.partition(":")
+        module_name, _, attr = self.runtime_target().partition(":")
         return getattr(importlib.import_module(module_name), attr)
 
-    def runtime_for(self, model: nn.Module, config: ZooConfig, device: torch.device) -> Any:
+    def runtime_for(self, model: ModelT, config: ConfigT, device: torch.device) -> Any:
         """The plugin's torch-free sampling loop driving the torch components: what `sample`
         runs, and what `evaluate` may use for the loop's other methods."""
         from zoo.torch_components import TorchComponents
@@ -186,15 +211,15 @@ class ModelPlugin:
 
     def sample(
         self,
-        model: nn.Module,
-        config: ZooConfig,
-        options: SampleOptionsBase,
+        model: ModelT,
+        config: ConfigT,
+        options: SampleOptionsT,
         device: torch.device,
     ) -> SampleOutput:
         return self.runtime_for(model, config, device).sample(options)
 
     def stage_grid(
-        self, model: nn.Module, config: ZooConfig, stage: Stage, device: torch.device
+        self, model: ModelT, config: ConfigT, stage: Stage[ConfigT, ModelT], device: torch.device
     ) -> SampleOutput | None:
         """The picture of `stage`, written to `samples/STAGE.png` when it ends and to
         `samples/STAGE/step_N.png` every `sample_every` steps (the model is in eval mode,

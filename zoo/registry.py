@@ -60,14 +60,14 @@ class PluginInfo:
 
 @dataclass
 class ModelEntry:
-    plugin: ModelPlugin
+    plugin: ModelPlugin[Any, Any, Any]
     module: str
     source: str
 
 
 @dataclass
 class ExporterEntry:
-    exporter: Exporter
+    exporter: Exporter[Any]
     module: str
     source: str
 
@@ -227,12 +227,12 @@ class Registry:
     def failures(self) -> list[PluginInfo]:
         return [info for info in self.plugins.values() if info.error]
 
-    def get(self, model: str) -> ModelPlugin:
+    def get(self, model: str) -> ModelPlugin[Any, Any, Any]:
         if model not in self.models:
             raise UnknownNameError("model", model, self.models)
         return self.models[model].plugin
 
-    def get_exporter(self, format: str) -> Exporter:
+    def get_exporter(self, format: str) -> Exporter[Any]:
         """The exporter of an export format ("onnx", ...)."""
         if format not in self.exporters:
             error = UnknownNameError("export format", format, self.exporters)

@@ -27,7 +27,7 @@ COMPONENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # becomes a file n
 
 
 def export_model(
-    plugin: ModelPlugin,
+    plugin: ModelPlugin[Any, Any, Any],
     model: torch.nn.Module,
     config: ZooConfig,
     out_dir: str | Path,

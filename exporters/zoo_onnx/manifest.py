@@ -117,7 +117,7 @@ def write_assets(out_dir: Path, assets: ExportAssets) -> dict[str, Any]:
 
 
 def build_manifest(
-    plugin: ModelPlugin,
+    plugin: ModelPlugin[Any, Any, Any],
     config: ZooConfig,
     opset: int,
     precision: str,

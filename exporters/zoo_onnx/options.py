@@ -5,7 +5,7 @@ registers the exporter imports this, and listing plugins must stay cheap."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator
 
@@ -18,14 +18,15 @@ DEFAULT_OPSET = 20
 # graph afterwards, which can fail with a printed traceback and leave it at 18.
 SUPPORTED_OPSETS = range(18, DEFAULT_OPSET + 1)
 
-PRECISIONS = ("fp32", "fp16", "int8")  # error bounds and conversions: precision.py
+ExportPrecision = Literal["fp32", "fp16", "int8"]  # error bounds and conversions: precision.py
+PRECISIONS: tuple[str, ...] = get_args(ExportPrecision)
 
 
 class OnnxOptions(ExportOptions):
     opset: int = Field(
         DEFAULT_OPSET, description=f"ONNX opset, {SUPPORTED_OPSETS.start} to {SUPPORTED_OPSETS.stop - 1}"
     )
-    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
+    precision: ExportPrecision = Field(
         "fp32", description="fp32; fp16 weights and arithmetic (GPUs); int8 MatMul/Gemm weights (CPUs)"
     )
     components: list[str] | None = Field(

@@ -5,19 +5,29 @@ torch and onnx are imported when an export runs, not when the plugin loads."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zoo
 from zoo_onnx.options import PRECISIONS, OnnxOptions
 
+if TYPE_CHECKING:
+    from torch import nn
 
-class OnnxExporter(zoo.Exporter):
+
+class OnnxExporter(zoo.Exporter[OnnxOptions]):
     name = "onnx"
     description = "one validated .onnx graph per component + manifest.json, run by `zoo run` without torch"
     precisions = PRECISIONS
     Options = OnnxOptions
 
-    def export(self, plugin, model, config, out_dir: Path, options: OnnxOptions) -> dict[str, Any]:
+    def export(
+        self,
+        plugin: zoo.ModelPlugin[Any, Any, Any],
+        model: nn.Module,
+        config: zoo.ZooConfig,
+        out_dir: Path,
+        options: OnnxOptions,
+    ) -> dict[str, Any]:
         from zoo_onnx.export import export_model
 
         return export_model(

@@ -56,7 +56,7 @@ def trace_component(component: Component, inputs: dict[str, torch.Tensor], scrat
                     dynamic_shapes = (dynamic_shapes,)
                 # Kept in memory and saved once by the caller: a file written here and read
                 # back would cost two more passes over every weight (minutes and GiB at VAR d30).
-                model = torch.onnx.export(
+                program = torch.onnx.export(
                     module,
                     args,
                     None,
@@ -66,7 +66,9 @@ def trace_component(component: Component, inputs: dict[str, torch.Tensor], scrat
                     opset_version=opset,
                     dynamo=True,
                     verbose=False,
-                ).model
+                )
+                assert program is not None  # None only with dynamo=False
+                model = program.model
     except (ExportError, OSError):  # OSError: the disk, not the module (the CLI reports it)
         raise
     except Exception as error:
@@ -108,10 +110,10 @@ def load_graph(path: Path, component_name: str) -> ir.Model:
 def name_output_axes(model: ir.Model, component: Component) -> None:
     """Dynamo names output axes by expression (e.g. `cache_length + 1`); use the declared names."""
     for value in model.graph.outputs:
-        declared = component.dynamic_axes.get(value.name, {})
+        declared = component.dynamic_axes.get(value.name, {}) if value.name is not None else {}
         if not declared or value.shape is None:
             continue
-        dims = list(value.shape)
+        dims: list[int | ir.SymbolicDim | str] = list(value.shape)
         for axis, axis_name in declared.items():
             if axis < len(dims) and isinstance(dims[axis], ir.SymbolicDim):
                 dims[axis] = axis_name

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from zoo.checkpoint import atomic_write_bytes
 from zoo.data import load_images, shapes
+from zoo.data.base import dataset_length
 from zoo.data.shapes import COLORS, COUNT_WORDS, POSITION_PHRASES, SHAPES, SIZES
 from zoo.errors import DataError
 from zoo.plugin import StageContext
@@ -44,7 +45,7 @@ def captions_of(dataset: Dataset) -> list[str]:
     captions = getattr(dataset, "captions", None)
     if captions is not None:
         return list(captions)
-    return [dataset[index]["caption"] for index in range(len(dataset))]
+    return [dataset[index]["caption"] for index in range(dataset_length(dataset))]
 
 
 class TokenizedCaptions(Dataset):
@@ -72,7 +73,7 @@ def tokenizer_for(model: CaptionModel, config: CaptionConfig) -> Tokenizer:
     return model.tokenizer
 
 
-def stage_tokenizer(context: StageContext) -> Tokenizer:
+def stage_tokenizer(context: StageContext[CaptionConfig, CaptionModel]) -> Tokenizer:
     """The tokenizer a training stage uses, installed in the model and kept in the run's
     cache. The cached one wins (a resumed run); else the model's own (weights from an
     earlier run were trained with it); else a new one (see tokenizer_for)."""

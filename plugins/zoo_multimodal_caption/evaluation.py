@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from zoo.data.base import dataset_length
 from zoo.nn.metrics import psnr
 from zoo_multimodal_caption.config import CaptionConfig
 from zoo_multimodal_caption.data import captioned_images, parse_shapes_caption
@@ -23,7 +24,7 @@ def evaluate_captions(runtime: CaptionRuntime, config: CaptionConfig) -> dict[st
 
     tokenizer = runtime.tokenizer
     dataset = captioned_images(config, "test")
-    items = [dataset[index] for index in range(min(config.data.eval_count, len(dataset)))]
+    items = [dataset[index] for index in range(min(config.data.eval_count, dataset_length(dataset)))]
     images = torch.stack([item["image"] for item in items]).numpy()
     references = [normalize(tokenizer, item["caption"]) for item in items]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from zoo.data.base import dataset_length
 from zoo.outputs import to_uint8
 from zoo.plugin import Component, ExportAssets
 from zoo.torch_components import method_component
@@ -107,7 +108,7 @@ def export_components(model: CaptionModel, config: CaptionConfig) -> list[Compon
 def export_assets(model: CaptionModel, config: CaptionConfig) -> ExportAssets:
     """The text tokenizer (`tokenizer.json`) and the held-out images captioned by default."""
     examples = captioned_images(config, "test")
-    count = min(EXAMPLE_COUNT, len(examples))
+    count = min(EXAMPLE_COUNT, dataset_length(examples))
     images = torch.stack([examples[index]["image"] for index in range(count)]).numpy()
     return ExportAssets(
         arrays={EXAMPLES_ARRAY: to_uint8(images)},

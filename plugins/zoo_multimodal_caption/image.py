@@ -24,6 +24,9 @@ class TimmBackbone(nn.Module):
     """A timm classifier without its head ((B, 3, S, S) in [-1, 1] -> (B, features)),
     fed with the normalisation its weights were trained with."""
 
+    mean: torch.Tensor  # (1, 3, 1, 1) buffers: the normalisation of the timm model's weights
+    std: torch.Tensor
+
     def __init__(self, model_name: str) -> None:
         super().__init__()
         self.model = create_timm_model(
@@ -32,7 +35,9 @@ class TimmBackbone(nn.Module):
         config = getattr(self.model, "pretrained_cfg", None) or {}
         self.register_buffer("mean", torch.tensor(config.get("mean", IMAGENET_MEAN)).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config.get("std", IMAGENET_STD)).view(1, 3, 1, 1), persistent=False)
-        self.num_features = self.model.num_features
+        num_features = self.model.num_features
+        assert isinstance(num_features, int)  # every timm model declares its feature width
+        self.num_features = num_features
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(((images + 1) / 2 - self.mean) / self.std)
@@ -47,8 +52,8 @@ class ImageEncoder(nn.Module):
             self.backbone: nn.Module = conv_backbone(config.channels, config.pool_size)
             features = config.channels[-1] * config.pool_size**2
         else:
-            self.backbone = TimmBackbone(config.encoder.removeprefix("timm:"))
-            features = self.backbone.num_features
+            timm_backbone = TimmBackbone(config.encoder.removeprefix("timm:"))
+            self.backbone, features = timm_backbone, timm_backbone.num_features
         if config.encoder_weights is not None:
             load_backbone_weights(self.backbone, config.encoder_weights, "image.encoder_weights")
         self.to_latent = nn.Linear(features, latent_dim)

@@ -8,7 +8,17 @@ import torch
 from torch import nn
 
 import zoo
-from zoo.plugin import Component, ExportAssets, ModelPlugin, Optimizer, Stage, StageContext, StepContext, Validation
+from zoo.plugin import (
+    Batch,
+    Component,
+    ExportAssets,
+    ModelPlugin,
+    Optimizer,
+    Stage,
+    StageContext,
+    StepContext,
+    Validation,
+)
 from zoo_multimodal_caption import export
 from zoo_multimodal_caption.config import PRESETS, CaptionConfig, CaptionSampleOptions, parameter_counts
 from zoo_multimodal_caption.data import stage_tokenizer, tokenized, tokenizer_for
@@ -33,30 +43,29 @@ def _description() -> str:
     )
 
 
-class MultimodalCaptionPlugin(ModelPlugin):
+class MultimodalCaptionPlugin(ModelPlugin[CaptionConfig, CaptionSampleOptions, CaptionModel]):
     name = "multimodal_caption"
     description = _description()
     Config = CaptionConfig
     SampleOptions = CaptionSampleOptions
     presets = PRESETS
     default_preset = "shapes"
-    runtime = "zoo_multimodal_caption.runtime:CaptionRuntime"
 
     def build(self, config: CaptionConfig) -> CaptionModel:
         return CaptionModel(config)
 
-    def stages(self, config: CaptionConfig) -> list[Stage]:
+    def stages(self, config: CaptionConfig) -> list[Stage[CaptionConfig, CaptionModel]]:
         training = config.training
 
-        def loss(model: CaptionModel, batch: dict, context: StepContext) -> dict[str, torch.Tensor]:
+        def loss(model: CaptionModel, batch: Batch, context: StepContext) -> dict[str, torch.Tensor]:
             return caption_losses(model, batch["image"], batch["tokens"], config.loss)
 
-        def train_data(context: StageContext) -> torch.utils.data.Dataset:
+        def train_data(context: StageContext[CaptionConfig, CaptionModel]) -> torch.utils.data.Dataset:
             return tokenized(config, "train", stage_tokenizer(context))
 
-        validation_sets: dict[str, torch.utils.data.Dataset] = {}
+        validation_sets: dict[str | None, torch.utils.data.Dataset] = {}  # by the model's tokenizer_json
 
-        def validation_data(context: StageContext) -> torch.utils.data.Dataset:
+        def validation_data(context: StageContext[CaptionConfig, CaptionModel]) -> torch.utils.data.Dataset:
             # built once per tokenizer: the trainer asks for it at every validation
             tokenizer = tokenizer_for(context.model, config)
             key = context.model.tokenizer_json

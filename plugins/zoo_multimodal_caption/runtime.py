@@ -41,7 +41,7 @@ class DecoderState:
         return DecoderState(self.latents, np.concatenate([self.tokens, next_tokens[:, None]], axis=1), self.cache)
 
 
-class CaptionRuntime(ModelRuntime):
+class CaptionRuntime(ModelRuntime[CaptionSampleOptions]):
     options_class = CaptionSampleOptions
 
     def __init__(self, components, config, arrays, files) -> None:

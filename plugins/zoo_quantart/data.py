@@ -15,12 +15,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from zoo.data import load_images
+from zoo.data.base import dataset_length
 from zoo.data.shards import is_shard_spec
 from zoo.errors import DataError, UnknownNameError
 from zoo.nn.quantize import codes_from_features
 from zoo.plugin import StageContext
 from zoo_quantart.config import QuantArtConfig
-from zoo_quantart.model import VQGAN, QuantArt
+from zoo_quantart.model import VQGAN, Domain, QuantArt
 
 PAIRS_PER_CONTENT = 4  # random style partners drawn per content image of the transfer stage
 EMBEDDED_SETS = {"content": "photos", "style": "textures"}  # the defaults, always readable
@@ -44,7 +45,7 @@ def style_images(config: QuantArtConfig, split: str = "train", count: int | None
     return image_set(config.data.style, config, split, count)
 
 
-def domain_images(config: QuantArtConfig, domain: str) -> Dataset:
+def domain_images(config: QuantArtConfig, domain: Domain) -> Dataset:
     """The training images of the VQGAN of `domain`: content photos ("photo") or style images ("art")."""
     return content_images(config) if domain == "photo" else style_images(config)
 
@@ -73,7 +74,8 @@ def sample_images(config: QuantArtConfig, role: str) -> torch.Tensor:
 
 def stack_images(dataset: Dataset, limit: int | None = None) -> torch.Tensor:
     """The first `limit` images of a data set as one (N, 3, S, S) tensor."""
-    count = len(dataset) if limit is None else min(limit, len(dataset))
+    size = dataset_length(dataset)
+    count = size if limit is None else min(limit, size)
     return torch.stack([dataset[i]["image"] for i in range(count)])
 
 
@@ -109,9 +111,8 @@ class CodePairs(Dataset):
         }
 
 
-def code_pairs(ctx: StageContext) -> CodePairs:
-    config: QuantArtConfig = ctx.config
-    model: QuantArt = ctx.model
+def code_pairs(ctx: StageContext[QuantArtConfig, QuantArt]) -> CodePairs:
+    config, model = ctx.config, ctx.model
     content = encode_indices(model.photo, content_images(config), ctx.device)
     reference = encode_indices(model.art, style_images(config), ctx.device)
     return CodePairs(content, reference, config.seed)

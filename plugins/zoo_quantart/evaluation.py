@@ -10,6 +10,9 @@ weights"). The same net scores every model, so numbers are comparable across run
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -129,12 +132,14 @@ class RandomFeatures(nn.Module):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         widths = [(3, 32, 1), (32, 64, 2), (64, 128, 2)]
-        self.convs = nn.ModuleList(nn.Conv2d(cin, cout, 3, stride=stride, padding=1) for cin, cout, stride in widths)
+        convs = [nn.Conv2d(cin, cout, 3, stride=stride, padding=1) for cin, cout, stride in widths]
         with torch.no_grad():
-            for conv in self.convs:
+            for conv in convs:
                 fan_in = conv.in_channels * 9
                 conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
+                assert conv.bias is not None  # built with a bias
                 conv.bias.zero_()
+        self.convs = nn.ModuleList(convs)
         self.requires_grad_(False).eval()
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -147,11 +152,11 @@ class RandomFeatures(nn.Module):
 
 def mean_std_distance(features: list[torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:
     """Per image: sum over layers of MSE(channel means) + MSE(channel stds). -> (B,)"""
-    total = 0.0
+    layers = []
     for a, b in zip(features, reference, strict=True):
         a, b = a.flatten(2), b.flatten(2)
-        total = total + (a.mean(2) - b.mean(2)).pow(2).mean(1) + (a.std(2) - b.std(2)).pow(2).mean(1)
-    return total
+        layers.append((a.mean(2) - b.mean(2)).pow(2).mean(1) + (a.std(2) - b.std(2)).pow(2).mean(1))
+    return functools.reduce(operator.add, layers)
 
 
 def gram(features: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, C)
@@ -161,7 +166,9 @@ def gram(features: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, C)
 
 def gram_distance(features: list[torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:
     """Per image: sum over layers of MSE between Gram matrices. -> (B,)"""
-    return sum((gram(a) - gram(b)).pow(2).flatten(1).mean(1) for a, b in zip(features, reference, strict=True))
+    return functools.reduce(
+        operator.add, ((gram(a) - gram(b)).pow(2).flatten(1).mean(1) for a, b in zip(features, reference, strict=True))
+    )
 
 
 def content_distance(features: list[torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:

@@ -320,7 +320,7 @@ class OfficialQuantArtImporter(Importer):
             "quantizer.usage (zoo's running code usage) is not in the files: it starts at its initial value",
         ]
         notes += self._compare_photo_encoders(quantart, taming)
-        missing_ok = ("quantizer.usage", "art.discriminator.")
+        missing_ok: tuple[str, ...] = ("quantizer.usage", "art.discriminator.")
         missing_ok += () if image else ("photo.discriminator.",)
         missing_ok += () if latent else ("latent_discriminator.",)
         _check_model(config, mapped, quantart, allow_missing=missing_ok)

@@ -8,23 +8,19 @@ MSE, the art codebook's quantisation loss and a hinge term from the latent discr
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
 from zoo.nn.gan import VQGANLoss, adaptive_weight, adversarial_factor, generator_adversarial_loss
 from zoo.nn.perceptual import LazyPerceptual
-from zoo.plugin import Batch, StepContext
+from zoo.plugin import Batch, LossFn, StepContext
 from zoo_quantart.config import QuantArtConfig
-from zoo_quantart.model import QuantArt
+from zoo_quantart.model import Domain, QuantArt
 
-Domain = Literal["photo", "art"]
 Losses = dict[str, torch.Tensor]
 
 
-def vqgan_losses(config: QuantArtConfig, domain: Domain) -> tuple[Callable, Callable]:
+def vqgan_losses(config: QuantArtConfig, domain: Domain) -> tuple[LossFn[QuantArt], LossFn[QuantArt]]:
     """(generator loss, discriminator loss) of the VQGAN of `domain` (`zoo.nn.gan.VQGANLoss`)."""
     disc = config.discriminator
     objective = VQGANLoss(
@@ -84,7 +80,7 @@ def transfer_codes(model: QuantArt, batch: Batch) -> tuple[torch.Tensor, torch.T
     )
 
 
-def transfer_losses(config: QuantArtConfig) -> tuple[Callable, Callable]:
+def transfer_losses(config: QuantArtConfig) -> tuple[LossFn[QuantArt], LossFn[QuantArt]]:
     """(transfer module loss, latent discriminator loss) of the transfer stage."""
     weights = config.transfer
 

@@ -18,11 +18,14 @@ f = 2^(len(ch_mult) - 1).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
-from zoo.nn.blocks import AttnBlock, Decoder, Encoder, ResnetBlock
+from zoo.nn.blocks import AttnBlock, AutoencoderShape, Decoder, Encoder, ResnetBlock
 from zoo.nn.gan import NLayerDiscriminator
+from zoo.nn.layers import modules_as
 from zoo.nn.quantize import QuantizerOutput, VectorQuantizer, codes_from_features, init_codebook_from
 from zoo_quantart.config import QuantArtConfig
 
@@ -37,6 +40,10 @@ def blend(start: torch.Tensor, end: torch.Tensor, amount: torch.Tensor) -> torch
     return start + amount.view(-1, 1, 1, 1) * (end - start)
 
 
+Domain = Literal["photo", "art"]
+"""The two VQGANs' domains: content photos and style (art) images."""
+
+
 class VQGAN(nn.Module):
     """Encoder -> 1x1 conv -> codebook -> 1x1 conv -> decoder, plus the PatchGAN that
     judges its reconstructions."""
@@ -44,7 +51,7 @@ class VQGAN(nn.Module):
     def __init__(self, config: QuantArtConfig) -> None:
         super().__init__()
         arch = config.vqgan
-        shape = dict(
+        shape = AutoencoderShape(
             ch=arch.ch,
             ch_mult=arch.ch_mult,
             num_res_blocks=arch.num_res_blocks,
@@ -122,7 +129,7 @@ class StyleTransferModule(nn.Module):
     @property
     def last_layer(self) -> torch.Tensor:
         """The output projection of the last cross-attention, where the adaptive GAN weight is measured."""
-        return self.blocks[-1].attn_block.proj_out.weight
+        return modules_as(self.blocks, StyleTransferBlock)[-1].attn_block.proj_out.weight
 
     def forward(self, content: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         codes = content
@@ -146,7 +153,7 @@ class QuantArt(nn.Module):
             downsample=config.transfer.discriminator_downsample,
         )
 
-    def vqgan(self, domain: str) -> VQGAN:
+    def vqgan(self, domain: Domain) -> VQGAN:
         """The VQGAN of a domain, "photo" or "art"."""
         return self.photo if domain == "photo" else self.art
 

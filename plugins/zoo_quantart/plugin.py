@@ -3,40 +3,39 @@ model.py, losses.py, data.py, evaluation.py and export.py."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 import zoo
 from zoo.importer import Importer
 from zoo.outputs import SampleOutput
-from zoo.plugin import Component, ExportAssets, ModelPlugin, Optimizer, Stage, StageContext
+from zoo.plugin import Component, ExportAssets, LossFn, ModelPlugin, Optimizer, Stage, StageContext
 from zoo_quantart import export
 from zoo_quantart.config import PRESETS, QuantArtConfig, QuantArtSampleOptions
 from zoo_quantart.data import check_data, code_pairs, domain_images, sample_images, stack_images
 from zoo_quantart.evaluation import evaluate_pairs
 from zoo_quantart.importer import OfficialQuantArtImporter, TamingVQGANImporter
 from zoo_quantart.losses import transfer_losses, vqgan_losses
-from zoo_quantart.model import QuantArt
+from zoo_quantart.model import Domain, QuantArt
 
-# taming's and QuantArt's optimizer for every generator and discriminator
-ADAM = dict(algorithm="adam", betas=(0.5, 0.9), min_lr_ratio=0.1)
 CODEBOOK_INIT_IMAGES = 64  # images whose encoder outputs seed each VQGAN codebook
 GRID_IMAGES = 8  # held-out images in a VQGAN stage's reconstruction grid
 
 
-class QuantArtPlugin(ModelPlugin):
+class QuantArtPlugin(ModelPlugin[QuantArtConfig, QuantArtSampleOptions, QuantArt]):
     name = "quantart"
     description = "QuantArt style transfer: a transfer module between the codes of a photo VQGAN and an art VQGAN"
     Config = QuantArtConfig
     SampleOptions = QuantArtSampleOptions
     presets = PRESETS
     default_preset = "tiny"
-    runtime = "zoo_quantart.runtime:QuantArtRuntime"
 
     def build(self, config: QuantArtConfig) -> QuantArt:
         return QuantArt(config)
 
-    def stages(self, config: QuantArtConfig) -> list[Stage]:
+    def stages(self, config: QuantArtConfig) -> list[Stage[QuantArtConfig, QuantArt]]:
         return [vqgan_stage(config, "photo"), vqgan_stage(config, "art"), transfer_stage(config)]
 
     def blocks(self, model: QuantArt) -> list[nn.Module]:
@@ -55,13 +54,13 @@ class QuantArtPlugin(ModelPlugin):
         check_data(config)
 
     def stage_grid(
-        self, model: QuantArt, config: QuantArtConfig, stage: Stage, device: torch.device
+        self, model: QuantArt, config: QuantArtConfig, stage: Stage[QuantArtConfig, QuantArt], device: torch.device
     ) -> SampleOutput | None:
         """vqgan_photo / vqgan_art: held-out photos / style images above their reconstructions;
         transfer: the held-out content x style grid."""
         if stage.name in ("vqgan_photo", "vqgan_art"):
-            domain, role = ("photo", "content") if stage.name == "vqgan_photo" else ("art", "style")
-            images = sample_images(config, role)[:GRID_IMAGES].to(device)
+            domain: Domain = "photo" if stage.name == "vqgan_photo" else "art"
+            images = sample_images(config, "content" if domain == "photo" else "style")[:GRID_IMAGES].to(device)
             return self.reconstruction_grid(images, model.vqgan(domain)(images)[0])
         return super().stage_grid(model, config, stage, device)
 
@@ -76,11 +75,24 @@ class QuantArtPlugin(ModelPlugin):
         return export.export_assets(model, config)
 
 
-def vqgan_stage(config: QuantArtConfig, domain: str) -> Stage:
+def adam(
+    name: str,
+    modules: Callable[[QuantArt], list[nn.Module]],
+    loss: LossFn[QuantArt],
+    lr: float,
+    start_step: int = 0,
+) -> Optimizer[QuantArt]:
+    """taming's and QuantArt's optimizer, for every generator and discriminator."""
+    return Optimizer(
+        name, modules, loss, lr, algorithm="adam", betas=(0.5, 0.9), min_lr_ratio=0.1, start_step=start_step
+    )
+
+
+def vqgan_stage(config: QuantArtConfig, domain: Domain) -> Stage[QuantArtConfig, QuantArt]:
     training = config.training.vqgan_photo if domain == "photo" else config.training.vqgan_art
     generator_loss, discriminator_loss = vqgan_losses(config, domain)
 
-    def init_weights(model: QuantArt, ctx: StageContext) -> None:
+    def init_weights(model: QuantArt, ctx: StageContext[QuantArtConfig, QuantArt]) -> None:
         if domain == "art" and ctx.config.art_from_photo:
             # The paper fine-tunes its WikiArt VQGAN from the ImageNet one: the two code
             # spaces start aligned, which the transfer stage's content loss relies on.
@@ -93,16 +105,13 @@ def vqgan_stage(config: QuantArtConfig, domain: str) -> Stage:
     return Stage(
         name=f"vqgan_{domain}",
         optimizers=[
-            Optimizer(
-                "generator", lambda model: model.vqgan(domain).generator_modules(), generator_loss, training.lr, **ADAM
-            ),
-            Optimizer(
+            adam("generator", lambda model: model.vqgan(domain).generator_modules(), generator_loss, training.lr),
+            adam(
                 "discriminator",
                 lambda model: [model.vqgan(domain).discriminator],
                 discriminator_loss,
                 training.lr,
                 start_step=config.discriminator.disc_start,
-                **ADAM,
             ),
         ],
         steps=training.steps,
@@ -112,20 +121,19 @@ def vqgan_stage(config: QuantArtConfig, domain: str) -> Stage:
     )
 
 
-def transfer_stage(config: QuantArtConfig) -> Stage:
+def transfer_stage(config: QuantArtConfig) -> Stage[QuantArtConfig, QuantArt]:
     training = config.training.transfer
     transfer_loss, discriminator_loss = transfer_losses(config)
     return Stage(
         name="transfer",
         optimizers=[
-            Optimizer("transfer", lambda model: [model.transfer], transfer_loss, training.lr, **ADAM),
-            Optimizer(
+            adam("transfer", lambda model: [model.transfer], transfer_loss, training.lr),
+            adam(
                 "latent_discriminator",
                 lambda model: [model.latent_discriminator],
                 discriminator_loss,
                 training.lr,
                 start_step=config.transfer.disc_start,
-                **ADAM,
             ),
         ],
         steps=training.steps,

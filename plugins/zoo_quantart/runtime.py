@@ -48,7 +48,7 @@ def read_images(spec: str, size: int, role: str) -> np.ndarray:
     return np.stack(images)
 
 
-class QuantArtRuntime(ModelRuntime):
+class QuantArtRuntime(ModelRuntime[QuantArtSampleOptions]):
     options_class = QuantArtSampleOptions
 
     def sample(self, options: QuantArtSampleOptions) -> SampleOutput:

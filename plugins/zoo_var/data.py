@@ -56,7 +56,7 @@ def encode_split(
     return torch.cat(tokens), torch.cat(labels).long()
 
 
-def cached_token_dataset(context: StageContext, split: str) -> TokenDataset:
+def cached_token_dataset(context: StageContext[VARConfig, VARModel], split: str) -> TokenDataset:
     """The split's tokens, encoded once per tokenizer weights and kept in the run's cache."""
     model: VARModel = context.model
 

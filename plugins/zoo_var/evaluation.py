@@ -75,6 +75,7 @@ def transformer_metrics(model: VARModel, tokens: torch.Tensor, labels: torch.Ten
 
 def sample_accuracy(output: SampleOutput) -> dict[str, float]:
     """Share of sampled digits classified as the class they were drawn for, overall and per class."""
+    assert output.images is not None  # a VAR sample is images
     images = output.images.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
     predicted = DigitsClassifier().predict(images)
     wanted = output.extras["labels"]

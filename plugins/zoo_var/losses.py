@@ -70,7 +70,7 @@ class TokenizerLoss:
     def discriminator(self, model: VARModel, batch: dict[str, Any], context: StepContext) -> dict[str, torch.Tensor]:
         images = batch["image"]
         return self.vqgan.discriminator(
-            images, model.discriminator, context.step, context.cache, lambda: model.tokenizer(images).reconstruction
+            images, model.gan_discriminator, context.step, context.cache, lambda: model.tokenizer(images).reconstruction
         )
 
 

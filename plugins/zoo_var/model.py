@@ -33,6 +33,13 @@ class VARModel(nn.Module):
     def quantizer(self) -> MultiScaleResidualQuantizer:
         return self.tokenizer.quantizer
 
+    @property
+    def gan_discriminator(self) -> NLayerDiscriminator:
+        """The discriminator, for what runs only with an adversarial loss (its optimizer, its loss)."""
+        if self.discriminator is None:
+            raise RuntimeError("this VAR model has no discriminator: its tokenizer_training.gan_weight is 0")
+        return self.discriminator
+
     def transformer_parameter_count(self) -> int:
         """What the paper reports as the model size: the VAR transformer alone (no tokenizer)."""
         return sum(math.prod(p.shape) for p in self.transformer.parameters())

@@ -22,19 +22,18 @@ GRID_IMAGES = 8  # held-out images in the tokenizer stage's reconstruction grid
 NO_WEIGHT_DECAY = ("pos_start", "position_embedding", "level_embedding", "ada_gss", "log_scale")
 
 
-class VARPlugin(ModelPlugin):
+class VARPlugin(ModelPlugin[VARConfig, VARSampleOptions, VARModel]):
     name = "var"
     description = "VAR: class-conditional image generation by next-scale prediction (multi-scale VQVAE + transformer)"
     Config = VARConfig
     SampleOptions = VARSampleOptions
     presets = PRESETS
     default_preset = "digits"
-    runtime = "zoo_var.runtime:VARRuntime"
 
     def build(self, config: VARConfig) -> VARModel:
         return VARModel(config)
 
-    def stages(self, config: VARConfig) -> list[Stage]:
+    def stages(self, config: VARConfig) -> list[Stage[VARConfig, VARModel]]:
         return [self._tokenizer_stage(config), self._transformer_stage(config)]
 
     def blocks(self, model: VARModel) -> list[nn.Module]:
@@ -45,10 +44,10 @@ class VARPlugin(ModelPlugin):
         return [*tokenizer.encoder.levels(), *tokenizer.decoder.levels(), *model.transformer.blocks]
 
     @staticmethod
-    def _tokenizer_stage(config: VARConfig) -> Stage:
+    def _tokenizer_stage(config: VARConfig) -> Stage[VARConfig, VARModel]:
         training = config.tokenizer_training
         loss, gan = TokenizerLoss(config), training.gan_weight > 0
-        optimizers = [
+        optimizers: list[Optimizer[VARModel]] = [
             Optimizer(
                 "tokenizer",
                 lambda model: [model.tokenizer],
@@ -64,7 +63,7 @@ class VARPlugin(ModelPlugin):
             optimizers.append(
                 Optimizer(
                     "discriminator",
-                    lambda model: [model.discriminator],
+                    lambda model: [model.gan_discriminator],
                     loss.discriminator,
                     training.gan_lr,
                     algorithm="adam",
@@ -82,7 +81,7 @@ class VARPlugin(ModelPlugin):
         )
 
     @staticmethod
-    def _transformer_stage(config: VARConfig) -> Stage:
+    def _transformer_stage(config: VARConfig) -> Stage[VARConfig, VARModel]:
         training = config.transformer_training
         optimizer = Optimizer(
             "transformer",
@@ -90,7 +89,7 @@ class VARPlugin(ModelPlugin):
             TransformerLoss(training.label_smoothing),
             lr=training.lr_per_256 * training.batch_size / 256,  # the paper's rule: lr = base lr * batch / 256
             algorithm="adamw",
-            betas=tuple(training.betas),
+            betas=training.betas,
             weight_decay=training.weight_decay,
             no_weight_decay=NO_WEIGHT_DECAY,
             warmup_steps=training.warmup_steps,
@@ -107,7 +106,9 @@ class VARPlugin(ModelPlugin):
             sample_options={"n": 4},
         )
 
-    def stage_grid(self, model: VARModel, config: VARConfig, stage: Stage, device: torch.device) -> SampleOutput | None:
+    def stage_grid(
+        self, model: VARModel, config: VARConfig, stage: Stage[VARConfig, VARModel], device: torch.device
+    ) -> SampleOutput | None:
         """tokenizer: held-out images above their reconstructions; transformer: samples."""
         if stage.name == "tokenizer":
             images = first_images(image_dataset(config, "test"), GRID_IMAGES).to(device)

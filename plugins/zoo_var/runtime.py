@@ -84,13 +84,13 @@ def read_mask(path: str | Path | None, side: int) -> np.ndarray:
     return square_resize(gray, side, Image.Resampling.BOX).astype(np.float64) / 255.0
 
 
-class VARRuntime(ModelRuntime):
+class VARRuntime(ModelRuntime[VARSampleOptions]):
     options_class = VARSampleOptions
 
     def sample(self, options: VARSampleOptions) -> SampleOutput:
         geometry = Geometry.from_config(self.config)
         labels = self._labels(options, geometry)
-        edit = self._edit_targets(options, geometry) if options.edit is not None else None
+        edit = self._edit_targets(options.edit, options.mask, geometry) if options.edit is not None else None
         rng = np.random.default_rng(options.seed)
         tokens, f_hat = self._generate(labels, options, geometry, rng, edit)
         images = self.components("decoder", f_hat=f_hat)["image"]
@@ -113,11 +113,11 @@ class VARRuntime(ModelRuntime):
         classes = [geometry.num_classes if label == -1 else label for label in classes]
         return np.repeat(np.asarray(classes, np.int64), options.n)
 
-    def _edit_targets(self, options: VARSampleOptions, geometry: Geometry) -> EditTargets:
-        image = read_image(options.edit, geometry.resolution)
+    def _edit_targets(self, edit: str | Path, mask: str | Path | None, geometry: Geometry) -> EditTargets:
+        image = read_image(edit, geometry.resolution)
         tokens = self.components("encoder", image=image)["tokens"][0]  # (L,)
         side = geometry.patch_nums[-1]
-        keep_latent = 1.0 - read_mask(options.mask, side)  # 1 keeps the edit image
+        keep_latent = 1.0 - read_mask(mask, side)  # 1 keeps the edit image
         starts = scale_starts(geometry.patch_nums)
         per_scale_tokens, per_scale_keep = [], []
         for k, scale_side in enumerate(geometry.patch_nums):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from zoo.nn.attention import FusedSelfAttention, block_causal_mask
-from zoo.nn.layers import DropPath, FeedForward
+from zoo.nn.layers import DropPath, FeedForward, modules_as
 from zoo_var.config import TransformerConfig
 
 
@@ -25,6 +25,13 @@ class SharedAdaLin(nn.Linear):
 
     def forward(self, condition: torch.Tensor) -> torch.Tensor:  # (B, C) -> (B, 1, 6, C)
         return super().forward(condition).view(condition.shape[0], 1, 6, -1)
+
+
+def _last_linear(ada_lin: nn.Sequential) -> nn.Linear:
+    """The projection that ends an `ada_lin` (SiLU, Linear), whose rows the init scales."""
+    linear = ada_lin[-1]
+    assert isinstance(linear, nn.Linear)  # narrows Sequential's Module
+    return linear
 
 
 class AdaLNSelfAttentionBlock(nn.Module):
@@ -73,6 +80,8 @@ class AdaLNBeforeHead(nn.Module):
 
 
 class VARTransformer(nn.Module):
+    level_of_position: torch.Tensor  # (L,) buffer: the scale of every position
+
     def __init__(self, config: TransformerConfig, code_dim: int, codebook_size: int, patch_nums: list[int]) -> None:
         super().__init__()
         width, depth = config.resolved_width, config.depth
@@ -127,17 +136,17 @@ class VARTransformer(nn.Module):
         nn.init.trunc_normal_(self.position_embedding, std=std)
         with torch.no_grad():
             self.head.weight.mul_(head)
-            self.head_norm.ada_lin[-1].weight.mul_(adaln)
+            _last_linear(self.head_norm.ada_lin).weight.mul_(adaln)
             width, depth = self.width, len(self.blocks)
-            for block in self.blocks:
+            for block in modules_as(self.blocks, AdaLNSelfAttentionBlock):
                 block.attention.proj.weight.div_(math.sqrt(2 * depth))
                 block.ffn.fc2.weight.div_(math.sqrt(2 * depth))
                 if block.shared_adaln:
                     block.ada_gss[:, :, 2:].mul_(adaln)
                     block.ada_gss[:, :, :2].mul_(adaln_gamma)
                 else:
-                    block.ada_lin[-1].weight[2 * width :].mul_(adaln)
-                    block.ada_lin[-1].weight[: 2 * width].mul_(adaln_gamma)
+                    _last_linear(block.ada_lin).weight[2 * width :].mul_(adaln)
+                    _last_linear(block.ada_lin).weight[: 2 * width].mul_(adaln_gamma)
 
     def embed(
         self, labels: torch.Tensor, scale_inputs: torch.Tensor, positions: torch.Tensor

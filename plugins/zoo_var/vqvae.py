@@ -15,6 +15,8 @@ also for sides that do not divide the map (13 of 16), where torch's area mode fa
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -23,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.nn.blocks import Decoder, Encoder
+from zoo.nn.blocks import AutoencoderShape, Decoder, Encoder
 from zoo.nn.quantize import codes_from_features, count_code_usage, restart_dead_codes
 from zoo_var.config import TokenizerConfig
 from zoo_var.scales import area_matrix, scale_starts
@@ -76,6 +78,8 @@ class MultiScaleOutput:
 
 class MultiScaleResidualQuantizer(nn.Module):
     """Residual quantisation of a (B, C, h, w) map into K token maps of sides `patch_nums`."""
+
+    usage: torch.Tensor  # (codebook_size,) buffer: running hits per global batch of every code
 
     def __init__(
         self,
@@ -171,7 +175,10 @@ class MultiScaleResidualQuantizer(nn.Module):
 
     def fhat_from_indices(self, indices: list[torch.Tensor]) -> torch.Tensor:
         """Per-scale indices -> f_hat (B, C, h, w), the sum of every scale's contribution."""
-        return sum(self.scale_contribution(k, self.lookup(scale_indices)) for k, scale_indices in enumerate(indices))
+        contributions = (
+            self.scale_contribution(k, self.lookup(scale_indices)) for k, scale_indices in enumerate(indices)
+        )
+        return functools.reduce(operator.add, contributions)
 
     def teacher_forcing_input(self, indices: list[torch.Tensor]) -> torch.Tensor:
         """What the transformer sees during training: for every scale k >= 1, the f_hat of
@@ -224,7 +231,7 @@ class Tokenizer(nn.Module):
 
     def __init__(self, config: TokenizerConfig) -> None:
         super().__init__()
-        blocks = dict(
+        blocks = AutoencoderShape(
             ch=config.channels,
             ch_mult=tuple(config.channel_multipliers),
             num_res_blocks=config.res_blocks,

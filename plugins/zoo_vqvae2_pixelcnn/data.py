@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from zoo.data import load_images
+from zoo.data.base import dataset_length
 from zoo.data.cache import cached_encoding
 from zoo.errors import DataError
 from zoo.plugin import StageContext
@@ -23,7 +24,7 @@ def image_set(config: VQVAE2Config, split: str) -> Dataset:
     return load_images(config.data, config.image_size, split=split, seed=config.seed, augment=config.augment)
 
 
-def first_images(context: StageContext) -> torch.Tensor:
+def first_images(context: StageContext[VQVAE2Config, VQVAE2PixelCNN]) -> torch.Tensor:
     """The first ENCODE_BATCH training images (B, 3, H, W) on the stage's device."""
     return next(iter(DataLoader(image_set(context.config, "train"), batch_size=ENCODE_BATCH)))["image"].to(
         context.device
@@ -52,7 +53,7 @@ def extract_codes(
     model: VQVAE2PixelCNN, config: VQVAE2Config, split: str, device: torch.device
 ) -> dict[str, torch.Tensor]:
     images = image_set(config, split)
-    first = images[0] if len(images) else {}
+    first = images[0] if dataset_length(images) else {}
     if config.class_conditional and "label" not in first:
         raise DataError(
             f"data {config.data!r} has no labels; set class_conditional=false or use labelled data "
@@ -70,9 +71,9 @@ def extract_codes(
     return {"top": torch.cat(tops), "bottom": torch.cat(bottoms), "label": torch.cat(labels).long()}
 
 
-def cached_codes(context: StageContext, split: str) -> CodeSet:
+def cached_codes(context: StageContext[VQVAE2Config, VQVAE2PixelCNN], split: str) -> CodeSet:
     """The codes of a split, extracted once per autoencoder weights and kept in the run's cache."""
-    model: VQVAE2PixelCNN = context.model
+    model = context.model
     return CodeSet(
         cached_encoding(
             context.cache_dir,

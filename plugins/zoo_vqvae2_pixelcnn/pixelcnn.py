@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.nn.layers import modules_as
 from zoo.nn.masked import GatedStackLayer, MaskedConv2d, MaskedGatedBlock, pointwise, row_to_channels_last
 from zoo_vqvae2_pixelcnn.config import PriorConfig
 
@@ -149,9 +150,10 @@ class PixelCNNPrior(nn.Module):
         above = self.embed(torch.index_select(padded, 1, rows_above))  # (B, C, reach, W + 2 reach)
         biases, caches = [], []
         if self.variant == "gated":
-            vertical, bias = self.layers[0].row(above, condition_row)  # (B, C, 1, W), (B, W, 2C)
+            layers = modules_as(self.layers, GatedStackLayer)
+            vertical, bias = layers[0].row(above, condition_row)  # (B, C, 1, W), (B, W, 2C)
             biases.append(bias)
-            for index, layer in enumerate(self.layers[1:]):
+            for index, layer in enumerate(layers[1:]):
                 # This block reads the rows above from the cache and this row from the layer below.
                 strip = torch.cat(
                     [vertical_cache[:, index], F.pad(vertical, (reach, reach))], dim=2
@@ -163,7 +165,7 @@ class PixelCNNPrior(nn.Module):
             biases.append(
                 row_to_channels_last(self.first.rows_above(above)) + pointwise(self.first_condition, condition_row)
             )
-            for index, block in enumerate(self.blocks):
+            for index, block in enumerate(modules_as(self.blocks, MaskedGatedBlock)):
                 finished = F.pad(
                     previous_row[:, index, :, None, reach:], (reach, reach)
                 )  # (B, C_cache, 1, W + 2 reach)
@@ -196,15 +198,16 @@ class PixelCNNPrior(nn.Module):
         bias = torch.index_select(row_bias, 2, col)[:, :, 0]  # (B, L + 1, C_bias)
         caches = []
         if self.variant == "gated":
-            features = self.layers[0].position(left, bias[:, 0])  # (B, C)
-            for index, layer in enumerate(self.layers[1:]):
+            layers = modules_as(self.layers, GatedStackLayer)
+            features = layers[0].position(left, bias[:, 0])  # (B, C)
+            for index, layer in enumerate(layers[1:]):
                 strip = torch.cat([horizontal_cache[:, index], features[:, :, None]], dim=2)  # cols col-reach .. col
                 features = layer.position(strip, bias[:, index + 1])
                 caches.append(strip[:, :, 1:])
         else:
             cache_columns = torch.arange(reach + self.side, device=col.device)  # the cache's (padded) column numbers
             features = self.first.current_row(left) + bias[:, 0]
-            for index, block in enumerate(self.blocks):
+            for index, block in enumerate(modules_as(self.blocks, MaskedGatedBlock)):
                 inner = block.inner_at(features)[:, :, None]  # (B, C_cache, 1)
                 cache = torch.where(cache_columns == col + reach, inner, horizontal_cache[:, index])
                 strip = torch.index_select(
@@ -212,9 +215,11 @@ class PixelCNNPrior(nn.Module):
                 )  # cols col-reach .. col
                 features = block.position(features, strip, bias[:, index + 1])
                 caches.append(cache)
-        for layer in self.head:
-            features = pointwise(layer, features) if isinstance(layer, nn.Conv2d) else layer(features)
+        for head_layer in self.head:
+            features = pointwise(head_layer, features) if isinstance(head_layer, nn.Conv2d) else head_layer(features)
         return features, torch.stack(caches, dim=1)
 
     def first_reach(self) -> int:
-        return self.layers[0].vertical.reach if self.variant == "gated" else self.first.reach
+        return (
+            modules_as(self.layers, GatedStackLayer)[0].vertical.reach if self.variant == "gated" else self.first.reach
+        )

@@ -6,15 +6,17 @@ codes extracted once with the frozen autoencoder and cached in the run directory
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 import zoo
 from zoo.data.base import first_images
 from zoo.outputs import SampleOutput
-from zoo.plugin import Component, LossFn, ModelPlugin, Optimizer, Stage, Validation
+from zoo.plugin import Component, LossFn, ModelPlugin, Optimizer, Stage, StageContext, Validation
 from zoo_vqvae2_pixelcnn import data, evaluation, export
 from zoo_vqvae2_pixelcnn.config import PRESETS, VQVAE2Config, VQVAE2SampleOptions
 from zoo_vqvae2_pixelcnn.importer import RosinalityVQVAEImporter
@@ -24,20 +26,21 @@ from zoo_vqvae2_pixelcnn.model import VQVAE2PixelCNN
 GRID_IMAGES = 8  # held-out images in the vqvae stage's reconstruction grid
 SAMPLE_GRID = {"n": 6, "seed": 0}  # images per class in the priors' sample grids
 
+Context = StageContext[VQVAE2Config, VQVAE2PixelCNN]
 
-class VQVAE2PixelCNNPlugin(ModelPlugin):
+
+class VQVAE2PixelCNNPlugin(ModelPlugin[VQVAE2Config, VQVAE2SampleOptions, VQVAE2PixelCNN]):
     name = "vqvae2_pixelcnn"
     description = "VQ-VAE-2 (two code levels) with gated PixelCNN priors; fast cached sampling"
     Config = VQVAE2Config
     SampleOptions = VQVAE2SampleOptions
     presets = PRESETS
     default_preset = "digits32"
-    runtime = "zoo_vqvae2_pixelcnn.runtime:VQVAE2Runtime"
 
     def build(self, config: VQVAE2Config) -> VQVAE2PixelCNN:
         return VQVAE2PixelCNN(config)
 
-    def stages(self, config: VQVAE2Config) -> list[Stage]:
+    def stages(self, config: VQVAE2Config) -> list[Stage[VQVAE2Config, VQVAE2PixelCNN]]:
         return [
             part_stage(
                 config,
@@ -61,7 +64,11 @@ class VQVAE2PixelCNNPlugin(ModelPlugin):
         return [*stacks, *model.prior_top.gated_layers(), *model.prior_bottom.gated_layers()]
 
     def stage_grid(
-        self, model: VQVAE2PixelCNN, config: VQVAE2Config, stage: Stage, device: torch.device
+        self,
+        model: VQVAE2PixelCNN,
+        config: VQVAE2Config,
+        stage: Stage[VQVAE2Config, VQVAE2PixelCNN],
+        device: torch.device,
     ) -> SampleOutput | None:
         """vqvae: held-out images above their reconstructions; the priors: samples."""
         if stage.name == "vqvae":
@@ -76,18 +83,34 @@ class VQVAE2PixelCNNPlugin(ModelPlugin):
         return export.export_components(model, config)
 
 
-def part_stage(config: VQVAE2Config, part: str, loss: LossFn, dataset: Any, **options: Any) -> Stage:
+def part_stage(
+    config: VQVAE2Config,
+    part: str,
+    loss: LossFn[VQVAE2PixelCNN],
+    dataset: Callable[[Context, str], Dataset],
+    sample_options: dict[str, Any] | None = None,
+    on_start: Callable[[VQVAE2PixelCNN, Context], None] | None = None,
+) -> Stage[VQVAE2Config, VQVAE2PixelCNN]:
     """A stage that trains `model.<part>` alone on `dataset(context, split)`."""
     spec = getattr(config.training, part)
     optimizer = Optimizer(
         part, lambda model: [getattr(model, part)], loss, spec.lr, warmup_steps=spec.warmup_steps, min_lr_ratio=0.05
     )
 
-    def split(name: str) -> Any:
+    def split(name: str) -> Callable[[Context], Dataset]:
         return lambda context: dataset(context, name)
 
     validation = Validation(split("test"), spec.validation_every, spec.patience) if spec.validation_every else None
-    return Stage(part, [optimizer], spec.steps, spec.batch_size, split("train"), validation=validation, **options)
+    return Stage(
+        part,
+        [optimizer],
+        spec.steps,
+        spec.batch_size,
+        split("train"),
+        validation=validation,
+        sample_options=sample_options,
+        on_start=on_start,
+    )
 
 
 @zoo.hookimpl

@@ -27,7 +27,7 @@ from zoo_vqvae2_pixelcnn.config import PriorConfig, VQVAE2Config, VQVAE2SampleOp
 DEFAULT_CLASSES = 10  # with no --class: classes 0..9 (all of them for the digits)
 
 
-class VQVAE2Runtime(ModelRuntime):
+class VQVAE2Runtime(ModelRuntime[VQVAE2SampleOptions]):
     options_class = VQVAE2SampleOptions
 
     def __init__(

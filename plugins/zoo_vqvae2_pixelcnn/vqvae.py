@@ -10,6 +10,7 @@ At 32x32 with the default strides:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -134,9 +135,14 @@ class VQVAE2(nn.Module):
         self.bottom_in = nn.Conv2d(dim + channels, dim, 1)
         self.upsample_top = upsampler(dim, config.top_downsample)
         self.decoder = Decoder(2 * dim, in_channels, channels, blocks, hidden, config.bottom_downsample, skip)
-        quantizer = dict(beta=config.beta, ema_decay=config.ema_decay, dead_code_threshold=config.dead_code_threshold)
-        self.quantizer_top = VectorQuantizer(config.top_codebook_size, dim, **quantizer)
-        self.quantizer_bottom = VectorQuantizer(config.bottom_codebook_size, dim, **quantizer)
+        quantizer = functools.partial(
+            VectorQuantizer,
+            beta=config.beta,
+            ema_decay=config.ema_decay,
+            dead_code_threshold=config.dead_code_threshold,
+        )
+        self.quantizer_top = quantizer(config.top_codebook_size, dim)
+        self.quantizer_bottom = quantizer(config.bottom_codebook_size, dim)
 
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, 3, H, W) -> bottom features (B, C, H/4, W/4), top pre-quantisation (B, D, H/8, W/8)."""

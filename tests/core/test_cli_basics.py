@@ -16,17 +16,22 @@ COMMANDS = ["list", "plugins", "info", "train", "sample", "eval", "export", "run
 
 
 def test_version_and_bare_zoo(capsys):
-    code, stdout, _ = cli(capsys, "--version")
-    assert code == 0 and stdout.strip() == f"zoo {zoo.__version__}"
+    code, stdout, stderr = cli(capsys, "--version")
+    assert code == 0, stderr
+    assert stdout.strip() == f"zoo {zoo.__version__}"
     code, stdout, stderr = cli(capsys)
-    assert code == 0 and stderr == "" and stdout.startswith("usage: zoo")
-    assert all(command in stdout for command in COMMANDS) and "examples:" in stdout
+    assert code == 0, stderr
+    assert stderr == ""
+    assert stdout.startswith("usage: zoo")
+    assert all(command in stdout for command in COMMANDS)
+    assert "examples:" in stdout
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_a_description_defaults_and_an_example(capsys, command):
     code, stdout, _ = cli(capsys, command, "--help")
-    assert code == 0 and stdout.startswith(f"usage: zoo {command}")
+    assert code == 0
+    assert stdout.startswith(f"usage: zoo {command}")
     assert "example" in stdout.split("options:")[-1]  # the epilog, after the flags
     assert "--" in stdout.split("options:")[-1], "the command's flags are listed"
 
@@ -41,18 +46,21 @@ def test_every_flag_has_a_help_line():
     for name, sub in [("zoo", parser), *commands.choices.items()]:
         for action in sub._actions:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"
-        assert sub.epilog and "example" in sub.epilog, name
+        assert sub.epilog, name
+        assert "example" in sub.epilog, name
 
 
 def test_help_shows_defaults(capsys, example_plugin_env):
     _, stdout, _ = cli(capsys, "train", "--help")
     flat = " ".join(stdout.split())
     assert "--checkpoint-every CHECKPOINT_EVERY steps between trainer checkpoints (default: 200)" in flat
-    assert "(default: 30.0)" in flat and "--tensorboard [DIR]" in flat
+    assert "(default: 30.0)" in flat
+    assert "--tensorboard [DIR]" in flat
     _, stdout, _ = cli(capsys, "sample", "tiny_autoencoder", "--help")
     flat = " ".join(stdout.split())
     assert "--device {auto,cpu,cuda} where torch samples (default: auto)" in flat
-    assert "--seed SEED random seed of the sampling loop (default: 0)" in flat and "examples:" in flat
+    assert "--seed SEED random seed of the sampling loop (default: 0)" in flat
+    assert "examples:" in flat
 
 
 def test_list_filters_by_glob(capsys, example_plugin_env, monkeypatch):
@@ -61,28 +69,37 @@ def test_list_filters_by_glob(capsys, example_plugin_env, monkeypatch):
     monkeypatch.setenv("ZOO_LOAD_PLUGINS", "tiny_autoencoder,zoo_var,zoo_vqvae2_pixelcnn")
     reset_registry()
     assert zoo.list_models("v*") == ["var", "vqvae2_pixelcnn"]
-    assert zoo.list_models("*auto*") == ["tiny_autoencoder"] and zoo.list_models("x*") == []
-    code, stdout, _ = cli(capsys, "list", "v*", "--json")
-    assert code == 0 and [row["name"] for row in json.loads(stdout)] == ["var", "vqvae2_pixelcnn"]
+    assert zoo.list_models("*auto*") == ["tiny_autoencoder"]
+    assert zoo.list_models("x*") == []
+    code, stdout, stderr = cli(capsys, "list", "v*", "--json")
+    assert code == 0, stderr
+    assert [row["name"] for row in json.loads(stdout)] == ["var", "vqvae2_pixelcnn"]
     code, stdout, stderr = cli(capsys, "list", "nothing*")
-    assert code == 0 and "no model matches 'nothing*'" in stderr
+    assert code == 0, stderr
+    assert "no model matches 'nothing*'" in stderr
 
 
 def test_info_json(capsys, example_plugin_env):
     code, stdout, _ = cli(capsys, "info", "--json", "tiny_autoencoder", "--preset", "fast")
     info = json.loads(stdout)
-    assert code == 0 and info["name"] == "tiny_autoencoder" and info["preset"] == "fast"
-    assert info["config"]["steps"] == 50 and info["stages"][0]["name"] == "autoencoder"
+    assert code == 0
+    assert info["name"] == "tiny_autoencoder"
+    assert info["preset"] == "fast"
+    assert info["config"]["steps"] == 50
+    assert info["stages"][0]["name"] == "autoencoder"
     assert info["fields"]["sample_every"].startswith("write the stage's grid")
     assert info["components"] == ["encoder", "decoder"]
 
 
 def test_commands_with_model_options_print_their_help_without_a_model(capsys):
     for command, positional in (("sample", "MODEL"), ("export", "MODEL"), ("run", "EXPORT_DIR")):
-        code, stdout, _ = cli(capsys, command, "--help")
-        assert code == 0 and positional in stdout and "examples:" in stdout
+        code, stdout, stderr = cli(capsys, command, "--help")
+        assert code == 0, stderr
+        assert positional in stdout
+        assert "examples:" in stdout
         code, _, stderr = cli(capsys, command)
-        assert code == 2 and f"required: {positional}" in stderr
+        assert code == 2, stderr
+        assert f"required: {positional}" in stderr
 
 
 def test_a_closed_pipe_is_quiet(example_site):
@@ -98,7 +115,8 @@ def test_a_closed_pipe_is_quiet(example_site):
     assert process.stdout is not None
     process.stdout.close()  # no reader: the first write fails with EPIPE
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 141 and stderr == b"", stderr.decode()
+    assert process.returncode == 141, stderr.decode()
+    assert stderr == b"", stderr.decode()
 
 
 def test_shell_completion(tmp_path, example_site):
@@ -113,7 +131,8 @@ def test_shell_completion(tmp_path, example_site):
         "_ARGCOMPLETE_STDOUT_FILENAME": str(out),
     }
     result = subprocess.run(zoo_command(), env=env, capture_output=True, timeout=120)
-    assert result.returncode == 0 and out.read_text().split() == ["train"]
+    assert result.returncode == 0, result.stderr
+    assert out.read_text().split() == ["train"]
     env["COMP_LINE"] = env["COMP_POINT"] = ""
     env.update(COMP_LINE="zoo train --log", COMP_POINT=str(len("zoo train --log")))
     subprocess.run(zoo_command(), env=env, capture_output=True, timeout=120)

@@ -105,7 +105,8 @@ def test_the_sampler_covers_each_epoch_once_split_over_ranks_and_resumes_exactly
     stream = [key for step in range(steps) for rank in range(2) for key in ranks[rank][step]]
     for epoch in range(4):
         keys = stream[epoch * size : (epoch + 1) * size]
-        assert {e for e, _ in keys} == {epoch} and sorted(i for _, i in keys) == list(range(size))
+        assert {e for e, _ in keys} == {epoch}
+        assert sorted(i for _, i in keys) == list(range(size))
     orders = [[i for _, i in stream[e * size : (e + 1) * size]] for e in range(4)]
     assert len({tuple(order) for order in orders}) == 4  # each epoch its own permutation
     assert list(GlobalBatchSampler(size, batch, steps, 7, 6, WorldInfo(1, 2))) == ranks[1][6:]
@@ -145,7 +146,8 @@ def test_a_seed_fixes_order_and_augmentation_at_any_worker_count(tmp_path):
     dataset = image_folder(tmp_path, 8, "train", seed=5, augment=VAR_RECIPE)
     in_process, in_workers = read_batches(dataset, 0), read_batches(dataset, 2)
     for one, two in zip(in_process, in_workers, strict=True):
-        assert torch.equal(one["image"], two["image"]) and torch.equal(one["label"], two["label"])
+        assert torch.equal(one["image"], two["image"])
+        assert torch.equal(one["label"], two["label"])
     assert dataset.skipped == 1  # marked by a worker, seen here
     resumed = read_batches(dataset, 2, start=4)
     assert all(torch.equal(a["image"], b["image"]) for a, b in zip(resumed, in_process[4:], strict=True))
@@ -166,7 +168,9 @@ def test_worker_seeds_follow_the_run_seed():
         return [int(value) for batch in loader for value in batch]
 
     first = seeds(1)
-    assert first == seeds(1) and first != seeds(2) and len(set(first)) == 2  # one seed per worker
+    assert first == seeds(1)
+    assert first != seeds(2)
+    assert len(set(first)) == 2  # one seed per worker
 
 
 # --- two processes x two workers ------------------------------------------------------------
@@ -229,14 +233,16 @@ def test_two_processes_with_two_workers_read_each_item_once_an_epoch_and_resume_
             if record["step"] in steps
             for key in record["keys"]
         ]
-        assert sorted(index for _, index in keys) == list(range(ITEMS)) and {e for e, _ in keys} == {epoch}
+        assert sorted(index for _, index in keys) == list(range(ITEMS))
+        assert {e for e, _ in keys} == {epoch}
     for rank in ranks:
         for record in rank["records"]:
             assert record["labels"] == [expected[index] for _, index in record["keys"]]
     orders = [[k[1] for r in ranks[0]["records"][3 * e : 3 * e + 3] for k in r["keys"]] for e in range(2)]
     assert orders[0] != orders[1]  # a new permutation each epoch
     for rank in ranks:  # the two files found unreadable, counted once over ranks and workers
-        assert len(rank["reports"]) == 1 and "skipped 2 unreadable images" in rank["reports"][0]
+        assert len(rank["reports"]) == 1
+        assert "skipped 2 unreadable images" in rank["reports"][0]
 
     resumed = run_two_processes(tmp_path, spec, "resumed", start=4)  # mid-epoch 1
     for rank in range(2):

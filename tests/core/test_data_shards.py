@@ -54,10 +54,12 @@ def test_pack_writes_the_folders_splits_as_shards_with_an_index(tmp_path):
     train, test = image_folder(folder, 8, "train"), image_folder(folder, 8, "test")
     assert report.items == {"train": len(train) - 1, "test": len(test)} == index["zoo"]["items"]
     assert [path for path, _ in report.skipped] == ["class1/99.png"]
-    assert index["__kind__"] == "wids-shard-index-v1" and index["zoo"]["classes"] == ["class0", "class1", "class2"]
+    assert index["__kind__"] == "wids-shard-index-v1"
+    assert index["zoo"]["classes"] == ["class0", "class1", "class2"]
     for entry in index["shardlist"]:
         shard = tmp_path / "shards" / entry["url"]
-        assert entry["sha256"] == sha256_file(shard) and entry["filesize"] == shard.stat().st_size
+        assert entry["sha256"] == sha256_file(shard)
+        assert entry["filesize"] == shard.stat().st_size
         assert entry["nsamples"] == len(scan_shard(shard)[0]) <= 4
         assert entry["url"].startswith(entry["split"] + "-")
     assert sum(entry["nsamples"] for entry in index["shardlist"]) == sum(report.items.values())
@@ -79,7 +81,8 @@ def test_shards_read_the_items_of_the_folder_in_each_split(tmp_path):
     from_folder["all"] = from_folder["train"] + from_folder["test"]  # the shards hold train, then test
     for split, expected in from_folder.items():
         shards = load_images(str(tmp_path / "shards"), 8, split)
-        assert isinstance(shards, ShardSet) and shards.class_names == ["class0", "class1", "class2"]
+        assert isinstance(shards, ShardSet)
+        assert shards.class_names == ["class0", "class1", "class2"]
         found = read_all(shards)
         assert [item["label"] for item in found] == [item["label"] for item in expected]
         assert all(torch.equal(a["image"], b["image"]) for a, b in zip(found, expected, strict=True))
@@ -100,7 +103,8 @@ def test_caption_sets_pack_one_sample_per_caption_line(tmp_path):
         assert list(shards.captions) == list(captions.captions)  # what a tokenizer trains on, no image decoded
         assert "label" not in shards[0]
     assert load_images(str(tmp_path / "shards"), 8).__class__ is ShardSet
-    assert write_folder(tmp_path / "labelled") and pack(tmp_path / "labelled", tmp_path / "labelled_shards")
+    assert write_folder(tmp_path / "labelled")
+    assert pack(tmp_path / "labelled", tmp_path / "labelled_shards")
     assert load_images(str(tmp_path / "labelled_shards"), 8).captions is None
 
 
@@ -126,11 +130,16 @@ def test_shards_without_an_index_are_counted_and_split_like_a_folder(tmp_path):
             writer.close()
     everything = load_images(str(tmp_path / "foreign"), 8, "all")
     train, test = (load_images(str(tmp_path / "foreign"), 8, split) for split in ("train", "test"))
-    assert len(everything) == 20 and len(train) == 18 and len(test) == 2 and everything.class_names == []
+    assert len(everything) == 20
+    assert len(train) == 18
+    assert len(test) == 2
+    assert everything.class_names == []
     labels = {item["label"] for item in read_all(train)} | {item["label"] for item in read_all(test)}
     assert labels == set(range(20))
     facts = info(tmp_path / "foreign")
-    assert facts["items"] == 20 and facts["splits"] == {"unsplit": 20} and not facts["index"]
+    assert facts["items"] == 20
+    assert facts["splits"] == {"unsplit": 20}
+    assert not facts["index"]
 
 
 def test_bad_members_are_skipped_and_counted_when_read(tmp_path):
@@ -147,7 +156,8 @@ def test_bad_members_are_skipped_and_counted_when_read(tmp_path):
                     archive.addfile(member, io.BytesIO(data))
     dataset = load_images(str(tmp_path / "shards"), 8, "all")
     items = read_all(dataset)
-    assert len(items) == len(dataset) == 12 and dataset.skipped == 2
+    assert len(items) == len(dataset) == 12
+    assert dataset.skipped == 2
     reasons = dict(dataset.skipped_files)
     assert any("truncated" in reason for reason in reasons.values())
     assert any("no image member" in reason for reason in reasons.values())
@@ -160,7 +170,8 @@ def test_a_shard_cut_short_loses_its_tail_items_not_the_run(tmp_path):
     shard.write_bytes(shard.read_bytes()[: 4 * 1024 + 100])  # four samples and a bit
     dataset = load_images(str(tmp_path / "shards"), 8, "train")
     items = read_all(dataset)
-    assert len(items) == 11 and dataset.skipped >= 6
+    assert len(items) == 11
+    assert dataset.skipped >= 6
     assert "cut short" in dict(dataset.skipped_files)[f"{shard.name} sample 10"]
 
 
@@ -182,7 +193,8 @@ def test_shards_that_cannot_be_opened_are_named(tmp_path):
 def test_info_describes_folders_and_shards_and_verifies_hashes(tmp_path):
     folder = write_folder(tmp_path / "folder")
     folder_facts = info(folder)
-    assert folder_facts["kind"] == "image folder" and folder_facts["items"] == 21
+    assert folder_facts["kind"] == "image folder"
+    assert folder_facts["items"] == 21
     assert folder_facts["splits"] == {"train": 18, "test": 3} and folder_facts["classes"] == [
         "class0",
         "class1",
@@ -190,10 +202,15 @@ def test_info_describes_folders_and_shards_and_verifies_hashes(tmp_path):
     ]
     pack(folder, tmp_path / "shards", shard_size=8)
     facts = info(tmp_path / "shards", verify=True)
-    assert facts["kind"] == "shards" and facts["items"] == 21 and facts["splits"] == {"train": 18, "test": 3}
-    assert facts["shards"] == 4 and facts["mismatched"] == [] and facts["captions"] is False
+    assert facts["kind"] == "shards"
+    assert facts["items"] == 21
+    assert facts["splits"] == {"train": 18, "test": 3}
+    assert facts["shards"] == 4
+    assert facts["mismatched"] == []
+    assert facts["captions"] is False
     lines = describe(facts)
-    assert lines[0].endswith("21 items (train 18, test 3)") and "sha256: all match" in lines[-1]
+    assert lines[0].endswith("21 items (train 18, test 3)")
+    assert "sha256: all match" in lines[-1]
     shard = tmp_path / "shards" / "test-000000.tar"
     shard.write_bytes(shard.read_bytes()[:-1] + b"!")
     assert info(tmp_path / "shards", verify=True)["mismatched"] == [str(shard.resolve())]

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
+from tests.tolerances import assert_same_training
 from zoo import checkpoint as ckpt
 
 SCRIPT = textwrap.dedent("""
@@ -48,11 +49,9 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return ckpt.load_tensors(run_dir / ckpt.WEIGHTS_FILE)
 
 
-def assert_same_weights(one: Path, two: Path) -> None:
-    expected, found = weights(one), weights(two)
-    assert expected.keys() == found.keys()
-    for key in expected:
-        torch.testing.assert_close(found[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
+def assert_same_weights(one: Path, two: Path, steps: int) -> None:
+    """Within rounding (tests.tolerances): all-reduce adds the processes' gradients in its own order."""
+    assert_same_training(weights(one), weights(two), steps)
 
 
 @pytest.mark.slow
@@ -62,7 +61,7 @@ def test_two_processes_train_the_weights_of_one_with_the_whole_batch(tmp_path, s
     # two micro-batches per process: the first backward pass keeps its gradients local
     two = {**FIELDS, "scale": {"shard": shard, "accumulate": 2}}
     subprocess.run(command(tmp_path, tmp_path / "two", two, 2), check=True, timeout=240)
-    assert_same_weights(tmp_path / "one", tmp_path / "two")
+    assert_same_weights(tmp_path / "one", tmp_path / "two", steps=3 * FIELDS["steps"])  # three stages
     session = json.loads((tmp_path / "two" / "config.json").read_text())["sessions"][-1]
     assert session["engine"] == ("fully_shard (FSDP2)" if shard else "replicate (DDP)") + " on 2 processes"
 
@@ -88,7 +87,7 @@ def test_two_processes_killed_mid_stage_resume_to_the_same_weights(tmp_path, sha
     record = json.loads((tmp_path / "killed" / "config.json").read_text())
     assert record.get("completed") == ["regress"], "the kill should land inside the second stage"
     subprocess.run(command(tmp_path, tmp_path / "killed", fields, 2, resume=True), check=True, timeout=240)
-    assert_same_weights(tmp_path / "straight", tmp_path / "killed")
+    assert_same_weights(tmp_path / "straight", tmp_path / "killed", steps=3 * fields["steps"])
 
 
 def test_a_stage_whose_forward_rewrites_parameters_is_replicated_not_sharded():
@@ -105,4 +104,5 @@ def test_a_stage_whose_forward_rewrites_parameters_is_replicated_not_sharded():
     ]
     averaged = torch.nn.Sequential(torch.nn.Linear(2, 2), VectorQuantizer(8, 2, ema_decay=0.99))
     frozen = torch.nn.Sequential(torch.nn.Linear(2, 2), VectorQuantizer(8, 2, ema_decay=None).requires_grad_(False))
-    assert not engine._rewrites_parameters(averaged, "vqvae") and not engine._rewrites_parameters(frozen, "prior")
+    assert not engine._rewrites_parameters(averaged, "vqvae")
+    assert not engine._rewrites_parameters(frozen, "prior")

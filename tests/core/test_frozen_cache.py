@@ -23,18 +23,18 @@ def test_the_cache_is_reused_for_the_same_weights_and_rebuilt_for_changed_ones(t
         return {"codes": encoder[0].weight.detach().sum(1).round().long() + len(calls), "labels": torch.arange(2)}
 
     first = cached_encoding(tmp_path, "codes-train", encoder, encode)
-    assert calls == [False] and encoder.training  # encoded in eval mode, mode restored
+    assert calls == [False]
+    assert encoder.training  # encoded in eval mode, mode restored
     again = cached_encoding(tmp_path, "codes-train", encoder, encode)
-    assert (
-        len(calls) == 1
-        and torch.equal(again["codes"], first["codes"])
-        and torch.equal(again["labels"], first["labels"])
-    )
+    assert len(calls) == 1
+    assert torch.equal(again["codes"], first["codes"])
+    assert torch.equal(again["labels"], first["labels"])
 
     with torch.no_grad():
         encoder[1].running_mean += 1  # a buffer changes the encoder too
     changed = cached_encoding(tmp_path, "codes-train", encoder, encode)
-    assert len(calls) == 2 and not torch.equal(changed["codes"], first["codes"])
+    assert len(calls) == 2
+    assert not torch.equal(changed["codes"], first["codes"])
     assert len(list(tmp_path.glob("codes-train-*.safetensors"))) == 2
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -67,5 +67,6 @@ def test_cache_files_go_through_the_atomic_writer(tmp_path, monkeypatch):
     written = []
     monkeypatch.setattr(cache, "atomic_save_tensors", lambda path, tensors, metadata=None: written.append(path))
     cached_encoding(tmp_path, "codes-train", _encoder(), lambda: {"x": torch.ones(1)})
-    assert len(written) == 1 and written[0].parent == tmp_path
+    assert len(written) == 1
+    assert written[0].parent == tmp_path
     assert not list(tmp_path.iterdir())  # nothing was written behind the writer's back

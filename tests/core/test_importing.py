@@ -89,7 +89,8 @@ def test_a_checkpoint_that_would_run_code_runs_nothing(tmp_path):
     torch.save({"state_dict": {"w": torch.ones(2)}, "callbacks": RunsCode(marker)}, tmp_path / "evil.ckpt")
     loaded = load_checkpoint(tmp_path / "evil.ckpt")
     assert not marker.exists()
-    assert isinstance(loaded["callbacks"], Stub) and "system" in repr(loaded["callbacks"])
+    assert isinstance(loaded["callbacks"], Stub)
+    assert "system" in repr(loaded["callbacks"])
     assert torch.equal(loaded["state_dict"]["w"], torch.ones(2))  # the weights still arrive
 
 
@@ -128,7 +129,8 @@ def test_unknown_classes_are_never_imported(tmp_path):
         del sys.modules["not_installed_anywhere.callbacks"], sys.modules["not_installed_anywhere"]
     loaded = load_checkpoint(tmp_path / "l.ckpt")
     [key] = loaded["callbacks"]
-    assert issubclass(key, Stub) and key.qualname == "ModelCheckpoint"
+    assert issubclass(key, Stub)
+    assert key.qualname == "ModelCheckpoint"
     assert "not_installed_anywhere" not in sys.modules
 
 
@@ -145,12 +147,15 @@ def test_a_truncated_checkpoint_is_one_line(tmp_path):
 def test_import_writes_an_ordinary_run_directory(toy_registry, tmp_path):
     state = official_toy_file(tmp_path / "toy.pth")
     imported = api.import_checkpoint("toy", [tmp_path / "toy.pth"], tmp_path / "run")
-    assert imported.preset == "base" and imported.config.steps == 3
+    assert imported.preset == "base"
+    assert imported.config.steps == 3
     record = json.loads((tmp_path / "run" / "config.json").read_text())
     assert record["completed"] == ["regress"]
     [source] = record["imported"]["files"]
-    assert source["name"] == "toy.pth" and source["bytes"] == (tmp_path / "toy.pth").stat().st_size
-    assert len(source["sha256"]) == 64 and record["imported"]["format"] == "official"
+    assert source["name"] == "toy.pth"
+    assert source["bytes"] == (tmp_path / "toy.pth").stat().st_size
+    assert len(source["sha256"]) == 64
+    assert record["imported"]["format"] == "official"
     run = api.load_run(tmp_path / "run")
     assert torch.equal(run.model.generator[0].weight, state["gen.0.weight"])
     assert torch.equal(run.model.generator[3].bias, state["gen.3.bias"])
@@ -190,14 +195,13 @@ def test_zoo_import_cli(toy_registry, tmp_path):
         env=env,
     )
     assert result.returncode == 0, result.stderr
-    assert "matches preset 'base'" in result.stdout and f"run directory: {tmp_path / 'run'}" in result.stdout
+    assert "matches preset 'base'" in result.stdout
+    assert f"run directory: {tmp_path / 'run'}" in result.stdout
     missing = subprocess.run(
         zoo_command("import", "toy", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "r2")),
         capture_output=True,
         text=True,
         env=env,
     )
-    assert (
-        missing.returncode == 1
-        and missing.stderr.strip() == f"error: checkpoint {tmp_path / 'nope.pth'} does not exist"
-    )
+    assert missing.returncode == 1, missing.stderr
+    assert missing.stderr.strip() == f"error: checkpoint {tmp_path / 'nope.pth'} does not exist"

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.tolerances import rounding_bound
 from zoo.errors import ConfigError, ZooError
 from zoo.nn.backbone import import_timm, load_backbone_weights
 from zoo.nn.gan import (
@@ -56,10 +57,15 @@ def test_adaptive_weight_balances_gradient_norms():
     reconstruction = output.abs().mean()
     adversarial = -output.mean()
     weight = adaptive_weight(reconstruction, adversarial, last.weight, scale=0.8)
-    assert torch.isfinite(weight) and weight.item() > 0 and not weight.requires_grad
-    # scaling the adversarial loss by 10 scales the weight by about 1/10
+    assert torch.isfinite(weight)
+    assert weight.item() > 0
+    assert not weight.requires_grad
+    # scaling the adversarial loss by 10 scales the weight by (g + 1e-4) / (10 g + 1e-4), about 1/10,
+    # g the norm of the adversarial gradient at the last layer; up to rounding (tests.tolerances)
+    g = torch.autograd.grad(adversarial, last.weight, retain_graph=True)[0].norm().item()
     smaller = adaptive_weight(reconstruction, 10 * adversarial, last.weight, scale=0.8)
-    assert smaller.item() == pytest.approx(weight.item() / 10, rel=1e-2)
+    expected = weight.item() * (g + 1e-4) / (10 * g + 1e-4)
+    assert smaller.item() == pytest.approx(expected, rel=rounding_bound(1.0, depth=1))
     assert adversarial_factor(4, disc_start=5, factor=0.8) == 0.0
     assert adversarial_factor(5, disc_start=5, factor=0.8) == 0.8
 
@@ -100,10 +106,11 @@ def test_perceptual_weights_load_from_safetensors(tmp_path):
 
     loss = PerceptualLoss(target)
     images = torch.rand(2, 3, 16, 16, requires_grad=True)
-    assert loss(images, images.detach()).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(images, images.detach()).item() == 0.0  # the same features: no difference to round
     distance = loss(images, torch.rand(2, 3, 16, 16))
     distance.backward()
-    assert distance.item() > 0 and images.grad.abs().sum() > 0
+    assert distance.item() > 0
+    assert images.grad.abs().sum() > 0
     assert not any(p.requires_grad for p in target.parameters())
 
 
@@ -176,7 +183,8 @@ def test_vqgan_gan_term_is_off_before_disc_start_and_without_a_discriminator():
     for step, with_discriminator in ((2, True), (10, False)):
         terms, _, _, images, reconstruction, _ = _gan_step(objective, step, with_discriminator)
         mse = (reconstruction - images).pow(2).mean()
-        assert terms.adversarial is None and terms.weight is None
+        assert terms.adversarial is None
+        assert terms.weight is None
         assert torch.allclose(terms.loss, mse + 0.5)
 
 

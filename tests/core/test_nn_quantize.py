@@ -19,7 +19,8 @@ def test_codes_are_the_brute_force_nearest_codes():
     generator = torch.Generator().manual_seed(0)
     features, codebook = torch.randn(3, 5, 4, 6, generator=generator), torch.randn(17, 5, generator=generator)
     codes = codes_from_features(features, codebook)
-    assert codes.shape == (3, 4, 6) and codes.dtype == torch.int64
+    assert codes.shape == (3, 4, 6)
+    assert codes.dtype == torch.int64
     vectors = features.permute(0, 2, 3, 1).reshape(-1, 5)  # (B*H*W, C)
     brute_force = torch.stack([((codebook - v).pow(2).sum(1)).argmin() for v in vectors]).view(3, 4, 6)
     assert torch.equal(codes, brute_force)
@@ -78,7 +79,8 @@ def test_dead_codes_restart_from_rank_0_vectors_with_a_grace_period(monkeypatch)
     my_batch = torch.full((6, 2), -7.0)  # rank 1's own candidates are never used
     dead, fresh = restart_dead_codes(codebook, usage, 1.0, my_batch, hits_per_batch=12.0)
     assert dead.tolist() == [False, True, False, True]
-    assert torch.equal(codebook[dead], rank_0_vectors) and torch.equal(codebook[~dead], torch.zeros(2, 2))
+    assert torch.equal(codebook[dead], rank_0_vectors)
+    assert torch.equal(codebook[~dead], torch.zeros(2, 2))
     assert usage.tolist() == [5.0, 3.0, 2.0, 3.0]  # 12 hits over 4 codes: 3 each for the restarted
 
 
@@ -87,7 +89,8 @@ def test_one_process_restarts_from_its_own_batch_and_nothing_when_all_live():
     codebook, usage = torch.zeros(3, 2), torch.tensor([0.0, 1.0, 1.0])
     candidates = torch.tensor([[4.0, 4.0], [5.0, 5.0]])
     restart_dead_codes(codebook, usage, 0.5, candidates, hits_per_batch=1.0)
-    assert codebook[0].tolist() in ([4.0, 4.0], [5.0, 5.0]) and usage[0] == 1.0  # grace is at least one hit
+    assert codebook[0].tolist() in ([4.0, 4.0], [5.0, 5.0])
+    assert usage[0] == 1.0  # grace is at least one hit
     before = codebook.clone()
     assert restart_dead_codes(codebook, usage, 0.5, candidates, 1.0) is None
     assert torch.equal(codebook, before)
@@ -106,7 +109,8 @@ def test_the_quantizer_tracks_global_usage_and_restarts_dead_codes(monkeypatch, 
     world.all_reduce = lambda tensor: tensor.add_(other_counts) if tensor.shape == (8,) else None
     monkeypatch.setattr(quantize, "dist", world)
     quantizer(features)
-    assert quantizer.usage[0] == 4.0 and quantizer.usage[7] == 4.0  # code 7 lives through the other process
+    assert quantizer.usage[0] == 4.0
+    assert quantizer.usage[7] == 4.0  # code 7 lives through the other process
     assert torch.equal(quantizer.codebook[1:7], rank_0_vectors)
     assert torch.equal(quantizer.usage[1:7], torch.full((6,), 1.0))  # 8 global hits / 8 codes
     if ema_decay is not None:

@@ -16,4 +16,5 @@ def test_several_images_are_tiled_with_a_border_and_small_ones_enlarged():
     images = np.zeros((3, 16, 16, 3), np.uint8)
     grid = np.asarray(image_grid(images, pad=2))  # 2 columns x 2 rows of 64px tiles
     assert grid.shape == (2 * 66 + 2, 2 * 66 + 2, 3)
-    assert (grid[:2] == 255).all() and (grid[2:66, 2:66] == 0).all()
+    assert (grid[:2] == 255).all()
+    assert (grid[2:66, 2:66] == 0).all()

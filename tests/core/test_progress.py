@@ -31,7 +31,8 @@ def test_plain_lines_every_n_seconds_never_cut():
     assert lines[0] == "tokenizer: 1000 steps"
     assert [line.split()[1] for line in lines[1:]] == [f"{s}/1000" for s in range(60, 1000, 60)] + ["1000/1000"]
     assert lines[1] == (f"tokenizer 60/1000 (6%) 320 img/s ETA 7m50s loss 0.01667 {long_name} 2 lr 0.001")
-    assert len(lines[1]) > 80 and lines[-1].startswith("tokenizer 1000/1000 (100%) 320 img/s ETA 0s")
+    assert len(lines[1]) > 80
+    assert lines[-1].startswith("tokenizer 1000/1000 (100%) 320 img/s ETA 0s")
 
 
 def test_plain_resume_and_stage_end():
@@ -62,4 +63,6 @@ def test_json_stage_end_and_done(capsys):
     reporter.done("runs/x", {"a": {"steps": 10, "seconds": 1.2, "metrics": {"loss": 0.5}}})
     first, last = (json.loads(line) for line in capsys.readouterr().out.splitlines())
     assert first == {"event": "stage_end", "stage": "a", "seconds": 1.23, "metrics": {"loss": 0.5}}
-    assert last["event"] == "done" and last["run_dir"] == "runs/x" and last["metrics"] == {"loss": 0.5}
+    assert last["event"] == "done"
+    assert last["run_dir"] == "runs/x"
+    assert last["metrics"] == {"loss": 0.5}

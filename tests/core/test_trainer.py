@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -68,8 +69,11 @@ def test_lr_schedule_warmup_then_cosine():
     spec = ToyPlugin().stages(ToyConfig())[0].optimizers[0]
     spec.warmup_steps, spec.min_lr_ratio = 10, 0.1
     factors = [lr_factor(spec, s, 110) for s in range(110)]
-    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
-    assert factors[10] == pytest.approx(1.0) and factors[-1] == pytest.approx(0.1, abs=1e-3)
+    assert factors[0] == pytest.approx(0.1)
+    assert factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0)
+    # the last step is 99 % of the way down the cosine (float64, exact but for rounding)
+    assert factors[-1] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 99 / 100)))
     assert all(a >= b for a, b in pairwise(factors[10:]))
 
 
@@ -85,7 +89,8 @@ def test_early_stopping_stops_and_restores_best(tmp_path):
     end = [r for r in rows if r.get("event") == "end"][0]
     assert end["step"] < 400
     validation = [r["val_loss"] for r in rows if "val_loss" in r]
-    assert len(validation) >= 3 and min(validation) < validation[0]
+    assert len(validation) >= 3
+    assert min(validation) < validation[0]
 
 
 def test_checkpoint_keeps_the_validation_state_as_a_plain_dict(tmp_path):
@@ -95,8 +100,11 @@ def test_checkpoint_keeps_the_validation_state_as_a_plain_dict(tmp_path):
     _, state = ckpt.read_trainer_checkpoint(tmp_path / "run")
     losses = [r["val_loss"] for r in metrics(tmp_path / "run") if "val_loss" in r]
     validation = state["validation"]
-    assert state["step"] == 10 and len(losses) == 2 and set(validation) == {"best", "bad", "best_weights"}
-    assert validation["best"] == min(losses) and validation["bad"] == int(losses[1] >= losses[0])
+    assert state["step"] == 10
+    assert len(losses) == 2
+    assert set(validation) == {"best", "bad", "best_weights"}
+    assert validation["best"] == min(losses)
+    assert validation["bad"] == int(losses[1] >= losses[0])
     assert validation["best_weights"].keys() == {
         "generator.0.weight",
         "generator.0.bias",
@@ -113,17 +121,20 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path):
     with pytest.raises(TrainingError, match="loss is nan.*last good checkpoint"):
         run_toy(tmp_path / "run", steps=30, stage="regress", nan_at_step=12, checkpoint_every=5)
     _, state = ckpt.read_trainer_checkpoint(tmp_path / "run")
-    assert state["stage"] == "regress" and state["step"] == 10
+    assert state["stage"] == "regress"
+    assert state["step"] == 10
 
 
 def test_existing_run_needs_resume_and_same_config(tmp_path):
     run_toy(tmp_path / "run", steps=5, stage="regress")
     with pytest.raises(RunError, match="resume=True") as raised:
         run_toy(tmp_path / "run", steps=5)
-    assert "--resume" not in str(raised.value) and "--resume" in raised.value.cli_message
+    assert "--resume" not in str(raised.value)
+    assert "--resume" in raised.value.cli_message
     with pytest.raises(RunError, match="another config .steps: the run has 5, this call gives 6") as raised:
         run_toy(tmp_path / "run", steps=6, resume=True)
-    assert "this command gives 6" in raised.value.cli_message and "--out" in raised.value.cli_message
+    assert "this command gives 6" in raised.value.cli_message
+    assert "--out" in raised.value.cli_message
     with pytest.raises(UnknownNameError, match="Did you mean 'regress'"):
         run_toy(tmp_path / "other", steps=5, stage="regres")
 
@@ -198,8 +209,10 @@ def test_weight_decay_skips_vectors_and_named_parameters():
     spec = ToyPlugin().stages(ToyConfig())[0].optimizers[0]
     spec.weight_decay, spec.no_weight_decay = 0.1, ("generator.3.",)
     decayed, exempt = build_optimizer(spec, model).param_groups
-    assert [p.shape for p in decayed["params"]] == [torch.Size([16, 4])] and decayed["weight_decay"] == 0.1
-    assert len(exempt["params"]) == 3 and exempt["weight_decay"] == 0.0
+    assert [p.shape for p in decayed["params"]] == [torch.Size([16, 4])]
+    assert decayed["weight_decay"] == 0.1
+    assert len(exempt["params"]) == 3
+    assert exempt["weight_decay"] == 0.0
 
 
 class GridToyPlugin(ToyPlugin):
@@ -234,4 +247,6 @@ def test_a_failed_session_is_recorded(tmp_path):
     with pytest.raises(TrainingError):
         run_toy(tmp_path / "run", steps=10, nan_at_step=3, stage="regress")
     [session] = json.loads((tmp_path / "run" / ckpt.CONFIG_FILE).read_text())["sessions"]
-    assert session["status"] == "failed" and session["ended"] and session["stage"] == "regress"
+    assert session["status"] == "failed"
+    assert session["ended"]
+    assert session["stage"] == "regress"

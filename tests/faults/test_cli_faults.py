@@ -10,41 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import cli
 from tests.exporter.conftest import tiny_runtime_installed  # noqa: F401  (autouse fixture)
-from tests.exporter.tiny_export_plugin import TinyPlugin
 from tests.exporter.tiny_export_runtime import TinyRuntime
-from zoo.checkpoint import CONFIG_FILE, WEIGHTS_FILE, atomic_write_json, run_record, save_weights
-from zoo.cli import main
 from zoo.registry import reset_registry
 
 
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit:
-        code = exit.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def assert_one_line_error(code: int, err: str, message: str) -> None:
-    assert code == 1 and "Traceback" not in err, err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert code == 1, err
+    assert "Traceback" not in err, err
+    assert err.startswith("error: "), err
+    assert err.count("\n") == 1, err
     assert message in err, err
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    """A run directory of the tiny TorchScript plugin (untrained: these tests need its files, not its skill)."""
-    plugin = TinyPlugin()
-    config = plugin.Config()
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    save_weights(plugin.build(config), run_dir / WEIGHTS_FILE)
-    atomic_write_json(
-        run_dir / CONFIG_FILE, run_record(plugin.name, plugin.version, None, config.model_dump(mode="json"))
-    )
-    return run_dir
 
 
 @pytest.fixture
@@ -183,10 +160,12 @@ def test_a_file_where_a_folder_should_be_is_one_line(tiny_cli, tiny_run, tmp_pat
 
 
 def test_keygen_sign_and_verify(tiny_cli, tiny_run, tmp_path, capsys):
-    code, out, _ = cli(capsys, "keygen", "--out", str(tmp_path / "key"))
-    assert code == 0 and "private key" in out
+    code, out, err = cli(capsys, "keygen", "--out", str(tmp_path / "key"))
+    assert code == 0, err
+    assert "private key" in out
     private, public = tmp_path / "key.pem", tmp_path / "key.pub.pem"
-    assert oct(private.stat().st_mode & 0o777) == "0o600" and public.is_file()
+    assert oct(private.stat().st_mode & 0o777) == "0o600"
+    assert public.is_file()
     code, _, err = cli(capsys, "keygen", "--out", str(tmp_path / "key"))
     assert_one_line_error(code, err, "exists; choose another --out (a key is never overwritten)")
 
@@ -207,7 +186,8 @@ def test_keygen_sign_and_verify(tiny_cli, tiny_run, tmp_path, capsys):
     assert code == 0, err
     assert (export / "manifest.sig").is_file()
     code, out, err = cli(capsys, "run", str(export), "--verify", str(public), "--out", str(tmp_path / "grid.png"))
-    assert code == 0 and (tmp_path / "grid.png").is_file(), err
+    assert code == 0, err
+    assert (tmp_path / "grid.png").is_file(), err
 
     manifest = json.loads((export / "manifest.json").read_text())
     manifest["config"]["num_codes"] = 8

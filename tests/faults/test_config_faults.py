@@ -66,7 +66,9 @@ def test_zero_or_negative_steps_batch_size_and_lr_are_one_line_config_errors(mod
         with pytest.raises(ConfigError) as error:
             api.resolve_config(model, assignments=[assignment])
         message, field = str(error.value), assignment.split("=")[0]
-        assert "\n" not in message and f"'{field}'" in message and "greater than" in message, assignment
+        assert "\n" not in message, assignment
+        assert f"'{field}'" in message, assignment
+        assert "greater than" in message, assignment
 
 
 @pytest.mark.parametrize("model", EVERY_MODEL)
@@ -166,16 +168,19 @@ def test_sample_options_are_bounded(model, registry_with):
         validate(schema, options, what="sample option")
 
 
-def test_cli_reports_a_bad_config_value_in_one_line():
+def test_cli_reports_a_bad_config_value_in_one_line(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        zoo_command("train", "var", "--set", "tokenizer_training.batch_size=0"),
+        zoo_command("train", "var", "--set", "tokenizer_training.batch_size=0", "--out", str(tmp_path / "run")),
         capture_output=True,
         text=True,
         env=env,
+        cwd=tmp_path,
         timeout=120,
     )
-    assert result.returncode == 1
+    assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: config field 'tokenizer_training.batch_size'")
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: config field 'tokenizer_training.batch_size'"), result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()  # refused before any file was written

@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import TINY_VAR
 from zoo import api
 from zoo.data import caption_set, folders, image_folder, load_images, split_indices
 from zoo.errors import DataError
@@ -88,12 +89,15 @@ def test_bad_files_are_skipped_counted_and_raise_no_pillow_warning(tmp_path, bad
         warnings.simplefilter("error")  # Pillow's DecompressionBombWarning must not reach the user
         dataset = image_folder(tmp_path, size=8)
         items = read_all(dataset)
-    assert len(dataset) == len(items) == 14 and dataset.skipped == len(BAD_FILES)
+    assert len(dataset) == len(items) == 14
+    assert dataset.skipped == len(BAD_FILES)
     assert {path for path, _ in dataset.skipped_files} == {f"cats/{name}" for name in BAD_FILES}
     reasons = dict(dataset.skipped_files)
     assert "12000x12000" in reasons["cats/huge.png"]
     summary = dataset.summary()
-    assert "\n" not in summary and "14 images in 2 classes" in summary and f"skipped {len(BAD_FILES)}" in summary
+    assert "\n" not in summary
+    assert "14 images in 2 classes" in summary
+    assert f"skipped {len(BAD_FILES)}" in summary
     read_all(dataset)  # a file read again is not counted again
     assert dataset.skipped == len(BAD_FILES)
 
@@ -120,7 +124,9 @@ def test_a_split_of_unreadable_files_is_one_data_error_and_the_other_reads(tmp_p
     reader = caption_set if layout == "jsonl" else image_folder
     good_split, bad_split = ("test", "train") if held_out == "good0.png" else ("train", "test")
     message = one_line_data_error(lambda: reader(tmp_path, 8, bad_split))
-    assert "no readable images" in message and f"({bad_split} split)" in message and "skipped" in message
+    assert "no readable images" in message
+    assert f"({bad_split} split)" in message
+    assert "skipped" in message
     colour = torch.tensor([0.0, 100.0, 50.0]) / 127.5 - 1  # good0.png's one colour
     for item in read_all(reader(tmp_path, 8, good_split)):
         assert torch.allclose(item["image"], colour[:, None, None].expand(3, 8, 8))
@@ -131,7 +137,9 @@ def test_splits_of_listed_files_are_disjoint_and_every_class_is_held_out(tmp_pat
         write_good(tmp_path / label, 3)
         write_bad(tmp_path / label, bad_file_bytes)
     train, test = image_folder(tmp_path, 8, "train"), image_folder(tmp_path, 8, "test")
-    assert len(train) == 12 and len(test) == 2 and not set(train.paths) & set(test.paths)
+    assert len(train) == 12
+    assert len(test) == 2
+    assert not set(train.paths) & set(test.paths)
     assert sorted(test.labels.tolist()) == [0, 1]
 
 
@@ -144,14 +152,16 @@ def test_caption_set_skips_bad_images_and_paths_outside_the_folder(tmp_path, bad
     outside = ["../good9.png", str(tmp_path / "good9.png")]
     write_captions(root, good + bad + outside, kind)
     dataset = caption_set(root, size=8)
-    assert sorted(dataset.paths) == sorted(good + bad) and len(dataset) == len(good + bad)
+    assert sorted(dataset.paths) == sorted(good + bad)
+    assert len(dataset) == len(good + bad)
     assert dataset.skipped == len(outside)  # left out by the listing
     captions = {item["caption"] for item in read_all(dataset)}
     assert captions == {f"picture {name}" for name in good}  # a bad image's item is the next good one's
     assert dataset.skipped == len(bad) + len(outside)
     reasons = [reason for _, reason in dataset.skipped_files]
     assert sum("outside the caption folder" in reason for reason in reasons) == len(outside)
-    assert "\n" not in dataset.summary() and f"skipped {len(bad) + len(outside)}" in dataset.summary()
+    assert "\n" not in dataset.summary()
+    assert f"skipped {len(bad) + len(outside)}" in dataset.summary()
 
 
 @pytest.mark.parametrize("layout", ["classes", "flat", "jsonl", "csv"])
@@ -161,7 +171,8 @@ def test_a_folder_with_no_readable_image_is_one_data_error(tmp_path, bad_file_by
     if layout in ("jsonl", "csv"):
         write_captions(tmp_path, names, layout)
     message = one_line_data_error(lambda: load_images(str(tmp_path), 8, "train"))
-    assert "no readable images" in message and "skipped 3" in message  # the train split's three
+    assert "no readable images" in message
+    assert "skipped 3" in message  # the train split's three
 
 
 def test_listing_decodes_one_image_warns_once_and_sees_changes(tmp_path, caplog, monkeypatch):
@@ -173,7 +184,8 @@ def test_listing_decodes_one_image_warns_once_and_sees_changes(tmp_path, caplog,
     with caplog.at_level(logging.WARNING, logger="zoo.data"):
         image_folder(tmp_path, 8, "train")
         image_folder(tmp_path, 8, "test")
-        assert len(caplog.records) == 1 and "outside the class folders" in caplog.records[0].getMessage()
+        assert len(caplog.records) == 1
+        assert "outside the class folders" in caplog.records[0].getMessage()
     assert len(decoded) == 2  # each split read its first item, nothing more
     write_good(tmp_path / "cats", 1, start=3)
     assert len(image_folder(tmp_path, 8, "all")) == 4
@@ -182,16 +194,7 @@ def test_listing_decodes_one_image_warns_once_and_sees_changes(tmp_path, caplog,
 # --- every plugin's data inputs: nothing readable stops training before a step --------------
 
 VAR_TINY = {
-    "tokenizer": {
-        "resolution": 16,
-        "channels": 8,
-        "channel_multipliers": [1, 2, 2],
-        "res_blocks": 1,
-        "attention_resolutions": [],
-        "code_dim": 8,
-        "codebook_size": 32,
-        "patch_nums": [1, 2, 3, 4],
-    },
+    "tokenizer": TINY_VAR["tokenizer"],
     "transformer": {"depth": 1, "width": 16, "heads": 1, "num_classes": 2},
     "tokenizer_training": {"steps": 2, "batch_size": 2},
     "transformer_training": {"steps": 2, "batch_size": 2, "validate_every": 1},
@@ -294,7 +297,9 @@ def test_finished_quantart_run_samples_and_exports_without_its_data(tmp_path, ba
     with caplog.at_level(logging.WARNING, logger="zoo.quantart"):
         arrays = plugin.export_assets(model, config).arrays
     assert arrays["content_images"].shape == arrays["style_images"].shape == (2, 16, 16, 3)
-    assert len(caplog.records) == 2 and "held-out photos" in caplog.records[0].getMessage()
+    assert len(caplog.records) == 2
+    assert "held-out photos" in caplog.records[0].getMessage()
     output = plugin.sample(model, config, plugin.SampleOptions(), torch.device("cpu"))
-    assert output.images is not None and len(output.images) > 0
+    assert output.images is not None
+    assert len(output.images) > 0
     assert "does not exist" in one_line_data_error(lambda: plugin.evaluate(model, config, torch.device("cpu")))

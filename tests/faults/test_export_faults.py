@@ -85,7 +85,8 @@ def test_an_export_set_aside_by_a_killed_replacement_is_put_back(copy):
     aside = copy.with_name(f".{copy.name}.previous-0123abcd")
     copy.rename(aside)
     recover_destination(copy)
-    assert complete_export(copy) and not aside.exists()
+    assert complete_export(copy)
+    assert not aside.exists()
 
 
 def test_stale_leftovers_are_removed_but_foreign_lookalikes_are_not(copy):
@@ -219,7 +220,8 @@ def test_a_package_in_the_export_directory_that_shadows_the_runtime_is_refused(c
     (copy / "tests").mkdir()
     (copy / "tests" / "__init__.py").write_text(EVIL.format(marker=str(marker)))
     result = run_python("import zoo.runtime; zoo.runtime.load('.')", copy)
-    assert result.returncode != 0 and not marker.exists()
+    assert result.returncode != 0, result.stderr
+    assert not marker.exists()
     assert "in the export directory shadows the installed runtime package 'tests'" in result.stderr
 
 
@@ -229,7 +231,8 @@ def test_python_m_zoo_drops_the_working_directory_from_sys_path(tmp_path):
     result = subprocess.run(
         zoo_command("run", str(tmp_path / "nowhere")), cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
-    assert "does not exist" in result.stderr and not marker.exists()
+    assert "does not exist" in result.stderr
+    assert not marker.exists()
 
 
 # signing ---------------------------------------------------------------------------------
@@ -320,7 +323,8 @@ def test_export_files_follow_the_umask(ts_export):
     paths = [ts_export, *ts_export.rglob("*")]
     modes = {str(p.relative_to(ts_export.parent)): oct(p.stat().st_mode & 0o777) for p in paths}
     expected = {str(p.relative_to(ts_export.parent)): "0o755" if p.is_dir() else "0o644" for p in paths}
-    assert modes == expected and "tiny/assets.safetensors" in modes
+    assert modes == expected
+    assert "tiny/assets.safetensors" in modes
 
 
 def test_an_unsupported_opset_is_refused_before_any_work(tiny, tmp_path):  # noqa: F811

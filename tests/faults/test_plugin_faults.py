@@ -44,7 +44,8 @@ def test_the_later_of_two_plugins_with_one_name_fails(tmp_path, monkeypatch):
     registry = Registry(write(tmp_path / "reg.yaml", "plugins: [first.py, second.py]\n"))
     assert registry.models["clash"].module.endswith("first.py")
     [failure] = registry.failures
-    assert failure.name.endswith("second.py") and "first.py" in failure.error
+    assert failure.name.endswith("second.py")
+    assert "first.py" in failure.error
 
 
 def test_sys_exit_at_import_is_a_reported_failure(tmp_path, monkeypatch):

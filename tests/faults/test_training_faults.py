@@ -142,7 +142,8 @@ def test_a_run_that_failed_before_training_does_not_block_the_corrected_command(
     assert json.loads((tmp_path / "run" / ckpt.CONFIG_FILE).read_text())["config"]["points"] == 64
     with pytest.raises(RunError, match=r"already holds a run; continue it \(resume=True\)") as raised:
         run_toy(tmp_path / "run", SizedToyPlugin(), points=64, steps=5)
-    assert "--resume" not in str(raised.value) and "--resume --out" in raised.value.cli_message
+    assert "--resume" not in str(raised.value)
+    assert "--resume --out" in raised.value.cli_message
 
 
 # state/latest.json -----------------------------------------------------------------------
@@ -166,7 +167,8 @@ def test_corrupt_latest_json_is_one_line_naming_the_fix(tmp_path, content, reaso
     (state / ckpt.LATEST_FILE).write_text(content)
     with pytest.raises(RunError, match=r"state/latest.json in .*run is corrupt \(") as error:
         ckpt.read_trainer_checkpoint(tmp_path / "run")
-    assert reason in str(error.value) and f"delete {state} to restart the stage" in str(error.value)
+    assert reason in str(error.value)
+    assert f"delete {state} to restart the stage" in str(error.value)
 
 
 def test_latest_json_never_leads_outside_the_run_directory(tmp_path):
@@ -256,7 +258,8 @@ def test_full_disk_raises_oserror_naming_the_file_and_the_run_resumes(tmp_path):
     (run_dir / ckpt.METRICS_FILE).symlink_to("/dev/full")
     with pytest.raises(OSError, match="No space left on device") as error:
         run_toy(run_dir, **fields)
-    assert error.value.errno == errno.ENOSPC and error.value.filename == str(run_dir / ckpt.METRICS_FILE)
+    assert error.value.errno == errno.ENOSPC
+    assert error.value.filename == str(run_dir / ckpt.METRICS_FILE)
     (run_dir / ckpt.METRICS_FILE).unlink()  # space freed
     run_toy(run_dir, resume=True, **fields)
     assert_same_weights(tmp_path / "straight", run_dir)
@@ -279,7 +282,8 @@ def test_failed_tensor_write_is_a_plain_oserror_and_leaves_the_last_checkpoint(t
     monkeypatch.setattr(ckpt, "save_file", save_file_on_a_full_disk)
     with pytest.raises(OSError) as error:
         run_toy(tmp_path / "run", steps=20, stage="regress", checkpoint_every=5)
-    assert error.value.errno == errno.ENOSPC and error.value.filename == calls[-1]
+    assert error.value.errno == errno.ENOSPC
+    assert error.value.filename == calls[-1]
     monkeypatch.undo()
     assert ckpt.read_trainer_checkpoint(tmp_path / "run")[1]["step"] == 5
     run_toy(tmp_path / "run", steps=20, stage="regress", checkpoint_every=5, resume=True)

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
+from tests.conftest import TINY_VAR
+from tests.tolerances import assert_within_rounding, depth_of
 from zoo.config import ZooConfig, resolve
 from zoo.plugin import ModelPlugin, Stage, StageContext, StepContext
 from zoo.scale import checkpoint_activations
@@ -36,18 +38,8 @@ TINY: dict[str, tuple[ModelPlugin, dict[str, Any]]] = {
         VARPlugin(),
         {
             **VARPlugin.presets["digits"],
-            "tokenizer": {
-                "resolution": 16,
-                "channels": 8,
-                "channel_multipliers": [1, 2, 2],
-                "res_blocks": 1,
-                "attention_resolutions": [8],
-                "dropout": 0.2,
-                "code_dim": 8,
-                "codebook_size": 32,
-                "patch_nums": [1, 2, 3, 4],
-            },
-            "transformer": {"depth": 2, "width": 32, "heads": 2, "num_classes": 10, "drop_path": 0.5},
+            "tokenizer": {**TINY_VAR["tokenizer"], "attention_resolutions": [8], "dropout": 0.2},
+            "transformer": {**TINY_VAR["transformer"], "drop_path": 0.5},
         },
     ),
     "vqvae2_pixelcnn": (
@@ -189,7 +181,8 @@ def assert_checkpointing_changes_nothing(plugin: ModelPlugin, config: ZooConfig,
 
     assert expected, stage.name
     assert gradients.keys() == expected.keys(), stage.name
-    torch.testing.assert_close(gradients, expected, rtol=1e-5, atol=1e-6, msg=lambda m: f"{stage.name}: {m}")
+    for name, gradient in expected.items():  # the recomputation may round differently (tests.tolerances)
+        assert_within_rounding(gradients[name], gradient, depth_of(model), msg=f"{stage.name}: {name}")
     # the recomputation repeats no side effect (code usage, BatchNorm statistics outside the blocks)
     torch.testing.assert_close(state, expected_state, rtol=0, atol=0, msg=lambda m: f"{stage.name}: {m}")
     # and it did happen: every block that ran in the loss ran again in the backward pass

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,12 +15,14 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import zoo
+import zoo_multimodal_caption.evaluation
+from tests.tolerances import depth_of, rounding_bound
 from zoo.config import validate
 from zoo.errors import ConfigError, ZooError
 from zoo.plugin import StageContext
 from zoo_multimodal_caption.config import PRESETS, CaptionConfig, CaptionSampleOptions, parameter_counts
 from zoo_multimodal_caption.data import captioned_images, captions_of, parse_shapes_caption
-from zoo_multimodal_caption.evaluation import retrieval_recall
+from zoo_multimodal_caption.evaluation import evaluate_captions, retrieval_recall
 from zoo_multimodal_caption.plugin import MultimodalCaptionPlugin
 from zoo_multimodal_caption.text_tokenizer import BOS_ID, EOS_ID, PAD_ID, decode, encode, train_tokenizer
 
@@ -69,10 +73,14 @@ def test_tokenizer_is_deterministic_and_round_trips(config):
     assert first.to_str() == train_tokenizer(captions, 128, 24).to_str()
     assert 4 < first.get_vocab_size() <= 128
     tokens = encode(first, ["two small red circles on the left", "a star"])
-    assert tokens.shape[0] == 2 and tokens[0, 0] == BOS_ID and tokens[1, 3] == EOS_ID and tokens[1, -1] == PAD_ID
+    assert tokens.shape[0] == 2
+    assert tokens[0, 0] == BOS_ID
+    assert tokens[1, 3] == EOS_ID
+    assert tokens[1, -1] == PAD_ID
     assert decode(first, tokens[0, 1:]) == "two small red circles on the left"
     long = encode(first, ["a red circle " * 20])
-    assert long.shape == (1, 24) and long[0, -1] == EOS_ID  # cut to max_length, [EOS] kept
+    assert long.shape == (1, 24)
+    assert long[0, -1] == EOS_ID  # cut to max_length, [EOS] kept
 
 
 def test_shapes_captions_parse_back_to_their_attributes(config):
@@ -122,9 +130,14 @@ def test_beam_width_one_equals_greedy_and_wider_beams_score_higher(model, config
     beam = plugin.sample(model, config, CaptionSampleOptions(n=6, max_length=12, decoding="beam", beam_width=1), CPU)
     np.testing.assert_array_equal(beam.extras["tokens"], greedy.extras["tokens"])
     assert beam.texts == greedy.texts
-    assert len(greedy.texts) == 6 and greedy.images.shape == (6, 32, 32, 3)
+    assert len(greedy.texts) == 6
+    assert greedy.images.shape == (6, 32, 32, 3)
     wide = plugin.sample(model, config, CaptionSampleOptions(n=6, max_length=12, decoding="beam", beam_width=4), CPU)
-    assert _log_prob(model, config, wide.extras["tokens"]) >= _log_prob(model, config, greedy.extras["tokens"]) - 1e-4
+    greedy_log_prob = _log_prob(model, config, greedy.extras["tokens"])
+    # up to rounding (tests.tolerances): a wide beam may find the greedy captions themselves
+    assert _log_prob(model, config, wide.extras["tokens"]) >= greedy_log_prob - rounding_bound(
+        greedy_log_prob, depth_of(model)
+    )
 
 
 def _log_prob(model, config, generated: np.ndarray) -> float:
@@ -161,15 +174,82 @@ def test_image_files_captions_and_retrieval(model, config, plugin, tmp_path):
         )
         paths.append(str(path))
     captioned = plugin.sample(model, config, CaptionSampleOptions(image=paths, max_length=8), CPU)
-    assert len(captioned.texts) == 2 and captioned.images.shape == (2, 32, 32, 3)
+    assert len(captioned.texts) == 2
+    assert captioned.images.shape == (2, 32, 32, 3)
     drawn = plugin.sample(model, config, CaptionSampleOptions(caption="a red circle in the center"), CPU)
-    assert drawn.images.shape == (1, 32, 32, 3) and drawn.texts == ["a red circle in the center"]
+    assert drawn.images.shape == (1, 32, 32, 3)
+    assert drawn.texts == ["a red circle in the center"]
     scores = plugin.sample(
         model, config, CaptionSampleOptions(image=paths, caption=["a red star", "two blue squares"]), CPU
     )
-    assert scores.extras["similarity"].shape == (2, 2) and np.abs(scores.extras["similarity"]).max() <= 1 + 1e-5
+    assert scores.extras["similarity"].shape == (2, 2)
+    # cosine similarities: one dot product of unit vectors, 1 at most but for rounding
+    assert np.abs(scores.extras["similarity"]).max() <= 1 + rounding_bound(1.0, depth=1)
     with pytest.raises(ZooError, match="no such file"):
         plugin.sample(model, config, CaptionSampleOptions(image=str(tmp_path / "missing.png")), CPU)
+
+
+class StubCaptionRuntime:
+    """Stands in for the sampling loop in evaluate_captions: fixed captions, latents whose
+    similarities are chosen, and decoded images a known distance from the targets."""
+
+    tokenizer = SimpleNamespace(normalizer=SimpleNamespace(normalize_str=str))
+
+    def __init__(self, captions: list[str], targets: np.ndarray) -> None:
+        self.captions, self.targets = captions, targets
+        self.image_latents = np.array([[0.9, 0.1], [0.8, 0.2]])  # both images are nearest caption 0
+        self.text_latents = np.eye(2)
+
+    def encode_images(self, images: np.ndarray) -> np.ndarray:
+        np.testing.assert_array_equal(images, self.targets)
+        return self.image_latents
+
+    def caption_latents(self, latents: np.ndarray) -> tuple[list[str], None]:
+        return self.captions, None
+
+    def encode_captions(self, captions: list[str]) -> np.ndarray:
+        return self.text_latents
+
+    def similarity(self, image_latents: np.ndarray, text_latents: np.ndarray) -> np.ndarray:
+        return image_latents @ text_latents.T
+
+    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+        return self.targets + (0.1 if latents is self.image_latents else 0.2)  # MSE 0.01 or 0.04
+
+
+def test_caption_metrics_of_a_hand_computed_case(monkeypatch):
+    references = ["a red circle in the center", "a blue square on the left"]
+    items = [
+        {"image": torch.zeros(3, 4, 4), "caption": caption, "attributes": parse_shapes_caption(caption)}
+        for caption in references
+    ]
+    monkeypatch.setattr(zoo_multimodal_caption.evaluation, "captioned_images", lambda config, split: items)
+    captions = ["a red circle in the center", "a green square on the left"]  # the second: one word wrong
+    runtime = StubCaptionRuntime(captions, np.zeros((2, 3, 4, 4), np.float32))
+    metrics = evaluate_captions(runtime, CaptionConfig())
+    # BLEU over the corpus, both 6 words (no brevity penalty): n-gram matches of the two captions
+    # 1-grams 6 + 5 of 12, 2-grams 5 + 3 of 10, 3-grams 4 + 2 of 8, 4-grams 3 + 1 of 6
+    bleu = 100 * (11 / 12 * 8 / 10 * 6 / 8 * 4 / 6) ** (1 / 4)
+    assert metrics == pytest.approx(
+        {
+            "exact_match": 0.5,
+            "bleu": bleu,  # 77.8
+            # image 1 is nearest caption 0: a miss; each caption is nearest its own image
+            "image_to_text_recall@1": 0.5,
+            "image_to_text_recall@5": 1.0,
+            "text_to_image_recall@1": 1.0,
+            "text_to_image_recall@5": 1.0,
+            "reconstruction_psnr": 10 * math.log10(4 / 0.01),  # 26.0 dB
+            "caption_to_image_psnr": 10 * math.log10(4 / 0.04),  # 20.0 dB
+            "attribute_accuracy/count": 1.0,
+            "attribute_accuracy/size": 1.0,
+            "attribute_accuracy/color": 0.5,
+            "attribute_accuracy/shape": 1.0,
+            "attribute_accuracy/position": 1.0,
+            "attribute_accuracy": 0.9,
+        },
+        rel=rounding_bound(1.0, depth=1),  # float32 PSNR (tests.tolerances); the rest is exact
+    )
 
 
 def test_retrieval_recall_counts_identical_captions_as_hits():
@@ -189,14 +269,17 @@ def test_engravings_preset_parameters_and_shapes(plugin):
         image = model.image_decoder(latent)
         logits, cache = model.text_decoder(torch.zeros(2, 100, dtype=torch.long), latent)
         text_latent = model.text_encoder(torch.zeros(2, 100, dtype=torch.long))
-    assert latent.shape == (2, 1024) and text_latent.shape == (2, 1024)
-    assert image.shape == (2, 3, 512, 512) and logits.shape == (2, 100, 8000)
+    assert latent.shape == (2, 1024)
+    assert text_latent.shape == (2, 1024)
+    assert image.shape == (2, 3, 512, 512)
+    assert logits.shape == (2, 100, 8000)
     assert cache.shape == (2, 3, 2, 8, 100, 64)  # (B, layers, keys/values, heads, positions, head_dim)
     counts = parameter_counts(config)
     for part, expected in counts.items():
         assert sum(p.numel() for p in getattr(model, part).parameters()) == expected, part
     stem = model.image_decoder.stem
-    assert stem.weight.shape == (512 * 32 * 32, 1024) and stem.weight.numel() + stem.bias.numel() == 537_395_200
+    assert stem.weight.shape == (512 * 32 * 32, 1024)
+    assert stem.weight.numel() + stem.bias.numel() == 537_395_200
     assert sum(p.numel() for p in model.parameters()) == sum(counts.values()) > 575_000_000
     assert f"engravings {sum(counts.values()) / 1e6:.1f}M" in plugin.description
 
@@ -257,7 +340,8 @@ def test_a_user_caption_set_trains_its_own_tokenizer(plugin, tmp_path):
     model = plugin.build(config)
     context = StageContext(model, config, tmp_path / "cache", CPU)
     dataset = plugin.stages(config)[0].dataset(context)
-    assert len(dataset) == 11 and (tmp_path / "cache" / "tokenizer.json").is_file()  # one of 12 images held out
+    assert len(dataset) == 11
+    assert (tmp_path / "cache" / "tokenizer.json").is_file()  # one of 12 images held out
     decoded = {decode(model.tokenizer, item["tokens"][1:].tolist()) for item in dataset}
     assert {f"a red field, number {index}" for index in (0, 3, 6, 9)} & decoded
     assert dataset[0]["image"].shape == (3, 32, 32)

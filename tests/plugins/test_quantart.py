@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from tests.tolerances import assert_within_rounding, depth_of, rounding_bound
 from zoo import api
 from zoo.config import parse_overrides
 from zoo.errors import DataError
@@ -83,7 +84,8 @@ def _series(rows: list[dict], stage: str, key: str) -> list[float]:
 
 def test_paper_preset_maps_256_pixels_to_16x16_codes():
     config = QuantArtConfig(**PRESETS["paper"])
-    assert config.vqgan.codebook_size == 1024 and config.vqgan.code_dim == 256
+    assert config.vqgan.codebook_size == 1024
+    assert config.vqgan.code_dim == 256
     with torch.device("meta"):
         model = QuantArt(config)
         images = torch.empty(1, 3, 256, 256)
@@ -154,7 +156,8 @@ def test_transfer_stage_reduces_its_loss(trained):
     assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses
     # the latent discriminator is on from step 0, its term scaled by the adaptive weight
     weights = _series(trained["metrics"], "transfer", "transfer/adaptive_weight")
-    assert len(weights) == len(losses) and all(np.isfinite(w) and w > 0 for w in weights)
+    assert len(weights) == len(losses)
+    assert all(np.isfinite(w) and w > 0 for w in weights)
 
 
 def test_transfer_stage_trains_only_the_transfer_module_and_latent_discriminator(trained):
@@ -223,13 +226,17 @@ def test_sample_grids_single_pairs_and_sweeps(trained, tmp_path):
     run = trained["run"]
     contents, styles = _write_images(tmp_path / "c", 2, 0), _write_images(tmp_path / "s", 3, 1)
     grid = run.sample(content=str(contents), style=str(styles))
-    assert grid.images.shape == (3 * 4, 32, 32, 3) and grid.columns == 4  # header row + 2 rows of 3 styles
+    assert grid.images.shape == (3 * 4, 32, 32, 3)
+    assert grid.columns == 4  # header row + 2 rows of 3 styles
     single = run.sample(content=str(contents / "0.png"), style=str(styles / "1.png"))
     assert single.images.shape == (1, 32, 32, 3)
     sweep = run.sample(content=str(contents / "0.png"), style=str(styles / "1.png"), sweep=True)
-    assert sweep.images.shape == (25, 32, 32, 3) and sweep.columns == 5
+    assert sweep.images.shape == (25, 32, 32, 3)
+    assert sweep.columns == 5
     # the sweep's (1, 1) corner is the plain single-pair result
-    np.testing.assert_allclose(sweep.extras["stylized"][-1], single.extras["stylized"][0], atol=1e-5)
+    # one item of a batch of 25 against a batch of one: other kernel blockings (tests.tolerances)
+    depth = depth_of(run.model)
+    assert_within_rounding(sweep.extras["stylized"][-1], single.extras["stylized"][0], depth)
     default = run.sample()  # held-out embedded photos x textures
     assert default.images.shape == (3 * 3, 32, 32, 3)
     with pytest.raises(DataError):
@@ -249,7 +256,9 @@ def test_balances_zero_bypass_the_transfer_module(trained):
         codebook = model.art.quantizer.codebook
         # every stylised vector is an art codebook entry at fidelity 1
         flat = quantized.permute(0, 2, 3, 1).reshape(-1, codebook.shape[1])
-        assert (flat[:, None] - codebook[None]).abs().sum(-1).min(1).values.max() < 1e-5
+        # up to rounding: the straight-through z + (q - z) (tests.tolerances), summed over code_dim
+        bound = rounding_bound(codebook, depth=1) * codebook.shape[1]
+        assert (flat[:, None] - codebook[None]).abs().sum(-1).min(1).values.max() < bound
 
 
 def test_stylize_graph_matches_the_component_chain(trained):
@@ -286,5 +295,6 @@ def test_onnx_export_matches_torch_sampling(trained, tmp_path):
     for options in (dict(sweep=True), dict(size=48, content_style_balance=0.5, fidelity_balance=0.3)):
         torch_output = run.sample(**options)
         onnx_output = exported.sample(QuantArtSampleOptions(**options))
-        np.testing.assert_allclose(onnx_output.extras["stylized"], torch_output.extras["stylized"], atol=1e-4)
+        # onnxruntime's kernels against torch's (tests.tolerances)
+        assert_within_rounding(onnx_output.extras["stylized"], torch_output.extras["stylized"], depth_of(run.model))
         assert np.abs(onnx_output.images.astype(int) - torch_output.images.astype(int)).max() <= 1

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 import zoo
 import zoo.runtime
 import zoo_var.runtime
+from tests.tolerances import depth_of, rounding_bound
 from zoo.checkpoint_files import CheckpointError
 from zoo.config import validate
 from zoo_var.config import PRESETS, VARConfig
@@ -28,7 +29,6 @@ from zoo_var.model import VARModel
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "var"
 VAE = FIXTURES / "vae_qsr4.pth"
 LABELS = [3, 7]
-FLOAT_TOLERANCE = 1e-5
 
 
 def official_outputs(variant: str) -> dict[str, torch.Tensor]:
@@ -40,13 +40,16 @@ def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
-def image_tolerance(official: dict[str, torch.Tensor]) -> float:
-    """Images decoded from tokens: the fixture decoder turns float rounding in f_hat (~1e-7)
-    into ~1e-5 on pixels, so much that the official code's own two routes to the same image
-    (`recon` from indices, `recon_fhat_to_img` from f_hat) disagree by 1.4e-5. zoo must agree
-    with the official code within 1e-5, or within twice that disagreement if it is larger."""
+def image_tolerance(official: dict[str, torch.Tensor], decoder: torch.nn.Module) -> float:
+    """Images decoded from tokens: this decoder turns float rounding in f_hat (~1e-7) into
+    ~1e-5 on pixels (121 eps, more than tests.tolerances' K * sqrt(depth) = 105 eps), as the
+    official code's own two routes to the same image show (`recon` from indices,
+    `recon_fhat_to_img` from f_hat: 1.44e-5 apart). zoo against the official code is two
+    such decodings, each rounding its own way (2x that spread), and the spread is the largest
+    of 24576 pixel differences on the fixture's machine, which other kernels draw anew
+    (2x again: measured 0.5x to 1.25x the spread on AVX-512, AVX2 and plain kernels)."""
     spread = max_error(official["recon"], official["recon_fhat_to_img"])
-    return max(FLOAT_TOLERANCE, 2 * spread)
+    return max(rounding_bound(official["recon"], depth_of(decoder)), 4 * spread)
 
 
 @pytest.fixture(scope="module", params=["saln0", "saln1"])
@@ -85,8 +88,11 @@ def test_import_infers_the_config_and_records_the_files(imported):
         assert recorded[path.name]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
         assert recorded[path.name]["bytes"] == path.stat().st_size
     notes = " ".join(record["imported"]["notes"])
-    assert "lvl_1L" in notes and "attn_bias_for_masking" in notes and "zero_k_bias" in notes
-    assert "ema_vocab_hit_SV" in notes and "no exact counterpart" in notes
+    assert "lvl_1L" in notes
+    assert "attn_bias_for_masking" in notes
+    assert "zero_k_bias" in notes
+    assert "ema_vocab_hit_SV" in notes
+    assert "no exact counterpart" in notes
 
 
 def test_imported_weights_are_the_official_ones(imported):
@@ -113,29 +119,33 @@ def test_imported_weights_are_the_official_ones(imported):
 def test_tokens_and_f_hat_equal_the_official(imported):
     _, _, run, official = imported
     tokenizer = run.model.tokenizer
+    encoder_depth = depth_of(tokenizer.encoder, tokenizer.quant_conv)
     with torch.no_grad():
         features = tokenizer.features(official["images"])
-        assert max_error(features, official["enc_f"]) < FLOAT_TOLERANCE
+        assert max_error(features, official["enc_f"]) < rounding_bound(official["enc_f"], encoder_depth)
         indices = tokenizer.quantizer.indices_from_features(features)
         for k, scale_indices in enumerate(indices):
             assert torch.equal(scale_indices, official[f"idx_s{k}"]), f"scale {k}"
         f_hat = torch.zeros_like(features)
         for k, scale_indices in enumerate(indices):
             f_hat = f_hat + tokenizer.quantizer.scale_contribution(k, tokenizer.quantizer.lookup(scale_indices))
-            assert max_error(f_hat, official[f"fhat_s{k}"]) < FLOAT_TOLERANCE, f"scale {k}"
+            bound = rounding_bound(official[f"fhat_s{k}"], encoder_depth + depth_of(tokenizer.quantizer))
+            assert max_error(f_hat, official[f"fhat_s{k}"]) < bound, f"scale {k}"
         assert torch.equal(tokenizer.encode_indices(official["images"]), torch.cat(indices, dim=1))
 
 
 def test_reconstruction_equals_the_official(imported):
     _, _, run, official = imported
     tokenizer = run.model.tokenizer
+    tolerance = image_tolerance(official, tokenizer.decoder)
     with torch.no_grad():
         # the decoder alone, on the official f_hat
-        assert max_error(tokenizer.decode_image(official["fhat_s3"]), official["recon_fhat_to_img"]) < FLOAT_TOLERANCE
+        decoded = tokenizer.decode_image(official["fhat_s3"])
+        assert max_error(decoded, official["recon_fhat_to_img"]) < tolerance
         # the whole way: image -> zoo's tokens -> zoo's f_hat -> image
         indices = tokenizer.quantizer.indices_from_features(tokenizer.features(official["images"]))
         recon = tokenizer.decode_image(tokenizer.quantizer.fhat_from_indices(indices))
-    assert max_error(recon, official["recon"]) < image_tolerance(official)
+    assert max_error(recon, official["recon"]) < tolerance
 
 
 def test_teacher_forced_logits_equal_the_official(imported):
@@ -144,9 +154,10 @@ def test_teacher_forced_logits_equal_the_official(imported):
     indices = [official[f"idx_s{k}"] for k in range(4)]
     with torch.no_grad():
         teacher_input = quantizer.teacher_forcing_input(indices)
-        assert max_error(teacher_input, official["x_BLCv_wo_first_l"]) < FLOAT_TOLERANCE
+        bound = rounding_bound(official["x_BLCv_wo_first_l"], depth_of(quantizer))
+        assert max_error(teacher_input, official["x_BLCv_wo_first_l"]) < bound
         logits = run.model.transformer(official["label_B"], official["x_BLCv_wo_first_l"])
-    assert max_error(logits, official["logits"]) < FLOAT_TOLERANCE
+    assert max_error(logits, official["logits"]) < rounding_bound(official["logits"], depth_of(run.model.transformer))
 
 
 @pytest.mark.parametrize("kv_cache", [True, False])
@@ -167,15 +178,18 @@ def test_greedy_guided_sampling_equals_the_official(imported, monkeypatch, kv_ca
     sample = run.sample(classes=LABELS, n=1, cfg=4.0, top_k=1, top_p=1.0, kv_cache=kv_cache, seed=0)
 
     assert len(guided) == 4
+    depth = depth_of(run.model.transformer)
     for k, logits in enumerate(guided):  # guidance t = cfg * k / (K - 1): none at scale 0
-        assert max_error(torch.from_numpy(logits), official[f"greedy_cfg_logits_s{k}"]) < FLOAT_TOLERANCE, f"scale {k}"
+        expected = official[f"greedy_cfg_logits_s{k}"]
+        assert max_error(torch.from_numpy(logits), expected) < rounding_bound(expected, depth), f"scale {k}"
     quantizer = run.model.quantizer
     tokens = quantizer.split_scales(torch.from_numpy(sample.extras["tokens"]))
     for k, scale_tokens in enumerate(tokens):
         assert torch.equal(scale_tokens, official[f"greedy_idx_s{k}"]), f"scale {k}"
     with torch.no_grad():
         image = run.model.tokenizer.decode_image(quantizer.fhat_from_indices(tokens))  # [-1, 1]
-    assert max_error(image, official["greedy_img"] * 2 - 1) < image_tolerance(official)  # official: [0, 1]
+    tolerance = image_tolerance(official, run.model.tokenizer.decoder)
+    assert max_error(image, official["greedy_img"] * 2 - 1) < tolerance  # official: [0, 1]
     official_uint8 = (official["greedy_img"].numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
     assert np.abs(sample.images.astype(int) - official_uint8.astype(int)).max() <= 1
 
@@ -187,14 +201,16 @@ def test_a_vqvae_alone_converts_to_the_tokenizer_only():
     converted = OfficialVARImporter().convert([VAE])
     assert converted.stages == ["tokenizer"]
     assert "transformer" not in converted.config
-    assert converted.tensors and all(key.startswith("tokenizer.") for key in converted.tensors)
+    assert converted.tensors
+    assert all(key.startswith("tokenizer.") for key in converted.tensors)
     assert converted.config["tokenizer"]["patch_nums"] == [1, 2, 3, 4]  # from the 4 rows of ema_vocab_hit_SV
     assert any("patch_nums" in note for note in converted.notes)  # ... which is a guess, and says so
     # (zoo.import_checkpoint would build the default, paper-size transformer beside it: not here)
     config = validate(VARConfig, {**converted.config, "transformer": {"depth": 1, "width": 8, "heads": 1}})
     model = VARModel(config).eval()
     missing, unexpected = model.load_state_dict(converted.tensors, strict=False)
-    assert not unexpected and all(key.startswith("transformer.") for key in missing)
+    assert not unexpected
+    assert all(key.startswith("transformer.") for key in missing)
     official = official_outputs("saln0")
     with torch.no_grad():
         tokens = model.tokenizer.encode_indices(official["images"])
@@ -362,7 +378,8 @@ def test_cli_import_writes_a_run_and_refuses_bad_files_in_one_line(tmp_path, cap
         main(["import", "var", str(FIXTURES / "var_saln1.pth"), "--out", str(tmp_path / "bad")])
     assert exit_.value.code != 0
     error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1 and "missing VAE file" in error
+    assert len(error.splitlines()) == 1
+    assert "missing VAE file" in error
     assert not (tmp_path / "bad").exists()
 
 

@@ -20,24 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT
-
-# A VAR of a few thousand parameters at 16 px: digits' ten classes, four scales.
-TINY_VAR = {
-    "tokenizer": {
-        "resolution": 16,
-        "channels": 8,
-        "channel_multipliers": [1, 2, 2],
-        "res_blocks": 1,
-        "attention_resolutions": [],
-        "code_dim": 8,
-        "codebook_size": 32,
-        "patch_nums": [1, 2, 3, 4],
-    },
-    "transformer": {"depth": 2, "width": 32, "heads": 2, "num_classes": 10},
-}
-# every graph sampling needs; the encoder (editing only) is left out for time
-VAR_COMPONENTS = ["transformer_step", "embed_0", "embed_1", "embed_2", "embed_3", "decoder"]
+from tests.conftest import ROOT, TINY_VAR
 
 
 def make_var_export(out_dir: Path) -> None:
@@ -55,7 +38,7 @@ def make_var_export(out_dir: Path) -> None:
     with torch.no_grad():  # away from the near-identity init, so that samples differ by class and seed
         for parameter in model.parameters():
             parameter.add_(0.3 * torch.randn_like(parameter))
-    export_model(plugin, model, config, out_dir, components=VAR_COMPONENTS)
+    export_model(plugin, model, config, out_dir)  # every graph: the encoder for edits too
 
 
 @pytest.fixture(scope="session")
@@ -71,6 +54,34 @@ def var_export(tmp_path_factory) -> Path:
         if not (out_dir / "manifest.json").is_file():
             make_var_export(out_dir)
     return out_dir
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright downloads no browser
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def sample_digit_on_page(page, url: str, digit: int, n: int) -> list[str]:
+    """Use the web page at `url` as a person would (a Playwright page): pick the VAR model,
+    pick `digit`, ask for `n` images, sample, wait; the images' sources (data URLs).
+    Shared with `benchmarks/bench_serve.py --screenshot`."""
+    page.goto(url)
+    page.wait_for_selector("body[data-state=ready]")
+    page.select_option("#model", "var")
+    page.click(f"button[data-pick='{digit}']")  # the class picker
+    assert page.input_value("#option-classes") == str(digit)
+    page.fill("#option-n", str(n))
+    page.click("#sample")
+    page.wait_for_selector("body[data-state=done]", timeout=60_000)
+    return page.eval_on_selector_all(".result-image", "images => images.map(image => image.src)")
 
 
 def free_port() -> int:

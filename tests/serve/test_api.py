@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 import zoo.runtime
+from zoo.runtime.images import data_uri
 
 SAMPLE = "/v1/models/var/sample"
 
@@ -37,7 +38,8 @@ def direct(var_export) -> zoo.runtime.LoadedExport:
 def test_health_and_the_model_listing_with_its_option_schema(server, direct):
     assert httpx.get(f"{server}/healthz").json() == {"status": "ok", "models": ["var"]}
     (model,) = httpx.get(f"{server}/v1/models").json()["models"]
-    assert model["name"] == "var" and model["model"] == "var"
+    assert model["name"] == "var"
+    assert model["model"] == "var"
     assert model["components"] == sorted(direct.manifest["components"])
     assert model["options"] == direct.options_class.model_json_schema()
     assert model["image_options"] == ["edit", "mask"]
@@ -47,7 +49,7 @@ def test_health_and_the_model_listing_with_its_option_schema(server, direct):
 def test_a_seed_gives_the_image_that_the_runtime_gives_directly(server, direct):
     options = {"classes": [3, 7], "n": 2, "seed": 5}
     response = httpx.post(f"{server}{SAMPLE}", json=options, timeout=60)
-    assert response.status_code == 200
+    assert response.status_code == 200, response.text
     body = response.json()
     expected = direct.sample(options)
     images = np.stack([png_array(base64.b64decode(item)) for item in body["images"]])
@@ -63,17 +65,40 @@ def test_a_seed_gives_the_image_that_the_runtime_gives_directly(server, direct):
 def test_png_on_request_is_the_grid_zoo_run_saves(server, direct, ask):
     options = {"classes": [1], "n": 3, "seed": 2}
     response = httpx.post(f"{server}{SAMPLE}", json=options, timeout=60, **ask)
-    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
     np.testing.assert_array_equal(png_array(response.content), np.asarray(direct.sample(options).grid()))
     assert float(response.headers["x-zoo-seconds"]) > 0
 
 
-def test_multipart_takes_options_and_image_files_in_memory(server):
-    files = [("options", (None, json.dumps({"classes": [4], "n": 1}))), ("mask", ("mask.png", png_file(), "image/png"))]
-    # the export has no encoder, so the loop stops at editing: the uploads got through to it
-    response = httpx.post(f"{server}{SAMPLE}", files=files + [("edit", ("edit.png", png_file(), "image/png"))])
-    assert response.status_code == 400
-    assert response.json()["error"].startswith("unknown component 'encoder'")
+def half_white_png(side: int = 16) -> bytes:
+    """A mask: white (regenerate) on the left half, black (keep) on the right."""
+    mask = np.zeros((side, side), np.uint8)
+    mask[:, : side // 2] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(mask).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_multipart_edits_the_uploaded_image_as_the_runtime_does(server, direct):
+    options = {"classes": [4], "n": 1, "seed": 3}
+    edit, mask = png_file(), half_white_png()
+    files = [
+        ("options", (None, json.dumps(options))),
+        ("edit", ("edit.png", edit, "image/png")),
+        ("mask", ("mask.png", mask, "image/png")),
+    ]
+    response = httpx.post(f"{server}{SAMPLE}", files=files, timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    # the same edit with the images given to the runtime directly
+    expected = direct.sample({**options, "edit": data_uri(edit, "image/png"), "mask": data_uri(mask, "image/png")})
+    images = np.stack([png_array(base64.b64decode(item)) for item in body["images"]])
+    np.testing.assert_array_equal(images, expected.images)
+    assert body["extras"]["tokens"] == expected.extras["tokens"].tolist()
+    # and the uploads mattered: the same seed without them draws other tokens
+    unedited = direct.sample(options)
+    assert body["extras"]["tokens"] != unedited.extras["tokens"].tolist()
 
 
 @pytest.mark.parametrize(
@@ -97,20 +122,21 @@ def test_bad_requests_are_one_line_json_errors(server, request_kwargs, status, m
     response = httpx.post(f"{server}{SAMPLE}", timeout=60, **request_kwargs)
     assert response.status_code == status, response.text
     error = response.json()["error"]
-    assert message in error and "\n" not in error
+    assert message in error
+    assert "\n" not in error
     assert httpx.get(f"{server}/healthz").status_code == 200  # and the server goes on
 
 
 def test_an_upload_over_the_limit_is_413_before_it_is_read(server):
     big = png_file(side=512)  # ~780 kB of noise, over this server's 64 kB
     response = httpx.post(f"{server}{SAMPLE}", files={"edit": ("big.png", big, "image/png")}, timeout=60)
-    assert response.status_code == 413
+    assert response.status_code == 413, response.text
     assert "over the limit of 65536" in response.json()["error"]
 
 
 def test_unknown_model_is_404_with_the_close_names(server):
     response = httpx.post(f"{server}/v1/models/vra/sample", json={})
-    assert response.status_code == 404
+    assert response.status_code == 404, response.text
     assert response.json() == {"error": "unknown model 'vra'. Did you mean 'var'? Known: var."}
     assert httpx.get(f"{server}/v2/nothing").status_code == 404
 

@@ -51,7 +51,8 @@ def test_requests_past_workers_and_queue_get_503_and_slots_free_when_requests_en
                 break
             threading.Event().wait(0.05)
         refused = client.post("/v1/models/stub/sample", json={})
-        assert refused.status_code == 503 and "server busy" in refused.json()["error"]
+        assert refused.status_code == 503, refused.text
+        assert "server busy" in refused.json()["error"]
         loaded.release.set()
         first.join(30), second.join(30)
         assert results == [200, 200]

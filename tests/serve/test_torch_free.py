@@ -76,12 +76,14 @@ def test_the_base_install_runs_and_serves_exports_without_torch(runtime_venv, va
     np.testing.assert_array_equal(png_array((tmp_path / "var_run.png").read_bytes()), np.asarray(expected.grid()))
 
     trained = in_venv(runtime_venv, "zoo", "train", "var", cwd=tmp_path)
-    assert trained.returncode == 1
+    assert trained.returncode == 1, trained.stderr
     (line,) = trained.stderr.splitlines()  # one line, no traceback
     assert line.startswith("error: zoo train needs the training install (torch, ")
     assert line.endswith("not installed): pip install 'zoo[train]'")
     listed = in_venv(runtime_venv, "zoo", "list", cwd=tmp_path)
-    assert listed.returncode == 0 and "runtime-only install" in listed.stdout and "var" in listed.stdout
+    assert listed.returncode == 0, listed.stderr
+    assert "runtime-only install" in listed.stdout
+    assert "var" in listed.stdout
 
     command = serve_command(var_export, port=free_port())
     command[:3] = [str(runtime_venv / "bin" / "zoo")]  # the venv's `zoo`, not this interpreter's

@@ -9,10 +9,30 @@ zoo model is a diffusion model.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class _AutoencoderShapeRequired(TypedDict):
+    ch: int
+    num_res_blocks: int
+    resolution: int
+    z_channels: int
+
+
+class AutoencoderShape(_AutoencoderShapeRequired, total=False):
+    """The keyword arguments `Encoder` and `Decoder` share, as taming's `ddconfig`: one dict
+    builds both halves (`Encoder(**shape)`, `Decoder(**shape)`), its keys and types checked."""
+
+    ch_mult: Sequence[int]
+    attn_resolutions: Sequence[int]
+    in_channels: int
+    dropout: float
+    resample_with_conv: bool
+    mid_attention: bool
 
 
 def _group_count(channels: int, max_groups: int = 32) -> int:

@@ -1,9 +1,27 @@
-"""Small transformer parts shared by plugins: the feed-forward (MLP) and stochastic depth."""
+"""Small transformer parts shared by plugins: the feed-forward (MLP) and stochastic depth;
+`modules_as`, a container's modules typed as their class."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TypeVar
+
 import torch
 from torch import nn
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def modules_as(modules: Iterable[nn.Module], kind: type[M]) -> list[M]:
+    """The modules of an `nn.ModuleList` (or `nn.Sequential`) as the class they all are, so
+    their own methods and attributes type-check (torch types a container's items as plain
+    `nn.Module`). Raises TypeError if one is not a `kind`."""
+    typed = []
+    for module in modules:
+        if not isinstance(module, kind):
+            raise TypeError(f"expected {kind.__name__} modules, found a {type(module).__name__}")
+        typed.append(module)
+    return typed
 
 
 class FeedForward(nn.Module):

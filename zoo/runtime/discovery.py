@@ -4,14 +4,15 @@ An export directory is data: whoever wrote it chooses its every byte. So the sam
 loop is looked up by the manifest's model name among *installed* plugins, never imported
 from a module path the manifest names. A plugin declares its loop in the entry-point
 group `zoo.runtimes` (name: the model, value: "package.module:RuntimeClass"); the loop's
-`options_class` gives the sample options. Plugin modules themselves import torch, so they
-are consulted only as a fallback, when torch is importable.
+`options_class` gives the sample options (zoo.runtime_entry_points). Plugin modules
+themselves import torch, so they are consulted only as a fallback, when torch is
+importable: a plugin loaded from a registry file, with no installed distribution, names
+its loop in `ModelPlugin.runtime`.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import importlib.util
 from pathlib import Path
 
@@ -19,8 +20,7 @@ from zoo.config import SampleOptionsBase
 from zoo.errors import ExportError, ZooError
 from zoo.extras import installed
 from zoo.runtime.loop import ModelRuntime
-
-RUNTIME_GROUP = "zoo.runtimes"
+from zoo.runtime_entry_points import installed_runtime
 
 
 def runtime_class(model: str, export_dir: Path) -> type[ModelRuntime]:
@@ -48,24 +48,12 @@ def runtime_class(model: str, export_dir: Path) -> type[ModelRuntime]:
     return found
 
 
-def installed_runtimes() -> dict[str, list[str]]:
-    """Model name -> the "package.module:Class" values its `zoo.runtimes` entry points declare."""
-    runtimes: dict[str, set[str]] = {}
-    for entry in importlib.metadata.entry_points(group=RUNTIME_GROUP):
-        runtimes.setdefault(entry.name, set()).add(entry.value)
-    return {model: sorted(values) for model, values in sorted(runtimes.items())}
-
-
 def declared_runtime(model: str) -> str:
-    """ "package.module:Class" from the `zoo.runtimes` entry point named `model`, else from
-    the registered plugin (which needs torch)."""
-    values = installed_runtimes().get(model, [])
-    if len(values) > 1:
-        raise ExportError(
-            f"installed plugins declare several runtimes for model {model!r} ({', '.join(values)}); uninstall all but one"
-        )
-    if values:
-        return values[0]
+    """ "package.module:Class" from the `zoo.runtimes` entry point named `model`, else the
+    `runtime` a registered plugin without an installed distribution sets (which needs torch)."""
+    target = installed_runtime(model)
+    if target is not None:
+        return target
     missing = ExportError(
         f"no installed plugin provides a runtime for model {model!r}; install the plugin that made this export"
     )
@@ -74,9 +62,12 @@ def declared_runtime(model: str) -> str:
     from zoo.registry import get_registry
 
     try:
-        return get_registry().get(model).runtime
+        declared = get_registry().get(model).runtime
     except ZooError:
         raise missing from None
+    if declared is None:
+        raise missing
+    return declared
 
 
 def refuse_shadowed(module_name: str, model: str, export_dir: Path) -> None:

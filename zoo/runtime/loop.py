@@ -7,11 +7,11 @@ onnxruntime sessions (zoo.runtime.sessions): one algorithm, two engines.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol
 
 import numpy as np
 
-from zoo.config import SampleOptionsBase
+from zoo.config import SampleOptionsT
 from zoo.outputs import SampleOutput
 
 
@@ -23,10 +23,11 @@ class Components(Protocol):
     def __contains__(self, name: str) -> bool: ...
 
 
-class ModelRuntime:
-    """Subclass per plugin (in its torch-free `runtime.py`); implement `sample`."""
+class ModelRuntime(Generic[SampleOptionsT]):
+    """Subclass per plugin (in its torch-free `runtime.py`) as `ModelRuntime[ItsSampleOptions]`,
+    set `options_class` to that class and implement `sample`."""
 
-    options_class: type[SampleOptionsBase]
+    options_class: type[SampleOptionsT]
 
     def __init__(
         self,
@@ -40,5 +41,5 @@ class ModelRuntime:
         self.arrays = arrays
         self.files = files
 
-    def sample(self, options: SampleOptionsBase) -> SampleOutput:
+    def sample(self, options: SampleOptionsT) -> SampleOutput:
         raise NotImplementedError

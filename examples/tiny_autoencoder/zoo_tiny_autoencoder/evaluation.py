@@ -12,7 +12,8 @@ from .model import TinyAutoencoder
 
 @torch.no_grad()
 def evaluate(model: TinyAutoencoder, config: TinyAutoencoderConfig, device: torch.device) -> dict[str, float]:
-    images = torch.stack([item["image"] for item in digits(config.image_size, "test")]).to(device)
+    test = digits(config.image_size, "test")
+    images = torch.stack([test[index]["image"] for index in range(len(test))]).to(device)
     reconstruction, _ = model(images)
     mse = F.mse_loss(reconstruction, images).item()
     return {"mse": mse, "psnr": psnr_from_mse(mse).item()}

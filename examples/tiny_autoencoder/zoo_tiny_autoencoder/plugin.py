@@ -11,7 +11,7 @@ from .losses import reconstruction_loss
 from .model import TinyAutoencoder
 
 
-class TinyAutoencoderPlugin(zoo.ModelPlugin):
+class TinyAutoencoderPlugin(zoo.ModelPlugin[TinyAutoencoderConfig, TinyAutoencoderSampleOptions, TinyAutoencoder]):
     name = "tiny_autoencoder"
     description = "Example plugin: a tiny vector-quantised conv autoencoder on the embedded digits"
     version = "0.1.0"
@@ -19,12 +19,11 @@ class TinyAutoencoderPlugin(zoo.ModelPlugin):
     SampleOptions = TinyAutoencoderSampleOptions
     presets = PRESETS
     default_preset = "digits16"
-    runtime = "zoo_tiny_autoencoder.runtime:TinyAutoencoderRuntime"
 
     def build(self, config: TinyAutoencoderConfig) -> TinyAutoencoder:
         return TinyAutoencoder(config)
 
-    def stages(self, config: TinyAutoencoderConfig) -> list[zoo.Stage]:
+    def stages(self, config: TinyAutoencoderConfig) -> list[zoo.Stage[TinyAutoencoderConfig, TinyAutoencoder]]:
         optimizer = zoo.Optimizer("autoencoder", lambda m: [m], reconstruction_loss, lr=config.lr, warmup_steps=10)
         return [
             zoo.Stage(

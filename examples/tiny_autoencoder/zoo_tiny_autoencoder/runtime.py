@@ -14,7 +14,7 @@ from zoo.runtime.loop import ModelRuntime
 from .config import TinyAutoencoderSampleOptions
 
 
-class TinyAutoencoderRuntime(ModelRuntime):
+class TinyAutoencoderRuntime(ModelRuntime[TinyAutoencoderSampleOptions]):
     options_class = TinyAutoencoderSampleOptions
 
     def sample(self, options: TinyAutoencoderSampleOptions) -> zoo.SampleOutput:
