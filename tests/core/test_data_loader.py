@@ -7,9 +7,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -294,3 +296,77 @@ def test_memory_of_a_lazy_folder_does_not_grow_with_its_images(tmp_path):
         )
         grown[count] = int(result.stdout.split()[-1])
     assert grown[20_000] - grown[2_000] < 16 * 2**20, grown
+
+
+# --- a training run killed mid-epoch resumes at the same items --------------------------------
+
+READER_SCRIPT = textwrap.dedent("""
+    import json, os, sys, time, torch
+    from torch import nn
+    torch.set_num_threads(1)
+    sys.path.insert(0, {root!r})
+    import zoo
+    from zoo.data import load_images
+    from zoo.trainer import TrainOptions, train
+
+    class ReaderConfig(zoo.ZooConfig):
+        data: str = ""
+
+    def loss(model, batch, ctx):
+        time.sleep(float(os.environ.get("READER_SLEEP", "0")))
+        with open(os.environ["READER_LOG"], "a") as log:  # the items each step trains on
+            log.write(json.dumps([ctx.step, batch["label"].tolist()]) + "\\n")
+        return {{"loss": model(batch["image"].mean(dim=(2, 3))).pow(2).mean()}}
+
+    class Reader(zoo.ModelPlugin):
+        name, description, Config, SampleOptions = "reader", "logs its items", ReaderConfig, zoo.SampleOptionsBase
+
+        def build(self, config):
+            return nn.Linear(3, 1)
+
+        def stages(self, config):
+            images = lambda ctx: load_images(config.data, 8, "train", seed=config.seed, augment=config.augment)
+            return [zoo.Stage("read", [zoo.Optimizer("all", lambda m: [m], loss, lr=1e-2)], 15, 4, images)]
+
+    run_dir, data, resume = sys.argv[1], sys.argv[2], sys.argv[3] == "resume"
+    config = ReaderConfig(data=data, loader={{"workers": 2}}, augment={{"crop": "random", "resize_ratio": 1.5}})
+    train(Reader(), config, run_dir, options=TrainOptions(device="cpu", progress="quiet", resume=resume, checkpoint_every=4))
+""")
+
+
+def logged_steps(path) -> dict[int, list[int]]:
+    """Step -> the labels it trained on; a step run twice (before a kill, after the resume) keeps the later."""
+    lines = path.read_text().splitlines()
+    return {step: labels for step, labels in (json.loads(line) for line in lines if line.endswith("]"))}
+
+
+@pytest.mark.slow
+def test_a_training_run_killed_mid_epoch_resumes_at_the_same_items(tmp_path):
+    write_one_per_class(tmp_path / "data", 20, bad=(6,))  # 21 files, 19 in the train split: epochs end mid-step
+    script = tmp_path / "reader.py"
+    script.write_text(READER_SCRIPT.format(root=str(ROOT)))
+
+    def command(run_dir, mode):
+        return [sys.executable, str(script), str(run_dir), str(tmp_path / "data"), mode]
+
+    env = {**os.environ, "READER_LOG": str(tmp_path / "straight.log")}
+    subprocess.run(command(tmp_path / "straight", "fresh"), check=True, env=env, timeout=240)
+    env = {**os.environ, "READER_LOG": str(tmp_path / "killed.log"), "READER_SLEEP": "0.2"}
+    victim = subprocess.Popen(command(tmp_path / "killed", "fresh"), env=env, start_new_session=True)
+    latest = tmp_path / "killed" / "state" / "latest.json"
+    deadline = time.time() + 120
+    log = tmp_path / "killed.log"
+    while time.time() < deadline:  # past the checkpoint after 4 steps, mid-way through epoch 1
+        if latest.exists() and log.exists() and max(logged_steps(log), default=0) >= 5:
+            break
+        time.sleep(0.01)
+    os.killpg(victim.pid, signal.SIGKILL)  # the trainer and its DataLoader workers
+    victim.wait()
+    before_kill = logged_steps(log)
+    assert 5 <= max(before_kill) < 14, "the kill should land after the first checkpoint, before the end"
+    env.pop("READER_SLEEP")
+    subprocess.run(command(tmp_path / "killed", "resume"), check=True, env=env, timeout=240)
+    straight, resumed = logged_steps(tmp_path / "straight.log"), logged_steps(log)
+    assert sorted(straight) == list(range(15))
+    assert before_kill == {step: straight[step] for step in before_kill}
+    assert resumed == straight  # steps 4 and 5 ran twice, on the same items
