@@ -128,6 +128,53 @@ class CodesConfig(ConfigSection):
         return self
 
 
+class LoaderConfig(ConfigSection):
+    """How training batches are read: worker processes decode and augment items while the
+    step runs. Like `scale`, it changes the speed of a run, not its result (the data order
+    and the augmentation are functions of the seed), so a run may be resumed with other values."""
+
+    workers: int | Literal["auto"] = pydantic.Field(
+        default="auto",
+        description="DataLoader worker processes per training process; auto: none for data held in memory "
+        "(the embedded sets, encoded codes), else a share of the CPUs (at most 8, one left for the step)",
+    )
+    prefetch: int = pydantic.Field(default=2, ge=1, description="batches each worker prepares ahead")
+    persistent_workers: bool = pydantic.Field(
+        default=True, description="keep the worker processes for the whole stage instead of restarting them"
+    )
+    pin_memory: bool = pydantic.Field(
+        default=True, description="on CUDA: copy batches through pinned memory (ignored on other devices)"
+    )
+
+    @pydantic.field_validator("workers")
+    @classmethod
+    def _not_negative(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("must be 0 (read in the training process), a positive count, or auto")
+        return value
+
+
+class AugmentConfig(ConfigSection):
+    """What a training image goes through after decoding (image folders, caption sets and
+    shards; the embedded sets are drawn at their size). With the defaults an image is
+    centre-cropped to a square and resized: no augmentation. Held-out images get the same
+    resize and a centre crop, never a flip. The random draws are a function of (seed,
+    epoch, item): the same at any worker count."""
+
+    resize_ratio: float = pydantic.Field(
+        default=1.0,
+        ge=1.0,
+        description="resize the shorter side to this times the training size before cropping (VAR: 1.125)",
+    )
+    filter: Literal["lanczos", "bicubic", "bilinear", "box", "nearest"] = pydantic.Field(
+        default="bicubic", description="resampling filter of the resize"
+    )
+    crop: Literal["center", "random"] = pydantic.Field(
+        default="center", description="where the training crop is taken; held-out images are always centre-cropped"
+    )
+    flip: bool = pydantic.Field(default=False, description="mirror a training image left-right with probability 1/2")
+
+
 class ZooConfig(ConfigSection):
     """Base of every plugin's `Config`."""
 
@@ -137,6 +184,10 @@ class ZooConfig(ConfigSection):
         0, ge=0, description="write the stage's grid to samples/STAGE/step_N.png every this many steps; 0 is off"
     )
     scale: ScaleConfig = pydantic.Field(default_factory=ScaleConfig, description="memory and speed levers")
+    loader: LoaderConfig = pydantic.Field(default_factory=LoaderConfig, description="how training batches are read")
+    augment: AugmentConfig = pydantic.Field(
+        default_factory=AugmentConfig, description="augmentation of training images read from files"
+    )
 
 
 class SampleOptionsBase(pydantic.BaseModel):

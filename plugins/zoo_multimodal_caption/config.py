@@ -119,7 +119,8 @@ class TrainingConfig(ConfigSection):
 class DataConfig(ConfigSection):
     source: str = Field(
         "shapes",
-        description="'shapes' (embedded captioned shapes) or a caption-set directory (images + captions.jsonl/.csv)",
+        description="'shapes' (embedded captioned shapes), a caption-set directory (images + captions.jsonl/.csv) "
+        "or shards packed from one",
     )
     max_objects: int = Field(
         3, ge=1, le=3, description="shapes only: up to this many shapes per image (the caption counts them)"

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer
 from torch.utils.data import Dataset
 
 from zoo.checkpoint import atomic_write_bytes
-from zoo.data import CaptionSet, load_images, shapes
+from zoo.data import load_images, shapes
 from zoo.data.base import dataset_length
 from zoo.data.shapes import COLORS, COUNT_WORDS, POSITION_PHRASES, SHAPES, SIZES
 from zoo.errors import DataError
@@ -30,10 +30,11 @@ def captioned_images(config: CaptionConfig, split: str) -> Dataset:
     if data.source == "shapes":
         count = data.train_count if split == "train" else data.test_count
         return shapes(config.image.size, count, split, config.seed, data.max_objects)
-    dataset = load_images(data.source, config.image.size, split, config.seed)
-    if not isinstance(dataset, CaptionSet):
+    dataset = load_images(data.source, config.image.size, split, config.seed, augment=config.augment)
+    if getattr(dataset, "captions", None) is None:  # a caption set, or shards packed from one
         raise DataError(
-            f"data.source {data.source}: no captions.jsonl or captions.csv there; the caption model needs a caption set"
+            f"data.source {data.source}: no captions.jsonl or captions.csv there (nor .txt members in its shards); "
+            "the caption model needs a caption set"
         )
     return dataset
 

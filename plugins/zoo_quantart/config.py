@@ -109,8 +109,8 @@ class TrainingConfig(ConfigSection):
 
 
 class DataConfig(ConfigSection):
-    content: str = Field("photos", description="content images: a zoo.data set name (photos) or a directory")
-    style: str = Field("textures", description="style images: a zoo.data set name (textures) or a directory")
+    content: str = Field("photos", description="content images: a zoo.data set name (photos), a directory or shards")
+    style: str = Field("textures", description="style images: a zoo.data set name (textures), a directory or shards")
     count: int = Field(2000, ge=1, description="random crops per generated training set")
     eval_pairs: int = Field(16, ge=1, description="held-out (content, style) pairs scored by evaluate")
     sample_images: int = Field(
@@ -180,6 +180,10 @@ PRESETS: dict[str, dict] = {
             "transfer": {"steps": 100000, "batch_size": 8, "lr": 4.5e-6 * 8},
         },
         "scale": {"activation_checkpointing": True},  # recompute each block's activations in the backward pass
+        # The official VQGAN data (taming.data.custom.CustomTrain): the shorter side resized to
+        # 256 (albumentations SmallestMaxSize: bilinear) and a centre crop, no random crop or
+        # flip (taming's ImageNet VQGAN uses random crops; QuantArt's configs do not).
+        "augment": {"filter": "bilinear"},
     },
 }
 

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from zoo.data import load_images
 from zoo.data.base import dataset_length
+from zoo.data.shards import is_shard_spec
 from zoo.errors import DataError, UnknownNameError
 from zoo.nn.quantize import codes_from_features
 from zoo.plugin import StageContext
@@ -29,11 +30,11 @@ logger = logging.getLogger("zoo.quantart")
 
 
 def image_set(spec: str, config: QuantArtConfig, split: str, count: int | None = None) -> Dataset:
-    """Images {"image": (3, S, S) in [-1, 1]} of a zoo.data set name or a directory. `count`
-    None means config.data.count crops of a named set and every image of a directory."""
-    if count is None and not Path(spec).expanduser().is_dir():
+    """Images {"image": (3, S, S) in [-1, 1]} of a zoo.data set name, a directory or shards.
+    `count` None means config.data.count crops of a named set and every image of a directory."""
+    if count is None and not (Path(spec).expanduser().is_dir() or is_shard_spec(spec)):
         count = config.data.count
-    return load_images(spec, config.image_size, split, config.seed, count=count)
+    return load_images(spec, config.image_size, split, config.seed, count=count, augment=config.augment)
 
 
 def content_images(config: QuantArtConfig, split: str = "train", count: int | None = None) -> Dataset:

@@ -144,7 +144,8 @@ class VARConfig(ZooConfig):
 
     data: str = Field(
         "digits",
-        description="training images: digits | photos | textures | a folder (class subfolders become labels)",
+        description="training images: digits | photos | textures | a folder (class subfolders become labels) | "
+        "shards (a directory of zoo data pack, or a pattern train-{000000..000127}.tar)",
     )
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="the multi-scale VQVAE")
     transformer: TransformerConfig = Field(default_factory=TransformerConfig, description="the VAR transformer")
@@ -178,6 +179,12 @@ _PAPER_SCALE = {"activation_checkpointing": True}
 # As the official trainer: every batch of (augmented) images is tokenized on the training
 # device by the frozen VQVAE (`img_to_idxBl` before the autocast); no token set is stored.
 _PAPER_CODES = {"mode": "on_the_fly"}
+
+# The official training augmentation (FoundationVision/VAR utils/data.py, build_dataset):
+# Resize(round(1.125 * side), LANCZOS) on the shorter side, then RandomCrop(side); the
+# held-out images the same resize and CenterCrop(side). Its horizontal flip is an option
+# (`hflip`, default off in utils/arg_util.py), so it is off here too.
+PAPER_AUGMENT = {"resize_ratio": 1.125, "filter": "lanczos", "crop": "random", "flip": False}
 
 # The official scale lists (side of the token map per scale), by image side.
 PAPER_PATCH_NUMS: dict[int, list[int]] = {
@@ -229,6 +236,7 @@ PRESETS: dict[str, dict] = {
             "transformer_training": _PAPER_TRANSFORMER_STEPS,
             "scale": _PAPER_SCALE,
             "codes": _PAPER_CODES,
+            "augment": PAPER_AUGMENT,
         }
         for depth in (16, 20, 24, 30)
     },
@@ -241,6 +249,7 @@ PRESETS: dict[str, dict] = {
         "transformer_training": _PAPER_TRANSFORMER_STEPS,
         "scale": _PAPER_SCALE,
         "codes": _PAPER_CODES,
+        "augment": PAPER_AUGMENT,
     },
 }
 

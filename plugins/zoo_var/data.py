@@ -21,7 +21,7 @@ ENCODE_BATCH = 128  # images per forward pass when encoding a split to disk
 
 def image_dataset(config: VARConfig, split: str) -> Dataset:
     """Items {"image": (3, H, W) in [-1, 1], "label": int (labelled data only)}."""
-    return load_images(config.data, config.tokenizer.resolution, split=split, seed=config.seed)
+    return load_images(config.data, config.tokenizer.resolution, split=split, seed=config.seed, augment=config.augment)
 
 
 def labels_of(batch: dict[str, Any]) -> torch.Tensor:

@@ -139,7 +139,8 @@ class TrainingConfig(ConfigSection):
 
 class VQVAE2Config(ZooConfig):
     data: str = Field(
-        "digits", description="training images: a zoo.data set name (digits, photos, textures, shapes) or a directory"
+        "digits",
+        description="training images: a zoo.data set name (digits, photos, textures, shapes), a directory or shards",
     )
     image_size: int = Field(32, ge=4, description="side of the square training images")
     class_conditional: bool = Field(

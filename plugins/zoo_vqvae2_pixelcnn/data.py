@@ -22,7 +22,7 @@ ENCODE_BATCH = 256  # images per forward pass when extracting codes
 
 
 def image_set(config: VQVAE2Config, split: str) -> Dataset:
-    return load_images(config.data, config.image_size, split=split, seed=config.seed)
+    return load_images(config.data, config.image_size, split=split, seed=config.seed, augment=config.augment)
 
 
 def first_images(context: StageContext[VQVAE2Config, VQVAE2PixelCNN]) -> torch.Tensor:

@@ -12,7 +12,7 @@ import zoo
 from tests.conftest import zoo_command
 from tests.core.test_cli import cli
 
-COMMANDS = ["list", "plugins", "info", "train", "sample", "eval", "export", "run", "report", "import", "keygen"]
+COMMANDS = ["list", "plugins", "info", "data", "train", "sample", "eval", "export", "run", "report", "import", "keygen"]
 
 
 def test_version_and_bare_zoo(capsys):

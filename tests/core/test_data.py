@@ -179,19 +179,18 @@ def write_mixed_folder(root):
     (root / "dogs" / "notes.txt").write_text("not an image")
 
 
-def test_image_folder_converts_modes_and_skips_corrupt_once(tmp_path, caplog):
+def test_image_folder_converts_modes_and_skips_corrupt_when_read(tmp_path):
     write_mixed_folder(tmp_path)
     assert Image.open(tmp_path / "dogs" / "deeper" / "sixteen.png").mode.startswith("I;16")
-    with caplog.at_level(logging.WARNING, logger="zoo.data"):
-        dataset = image_folder(tmp_path, size=8)
-    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
-    assert len(warnings) == 1
-    assert "skipped 1 unreadable image in" in warnings[0]
-    assert "broken.png" in warnings[0]
-    assert dataset.skipped == 1
+    dataset = image_folder(tmp_path, size=8)
     assert dataset.class_names == ["cats", "dogs"]
-    assert len(dataset) == 4
+    assert len(dataset) == 5  # listed: the corrupt file too
     items = {path: dataset[i] for i, path in enumerate(dataset.paths)}
+    assert dataset.skipped == 1
+    assert dataset.skipped_files[0][0] == "dogs/broken.png"
+    assert "skipped 1 unreadable image (first: dogs/broken.png" in dataset.summary()
+    # the corrupt file's item is the next readable one's
+    assert torch.equal(items["dogs/broken.png"]["image"], items["dogs/deeper/sixteen.png"]["image"])
     assert items["cats/gray.png"]["label"] == 0
     assert items["dogs/palette.png"]["label"] == 1
     assert items["dogs/deeper/sixteen.png"]["label"] == 1  # deeper folders belong to their class
@@ -276,6 +275,7 @@ def test_load_images_names_folders_and_unknown_specs(tmp_path):
     assert subset.class_names[3] == "3"
     write_mixed_folder(tmp_path)
     folder = load_images(str(tmp_path), 8, split="all")
+    [folder[i] for i in range(len(folder))]  # unreadable files are found when read
     assert folder.class_names == ["cats", "dogs"]
     assert folder.skipped == 1
     with pytest.raises(UnknownNameError, match="Did you mean 'digits'"):

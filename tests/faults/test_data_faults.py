@@ -1,6 +1,7 @@
-"""Bad training data: unreadable files are skipped and counted, splits are made over the
-readable ones, a source with nothing readable is one DataError before training, and a
-finished QuantArt run samples and exports without its training data."""
+"""Bad training data: unreadable files are skipped and counted when they are read (their
+items are the next readable ones), a source or split with nothing readable is one
+DataError before training, and a finished QuantArt run samples and exports without its
+training data."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from PIL import Image
 
 from tests.conftest import TINY_VAR
 from zoo import api
-from zoo.data import caption_set, image_folder, load_images
+from zoo.data import caption_set, folders, image_folder, load_images, split_indices
 from zoo.errors import DataError
 
 torch.set_num_threads(1)
@@ -76,23 +77,29 @@ def one_line_data_error(call) -> str:
 # --- image folders and caption sets -----------------------------------------------------------
 
 
-def test_bad_files_are_skipped_counted_and_raise_no_pillow_warning(tmp_path, bad_file_bytes, caplog):
+def read_all(dataset) -> list[dict]:
+    return [dataset[index] for index in range(len(dataset))]
+
+
+def test_bad_files_are_skipped_counted_and_raise_no_pillow_warning(tmp_path, bad_file_bytes):
     write_good(tmp_path / "cats", 5)
     write_bad(tmp_path / "cats", bad_file_bytes)
     write_good(tmp_path / "dogs", 5, start=5)
-    with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="zoo.data"):
+    with warnings.catch_warnings():
         warnings.simplefilter("error")  # Pillow's DecompressionBombWarning must not reach the user
         dataset = image_folder(tmp_path, size=8)
-    assert len(dataset) == 10
+        items = read_all(dataset)
+    assert len(dataset) == len(items) == 14
     assert dataset.skipped == len(BAD_FILES)
     assert {path for path, _ in dataset.skipped_files} == {f"cats/{name}" for name in BAD_FILES}
     reasons = dict(dataset.skipped_files)
     assert "12000x12000" in reasons["cats/huge.png"]
     summary = dataset.summary()
     assert "\n" not in summary
-    assert "10 images in 2 classes" in summary
+    assert "14 images in 2 classes" in summary
     assert f"skipped {len(BAD_FILES)}" in summary
-    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+    read_all(dataset)  # a file read again is not counted again
+    assert dataset.skipped == len(BAD_FILES)
 
 
 def test_pixel_limit_follows_the_runtime_setting(tmp_path, monkeypatch):
@@ -100,25 +107,37 @@ def test_pixel_limit_follows_the_runtime_setting(tmp_path, monkeypatch):
     Image.new("RGB", (40, 40)).save(tmp_path / "big.png")
     monkeypatch.setenv("ZOO_MAX_IMAGE_PIXELS", "1000")  # 40 x 40 = 1600 is over it
     dataset = image_folder(tmp_path, size=8)
-    assert dataset.paths == ["good0.png", "good1.png"]
-    assert dataset.skipped_files[0][0] == "big.png"
+    read_all(dataset)
+    assert list(dataset.paths) == ["big.png", "good0.png", "good1.png"]
+    assert [path for path, _ in dataset.skipped_files] == ["big.png"]
 
 
-def test_held_out_split_is_made_over_readable_files(tmp_path, bad_file_bytes):
-    # One readable image among bad ones: splitting before decoding left the train or the
-    # test split with only bad files. The one image is now in both (nothing can be held out).
-    write_good(tmp_path, 1)
-    write_bad(tmp_path, bad_file_bytes)
-    splits = {split: image_folder(tmp_path, 8, split) for split in ("train", "test", "all")}
-    assert all(dataset.paths == ["good0.png"] for dataset in splits.values())
+@pytest.mark.parametrize("layout", ["flat", "jsonl"])
+def test_a_split_of_unreadable_files_is_one_data_error_and_the_other_reads(tmp_path, bad_file_bytes, layout):
+    # One readable image among bad ones: the split is made over the listed files (nothing
+    # is decoded to list them), so the held-out file is a bad one or the good one.
+    names = write_good(tmp_path, 1) + write_bad(tmp_path, bad_file_bytes)
+    if layout == "jsonl":
+        write_captions(tmp_path, names, "jsonl")
+    listed = names if layout == "jsonl" else sorted(names)  # the caption file's order, the folder's sorted
+    held_out = listed[int(split_indices(len(names))[1][0])]
+    reader = caption_set if layout == "jsonl" else image_folder
+    good_split, bad_split = ("test", "train") if held_out == "good0.png" else ("train", "test")
+    message = one_line_data_error(lambda: reader(tmp_path, 8, bad_split))
+    assert "no readable images" in message
+    assert f"({bad_split} split)" in message
+    assert "skipped" in message
+    colour = torch.tensor([0.0, 100.0, 50.0]) / 127.5 - 1  # good0.png's one colour
+    for item in read_all(reader(tmp_path, 8, good_split)):
+        assert torch.allclose(item["image"], colour[:, None, None].expand(3, 8, 8))
 
 
-def test_splits_of_readable_files_are_disjoint_and_every_class_is_held_out(tmp_path, bad_file_bytes):
+def test_splits_of_listed_files_are_disjoint_and_every_class_is_held_out(tmp_path, bad_file_bytes):
     for label in ("a", "b"):
         write_good(tmp_path / label, 3)
         write_bad(tmp_path / label, bad_file_bytes)
     train, test = image_folder(tmp_path, 8, "train"), image_folder(tmp_path, 8, "test")
-    assert len(train) == 4
+    assert len(train) == 12
     assert len(test) == 2
     assert not set(train.paths) & set(test.paths)
     assert sorted(test.labels.tolist()) == [0, 1]
@@ -133,20 +152,16 @@ def test_caption_set_skips_bad_images_and_paths_outside_the_folder(tmp_path, bad
     outside = ["../good9.png", str(tmp_path / "good9.png")]
     write_captions(root, good + bad + outside, kind)
     dataset = caption_set(root, size=8)
-    assert sorted(dataset.paths) == sorted(good)
-    assert len(dataset) == len(good)
+    assert sorted(dataset.paths) == sorted(good + bad)
+    assert len(dataset) == len(good + bad)
+    assert dataset.skipped == len(outside)  # left out by the listing
+    captions = {item["caption"] for item in read_all(dataset)}
+    assert captions == {f"picture {name}" for name in good}  # a bad image's item is the next good one's
     assert dataset.skipped == len(bad) + len(outside)
     reasons = [reason for _, reason in dataset.skipped_files]
     assert sum("outside the caption folder" in reason for reason in reasons) == len(outside)
     assert "\n" not in dataset.summary()
     assert f"skipped {len(bad) + len(outside)}" in dataset.summary()
-
-
-def test_caption_split_over_readable_images(tmp_path, bad_file_bytes):
-    good = write_good(tmp_path, 1)
-    write_captions(tmp_path, good + write_bad(tmp_path, bad_file_bytes), "jsonl")
-    assert caption_set(tmp_path, 8, "test").paths == good
-    assert caption_set(tmp_path, 8, "train").paths == good
 
 
 @pytest.mark.parametrize("layout", ["classes", "flat", "jsonl", "csv"])
@@ -157,19 +172,23 @@ def test_a_folder_with_no_readable_image_is_one_data_error(tmp_path, bad_file_by
         write_captions(tmp_path, names, layout)
     message = one_line_data_error(lambda: load_images(str(tmp_path), 8, "train"))
     assert "no readable images" in message
-    assert f"skipped {len(BAD_FILES)}" in message
+    assert "skipped 3" in message  # the train split's three
 
 
-def test_a_folder_read_again_is_decoded_once_until_it_changes(tmp_path, caplog):
-    write_good(tmp_path, 3)
-    (tmp_path / "bad.png").write_bytes(b"nope")
+def test_listing_decodes_one_image_warns_once_and_sees_changes(tmp_path, caplog, monkeypatch):
+    write_good(tmp_path / "cats", 3)
+    write_good(tmp_path, 1, start=7)  # next to the class folders: left out, with one warning
+    decoded = []
+    original = folders.read_rgb
+    monkeypatch.setattr(folders, "read_rgb", lambda path, limit: decoded.append(path) or original(path, limit))
     with caplog.at_level(logging.WARNING, logger="zoo.data"):
         image_folder(tmp_path, 8, "train")
         image_folder(tmp_path, 8, "test")
-        assert len(caplog.records) == 1  # one report for the folder, not one per split
-        write_good(tmp_path, 1, start=3)
-        assert len(image_folder(tmp_path, 8, "all")) == 4
-        assert len(caplog.records) == 2
+        assert len(caplog.records) == 1
+        assert "outside the class folders" in caplog.records[0].getMessage()
+    assert len(decoded) == 2  # each split read its first item, nothing more
+    write_good(tmp_path / "cats", 1, start=3)
+    assert len(image_folder(tmp_path, 8, "all")) == 4
 
 
 # --- every plugin's data inputs: nothing readable stops training before a step --------------

@@ -1,5 +1,5 @@
 # PYTHON_ARGCOMPLETE_OK
-"""`zoo list | plugins | info | train | sample | eval | export | import | run | serve | report | keygen`.
+"""`zoo list | plugins | info | data | train | sample | eval | export | import | run | serve | report | keygen`.
 
 A thin layer over `zoo.api`; torch is imported only by the commands that need it, so
 `zoo run` and `zoo serve` work from the torch-free base install. There, the commands that
@@ -24,6 +24,7 @@ from pathlib import Path
 
 from zoo.cli import (
     catalogue,
+    data,
     evaluate,
     export,
     importing,
@@ -44,6 +45,7 @@ from zoo.version import __version__
 REGISTER = (
     catalogue.register,  # list, plugins
     info.register,
+    data.register,  # pack, info
     train.register,
     sample.register,
     evaluate.register,

@@ -62,6 +62,7 @@ def cmd_info(args: argparse.Namespace) -> None:
             ],
             "components": plugin.component_names(config),
             "levers": _levers_line(plugin, config),
+            "data": _data_line(config),
             "config": config.model_dump(mode="json"),
             "fields": _field_descriptions(plugin.Config),
         }
@@ -76,10 +77,29 @@ def cmd_info(args: argparse.Namespace) -> None:
         optimizers = ", ".join(f"{o.name} lr {o.lr:g}" for o in stage.optimizers)
         print(f"  {stage.name}: {stage.steps} steps, batch {stage.batch_size}, optimizers: {optimizers}")
     print(f"\nlevers (scale): {_levers_line(plugin, config)}")
+    print(f"data (loader, augment): {_data_line(config)}")
     print(f"\nexport components: {', '.join(plugin.component_names(config))}")
     print("\nconfig fields (set with --set key=value):")
     for line in describe_fields(plugin.Config, config.model_dump()):
         print(f"  {line}")
+
+
+def _data_line(config: Any) -> str:
+    """The config's `loader` and `augment` sections in one line."""
+    loader, augment = config.loader, config.augment
+    on = {True: "on", False: "off"}
+    workers = (
+        "auto (none for data in memory, a share of the CPUs for files)" if loader.workers == "auto" else loader.workers
+    )
+    if augment.resize_ratio == 1.0 and augment.crop == "center" and not augment.flip:
+        augmented = f"none (centre square, {augment.filter})"
+    else:
+        flip = ", flip" if augment.flip else ""
+        augmented = f"shorter side x{augment.resize_ratio:g} ({augment.filter}), {augment.crop} crop{flip}"
+    return (
+        f"workers {workers}, prefetch {loader.prefetch}, persistent workers {on[loader.persistent_workers]}, "
+        f"pinned memory (CUDA) {on[loader.pin_memory]}; augment {augmented}"
+    )
 
 
 def _levers_line(plugin: Any, config: Any) -> str:

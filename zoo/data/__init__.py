@@ -1,4 +1,5 @@
-"""Data sets: embedded ones (nothing is downloaded) and a user's image folders and caption sets.
+"""Data sets: embedded ones (nothing is downloaded) and a user's image folders, caption sets
+and WebDataset shards, read lazily (zoo.data.sources) by the training loader (zoo.data.loader).
 
 Every data set yields dicts with "image" a float tensor (3, H, W) in [-1, 1], plus "label"
 (int) or "caption" (str) where it has them, and batches with torch's default collate.
@@ -31,6 +32,9 @@ _HOME = {  # public name -> the submodule that defines it
     "ImageFolder": "folders",
     "caption_set": "folders",
     "image_folder": "folders",
+    "info": "shards",
+    "pack": "shards",
+    "ShardSet": "shards",
     "Shapes": "shapes",
     "shapes": "shapes",
     "shapes_vocabulary": "shapes",
@@ -51,6 +55,7 @@ if TYPE_CHECKING:  # the names for type checkers; `X as X` marks a re-export
         image_folder as image_folder,
     )
     from zoo.data.shapes import Shapes as Shapes, shapes as shapes, shapes_vocabulary as shapes_vocabulary
+    from zoo.data.shards import ShardSet as ShardSet, info as info, pack as pack
 
 
 class _DataPackage(types.ModuleType):

@@ -1,186 +1,182 @@
-"""A user's own data: an image folder (class subfolders become labels) and a caption set.
+"""A user's own data, read lazily: an image folder (class subfolders become labels) and a
+caption set (images and captions.jsonl or captions.csv).
 
-Every image of the folder is decoded once, converted to RGB (see `zoo.data.images.to_rgb`),
-centre-cropped and resized, and kept as uint8. Files that cannot be read (corrupt, not an
-image, more pixels than $ZOO_MAX_IMAGE_PIXELS, named outside the folder) are skipped, counted (`.skipped`,
-`.skipped_files`, `.summary()`) and reported in one log line; a folder with no readable
-image is a DataError. The train/test split is made over the readable files only, so a
-folder's held-out images are never all bad ones.
+Making one lists the folder (names only) and reads its first item; every other image is
+decoded when it is read, in a DataLoader worker: converted to RGB (`zoo.data.images`),
+fitted to the training size and augmented (`zoo.data.augment`). Files that cannot be read
+(corrupt, not an image, more pixels than $ZOO_MAX_IMAGE_PIXELS) are skipped and counted
+when they are read, as zoo.data.sources describes; what the listing itself leaves out
+(images outside the class folders, caption lines without an image) is counted and logged
+once. A folder with no image file, or none readable, is a DataError.
 
-A folder's decoded contents are kept for the life of the process (a few folders, keyed by
-every file's size and modification time), so checking the data before training, the
-training stages and their held-out splits decode it once and report its skips once.
+The train/test split is a fixed stratified 90/10 of the listed files (zoo.data.base), the
+same in every process and for the shards `zoo data pack` writes from the folder.
 """
 
 from __future__ import annotations
 
 import csv
-import functools
 import json
-import logging
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset
+from PIL import Image
 
-from zoo.data.base import check_split, pick_split, split_indices, uint8_to_tensor
-from zoo.data.images import is_image_file, read_rgb, square_resize
+from zoo.config import AugmentConfig
+from zoo.data.base import check_split, pick_split, split_indices
+from zoo.data.images import read_rgb
+from zoo.data.sources import LazyImages, Picked, Skipped, StringTable, nothing_readable, one_line
 from zoo.errors import DataError
-from zoo.runtime.images import max_image_pixels
-
-logger = logging.getLogger("zoo.data")
+from zoo.runtime.images import IMAGE_SUFFIXES
 
 CAPTION_FILES = ("captions.jsonl", "captions.csv")
-CACHED_FOLDERS = 4  # decoded folders kept per process: content and style of a run, with room to spare
-Skipped = list[tuple[str, str]]  # (path relative to the folder, why it was skipped)
-Fingerprint = tuple[tuple[str, int, int], ...]  # (relative path, size, mtime_ns) of every file
+FOLDER_HINT = "Put .png/.jpg images in it, or in one subfolder per class."
+CAPTION_HINT = "List images that exist in the caption file."
 
 
-def _existing_folder(path: str | Path, what: str) -> Path:
+def existing_folder(path: str | Path, what: str) -> Path:
     root = Path(path).expanduser()
     if not root.is_dir():
         raise DataError(f"{what} {str(root)!r} is not a directory; pass a folder of images")
     return root
 
 
-def _fingerprint(root: Path) -> Fingerprint:
-    """What makes a cached decode of `root` stale: any file added, removed or rewritten."""
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    return tuple((p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+def _visible(name: str) -> bool:
+    return not name.startswith(".")
 
 
-def _one_line(error: Exception) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 120 else text[:117] + "..."
+def _is_image_name(name: str) -> bool:
+    return _visible(name) and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
-@dataclass(frozen=True)
-class _Decoded:
-    """The readable images of a list of files: row i of `images` is `paths[i]`."""
-
-    paths: list[str]
-    images: np.ndarray  # (N, size, size, 3) uint8
-
-
-def _decode(root: Path, relative_paths: list[str], size: int, skipped: Skipped) -> _Decoded:
-    """Decode every file; the ones that fail go to `skipped`."""
-    max_pixels = max_image_pixels()  # once: a bad $ZOO_MAX_IMAGE_PIXELS is an error, not a skip per file
-    paths, images = [], []
-    for relative in relative_paths:
-        path = root / relative
-        if not path.is_file():
-            skipped.append((relative, "file not found"))
-            continue
-        try:
-            images.append(square_resize(read_rgb(path, max_pixels), size))
-        except Exception as error:  # Pillow raises many types for bad files; none is fatal here
-            skipped.append((relative, _one_line(error)))
-            continue
-        paths.append(relative)
-    stacked = np.stack(images) if images else np.zeros((0, size, size, 3), dtype=np.uint8)
-    return _Decoded(paths, stacked)
-
-
-def _report(root: Path, skipped: Skipped, what: str) -> None:
-    """One warning line for all of a folder's skipped files: `what` is a singular noun."""
-    if skipped:
-        logger.warning("%s", _skipped_text(skipped, what, f" in {root}"))
-
-
-def _skipped_text(skipped: Skipped, what: str, where: str = "") -> str:
-    first, reason = skipped[0]
-    noun = what if len(skipped) == 1 else f"{what}s"
-    return f"skipped {len(skipped)} {noun}{where} (first: {first}: {reason})"
-
-
-def _empty(root: Path, skipped: Skipped, hint: str) -> DataError:
-    detail = f"; skipped {len(skipped)} (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
-    return DataError(f"no readable images in {root}{detail}. {hint}")
-
-
-def _summary(dataset: ImageFolder | CaptionSet, items: str, what: str) -> str:
-    """One line for the user: what was read, from where, and what was skipped."""
-    skipped = f"; {_skipped_text(dataset.skipped_files, what)}" if dataset.skipped_files else ""
-    return f"{dataset.root} ({dataset.split} split): {items}{skipped}"
+def image_names(folder: Path) -> list[str]:
+    """The image files under `folder` (any depth, hidden ones left out), as paths relative
+    to it, ordered like sorted pathlib paths (by their parts)."""
+    found: list[str] = []
+    pending = [""]
+    while pending:
+        relative = pending.pop()
+        with os.scandir(folder / relative if relative else folder) as entries:
+            for entry in entries:
+                if not _visible(entry.name):
+                    continue
+                name = f"{relative}/{entry.name}" if relative else entry.name
+                if entry.is_dir():
+                    pending.append(name)
+                elif _is_image_name(entry.name) and entry.is_file():
+                    found.append(name)
+    found.sort(key=lambda name: name.split("/"))
+    return found
 
 
 @dataclass(frozen=True)
-class _FolderContents:
+class FolderListing:
+    """Every image file of a folder: `paths[i]` (relative) has label `labels[i]`."""
+
     class_names: list[str]
-    decoded: _Decoded
-    labels: np.ndarray  # (N,) int64, one per decoded image
-    skipped: Skipped
+    paths: StringTable
+    labels: np.ndarray  # (N,) int64
+    skipped: Skipped  # loose images next to class folders
 
 
-def _folder_files(root: Path, skipped: Skipped) -> tuple[list[str], list[tuple[str, int]]]:
-    """Class names and (relative path, label) of every image file; loose files next to class
-    folders have no class and go to `skipped`."""
-    class_folders = sorted(
-        child
-        for child in root.iterdir()
-        if child.is_dir() and not child.name.startswith(".") and any(map(is_image_file, child.rglob("*")))
-    )
-    files: list[tuple[str, int]] = []
-    for label, folder in enumerate(class_folders):
-        members = sorted(p for p in folder.rglob("*") if is_image_file(p))
-        files += [(p.relative_to(root).as_posix(), label) for p in members]
-    loose = sorted(p.name for p in root.iterdir() if is_image_file(p))
-    if not class_folders:
-        return [], [(name, 0) for name in loose]
-    skipped += [(name, "outside the class folders") for name in loose]  # skipped, not guessed
-    return [folder.name for folder in class_folders], files
+def list_folder(root: Path) -> FolderListing:
+    """Class folders are the visible subfolders holding images (at any depth), sorted; with
+    none, the folder's own images form one unlabelled class. Raises DataError if empty."""
+    with os.scandir(root) as entries:
+        children = sorted((entry.name, entry.is_dir()) for entry in entries if _visible(entry.name))
+    loose = [name for name, is_dir in children if not is_dir and _is_image_name(name) and (root / name).is_file()]
+    class_names: list[str] = []
+    counts: list[int] = []
 
+    def class_members() -> Iterator[str]:  # one class folder's names at a time: no list of them all
+        for name, is_dir in children:
+            members = image_names(root / name) if is_dir else []
+            if members:
+                class_names.append(name)
+                counts.append(len(members))
+                yield from (f"{name}/{member}" for member in members)
 
-@functools.lru_cache(maxsize=CACHED_FOLDERS)
-def _folder_contents(root: Path, size: int, fingerprint: Fingerprint) -> _FolderContents:
+    paths = StringTable(class_members())
     skipped: Skipped = []
-    class_names, files = _folder_files(root, skipped)
-    decoded = _decode(root, [relative for relative, _ in files], size, skipped)
-    if not decoded.paths:
-        raise _empty(root, skipped, "Put .png/.jpg images in it, or in one subfolder per class.")
-    _report(root, skipped, "unreadable image")
-    label_of = dict(files)
-    labels = np.array([label_of[relative] for relative in decoded.paths], dtype=np.int64)
-    return _FolderContents(class_names, decoded, labels, skipped)
+    if class_names:
+        skipped = [(name, "outside the class folders") for name in loose]  # skipped, not guessed
+        labels = np.repeat(np.arange(len(class_names), dtype=np.int64), counts)
+    else:
+        paths = StringTable(loose)
+        labels = np.zeros(len(paths), dtype=np.int64)
+    if not len(paths):
+        raise nothing_readable(str(root), skipped, FOLDER_HINT)
+    return FolderListing(class_names, paths, labels, skipped)
 
 
-class ImageFolder(Dataset):
+def folder_rows(listing: FolderListing, split: str) -> np.ndarray:
+    """The files of a split: a fixed 90/10 split of the listing, stratified by class."""
+    count = len(listing.paths)
+    return pick_split(split_indices(count, labels=listing.labels), split, count)
+
+
+class ImageFolder(LazyImages):
     """Items {"image": (3, size, size) in [-1, 1], "label": int}.
 
     Labels are the indices of the sorted class subfolder names (`class_names`); images in
     deeper folders belong to their top-level class folder. A folder without subfolders is
     one unlabelled class: every label is 0 and `class_names` is empty. "train" and "test"
-    are a fixed stratified 90/10 split of the readable files; "all" is every readable file.
+    are a fixed stratified 90/10 split of the listed files; "all" is every file.
     """
 
-    def __init__(self, path: str | Path, size: int, split: str = "all") -> None:
-        check_split(split)
-        self.root = _existing_folder(path, "image folder")
-        self.size, self.split = size, split
-        contents = _folder_contents(self.root, size, _fingerprint(self.root))
-        self.class_names = contents.class_names
-        self.skipped_files: Skipped = list(contents.skipped)
-        count = len(contents.labels)
-        self.image_rows = pick_split(split_indices(count, labels=contents.labels), split, count)
-        self.paths = [contents.decoded.paths[row] for row in self.image_rows]
-        self.labels = contents.labels[self.image_rows]
-        self.images = contents.decoded.images  # every readable image, shared by the splits
+    hint = FOLDER_HINT
 
-    @property
-    def skipped(self) -> int:
-        return len(self.skipped_files)
+    def __init__(
+        self,
+        path: str | Path,
+        size: int,
+        split: str = "all",
+        seed: int = 0,
+        augment: AugmentConfig | None = None,
+    ) -> None:
+        check_split(split)
+        self.root = existing_folder(path, "image folder")
+        listing = list_folder(self.root)
+        self.class_names = listing.class_names
+        self._all_paths = listing.paths
+        count = len(listing.paths)
+        self.rows = folder_rows(listing, split)
+        self.paths = Picked(listing.paths, self.rows)
+        self.labels = listing.labels[self.rows]
+        super().__init__(
+            where=str(self.root),
+            size=size,
+            split=split,
+            seed=seed,
+            augment=augment,
+            files=count,
+            listing_skipped=listing.skipped,
+        )
+        self.check_readable()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _file_of(self, position: int) -> int:
+        return int(self.rows[position])
+
+    def _read(self, file: int) -> tuple[Image.Image, dict[str, Any]]:
+        return read_rgb(self.root / self._all_paths[file], self.max_pixels), {}
+
+    def _fields(self, position: int) -> dict[str, Any]:
+        return {"label": int(self.labels[position])}
+
+    def _file_name(self, file: int) -> str:
+        return self._all_paths[file]
 
     def summary(self) -> str:
         classes = f" in {len(self.class_names)} classes" if self.class_names else ""
-        return _summary(self, f"{len(self)} images{classes}", "unreadable image")
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"image": uint8_to_tensor(self.images[self.image_rows[index]]), "label": int(self.labels[index])}
+        skipped = self.skipped_summary()
+        return f"{self.root} ({self.split} split): {len(self)} images{classes}" + (f"; {skipped}" if skipped else "")
 
 
 def _inside(image: str) -> bool:
@@ -189,28 +185,33 @@ def _inside(image: str) -> bool:
     return not (path.is_absolute() or path.anchor or ".." in path.parts)
 
 
-def _read_captions(root: Path, skipped: Skipped) -> list[tuple[str, str]]:
-    """(image path, caption) pairs from captions.jsonl, else captions.csv; bad lines are skipped."""
+def _caption_records(root: Path, skipped: Skipped) -> Any:
+    """(where, record) for every line of captions.jsonl (else captions.csv) that names something."""
     jsonl, csv_file = (root / name for name in CAPTION_FILES)
-    rows: list[tuple[str, Any]] = []  # (where, record) for every line that names something
     if jsonl.is_file():
-        for number, line in enumerate(jsonl.read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append((f"{jsonl.name} line {number}", json.loads(line)))
-                except json.JSONDecodeError as error:
-                    skipped.append((f"{jsonl.name} line {number}", f"not JSON ({_one_line(error)})"))
+        with jsonl.open(encoding="utf-8") as stream:
+            for number, line in enumerate(stream, start=1):
+                if line.strip():
+                    try:
+                        yield f"{jsonl.name} line {number}", json.loads(line)
+                    except json.JSONDecodeError as error:
+                        skipped.append((f"{jsonl.name} line {number}", f"not JSON ({one_line(error)})"))
     elif csv_file.is_file():
         with csv_file.open(newline="", encoding="utf-8") as stream:
             reader = csv.DictReader(stream)
             if not {"image", "caption"} <= set(reader.fieldnames or ()):
                 found = ",".join(reader.fieldnames or ())
                 raise DataError(f"{csv_file} needs a header row with the columns image,caption; found {found!r}")
-            rows = [(f"{csv_file.name} line {number}", row) for number, row in enumerate(reader, start=2)]
+            for number, row in enumerate(reader, start=2):
+                yield f"{csv_file.name} line {number}", row
     else:
         raise DataError(f"{root} has no captions.jsonl or captions.csv; add one with an image and a caption per line")
+
+
+def read_captions(root: Path, skipped: Skipped) -> list[tuple[str, str]]:
+    """(image path, caption) pairs of the caption file; bad lines go to `skipped`."""
     pairs = []
-    for where, record in rows:
+    for where, record in _caption_records(root, skipped):
         image = record.get("image") if isinstance(record, dict) else None
         text = record.get("caption") if isinstance(record, dict) else None
         if not (isinstance(image, str) and image and isinstance(text, str) and text.strip()):
@@ -223,67 +224,110 @@ def _read_captions(root: Path, skipped: Skipped) -> list[tuple[str, str]]:
 
 
 @dataclass(frozen=True)
-class _CaptionContents:
-    decoded: _Decoded
-    pairs: list[tuple[int, str]]  # (row of the image in decoded, caption) per readable caption line
+class CaptionListing:
+    """The images a caption file names that exist (`images`), and per readable caption line
+    the row of its image (`image_rows`) and its text (`captions`)."""
+
+    images: StringTable
+    image_rows: np.ndarray  # (lines,) int64
+    captions: StringTable
     skipped: Skipped
 
 
-@functools.lru_cache(maxsize=CACHED_FOLDERS)
-def _caption_contents(root: Path, size: int, fingerprint: Fingerprint) -> _CaptionContents:
+def list_captions(root: Path) -> CaptionListing:
     skipped: Skipped = []
-    pairs = _read_captions(root, skipped)
-    decoded = _decode(root, list(dict.fromkeys(image for image, _ in pairs)), size, skipped)
-    if not decoded.paths:
-        raise _empty(root, skipped, "List images that exist in the caption file.")
-    _report(root, skipped, "unreadable image or caption line")
-    row_of_path = {relative: row for row, relative in enumerate(decoded.paths)}
-    readable = [(row_of_path[image], text) for image, text in pairs if image in row_of_path]
-    return _CaptionContents(decoded, readable, skipped)
+    pairs = read_captions(root, skipped)
+    row_of: dict[str, int] = {}
+    for image in dict.fromkeys(image for image, _ in pairs):
+        if (root / image).is_file():
+            row_of[image] = len(row_of)
+        else:
+            skipped.append((image, "file not found"))
+    if not row_of:
+        raise nothing_readable(str(root), skipped, CAPTION_HINT)
+    kept = [(row_of[image], text) for image, text in pairs if image in row_of]
+    image_rows = np.array([row for row, _ in kept], dtype=np.int64)
+    return CaptionListing(StringTable(row_of), image_rows, StringTable(text for _, text in kept), skipped)
 
 
-class CaptionSet(Dataset):
+def caption_lines(listing: CaptionListing, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images, lines) of a split: a fixed 90/10 split of the images, and the caption lines
+    of the chosen images, in file order."""
+    count = len(listing.images)
+    chosen = np.sort(pick_split(split_indices(count), split, count))
+    return chosen, np.flatnonzero(np.isin(listing.image_rows, chosen))
+
+
+class CaptionSet(LazyImages):
     """Items {"image": (3, size, size) in [-1, 1], "caption": str}, one per caption line.
 
     Paths in the caption file are relative to the folder; paths that leave it are skipped.
-    An image may have several captions; "train" and "test" split the readable images (a
-    fixed 90/10), so no image is in both.
+    An image may have several captions; "train" and "test" split the images (a fixed
+    90/10), so no image is in both.
     """
 
-    def __init__(self, path: str | Path, size: int, split: str = "all") -> None:
+    what = "unreadable image or caption line"
+    hint = CAPTION_HINT
+
+    def __init__(
+        self,
+        path: str | Path,
+        size: int,
+        split: str = "all",
+        seed: int = 0,
+        augment: AugmentConfig | None = None,
+    ) -> None:
         check_split(split)
-        self.root = _existing_folder(path, "caption set")
-        self.size, self.split = size, split
-        contents = _caption_contents(self.root, size, _fingerprint(self.root))
-        self.skipped_files: Skipped = list(contents.skipped)
-        count = len(contents.decoded.paths)
-        chosen = set(pick_split(split_indices(count), split, count).tolist())
-        kept = [(row, text) for row, text in contents.pairs if row in chosen]
-        self.paths = [contents.decoded.paths[row] for row in sorted(chosen)]
-        self.images = contents.decoded.images  # every readable image, shared by the splits
-        self.image_rows = np.array([row for row, _ in kept], dtype=np.int64)
-        self.captions = [text for _, text in kept]
-
-    @property
-    def skipped(self) -> int:
-        return len(self.skipped_files)
-
-    def summary(self) -> str:
-        return _summary(self, f"{len(self)} captions of {len(self.paths)} images", "unreadable image or caption line")
+        self.root = existing_folder(path, "caption set")
+        listing = list_captions(self.root)
+        self._images = listing.images
+        count = len(listing.images)
+        chosen, lines = caption_lines(listing, split)
+        self.paths = Picked(listing.images, chosen)
+        self.image_rows = listing.image_rows[lines]
+        self.captions = Picked(listing.captions, lines)
+        super().__init__(
+            where=str(self.root),
+            size=size,
+            split=split,
+            seed=seed,
+            augment=augment,
+            files=count,
+            listing_skipped=listing.skipped,
+        )
+        self.check_readable()
 
     def __len__(self) -> int:
-        return len(self.captions)
+        return len(self.image_rows)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"image": uint8_to_tensor(self.images[self.image_rows[index]]), "caption": self.captions[index]}
+    def _file_of(self, position: int) -> int:
+        return int(self.image_rows[position])
+
+    def _read(self, file: int) -> tuple[Image.Image, dict[str, Any]]:
+        return read_rgb(self.root / self._images[file], self.max_pixels), {}
+
+    def _fields(self, position: int) -> dict[str, Any]:
+        return {"caption": self.captions[position]}
+
+    def _file_name(self, file: int) -> str:
+        return self._images[file]
+
+    def summary(self) -> str:
+        skipped = self.skipped_summary()
+        items = f"{len(self)} captions of {len(self.paths)} images"
+        return f"{self.root} ({self.split} split): {items}" + (f"; {skipped}" if skipped else "")
 
 
-def image_folder(path: str | Path, size: int, split: str = "all") -> ImageFolder:
-    return ImageFolder(path, size, split)
+def image_folder(
+    path: str | Path, size: int, split: str = "all", seed: int = 0, augment: AugmentConfig | None = None
+) -> ImageFolder:
+    return ImageFolder(path, size, split, seed, augment)
 
 
-def caption_set(path: str | Path, size: int, split: str = "all") -> CaptionSet:
-    return CaptionSet(path, size, split)
+def caption_set(
+    path: str | Path, size: int, split: str = "all", seed: int = 0, augment: AugmentConfig | None = None
+) -> CaptionSet:
+    return CaptionSet(path, size, split, seed, augment)
 
 
 def has_captions(path: Path) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import IO
 
 from PIL import Image
 
@@ -16,11 +17,12 @@ from zoo.runtime.images import IMAGE_SUFFIXES, is_image_file, max_image_pixels, 
 __all__ = ["IMAGE_SUFFIXES", "is_image_file", "read_rgb", "square_resize", "to_rgb"]
 
 
-def read_rgb(path: Path, max_pixels: int | None = None) -> Image.Image:
+def read_rgb(path: Path | IO[bytes], max_pixels: int | None = None) -> Image.Image:
     """A training image: unlike zoo.runtime.images.read_rgb (a user's sampling input, one
     DataError), its errors are Pillow's or a ValueError, for the caller to count as a skip.
 
     Decode the whole file (so truncated files fail here, not mid-training) as upright RGB.
+    `path` may be an open binary file (a member of a shard).
 
     Raises for a file Pillow cannot read and for one of more than `max_pixels` (default:
     the limit inference inputs have, $ZOO_MAX_IMAGE_PIXELS): a PNG of a few kilobytes can

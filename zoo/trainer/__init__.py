@@ -6,7 +6,7 @@ derived from the seed, addressed by step, so a resumed run sees the same batches
 every random draw inside the loss functions (the torch RNG state is checkpointed).
 
 One job per module: `loop` (the Trainer: stages, steps, validation, EMA, logging, grids),
-`options` (TrainOptions), `batches` (the seeded sampler, loaders, micro-batches),
+`options` (TrainOptions), `batches` (the stage loader over zoo.data.loader's seeded sampler, micro-batches),
 `optimizers` (trained parameters, weight decay, lr schedule, freezing), `state` (a stage's
 state), `run_record` (config.json: one run per directory, sessions, finished stages),
 `resume` (initial weights, checkpoints, continuing a stage).

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from zoo import checkpoint as ckpt
 from zoo.config import ZooConfig
 from zoo.data.base import dataset_length
+from zoo.data.loader import skipped_reports
 from zoo.device import Precision, autocast, choose_device
 from zoo.distributed import Engine, init_from_env, shutdown
 from zoo.errors import ConfigError, DataError, TrainingError, UnknownNameError
@@ -214,6 +215,7 @@ class Trainer:
             self._train_steps(state, loader)
         finally:
             self.reporter.finish()
+        self._report_skipped(state)
         self._finish_stage(state)
         return state.model
 
@@ -242,13 +244,17 @@ class Trainer:
         dataset = stage.dataset(context)
         if dataset_length(dataset) == 0:
             raise DataError(f"stage {stage.name} has no training data; check the data settings of the config")
-        summary = getattr(dataset, "summary", None)  # image folders and caption sets: what they skipped
-        if getattr(dataset, "skipped", 0) and callable(summary) and self.world.is_main:
-            self.reporter.message(f"{stage.name}: {summary()}")
         return dataset
 
+    def _report_skipped(self, state: StageState) -> None:
+        """What the stage's files skipped, over all ranks and workers, each file once, in one
+        line per source (every process takes part: the ranks' tables are merged)."""
+        for line in skipped_reports(state.dataset, self.world):
+            if self.world.is_main:
+                self.reporter.message(f"{state.stage.name}: {line}")
+
     def _loader(self, state: StageState) -> DataLoader:
-        return stage_loader(state.dataset, state.stage, state.index, self.config.seed, state.start, self.world)
+        return stage_loader(state.dataset, state.stage, state.index, self.config, state.start, self.world, self.device)
 
     def _train_steps(self, state: StageState, loader: DataLoader) -> None:
         # the loader may hold more batches than the steps left: stop at the shorter on purpose

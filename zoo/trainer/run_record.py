@@ -56,11 +56,11 @@ def check_same_run(
             cli=f"{run} already holds a run; continue it (`zoo train --resume --out {run}`), "
             f"run one stage (--stage NAME), or pick another --out",
         )
-    # The levers say how a step is computed, not what: a run resumes with other ones.
+    # The levers say how a step is computed and its data read, not what: a run resumes with other ones.
     differences = [
         difference
         for difference in config_differences(stored_config(plugin, existing["config"]), record["config"])
-        if not difference[0].startswith("scale.")
+        if not difference[0].startswith(("scale.", "loader."))
     ]
     if differences:
         shown = "; ".join(f"{key}: the run has {old}, this call gives {new}" for key, old, new in differences[:3])
