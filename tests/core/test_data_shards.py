@@ -14,7 +14,8 @@ from PIL import Image
 from webdataset.writer import TarWriter
 
 from zoo.data import caption_set, image_folder, info, load_images, pack
-from zoo.data.shards import INDEX_FILE, ShardSet, describe, scan_shard
+from zoo.data.packing import describe
+from zoo.data.shards import INDEX_FILE, ShardSet, scan_shard
 from zoo.errors import DataError
 from zoo.runtime.manifest import sha256_file
 

@@ -62,7 +62,7 @@ def register(commands: Any) -> None:
 
 
 def cmd_pack(args: argparse.Namespace) -> None:
-    from zoo.data.shards import pack
+    from zoo.data.packing import pack
 
     def progress(done: int, total: int) -> None:
         if done % PROGRESS_EVERY == 0 or done == total:
@@ -90,7 +90,7 @@ def cmd_pack(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from zoo.data.shards import describe, info
+    from zoo.data.packing import describe, info
 
     facts = info(args.path, verify=args.verify)
     if args.json:

@@ -32,8 +32,8 @@ _HOME = {  # public name -> the submodule that defines it
     "ImageFolder": "folders",
     "caption_set": "folders",
     "image_folder": "folders",
-    "info": "shards",
-    "pack": "shards",
+    "info": "packing",
+    "pack": "packing",
     "ShardSet": "shards",
     "Shapes": "shapes",
     "shapes": "shapes",
@@ -54,8 +54,9 @@ if TYPE_CHECKING:  # the names for type checkers; `X as X` marks a re-export
         caption_set as caption_set,
         image_folder as image_folder,
     )
+    from zoo.data.packing import info as info, pack as pack
     from zoo.data.shapes import Shapes as Shapes, shapes as shapes, shapes_vocabulary as shapes_vocabulary
-    from zoo.data.shards import ShardSet as ShardSet, info as info, pack as pack
+    from zoo.data.shards import ShardSet as ShardSet
 
 
 class _DataPackage(types.ModuleType):
