@@ -41,7 +41,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -49,7 +49,7 @@ from PIL import Image
 from zoo.config import AugmentConfig
 from zoo.data.base import check_split, pick_split, split_indices
 from zoo.data.images import read_rgb
-from zoo.data.sources import LazyImages, one_line
+from zoo.data.sources import LazyImages, StringSequence, one_line
 from zoo.errors import DataError
 from zoo.runtime.images import IMAGE_SUFFIXES
 
@@ -380,20 +380,12 @@ class ShardSet(LazyImages):
         return f"{self.spec} ({self.split} split): {items}" + (f"; {skipped}" if skipped else "")
 
 
-class _ShardCaptions(Sequence[str]):
+class _ShardCaptions(StringSequence):
     def __init__(self, shards: ShardSet) -> None:
         self.shards = shards
 
     def __len__(self) -> int:
         return len(self.shards)
 
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[str]: ...
-
-    def __getitem__(self, index: int | slice) -> str | list[str]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+    def string(self, index: int) -> str:
         return self.shards.caption_of(int(self.shards.rows[index]))

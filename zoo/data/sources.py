@@ -47,7 +47,33 @@ Skipped = list[tuple[str, str]]  # (name, why it was skipped)
 _reported: set[str] = set()  # warnings this process has logged (a folder listed for train and test warns once)
 
 
-class StringTable(Sequence[str]):
+class StringSequence(Sequence[str]):
+    """A read-only sequence of strings computed per index: subclasses define `__len__` and
+    `string(index)` for 0 <= index < len; slicing, negative indices and iteration are here."""
+
+    def string(self, index: int) -> str:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self.string(i) for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.string(index)
+
+    def __iter__(self) -> Iterator[str]:
+        return (self.string(i) for i in range(len(self)))
+
+
+class StringTable(StringSequence):
     """Strings stored as one UTF-8 buffer plus an offsets array."""
 
     def __init__(self, strings: Iterable[str] = ()) -> None:
@@ -61,29 +87,14 @@ class StringTable(Sequence[str]):
     def __len__(self) -> int:
         return len(self._offsets) - 1
 
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[str]: ...
-
-    def __getitem__(self, index: int | slice) -> str | list[str]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(index)
+    def string(self, index: int) -> str:
         return self._buffer[self._offsets[index] : self._offsets[index + 1]].decode("utf-8")
-
-    def __iter__(self) -> Iterator[str]:
-        return (self[i] for i in range(len(self)))
 
     def __repr__(self) -> str:
         return f"StringTable({len(self)} strings)"
 
 
-class Picked(Sequence[str]):
+class Picked(StringSequence):
     """The strings of a table at some rows (a split's paths), without copying them."""
 
     def __init__(self, table: Sequence[str], rows: np.ndarray) -> None:
@@ -92,19 +103,8 @@ class Picked(Sequence[str]):
     def __len__(self) -> int:
         return len(self.rows)
 
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[str]: ...
-
-    def __getitem__(self, index: int | slice) -> str | list[str]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+    def string(self, index: int) -> str:
         return self.table[int(self.rows[index])]
-
-    def __iter__(self) -> Iterator[str]:
-        return (self[i] for i in range(len(self)))
 
     def __repr__(self) -> str:
         return f"Picked({len(self)} of {len(self.table)})"
