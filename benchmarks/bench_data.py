@@ -249,7 +249,7 @@ def pack_section(work: Path, facts: dict[str, Any]) -> tuple[str, list[str]]:
                 f"{shard_files / folder_files:.3f} / {shard_files / folder_disk:.3f}",
             ]
         )
-        notes.append(f"{name}: {' '.join(zoo_command('data', 'pack', name, '--out', f'shards-{name}', '--json')[1:])}")
+        notes.append(f"zoo data pack {name} --out shards-{name} --json")
     header = [
         "folder",
         "pack wall (s)",
@@ -336,6 +336,12 @@ def loader_section(work: Path, args: argparse.Namespace) -> tuple[str, dict[str,
         readers["torchvision folder"] = lambda w, s: torchvision_loader(
             str(work / "folder"), w, args.batch, args.batches, s
         )
+    import torch
+
+    # One intra-op thread in this process, as torch sets in DataLoader workers: with 0 workers
+    # the collate and tensor ops run here, and two spinning OpenMP threads on a loaded 2-core
+    # machine made every reader 5x slower.
+    torch.set_num_threads(1)
     rows, summary = [], {}
     for workers in args.workers:
         measured: dict[str, list[float]] = {name: [] for name in readers}
@@ -549,7 +555,9 @@ def main() -> None:
                 "training_loader` (the trainer's loader) over `load_images(DATA, 256, augment=resize_ratio 1.125, "
                 "lanczos, random crop, no flip)`; torchvision: `ImageFolder` with `Resize(288, LANCZOS), "
                 "RandomCrop(256), ToTensor(), Normalize(0.5, 0.5)` and `DataLoader(shuffle=True)`, the official "
-                "VAR train transform without flip. Same torch, Pillow and files in one process.",
+                "VAR train transform without flip. Same torch, Pillow and files in one process, with one torch "
+                "thread (DataLoader workers have one; two spinning threads on this loaded machine slowed all "
+                "readers 5x).",
                 text,
             ]
             print(text, flush=True)
