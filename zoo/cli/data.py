@@ -64,9 +64,9 @@ def register(commands: Any) -> None:
 def cmd_pack(args: argparse.Namespace) -> None:
     from zoo.data.packing import pack
 
-    def progress(done: int, total: int) -> None:
-        if done % PROGRESS_EVERY == 0 or done == total:
-            print(f"packed {done:,} of {total:,} items", file=sys.stderr, flush=True)
+    def progress(read: int, total: int, packed: int) -> None:
+        if read % PROGRESS_EVERY == 0 or read == total:
+            print(f"read {read:,} of {total:,} files, packed {packed:,}", file=sys.stderr, flush=True)
 
     report = pack(
         args.folder,

@@ -44,13 +44,14 @@ from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from zoo.checkpoint import atomic_save_tensors
+from zoo.data.augment import reading_epoch
 from zoo.data.base import dataset_length
 from zoo.errors import RunError
 
 logger = logging.getLogger(__name__)
 
 FINGERPRINT_VERSION = "1"  # bump when the fingerprint's recipe changes
-FORMAT = "1"  # of the part files; bump when their layout changes
+FORMAT = "2"  # of the part files; bump when their layout or what they hold changes (2: views read as epochs)
 PART_ITEMS = 4096  # items per part: what a kill can lose per process (VAR 256 px: 5.6 MB)
 LARGEST_UINT16_CODEBOOK = 2**16
 
@@ -97,8 +98,10 @@ def encoded_set(
 ) -> EncodedSet:
     """The codes of a data set, encoded once (split over the processes) and memory-mapped.
 
-    `images(view)` is the data set as augmented for view `view` (0..views-1); every view has
-    the same items. `encode(batch)` turns a collated batch of it into integer arrays, each
+    `images(view)` is the data set of view `view` (0..views-1); every view has the same
+    items. View v's items are read as epoch v (`zoo.data.augment.reading_epoch`), so a
+    randomly augmented source (a folder or shards with a random crop or flip) gives each
+    view its own draws, and a source without augmentation the same images. `encode(batch)` turns a collated batch of it into integer arrays, each
     (B, ...): the codes (`code_array`) and whatever else a stage needs (labels); it runs
     under no_grad with `encoder` in eval mode, on batches of `batch_size` read by `workers`
     DataLoader worker processes. `name` tells encoded sets apart
@@ -192,6 +195,21 @@ class EncodedSet(Dataset):
         return {**self.__dict__, "_maps": {}}  # mapped again where it is unpickled
 
 
+class ViewItems(Dataset):
+    """The items of a data set read as epoch `view`: its augmentation draws are view v's.
+    (Read in the DataLoader worker that reads the item, so the epoch reaches it there.)"""
+
+    def __init__(self, dataset: Dataset, view: int) -> None:
+        self.dataset, self.view = dataset, view
+
+    def __len__(self) -> int:
+        return dataset_length(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        with reading_epoch(self.view):
+            return self.dataset[index]
+
+
 def _item(value: np.ndarray) -> Any:
     return int(value) if value.ndim == 0 else torch.from_numpy(value.astype(np.int64))
 
@@ -214,7 +232,7 @@ def _encode_part(
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(part_seed)
             loader = DataLoader(
-                Subset(images(view), indices),
+                Subset(ViewItems(images(view), view), indices),
                 batch_size=batch_size,
                 shuffle=False,
                 num_workers=workers,

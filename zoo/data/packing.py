@@ -127,7 +127,7 @@ def pack(
     shard_size: int = DEFAULT_SHARD_SIZE,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     resize: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
 ) -> PackReport:
     """Write an image folder or a caption set as WebDataset shards and a shard index in `out`.
 
@@ -135,7 +135,8 @@ def pack(
     is stored k times), in the folder's train and test splits. Image bytes are stored as
     they are unless `resize` is given. Files whose header Pillow cannot read, or over
     $ZOO_MAX_IMAGE_PIXELS, are skipped and counted; a truncated image passes the header
-    check and is skipped when read. `progress(done, total)` is called after each item.
+    check and is skipped when read. `progress(read, total, packed)` is called after each
+    listed item: items looked at, items listed, samples written (skipped files are not).
     """
     if shard_size < 1 or max_shard_bytes < 1:
         raise DataError(
@@ -165,7 +166,7 @@ def pack(
             samples[split] = [
                 (folder.paths[int(row)], {"cls": int(folder.labels[row])}) for row in folder_rows(folder, split)
             ]
-    total, done = sum(len(items) for items in samples.values()), 0
+    total, done, packed = sum(len(items) for items in samples.values()), 0, 0
     skipped: Skipped = list(listing_skipped)
     entries: list[dict[str, Any]] = []
     items = {}
@@ -180,9 +181,10 @@ def pack(
             else:
                 writer.write({"__key__": f"{written:09d}", extension: data, **fields})
                 written += 1
+                packed += 1
             done += 1
             if progress is not None:
-                progress(done, total)
+                progress(done, total, packed)
         entries += writer.finish()
         items[split] = written
     if not entries:
