@@ -46,7 +46,13 @@ def token_set(context: StageContext[VARConfig, VARModel], split: str) -> Encoded
         tokens = model.tokenizer.encode_indices(batch["image"].to(context.device))  # (B, L)
         return {"tokens": code_array(tokens, config.tokenizer.codebook_size), "label": labels_of(batch).numpy()}
 
-    source = {"data": config.data, "split": split, "size": config.tokenizer.resolution, "seed": config.seed}
+    source = {
+        "data": config.data,
+        "split": split,
+        "size": config.tokenizer.resolution,
+        "augment": config.augment.model_dump(mode="json"),  # other crops are other codes
+        "seed": config.seed,
+    }
     return encoded_set(
         context.cache_dir,
         f"var-tokens-{split}",

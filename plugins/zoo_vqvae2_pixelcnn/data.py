@@ -69,7 +69,13 @@ def code_set(context: StageContext[VQVAE2Config, VQVAE2PixelCNN], split: str) ->
             "label": prior_labels(batch, config.class_conditional).numpy(),
         }
 
-    source = {"data": config.data, "split": split, "size": config.image_size, "seed": config.seed}
+    source = {
+        "data": config.data,
+        "split": split,
+        "size": config.image_size,
+        "augment": config.augment.model_dump(mode="json"),  # other crops are other codes
+        "seed": config.seed,
+    }
     return encoded_set(
         context.cache_dir,
         f"vqvae2-codes-{split}",

@@ -265,6 +265,19 @@ def test_tokens_on_disk_are_uint16_memory_maps_and_on_the_fly_give_the_same_loss
     assert torch.equal(on_the_fly["loss"], loss(model, from_disk, StepContext(0, 1, cpu))["loss"])
 
 
+def test_other_augmentation_is_other_tokens_on_disk(trained_run, tmp_path):
+    from zoo.plugin import StageContext
+    from zoo_var.data import token_set
+
+    model, cpu = trained_run.model.eval(), torch.device("cpu")
+    flipped = trained_run.config.model_copy(
+        update={"augment": trained_run.config.augment.model_copy(update={"flip": True})}
+    )
+    token_set(StageContext(model, trained_run.config, tmp_path, cpu), "train")
+    token_set(StageContext(model, flipped, tmp_path, cpu), "train")
+    assert len(list(tmp_path.glob("var-tokens-train-*"))) == 2  # the flipped codes are not read from the plain ones
+
+
 def test_the_transformer_trains_on_tokens_made_on_the_fly(trained_run, tmp_path):
     import zoo.api
 
