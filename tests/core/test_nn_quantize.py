@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
 
 import zoo.nn.quantize as quantize
 from zoo.nn.quantize import (
@@ -45,7 +47,8 @@ def test_every_quantizer_path_gives_the_same_codes():
 
 class FakeWorld:
     """Stands in for torch.distributed in a two-process run seen from rank `rank`: all_reduce
-    adds the other rank's tensor, broadcast(src=0) copies rank 0's."""
+    adds the other rank's tensor, all_gather puts the other rank's rows ("gather", or none)
+    beside this one's, broadcast(src=0) copies rank 0's."""
 
     def __init__(self, rank: int, other: dict[str, torch.Tensor]) -> None:
         self.rank, self.other = rank, other
@@ -58,6 +61,18 @@ class FakeWorld:
 
     def all_reduce(self, tensor: torch.Tensor) -> None:
         tensor += self.other["reduce"]
+
+    def get_world_size(self) -> int:
+        return 2
+
+    def all_gather(self, parts: list[torch.Tensor], tensor: torch.Tensor) -> None:
+        theirs = self.other.get("gather", tensor.new_zeros((0, *tensor.shape[1:])))
+        if tensor.dim() == 0:  # the row counts
+            theirs = torch.tensor(theirs.shape[0])
+        else:
+            theirs = torch.nn.functional.pad(theirs, (0, 0, 0, tensor.shape[0] - theirs.shape[0]))
+        parts[self.rank].copy_(tensor)
+        parts[1 - self.rank].copy_(theirs)
 
     def broadcast(self, tensor: torch.Tensor, src: int) -> None:
         assert src == 0
@@ -115,3 +130,28 @@ def test_the_quantizer_tracks_global_usage_and_restarts_dead_codes(monkeypatch, 
     assert torch.equal(quantizer.usage[1:7], torch.full((6,), 1.0))  # 8 global hits / 8 codes
     if ema_decay is not None:
         assert torch.equal(quantizer.cluster_sum[1:7], rank_0_vectors)
+
+
+def _restart_on_rank(rank: int, store: str, parts: list[torch.Tensor], out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=len(parts))
+    try:
+        torch.manual_seed(3)  # as every rank of a run: the same seed
+        codebook, usage = torch.zeros(6, 2), torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0, 0.0])
+        restart_dead_codes(codebook, usage, 0.5, parts[rank], hits_per_batch=1.0)
+        save_file({"codebook": codebook}, f"{out}-{rank}.safetensors")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_restart_from_the_pool_of_one_with_the_whole_batch(tmp_path):
+    whole = torch.arange(40.0).view(20, 2)  # distinct rows: which row was drawn is visible
+    parts = [whole[:12], whole[12:]]  # unequal shares pad the gather
+    torch.multiprocessing.spawn(
+        _restart_on_rank, args=(str(tmp_path / "store"), parts, str(tmp_path / "codebook")), nprocs=2
+    )
+    torch.manual_seed(3)
+    one = torch.zeros(6, 2)
+    restart_dead_codes(one, torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0, 0.0]), 0.5, whole, hits_per_batch=1.0)
+    for rank in range(2):
+        assert torch.equal(load_file(tmp_path / f"codebook-{rank}.safetensors")["codebook"], one)
+    assert (one[[0, 2, 3, 5], 0] >= 24).any()  # some restart drew from rank 1's rows

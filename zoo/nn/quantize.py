@@ -67,8 +67,9 @@ def restart_dead_codes(
     `candidates` (N, C), encoder outputs this batch; in place on `codebook` (K, C) and `usage`.
 
     `usage` must be the same on every process (tracked with `count_code_usage`), so all agree
-    on which codes are dead; the new vectors are drawn on rank 0 and broadcast, so all
-    restart them identically. A restarted code gets a grace period of one expected hit per
+    on which codes are dead. The candidates of every process are gathered in rank order (the
+    global batch's order) and rank 0 draws from all of them and broadcasts its draw, so all
+    restart identically, from the same pool one process with the whole batch draws from. A restarted code gets a grace period of one expected hit per
     batch, `hits_per_batch / K` (at least 1). Returns (dead mask (K,), new vectors), or None
     when no code is dead.
     """
@@ -76,13 +77,27 @@ def restart_dead_codes(
     num_dead = int(dead.sum())
     if num_dead == 0:
         return None
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed:
+        candidates = _gathered_in_rank_order(candidates)
     picks = torch.randint(0, candidates.shape[0], (num_dead,), device=candidates.device)
     fresh = candidates[picks].to(codebook.dtype)
-    if dist.is_available() and dist.is_initialized():
+    if distributed:
         dist.broadcast(fresh, src=0)
     codebook.data[dead] = fresh
     usage[dead] = max(1.0, hits_per_batch / codebook.shape[0])
     return dead, fresh
+
+
+def _gathered_in_rank_order(rows: torch.Tensor) -> torch.Tensor:
+    """(N_r, C) rows of every process, concatenated in rank order; processes may hold different N_r."""
+    counts = [torch.zeros((), dtype=torch.long, device=rows.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, torch.tensor(rows.shape[0], device=rows.device))
+    longest = int(max(counts))
+    padded = F.pad(rows, (0, 0, 0, longest - rows.shape[0]))
+    gathered = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(gathered, padded.contiguous())
+    return torch.cat([part[: int(count)] for part, count in zip(gathered, counts, strict=True)])
 
 
 def code_statistics(indices: torch.Tensor, num_codes: int) -> tuple[float, float]:
