@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import pydantic
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, not_there
 
 
 class ConfigSection(pydantic.BaseModel):
@@ -393,7 +393,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} {not_there(path)}")
     try:
         data = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
     except (yaml.YAMLError, json.JSONDecodeError) as error:

@@ -8,9 +8,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from zoo.cli.common import add_subcommand, emit
+from zoo.cli.common import add_subcommand, emit, int_in
 from zoo.cli.options import first_pass, parse_options, usage_without_positional
 from zoo.outputs import check_output_path
+
+# onnxruntime allocates per thread: 100000 threads grow memory until the process dies
+MAX_THREADS = 1024
 
 RUN_FLAGS: dict[str, dict[str, Any]] = {
     "--provider": {
@@ -18,7 +21,11 @@ RUN_FLAGS: dict[str, dict[str, Any]] = {
         "default": None,
         "help": "onnxruntime provider (default: CUDA when usable, else CPU)",
     },
-    "--threads": {"type": int, "default": None, "help": "onnxruntime intra-op threads (default: onnxruntime's choice)"},
+    "--threads": {
+        "type": int_in(1, MAX_THREADS),
+        "default": None,
+        "help": "onnxruntime intra-op threads (default: onnxruntime's choice)",
+    },
     "--verify": {
         "type": Path,
         "metavar": "KEY.pub.pem",

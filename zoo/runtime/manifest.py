@@ -20,7 +20,7 @@ from typing import Any
 
 import pydantic
 
-from zoo.errors import ExportError
+from zoo.errors import ExportError, not_there
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "zoo-onnx-export"
@@ -50,7 +50,8 @@ def read_manifest(export_dir: Path, public_key: Path | None = None) -> dict[str,
     export_dir = Path(export_dir)
     if not export_dir.is_dir():
         raise ExportError(
-            f"export directory {export_dir} does not exist; make one with `zoo export MODEL --out {export_dir}`"
+            f"export directory {export_dir} {not_there(export_dir, 'directory')}; "
+            f"make one with `zoo export MODEL --out {export_dir}`"
         )
     path = export_dir / MANIFEST_NAME
     if not path.is_file():
