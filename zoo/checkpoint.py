@@ -315,7 +315,40 @@ def read_trainer_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None
             f"trainer checkpoint {folder} is unreadable ({error}); delete {state_dir} to restart the stage"
         ) from None
     tensors = load_tensors(folder / "tensors.safetensors")
-    return folder / WEIGHTS_FILE, unflatten_state(skeleton, tensors)
+    try:
+        state = unflatten_state(skeleton, tensors)
+    except (KeyError, TypeError, ValueError) as error:
+        state, problem = None, f"it names a tensor the checkpoint lacks ({error})"
+    else:
+        problem = _trainer_state_problem(state, folder.name)
+    if problem is not None:
+        # resuming from it would restart the stage at step 0 without a word
+        raise RunError(f"trainer checkpoint {folder} is damaged: {problem}; delete {state_dir} to restart the stage")
+    return folder / WEIGHTS_FILE, state
+
+
+# What write_trainer_checkpoint writes mid-stage besides `completed` (a stage's end holds only that).
+_MID_STAGE = {"stage": str, "step": int, "rng": dict, "optimizers": list, "validation": dict}
+
+
+def _trainer_state_problem(state: Any, folder: str) -> str | None:
+    """What is wrong with a trainer state read back, or None: the shapes the trainer reads,
+    and the stage and step its folder is named after (`ckpt-STAGE-STEP`, `ckpt-STAGE-done`)."""
+    if not isinstance(state, dict):
+        return "trainer.json holds no JSON object"
+    completed = state.get("completed")
+    if not isinstance(completed, list) or not all(isinstance(name, str) for name in completed):
+        return "'completed' is not a list of stage names"
+    if folder.endswith("-done"):
+        return None if set(state) == {"completed"} else "a stage's end holds only 'completed'"
+    for key, kind in _MID_STAGE.items():
+        if not isinstance(state.get(key), kind) or (kind is int and isinstance(state[key], bool)):
+            return f"{key!r} is missing or not a {kind.__name__}"
+    if state["step"] < 1 or folder != f"ckpt-{state['stage']}-{state['step']}":
+        return f"it says stage {state['stage']!r} step {state['step']}, its folder is {folder}"
+    if not isinstance(state["rng"].get("cpu"), torch.Tensor):
+        return "'rng' holds no CPU generator state"
+    return None
 
 
 # the life of a run directory -------------------------------------------------------------
