@@ -328,6 +328,12 @@ class VARSampleOptions(ClassSampleOptions):
             return 1.0
         return value
 
+    @model_validator(mode="after")
+    def _mask_needs_an_image(self) -> VARSampleOptions:
+        if self.mask is not None and self.edit is None:  # it would be ignored without a word
+            raise ValueError("--mask applies to --edit IMAGE; give the image to edit, or leave out --mask")
+        return self
+
     @field_validator("classes")
     @classmethod
     def _no_label_below_unconditional(cls, value: list[int] | None) -> list[int] | None:

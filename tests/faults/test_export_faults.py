@@ -265,7 +265,7 @@ EVIL = "from pathlib import Path\nPath({marker!r}).write_text('ran')\n"
 
 
 @pytest.mark.parametrize("how", ["python -m zoo run .", "zoo.runtime.load"])
-def test_a_module_in_the_export_directory_is_not_executed(copy, tmp_path, how):
+def test_an_export_directory_holding_a_module_is_refused_and_the_module_not_executed(copy, tmp_path, how):
     marker = tmp_path / "marker"
     (copy / "evil.py").write_text(EVIL.format(marker=str(marker)))
     edit_manifest(copy, runtime="evil:Loop", options="evil:Options")
@@ -279,7 +279,34 @@ def test_a_module_in_the_export_directory_is_not_executed(copy, tmp_path, how):
             text=True,
             timeout=120,
         )
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode != 0, result.stderr[-2000:]
+    assert "holds Python code (evil.py), which no export carries" in result.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("suffix", [".pyc", ".so", "/__init__.py"])
+def test_compiled_modules_and_packages_in_an_export_are_refused(copy, suffix):
+    path = copy / f"numpy{suffix}"
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(b"")
+    with pytest.raises(ExportError, match="holds Python code"):
+        zoo.runtime.load(copy)
+
+
+def test_python_dash_p_runs_an_export_holding_a_shadowing_module_without_importing_it(copy, tmp_path):
+    """`python -m zoo run .` imports the directory's numpy.py before zoo can drop the working
+    directory from sys.path; `python -P` (or the `zoo` console script) never puts it there."""
+    marker = tmp_path / "marker"
+    (copy / "numpy.py").write_text(EVIL.format(marker=str(marker)))
+    result = subprocess.run(
+        [sys.executable, "-P", "-m", "zoo", "run", ".", "--out", str(tmp_path / "x.png")],
+        cwd=copy,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "holds Python code (numpy.py)" in result.stderr
     assert not marker.exists()
 
 
@@ -292,7 +319,7 @@ def test_a_package_in_the_export_directory_that_shadows_the_runtime_is_refused(c
     result = run_python("import zoo.runtime; zoo.runtime.load('.')", copy)
     assert result.returncode != 0, result.stderr
     assert not marker.exists()
-    assert "in the export directory shadows the installed runtime package 'tests'" in result.stderr
+    assert "holds Python code (tests/__init__.py)" in result.stderr
 
 
 def test_python_m_zoo_drops_the_working_directory_from_sys_path(tmp_path):
