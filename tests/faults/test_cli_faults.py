@@ -341,3 +341,32 @@ def test_the_resume_command_keeps_the_flags_that_are_not_config(tmp_path, monkey
     assert message.splitlines()[-1].strip() == (
         "zoo train var --resume --out r --device cpu --stage tokenizer --checkpoint-every 20 --quiet"
     )
+
+
+def _edited_export(tiny_export: Path, tmp_path: Path, **config) -> Path:
+    """A copy of the export whose manifest config differs (the checksums cover the files it
+    lists, and stay valid)."""
+    import shutil
+
+    copy = tmp_path / "edited"
+    shutil.copytree(tiny_export, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["config"] = {**manifest["config"], **config} if config else {}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({}, "entry 'config': Dictionary should have at least 1 item"),
+        ({"image_size": "abc"}, "the tiny loop cannot use this export (TypeError"),
+        ({"embed_dim": 17}, "input 'cache' of component 'step' must have shape"),
+    ],
+    ids=["empty", "wrong-type", "wrong-shape"],
+)
+def test_run_on_an_export_whose_config_does_not_fit_is_one_line(tiny_export, tmp_path, capsys, config, message):
+    edited = _edited_export(tiny_export, tmp_path, **config)
+    code, _, err = cli(capsys, "run", str(edited), "--out", str(tmp_path / "grid.png"))
+    assert_one_line_error(code, err, message)
+    assert not (tmp_path / "grid.png").exists()

@@ -157,7 +157,7 @@ class _AssetsEntry(_Entry):
 
 class _ManifestEntries(_Entry):
     model: str
-    config: dict[str, Any]
+    config: dict[str, Any] = pydantic.Field(min_length=1)  # every model has a config
     components: dict[str, _ComponentEntry] = pydantic.Field(min_length=1)
     assets: _AssetsEntry = _AssetsEntry()
 
