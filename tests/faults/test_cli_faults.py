@@ -370,3 +370,50 @@ def test_run_on_an_export_whose_config_does_not_fit_is_one_line(tiny_export, tmp
     code, _, err = cli(capsys, "run", str(edited), "--out", str(tmp_path / "grid.png"))
     assert_one_line_error(code, err, message)
     assert not (tmp_path / "grid.png").exists()
+
+
+def test_quantart_folder_inputs_are_capped_before_decoding(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import zoo_quantart.runtime as quantart
+    from zoo.config import MAX_SAMPLES
+    from zoo.errors import DataError
+    from zoo_quantart.config import QuantArtSampleOptions
+
+    def folder(name: str, count: int) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        for index in range(count):
+            Image.new("RGB", (4, 4), (index, 0, 0)).save(path / f"{index:03d}.png")
+        return path
+
+    decoded = []
+    read_square = quantart.read_square
+    monkeypatch.setattr(quantart, "read_square", lambda *a: decoded.append(a[0]) or read_square(*a))
+    loop = quantart.QuantArtRuntime(None, {"vqgan": {"ch_mult": [1, 2]}, "image_size": 8}, {}, {})
+    many = folder("many", MAX_SAMPLES + 1)
+    with pytest.raises(DataError, match=f"{MAX_SAMPLES + 1} images; a call draws at most {MAX_SAMPLES}"):
+        loop.sample(QuantArtSampleOptions(content=str(many), style=str(many)))
+    assert decoded == []  # refused from the listing
+    pairs = folder("pairs", 21)  # 21 x 21 = 441 stylised images
+    with pytest.raises(DataError, match="21 content x 21 style images make 441 images; a call draws at most 256"):
+        loop.sample(QuantArtSampleOptions(content=str(pairs), style=str(pairs)))
+
+
+def test_a_permission_error_is_not_said_to_be_a_missing_file(tmp_path, capsys, monkeypatch):
+    """Root ignores permission bits, so the denial is the file system's answer, patched."""
+    import errno
+    import pathlib
+
+    config = tmp_path / "locked" / "config.yaml"
+    stat = pathlib.Path.stat
+
+    def denied(self, *args, **kwargs):
+        if self == config:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "stat", denied)
+    code, _, err = cli(capsys, "train", "var", "--config", str(config))
+    assert_one_line_error(code, err, f"cannot access {config}: Permission denied")
+    assert "does not exist" not in err and "No such file" not in err
