@@ -339,6 +339,7 @@ def read_trainer_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None
             f"trainer checkpoint {folder} is unreadable ({error}); delete {state_dir} to restart the stage"
         ) from None
     tensors = load_tensors(folder / "tensors.safetensors")
+    problem: str | None
     try:
         state = unflatten_state(skeleton, tensors)
     except (KeyError, TypeError, ValueError) as error:

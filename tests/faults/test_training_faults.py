@@ -171,6 +171,47 @@ def test_corrupt_latest_json_is_one_line_naming_the_fix(tmp_path, content, reaso
     assert f"delete {state} to restart the stage" in str(error.value)
 
 
+@pytest.fixture(scope="module")
+def stopped_mid_stage(tmp_path_factory) -> Path:
+    """A run whose last checkpoint is in the middle of stage `regress` (a NaN stopped it)."""
+    run_dir = tmp_path_factory.mktemp("stopped") / "run"
+    with pytest.raises(TrainingError):
+        run_toy(run_dir, steps=30, stage="regress", nan_at_step=12, checkpoint_every=5)
+    assert ckpt.latest_checkpoint(run_dir).name == "ckpt-regress-10"
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda state: state.pop("stage"), "'stage' is missing or not a str"),
+        (lambda state: state.update(step=0), "it says stage 'regress' step 0, its folder is ckpt-regress-10"),
+        (lambda state: state.update(step="10"), "'step' is missing or not a int"),
+        (lambda state: state.update(completed="regress"), "'completed' is not a list of stage names"),
+        (lambda state: state.update(optimizers={}), "'optimizers' is missing or not a list"),
+        (lambda state: state.update(rng={"__dict__": [["cpu", 5]]}), "'rng' holds no CPU generator state"),
+        (lambda state: state.clear(), "'completed' is not a list of stage names"),
+    ],
+    ids=["no-stage", "step-0", "step-text", "completed-text", "optimizers", "rng", "empty"],
+)
+def test_a_trainer_json_that_is_json_but_wrong_is_one_line_on_resume(stopped_mid_stage, tmp_path, change, problem):
+    """It used to restart the stage at step 0 from the checkpoint's weights without a word."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(stopped_mid_stage, run_dir)
+    path = run_dir / ckpt.STATE_DIR / "ckpt-regress-10" / "trainer.json"
+    state = dict(json.loads(path.read_text())["__dict__"])  # the skeleton of ckpt.flatten_state
+    change(state)
+    path.write_text(json.dumps({"__dict__": [[key, value] for key, value in state.items()]}))
+    with pytest.raises(RunError) as error:
+        run_toy(run_dir, steps=30, stage="regress", nan_at_step=12, resume=True, checkpoint_every=5)
+    message = str(error.value)
+    assert f"trainer checkpoint {path.parent} is damaged: {problem}" in message
+    assert "\n" not in message
+    assert not (run_dir / ckpt.STATE_DIR / "ckpt-regress-15").exists()  # nothing trained
+
+
 def test_latest_json_never_leads_outside_the_run_directory(tmp_path):
     run_toy(tmp_path / "elsewhere", steps=5, stage="regress")
     run_toy(tmp_path / "run", steps=5, stage="regress")
