@@ -22,11 +22,13 @@ from pathlib import Path
 
 REGISTER = ".zoo-temporary"
 # what `new_name` makes: a register line of another shape (cut short by a kill) is ignored
-_NAME = re.compile(r"(?P<stem>[^/\\]+)\.zoo-[0-9a-f]{8}")
+_NAME = re.compile(r"(?P<stem>[^/\\]+)\.zoo(?:-(?P<kind>[a-z]+))?-[0-9a-f]{8}")
 
 
-def new_name(stem: str) -> str:
-    return f"{stem}.zoo-{secrets.token_hex(4)}"
+def new_name(stem: str, kind: str = "") -> str:
+    """`STEM.zoo-XXXXXXXX`, or `STEM.zoo-KIND-XXXXXXXX` for a second kind of name beside
+    the same destination (an old export set aside): no stem of one kind makes the other."""
+    return f"{stem}.zoo{f'-{kind}' if kind else ''}-{secrets.token_hex(4)}"
 
 
 def record(directory: Path, name: str) -> None:
@@ -39,8 +41,8 @@ def record(directory: Path, name: str) -> None:
         os.close(handle)
 
 
-def recorded(directory: Path, stem: str | None = None) -> list[str]:
-    """The names in the register of `directory` (those made from `stem`, if given)."""
+def recorded(directory: Path, stem: str | None = None, kind: str = "") -> list[str]:
+    """The names in the register of `directory` (those made from `stem` and `kind`, if given)."""
     try:
         lines = (directory / REGISTER).read_text().splitlines()
     except FileNotFoundError:
@@ -48,7 +50,7 @@ def recorded(directory: Path, stem: str | None = None) -> list[str]:
     names = []
     for line in lines:
         match = _NAME.fullmatch(line)
-        if match and stem in (None, match["stem"]) and line not in names:
+        if match and (stem is None or (match["stem"], match["kind"] or "") == (stem, kind)) and line not in names:
             names.append(line)
     return names
 

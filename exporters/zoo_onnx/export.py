@@ -179,7 +179,7 @@ def files_not_written_by_export(out_dir: Path) -> list[str]:
 # is two renames, and between them --out does not exist for an instant; a kill there leaves
 # the old export under a recorded name (zoo.temporary) and the next export to that --out
 # puts it back (recover_destination) before it starts.
-ASIDE = ".previous"  # the stem of the old export's recorded name while the new one comes in
+ASIDE = "previous"  # the kind of the old export's recorded name while the new one comes in
 
 
 def replace_directory(staging: Path, out_dir: Path) -> None:
@@ -190,7 +190,7 @@ def replace_directory(staging: Path, out_dir: Path) -> None:
         return
     if exchange(staging, out_dir):
         return
-    aside = new_name(f".{out_dir.name}{ASIDE}")
+    aside = new_name(f".{out_dir.name}", ASIDE)
     record(out_dir.parent, aside)
     out_dir.rename(out_dir.parent / aside)
     try:
@@ -208,12 +208,12 @@ def recover_destination(out_dir: Path) -> None:
     parent = out_dir.parent
     if not parent.is_dir():
         return
-    asides = [parent / name for name in recorded(parent, f".{out_dir.name}{ASIDE}")]
+    asides = [parent / name for name in recorded(parent, f".{out_dir.name}", ASIDE)]
     if not out_dir.exists():
         whole = [aside for aside in asides if manifest_at(aside)]
         if whole:
             whole[-1].rename(out_dir)
-    for name in recorded(parent, f".{out_dir.name}{ASIDE}") + recorded(parent, f".{out_dir.name}"):
+    for name in recorded(parent, f".{out_dir.name}", ASIDE) + recorded(parent, f".{out_dir.name}"):
         remove(parent, name)
 
 

@@ -83,9 +83,9 @@ def test_a_directory_with_a_foreign_manifest_json_is_refused_and_kept(tiny, tmp_
     assert [p.name for p in tmp_path.iterdir()] == ["site"]  # nothing staged beside it either
 
 
-def set_aside(directory: Path, stem: str) -> Path:
+def set_aside(directory: Path, stem: str, kind: str = "") -> Path:
     """What a kill leaves: a recorded name (zoo.temporary) holding `directory`."""
-    name = temporary.new_name(stem)
+    name = temporary.new_name(stem, kind)
     temporary.record(directory.parent, name)
     directory.rename(directory.parent / name)
     return directory.parent / name
@@ -93,7 +93,7 @@ def set_aside(directory: Path, stem: str) -> Path:
 
 def test_an_export_set_aside_by_a_killed_replacement_is_put_back(copy):
     # the state a kill between "old export aside" and "new export in" leaves (no renameat2)
-    aside = set_aside(copy, f".{copy.name}{ASIDE}")
+    aside = set_aside(copy, f".{copy.name}", ASIDE)
     recover_destination(copy)
     assert complete_export(copy)
     assert not aside.exists()
@@ -103,7 +103,7 @@ def test_an_export_set_aside_by_a_killed_replacement_is_put_back(copy):
 def test_recorded_leftovers_are_removed_but_lookalikes_are_not(copy):
     stale_aside = copy.with_name("stale")
     shutil.copytree(copy, stale_aside)
-    stale_aside = set_aside(stale_aside, f".{copy.name}{ASIDE}")
+    stale_aside = set_aside(stale_aside, f".{copy.name}", ASIDE)
     partial = copy.with_name("partial")
     partial.mkdir()
     (partial / "decode.onnx").write_bytes(b"half written")
@@ -115,6 +115,16 @@ def test_recorded_leftovers_are_removed_but_lookalikes_are_not(copy):
     recover_destination(copy)
     assert complete_export(copy)
     assert sorted(p.name for p in copy.parent.iterdir()) == sorted([copy.name, *lookalikes])
+
+
+def test_recorded_names_of_two_destinations_are_never_confused(tmp_path):
+    """The old export of `tiny` set aside and the staging folder of an export to
+    `tiny.previous` have distinct names: recovering one never picks up the other."""
+    for stem, kind in [(".tiny", ASIDE), (".tiny.previous", ""), (".tiny", "")]:
+        temporary.record(tmp_path, temporary.new_name(stem, kind))
+    assert [name[:-9] for name in temporary.recorded(tmp_path, ".tiny", ASIDE)] == [".tiny.zoo-previous"]
+    assert [name[:-9] for name in temporary.recorded(tmp_path, ".tiny")] == [".tiny.zoo"]
+    assert [name[:-9] for name in temporary.recorded(tmp_path, ".tiny.previous")] == [".tiny.previous.zoo"]
 
 
 def test_replacing_an_export_keeps_files_a_user_added_by_refusing(copy):
