@@ -12,6 +12,8 @@
     RUN/state/latest.json    points at the newest complete trainer checkpoint:
     RUN/state/ckpt-N/        model.safetensors, tensors.safetensors, trainer.json
     RUN/.lock                held by the process training the run; holds its PID
+    .zoo-temporary           (in RUN, RUN/state, RUN/cache) the names of temporary folders
+                             being written; what a kill leaves there is removed by name
 
 A trainer checkpoint is a folder written in full before `latest.json` is switched to it
 (temp file + rename), so a kill at any moment leaves the previous checkpoint intact.
@@ -25,7 +27,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +36,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from zoo import temporary
 from zoo.errors import RunError
 from zoo.version import __version__
 
@@ -78,26 +80,21 @@ def _naming(error: OSError, path: Path) -> OSError:
 
 @contextmanager
 def _replacing(path: Path) -> Iterator[Path]:
-    """A fresh temp file beside `path`: it replaces `path` when the block succeeds, and is
-    removed when it fails."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    temp = Path(name)
-    try:
-        yield temp
-        os.chmod(temp, FILE_MODE)  # mkstemp (and safetensors) create 0600
-        os.replace(temp, path)
-    except OSError as error:
-        temp.unlink(missing_ok=True)
-        raise _naming(error, path) from None
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    """A fresh temp file beside `path`, in a recorded folder of its own (zoo.temporary):
+    it replaces `path` when the block succeeds; the folder goes either way."""
+    with temporary.temporary_folder(path.parent, f".{path.name}") as folder:
+        temp = folder / path.name
+        try:
+            yield temp
+            if temp.exists():
+                os.chmod(temp, FILE_MODE)  # safetensors creates 0600
+            os.replace(temp, path)
+        except OSError as error:
+            raise _naming(error, path) from None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with _replacing(Path(path)) as temp, open(temp, "wb") as file:
+    with _replacing(Path(path)) as temp, open(temp, "xb") as file:
         file.write(data)
         file.flush()
         os.fsync(file.fileno())
@@ -252,23 +249,50 @@ def _from_json_key(key: Any) -> Any:
 def write_trainer_checkpoint(
     run_dir: Path, step_name: str, weights: Mapping[str, torch.Tensor], state: dict[str, Any]
 ) -> None:
-    """Write the model's weights + trainer state into a fresh folder, then point `latest.json` at it."""
+    """Write the model's weights + trainer state into a fresh folder, point `latest.json` at
+    it, then delete the checkpoint it pointed at before (that one only: the folders of a
+    state directory are the user's to keep or delete otherwise)."""
     state_dir = Path(run_dir) / STATE_DIR
     folder = state_dir / f"ckpt-{step_name}"
-    partial = state_dir / f".ckpt-{step_name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    tensors: dict[str, torch.Tensor] = {}
-    skeleton = flatten_state(state, "state", tensors)
-    _save_tensors_file(partial / WEIGHTS_FILE, weights)
-    _save_tensors_file(partial / "tensors.safetensors", tensors)
-    atomic_write_json(partial / "trainer.json", skeleton)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(partial, folder)
+    try:
+        previous = latest_checkpoint(run_dir)
+    except RunError:  # a corrupt pointer is replaced; what it named is left alone
+        previous = None
+    with temporary.temporary_folder(state_dir, f".ckpt-{step_name}") as partial:
+        tensors: dict[str, torch.Tensor] = {}
+        skeleton = flatten_state(state, "state", tensors)
+        _save_tensors_file(partial / WEIGHTS_FILE, weights)
+        _save_tensors_file(partial / "tensors.safetensors", tensors)
+        (partial / "trainer.json").write_text(json.dumps(skeleton, indent=2, sort_keys=True) + "\n")
+        os.chmod(partial / "trainer.json", FILE_MODE)
+        if folder.exists() and folder != previous:
+            _discard(state_dir, folder)  # a stale folder of this name, written before a kill
+        if folder.exists():
+            _swap_in(state_dir, partial, folder)
+        else:
+            os.replace(partial, folder)
     atomic_write_json(state_dir / LATEST_FILE, {"checkpoint": folder.name})
-    for old in state_dir.glob("ckpt-*"):
-        if old.name != folder.name:
-            shutil.rmtree(old, ignore_errors=True)
+    if previous is not None and previous.name != folder.name and previous.is_dir():
+        _discard(state_dir, previous)
+
+
+def _swap_in(state_dir: Path, partial: Path, folder: Path) -> None:
+    """Replace the folder latest.json points at with a new one of the same name (a stage
+    written again at the same step): the old one is renamed to a recorded name first."""
+    aside = temporary.new_name(f".{folder.name}")
+    temporary.record(state_dir, aside)
+    os.replace(folder, state_dir / aside)
+    os.replace(partial, folder)
+    temporary.remove(state_dir, aside)
+
+
+def _discard(directory: Path, path: Path) -> None:
+    """Delete a folder zoo wrote, renamed to a recorded name first: a kill during the
+    deletion leaves a leftover that the next start removes, never half a checkpoint."""
+    doomed = temporary.new_name(f".{path.name}")
+    temporary.record(directory, doomed)
+    os.replace(path, directory / doomed)
+    temporary.remove(directory, doomed)
 
 
 def _corrupt_latest(run_dir: Path, reason: str) -> RunError:
@@ -315,7 +339,41 @@ def read_trainer_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None
             f"trainer checkpoint {folder} is unreadable ({error}); delete {state_dir} to restart the stage"
         ) from None
     tensors = load_tensors(folder / "tensors.safetensors")
-    return folder / WEIGHTS_FILE, unflatten_state(skeleton, tensors)
+    problem: str | None
+    try:
+        state = unflatten_state(skeleton, tensors)
+    except (KeyError, TypeError, ValueError) as error:
+        state, problem = None, f"it names a tensor the checkpoint lacks ({error})"
+    else:
+        problem = _trainer_state_problem(state, folder.name)
+    if problem is not None:
+        # resuming from it would restart the stage at step 0 without a word
+        raise RunError(f"trainer checkpoint {folder} is damaged: {problem}; delete {state_dir} to restart the stage")
+    return folder / WEIGHTS_FILE, state
+
+
+# What write_trainer_checkpoint writes mid-stage besides `completed` (a stage's end holds only that).
+_MID_STAGE = {"stage": str, "step": int, "rng": dict, "optimizers": list, "validation": dict}
+
+
+def _trainer_state_problem(state: Any, folder: str) -> str | None:
+    """What is wrong with a trainer state read back, or None: the shapes the trainer reads,
+    and the stage and step its folder is named after (`ckpt-STAGE-STEP`, `ckpt-STAGE-done`)."""
+    if not isinstance(state, dict):
+        return "trainer.json holds no JSON object"
+    completed = state.get("completed")
+    if not isinstance(completed, list) or not all(isinstance(name, str) for name in completed):
+        return "'completed' is not a list of stage names"
+    if folder.endswith("-done"):
+        return None if set(state) == {"completed"} else "a stage's end holds only 'completed'"
+    for key, kind in _MID_STAGE.items():
+        if not isinstance(state.get(key), kind) or (kind is int and isinstance(state[key], bool)):
+            return f"{key!r} is missing or not a {kind.__name__}"
+    if state["step"] < 1 or folder != f"ckpt-{state['stage']}-{state['step']}":
+        return f"it says stage {state['stage']!r} step {state['step']}, its folder is {folder}"
+    if not isinstance(state["rng"].get("cpu"), torch.Tensor):
+        return "'rng' holds no CPU generator state"
+    return None
 
 
 # the life of a run directory -------------------------------------------------------------
@@ -366,23 +424,13 @@ def _try_lock(handle: int) -> bool:
     return True
 
 
-# What a killed writer leaves: our atomic writes' `.NAME.XXXX.tmp`, safetensors' own
-# `.tmpXXXXXX`, and checkpoint folders written half-way.
-_TEMPORARY_FILES = (".*.tmp", ".tmp*")
-_PARTIAL_CHECKPOINTS = ".ckpt-*.partial"
-
-
 def remove_temporary_files(run_dir: Path) -> None:
-    """Delete the leftovers of killed writes. Only while holding the lock: a live writer's
-    temp files look the same."""
+    """Delete the leftovers of killed writes: the names zoo recorded (zoo.temporary), never
+    a file by the look of its name. Only while holding the lock: a live writer's temporary
+    folders are recorded too."""
     run_dir = Path(run_dir)
     for folder in (run_dir, run_dir / STATE_DIR, run_dir / CACHE_DIR):
-        for pattern in _TEMPORARY_FILES:
-            for path in folder.glob(pattern):
-                if path.is_file():
-                    path.unlink(missing_ok=True)
-    for path in (run_dir / STATE_DIR).glob(_PARTIAL_CHECKPOINTS):
-        shutil.rmtree(path, ignore_errors=True)
+        temporary.remove_recorded(folder)
 
 
 def discard_untrained(run_dir: Path) -> None:

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import torch
 
 from zoo.config import ZooConfig, validate
-from zoo.errors import ConfigError, ZooError, first_line
+from zoo.errors import ConfigError, ZooError, first_line, not_there
 
 ZooConfigT = TypeVar("ZooConfigT", bound=ZooConfig)
 
@@ -106,7 +106,7 @@ def load_checkpoint(path: str | Path) -> Any:
     """The object a published checkpoint holds, with tensors on the CPU (see module doc)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} {not_there(path)}")
     # Zip-format files (torch >= 1.6) are memory-mapped: a model's weights are then read
     # from the page cache as they are copied into it, not held twice (VAR d30: 8 GiB).
     mmap = zipfile.is_zipfile(path)

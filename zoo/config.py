@@ -12,11 +12,11 @@ import typing
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import pydantic
 
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, not_there
 
 
 class ConfigSection(pydantic.BaseModel):
@@ -27,7 +27,8 @@ class ConfigSection(pydantic.BaseModel):
     directories and `--set` flags written with the old name still work, with a warning.
     """
 
-    model_config = pydantic.ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and nan are never a setting: they would train a model of NaNs without a word
+    model_config = pydantic.ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
     renamed_fields: ClassVar[dict[str, str]] = {}
 
     @pydantic.model_validator(mode="before")
@@ -73,6 +74,24 @@ def current_names(schema: type[pydantic.BaseModel], values: Mapping[str, Any]) -
 # Every plugin's SampleOptions bounds its counts by it, so a typo cannot exhaust memory.
 MAX_SAMPLES = 256
 
+# Upper bounds of config fields, far past any published model, so that a typo (a digit too
+# many) is a one-line error instead of an allocation that exhausts the machine. Every int
+# and float field of a plugin's Config has one (tests/faults/test_config_faults.py checks).
+MAX_SEED = 2**32 - 1  # numpy's legacy seeds; seed + rank and seed + epoch stay in int64
+MAX_STEPS = 10**9  # steps, warm-ups, intervals: counted, never allocated
+MAX_BATCH = 65536  # items per step (or micro-batches per step)
+MAX_WIDTH = 16384  # channels, embedding and hidden widths
+MAX_DEPTH = 1024  # blocks, layers, heads, kernel sides
+MAX_CODES = 1 << 20  # codebook and vocabulary sizes, class counts
+MAX_IMAGE_SIDE = 4096  # training image sides (VAR's largest paper model: 512)
+MAX_ITEMS = 10**8  # items of a generated or listed data set
+MAX_FACTOR = 1e6  # loss weights, learning rates, clips, thresholds: any real value is far below
+MAX_MULTIPLIER = 64  # a width multiplier of one resolution level
+
+# List items with the same bounds: a level's width multiplier, and an image or feature-map side.
+Multiplier = Annotated[int, pydantic.Field(ge=1, le=MAX_MULTIPLIER)]
+Side = Annotated[int, pydantic.Field(ge=1, le=MAX_IMAGE_SIDE)]
+
 
 class ScaleConfig(ConfigSection):
     """How a training step is computed, not what it computes: the levers of training at
@@ -81,6 +100,7 @@ class ScaleConfig(ConfigSection):
     accumulate: int = pydantic.Field(
         default=1,
         ge=1,
+        le=MAX_BATCH,
         description="micro-batches per optimizer step (gradient accumulation): each process's batch is split in this many",
     )
     activation_checkpointing: bool = pydantic.Field(
@@ -117,6 +137,7 @@ class CodesConfig(ConfigSection):
     views: int = pydantic.Field(
         default=1,
         ge=1,
+        le=MAX_DEPTH,
         description="disk: encoded views of each item, each differently augmented (the same without augmentation); "
         "an epoch reads every view once",
     )
@@ -126,6 +147,9 @@ class CodesConfig(ConfigSection):
         if self.views > 1 and self.mode != "disk":
             raise ValueError("codes.views applies to codes.mode=disk; on the fly, every batch is a new view")
         return self
+
+
+MAX_WORKERS = 256  # DataLoader processes per training process
 
 
 class LoaderConfig(ConfigSection):
@@ -138,7 +162,7 @@ class LoaderConfig(ConfigSection):
         description="DataLoader worker processes per training process; auto: none for data held in memory "
         "(the embedded sets, encoded codes), else a share of the CPUs (at most 8, one left for the step)",
     )
-    prefetch: int = pydantic.Field(default=2, ge=1, description="batches each worker prepares ahead")
+    prefetch: int = pydantic.Field(default=2, ge=1, le=64, description="batches each worker prepares ahead")
     persistent_workers: bool = pydantic.Field(
         default=True, description="keep the worker processes for the whole stage instead of restarting them"
     )
@@ -149,8 +173,8 @@ class LoaderConfig(ConfigSection):
     @pydantic.field_validator("workers")
     @classmethod
     def _not_negative(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 0:
-            raise ValueError("must be 0 (read in the training process), a positive count, or auto")
+        if isinstance(value, int) and not 0 <= value <= MAX_WORKERS:
+            raise ValueError(f"must be 0 (read in the training process), a count up to {MAX_WORKERS}, or auto")
         return value
 
 
@@ -164,6 +188,7 @@ class AugmentConfig(ConfigSection):
     resize_ratio: float = pydantic.Field(
         default=1.0,
         ge=1.0,
+        le=8.0,  # the resized image is this squared times the training image
         description="resize the shorter side to this times the training size before cropping (VAR: 1.125)",
     )
     filter: Literal["lanczos", "bicubic", "bilinear", "box", "nearest"] = pydantic.Field(
@@ -179,9 +204,12 @@ class ZooConfig(ConfigSection):
     """Base of every plugin's `Config`."""
 
     # numpy's generators take no negative seeds
-    seed: int = pydantic.Field(0, ge=0, description="fixes data order, initialisation and sampling")
+    seed: int = pydantic.Field(0, ge=0, le=MAX_SEED, description="fixes data order, initialisation and sampling")
     sample_every: int = pydantic.Field(
-        0, ge=0, description="write the stage's grid to samples/STAGE/step_N.png every this many steps; 0 is off"
+        0,
+        ge=0,
+        le=MAX_STEPS,
+        description="write the stage's grid to samples/STAGE/step_N.png every this many steps; 0 is off",
     )
     scale: ScaleConfig = pydantic.Field(default_factory=ScaleConfig, description="memory and speed levers")
     loader: LoaderConfig = pydantic.Field(default_factory=LoaderConfig, description="how training batches are read")
@@ -199,9 +227,9 @@ class SampleOptionsBase(pydantic.BaseModel):
     `temperature` (the `*_option(default)` fields below: one description, each model's own
     default)."""
 
-    model_config = pydantic.ConfigDict(extra="forbid")
+    model_config = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    seed: int = pydantic.Field(0, ge=0, description="random seed of the sampling loop")
+    seed: int = pydantic.Field(0, ge=0, le=MAX_SEED, description="random seed of the sampling loop")
 
 
 # The type parameters of the plugin interfaces (zoo.plugin.ModelPlugin, zoo.runtime.ModelRuntime):
@@ -365,7 +393,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} {not_there(path)}")
     try:
         data = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
     except (yaml.YAMLError, json.JSONDecodeError) as error:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class ZooError(Exception):
@@ -63,3 +64,16 @@ def first_line(error: BaseException, limit: int = 200, *, with_type: bool = Fals
     if not lines:
         return type(error).__name__
     return f"{type(error).__name__}: {lines[0][:limit]}" if with_type else lines[0][:limit]
+
+
+def not_there(path: Path, want: str = "file") -> str:
+    """Why `path` is not the `want` ("file" or "directory") asked for: "does not exist" only
+    when nothing is there. A path that cannot be looked at (a folder on the way without
+    permission) raises PermissionError here, which the CLI prints as "Permission denied"."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return "does not exist"
+    if path.is_symlink() and not path.exists():
+        return "is a broken symbolic link"
+    found = "directory" if path.is_dir() else "file" if path.is_file() else "special file"
+    return f"is a {found}, not a {want}"

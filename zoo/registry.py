@@ -36,7 +36,7 @@ import yaml
 
 from zoo import hookspecs
 from zoo.config import deep_merge
-from zoo.errors import PluginError, UnknownNameError
+from zoo.errors import PluginError, UnknownNameError, not_there
 from zoo.exporter import Exporter
 from zoo.importer import Importer
 from zoo.plugin import ModelPlugin
@@ -120,7 +120,7 @@ class Registry:
         if user_file:
             user_path = Path(user_file)
             if not user_path.is_file():
-                raise PluginError(f"registry file {user_path} does not exist; fix --registry or $ZOO_REGISTRY")
+                raise PluginError(f"registry file {user_path} {not_there(user_path)}; fix --registry or $ZOO_REGISTRY")
             registry_files.append((user_path, str(user_path)))
         for path, source in registry_files:
             data = self._read_registry_file(path)
@@ -144,6 +144,24 @@ class Registry:
             raise PluginError(f"registry file {path} is not valid YAML: {error}") from None
         if not isinstance(data, dict) or not set(data) <= {"plugins", "presets"}:
             raise PluginError(f"registry file {path} must be a mapping with keys 'plugins' and/or 'presets'")
+        # A string is iterable too: `plugins: "./x.py"` would import each character as a module.
+        plugins = data.get("plugins") or []
+        if not isinstance(plugins, list) or not all(isinstance(spec, str) and spec.strip() for spec in plugins):
+            raise PluginError(
+                f"registry file {path}: 'plugins' must be a list of module names or .py files, "
+                f"e.g. plugins: [my_plugin, ./my_plugin.py]; got {_shown(plugins)}"
+            )
+        presets = data.get("presets") or {}
+        if not isinstance(presets, dict) or not all(
+            isinstance(model, str)
+            and isinstance(named or {}, dict)
+            and all(isinstance(values or {}, dict) for values in (named or {}).values())
+            for model, named in presets.items()
+        ):
+            raise PluginError(
+                f"registry file {path}: 'presets' must map models to named presets of config fields, "
+                f"e.g. presets: {{var: {{small: {{seed: 1}}}}}}; got {_shown(presets)}"
+            )
         return data
 
     # loading -------------------------------------------------------------------------
@@ -277,6 +295,11 @@ class Registry:
         return name, presets[name]
 
 
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
 def _is_built_in(entry_point: importlib.metadata.EntryPoint) -> bool:
     dist = entry_point.dist
     return dist is not None and dist.name == BUILT_IN_DISTRIBUTION
@@ -309,7 +332,7 @@ def hook_warnings(module: ModuleType) -> list[str]:
 
 def _import_file(path: Path) -> ModuleType:
     if not path.is_file():
-        raise FileNotFoundError(f"plugin file {path} does not exist")
+        raise FileNotFoundError(f"plugin file {path} {not_there(path)}")
     module_name = f"zoo_user_plugin_{path.stem}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:  # not a .py file

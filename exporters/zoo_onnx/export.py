@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import json
+import os
 import re
-import shutil
+import sys
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +18,9 @@ from zoo.components import Component
 from zoo.config import ZooConfig
 from zoo.errors import ConfigError, ExportError, UnknownNameError
 from zoo.plugin import ModelPlugin
-from zoo.runtime.manifest import manifest_at
-from zoo.runtime.signing import load_private_key
+from zoo.runtime.manifest import MANIFEST_NAME, listed_files, manifest_at
+from zoo.runtime.signing import SIGNATURE_NAME, load_private_key
+from zoo.temporary import forget, new_name, record, recorded, remove, temporary_folder
 from zoo_onnx.manifest import build_manifest, component_entry, write_assets, write_manifest
 from zoo_onnx.options import DEFAULT_OPSET, PRECISIONS
 from zoo_onnx.precision import PRECISION_BOUNDS, convert_precision
@@ -44,7 +48,8 @@ def export_model(
     onnx.checker and validated against torch on `make_inputs(1)` and `make_inputs(2)`;
     any failure raises a one-line ExportError and leaves `out_dir` as it was. The
     directory is built beside `out_dir` and renamed into place at the end; an existing
-    export there is replaced, any other existing directory is refused. `sign_key`: an
+    export there is replaced (swapped in one step on Linux), any other existing directory,
+    or an export holding files it did not write, is refused. `sign_key`: an
     Ed25519 private key (PEM file) that signs manifest.json into manifest.sig.
     """
     if precision not in PRECISIONS:
@@ -59,32 +64,28 @@ def export_model(
     model.to(device).eval()
     selected = select_components(plugin.export_components(model, config), components)
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}{PARTIAL}", dir=out_dir.parent))
-    except OSError as error:
+        with temporary_folder(out_dir.parent, f".{out_dir.name}") as staging:
+            entries = {}
+            with tempfile.TemporaryDirectory(prefix="zoo-onnx-") as scratch:
+                for component in selected:
+                    entries[component.name] = export_component(
+                        component, staging, Path(scratch), opset, precision, device
+                    )
+            assets = write_assets(staging, plugin.export_assets(model, config))
+            validation = {
+                "provider": VALIDATION_PROVIDER,
+                "sizes": list(VALIDATION_SIZES),
+                "rule": "float outputs: max|onnx - torch| <= max(precision_bound * max|torch|, tolerance * max(1, "
+                "max|torch|)); integer outputs: fraction of differing elements <= precision_bound",
+                "precision_bounds": PRECISION_BOUNDS,
+            }
+            opset = written_opset(entries, opset)
+            manifest = build_manifest(plugin, config, opset, precision, entries, assets, validation)
+            write_manifest(staging, manifest, key)
+            apply_umask(staging)
+            replace_directory(staging, out_dir)  # an old export there is now at `staging`, deleted with it
+    except OSError as error:  # name --out, not the hidden staging file that failed
         raise OSError(error.errno, error.strerror, str(out_dir)) from None
-    try:
-        entries = {}
-        with tempfile.TemporaryDirectory(prefix="zoo-onnx-") as scratch:
-            for component in selected:
-                entries[component.name] = export_component(component, staging, Path(scratch), opset, precision, device)
-        assets = write_assets(staging, plugin.export_assets(model, config))
-        validation = {
-            "provider": VALIDATION_PROVIDER,
-            "sizes": list(VALIDATION_SIZES),
-            "rule": "float outputs: max|onnx - torch| <= max(precision_bound * max|torch|, tolerance * max(1, "
-            "max|torch|)); integer outputs: fraction of differing elements <= precision_bound",
-            "precision_bounds": PRECISION_BOUNDS,
-        }
-        manifest = build_manifest(plugin, config, written_opset(entries, opset), precision, entries, assets, validation)
-        write_manifest(staging, manifest, key)
-        apply_umask(staging)
-        replace_directory(staging, out_dir)
-    except BaseException as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(error, OSError):  # name --out, not the hidden staging file that failed
-            raise OSError(error.errno, error.strerror, str(out_dir)) from None
-        raise
     return manifest
 
 
@@ -111,6 +112,8 @@ def select_components(declared: list[Component], names: list[str] | None) -> lis
         by_name[component.name] = component
     if names is None:
         return declared
+    if not names:  # an export without a graph would be written, and fail only when run
+        raise ConfigError(f"name at least one component to export: {', '.join(by_name)}")
     for name in names:
         if name not in by_name:
             raise UnknownNameError("component", name, by_name)
@@ -137,63 +140,101 @@ def export_component(
 
 
 def check_destination(out_dir: Path) -> None:
-    """Refuse to replace anything but an earlier export: a directory whose manifest.json
-    parses as a zoo export manifest (a web app's manifest.json does not)."""
+    """Refuse to replace anything but an earlier export, whole: a directory whose
+    manifest.json parses as a zoo export manifest (a web app's manifest.json does not) and
+    that holds only the files that export wrote (a file a user added would be deleted)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"--out {out_dir} is a file; choose a directory for --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not manifest_at(out_dir):
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not manifest_at(out_dir):
         raise ExportError(f"--out {out_dir} exists and is not an export directory; choose another --out or empty it")
+    added = files_not_written_by_export(out_dir)
+    if added:
+        shown = ", ".join(added[:3]) + (f" and {len(added) - 3} more" if len(added) > 3 else "")
+        raise ExportError(
+            f"--out {out_dir} holds files the export did not write ({shown}); replacing it would delete them: "
+            "move them elsewhere or choose another --out"
+        )
 
 
-# Replacing an export is three renames, each atomic: the old export goes aside, the new
-# one comes in, the old one is marked for deletion and deleted. A kill between any two
-# leaves a complete export at --out or in the aside, and the next export to that --out
-# puts the aside back (recover_destination) before it starts.
-PARTIAL = ".partial-"  # `.NAME.partial-*`: a new export being written
-ASIDE = ".previous-"  # `.NAME.previous-*`: the old export, whole, while the new one comes in
-DISCARD = ".discard-"  # `.NAME.discard-*`: an old export being deleted
+def files_not_written_by_export(out_dir: Path) -> list[str]:
+    """The paths in an export directory (relative, sorted) that its manifest does not list."""
+    try:
+        manifest = json.loads((out_dir / MANIFEST_NAME).read_bytes())
+        written = {entry["file"] for entry in listed_files(manifest)}
+    except (ValueError, KeyError, TypeError, AttributeError):  # a damaged manifest: trust nothing in it
+        written = set()
+    written |= {MANIFEST_NAME, SIGNATURE_NAME}
+    folders = {str(parent) for file in written for parent in Path(file).parents if str(parent) != "."}
+    return sorted(
+        relative
+        for path in out_dir.rglob("*")
+        if (relative := path.relative_to(out_dir).as_posix()) not in written | folders
+    )
+
+
+# Replacing an export swaps two directory entries in one step where the platform can
+# (Linux: renameat2 RENAME_EXCHANGE), so --out always holds a complete export. Elsewhere it
+# is two renames, and between them --out does not exist for an instant; a kill there leaves
+# the old export under a recorded name (zoo.temporary) and the next export to that --out
+# puts it back (recover_destination) before it starts.
+ASIDE = "previous"  # the kind of the old export's recorded name while the new one comes in
 
 
 def replace_directory(staging: Path, out_dir: Path) -> None:
+    """Put `staging` at `out_dir`; an export already there ends up at `staging`."""
     check_destination(out_dir)
     if not out_dir.exists():
         staging.rename(out_dir)
         return
-    aside = out_dir.with_name(f".{out_dir.name}{ASIDE}{uuid.uuid4().hex[:8]}")
-    out_dir.rename(aside)
+    if exchange(staging, out_dir):
+        return
+    aside = new_name(f".{out_dir.name}", ASIDE)
+    record(out_dir.parent, aside)
+    out_dir.rename(out_dir.parent / aside)
     try:
         staging.rename(out_dir)
     except BaseException:
-        aside.rename(out_dir)
+        (out_dir.parent / aside).rename(out_dir)
         raise
-    discard(aside)
+    (out_dir.parent / aside).rename(staging)  # deleted with the staging folder
+    forget(out_dir.parent, aside)
 
 
 def recover_destination(out_dir: Path) -> None:
     """Undo what a killed export left beside `out_dir`: put the old export back if it was
-    set aside and the new one never came in; delete stale asides and partial exports."""
-    if not out_dir.parent.is_dir():
+    set aside and the new one never came in; delete the rest of what it recorded."""
+    parent = out_dir.parent
+    if not parent.is_dir():
         return
-    leftovers = {
-        kind: [p for p in out_dir.parent.iterdir() if p.name.startswith(f".{out_dir.name}{kind}") and p.is_dir()]
-        for kind in (PARTIAL, ASIDE, DISCARD)
-    }
-    asides = sorted((p for p in leftovers[ASIDE] if manifest_at(p)), key=lambda p: p.stat().st_mtime, reverse=True)
-    if asides and not out_dir.exists():
-        asides.pop(0).rename(out_dir)
-    for aside in asides:
-        discard(aside)
-    for path in leftovers[PARTIAL] + leftovers[DISCARD]:
-        shutil.rmtree(path, ignore_errors=True)
+    asides = [parent / name for name in recorded(parent, f".{out_dir.name}", ASIDE)]
+    if not out_dir.exists():
+        whole = [aside for aside in asides if manifest_at(aside)]
+        if whole:
+            whole[-1].rename(out_dir)
+    for name in recorded(parent, f".{out_dir.name}", ASIDE) + recorded(parent, f".{out_dir.name}"):
+        remove(parent, name)
 
 
-def discard(aside: Path) -> None:
-    # Renamed first: a deletion cut short must not leave a half export under a name that
-    # recover_destination would put back at --out.
-    head, _, tag = aside.name.rpartition(ASIDE)
-    doomed = aside.with_name(f"{head}{DISCARD}{tag}")
-    aside.rename(doomed)
-    shutil.rmtree(doomed, ignore_errors=True)  # the new export is in place; a leftover goes next time
+def exchange(first: Path, second: Path) -> bool:
+    """Swap two directory entries atomically (Linux renameat2 RENAME_EXCHANGE); False where
+    the platform or the file system cannot, and nothing was changed."""
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # glibc before 2.28, or no libc to load
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    number = ctypes.get_errno()
+    if number in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a file system without exchange
+        return False
+    raise OSError(number, os.strerror(number), str(second))
 
 
 def apply_umask(directory: Path) -> None:

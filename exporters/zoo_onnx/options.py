@@ -30,7 +30,9 @@ class OnnxOptions(ExportOptions):
         "fp32", description="fp32; fp16 weights and arithmetic (GPUs); int8 MatMul/Gemm weights (CPUs)"
     )
     components: list[str] | None = Field(
-        None, description="the components to export, comma- or space-separated; none named: all"
+        None,
+        min_length=1,  # `--components ''` names none: an export without a graph is refused, not written
+        description="the components to export, comma- or space-separated; none named: all",
     )
     sign_key: Path | None = Field(
         None,

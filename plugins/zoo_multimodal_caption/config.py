@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, PositiveInt, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from zoo.config import (
     IMAGE_INPUT,
+    MAX_BATCH,
+    MAX_CODES,
+    MAX_DEPTH,
+    MAX_FACTOR,
+    MAX_IMAGE_SIDE,
+    MAX_ITEMS,
     MAX_SAMPLES,
+    MAX_STEPS,
+    MAX_WIDTH,
     ConfigSection,
     SampleOptionsBase,
     ZooConfig,
@@ -22,8 +30,8 @@ from zoo.config import (
 class ImageConfig(ConfigSection):
     """The image autoencoder: strided convs -> pool -> latent -> linear -> transposed convs."""
 
-    size: int = Field(64, ge=16, description="image side in pixels; a multiple of 2^len(channels)")
-    channels: list[PositiveInt] = Field(
+    size: int = Field(64, ge=16, le=MAX_IMAGE_SIDE, description="image side in pixels; a multiple of 2^len(channels)")
+    channels: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] = Field(
         [32, 64, 128, 256],
         min_length=1,
         description="encoder widths (k4 s2 p1 convs, each halves the side); the decoder mirrors them",
@@ -31,6 +39,7 @@ class ImageConfig(ConfigSection):
     pool_size: int = Field(
         2,
         ge=1,
+        le=MAX_DEPTH,
         description="side of the adaptive average pool before the linear to the latent (1 averages away where things are)",
     )
     encoder: str = Field(
@@ -62,21 +71,26 @@ class TextConfig(ConfigSection):
     vocab_size: int = Field(
         256,
         ge=8,
+        le=MAX_CODES,
         description="output size of the caption decoder and target size of the BPE tokenizer trained on the "
         "captions (a small caption set yields fewer tokens; the ids above it are never produced)",
     )
     max_length: int = Field(
-        100, ge=4, description="tokens per caption including [BOS] and [EOS]; longer captions are cut"
+        100, ge=4, le=MAX_WIDTH, description="tokens per caption including [BOS] and [EOS]; longer captions are cut"
     )
     lowercase: bool = Field(
         True, description="the tokenizer lowercases captions (and evaluation compares lowercased text)"
     )
-    embedding_dim: int = Field(128, ge=8, description="token embedding width = width of the text encoder and decoder")
-    encoder_layers: int = Field(2, ge=1, description="transformer layers of the text encoder")
-    encoder_heads: int = Field(4, ge=1, description="attention heads of the text encoder")
-    decoder_layers: int = Field(3, ge=1, description="transformer layers of the caption decoder")
-    decoder_heads: int = Field(4, ge=1, description="attention heads of the caption decoder")
-    feedforward_dim: int = Field(512, ge=8, description="hidden width of every transformer feed-forward block")
+    embedding_dim: int = Field(
+        128, ge=8, le=MAX_WIDTH, description="token embedding width = width of the text encoder and decoder"
+    )
+    encoder_layers: int = Field(2, ge=1, le=MAX_DEPTH, description="transformer layers of the text encoder")
+    encoder_heads: int = Field(4, ge=1, le=MAX_DEPTH, description="attention heads of the text encoder")
+    decoder_layers: int = Field(3, ge=1, le=MAX_DEPTH, description="transformer layers of the caption decoder")
+    decoder_heads: int = Field(4, ge=1, le=MAX_DEPTH, description="attention heads of the caption decoder")
+    feedforward_dim: int = Field(
+        512, ge=8, le=MAX_WIDTH, description="hidden width of every transformer feed-forward block"
+    )
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout in the text encoder and decoder")
 
     @model_validator(mode="after")
@@ -88,31 +102,36 @@ class TextConfig(ConfigSection):
 
 
 class LossConfig(ConfigSection):
-    reconstruction_weight: float = Field(1.0, ge=0, description="weight of the image reconstruction MSE")
+    reconstruction_weight: float = Field(1.0, ge=0, le=MAX_FACTOR, description="weight of the image reconstruction MSE")
     caption_weight: float = Field(
-        2.0, ge=0, description="weight of the caption cross-entropy (teacher forcing, pad ignored)"
+        2.0, ge=0, le=MAX_FACTOR, description="weight of the caption cross-entropy (teacher forcing, pad ignored)"
     )
-    contrastive_weight: float = Field(0.5, ge=0, description="weight of the image/text InfoNCE term")
-    temperature: float = Field(0.07, gt=0, description="InfoNCE temperature")
+    contrastive_weight: float = Field(0.5, ge=0, le=MAX_FACTOR, description="weight of the image/text InfoNCE term")
+    temperature: float = Field(0.07, gt=0, le=MAX_FACTOR, description="InfoNCE temperature")
     caption_to_image_weight: float = Field(
         0.0,
         ge=0,
+        le=MAX_FACTOR,
         description="weight of the MSE of images decoded from the caption's latent (not in the reference; "
         "sharpens caption -> image)",
     )
 
 
 class TrainingConfig(ConfigSection):
-    steps: int = Field(800, ge=1, description="optimizer steps of the `joint` stage (early stopping may end it sooner)")
-    batch_size: int = Field(64, ge=2, description="image/caption pairs per step (InfoNCE needs at least 2)")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
-    weight_decay: float = Field(1e-5, ge=0, description="Adam weight decay (not on biases and norms)")
-    grad_clip: float = Field(1.0, gt=0, description="gradient norm clip")
+    steps: int = Field(
+        800, ge=1, le=MAX_STEPS, description="optimizer steps of the `joint` stage (early stopping may end it sooner)"
+    )
+    batch_size: int = Field(
+        64, ge=2, le=MAX_BATCH, description="image/caption pairs per step (InfoNCE needs at least 2)"
+    )
+    lr: float = Field(1e-3, gt=0, le=MAX_FACTOR, description="Adam learning rate")
+    weight_decay: float = Field(1e-5, ge=0, le=MAX_FACTOR, description="Adam weight decay (not on biases and norms)")
+    grad_clip: float = Field(1.0, gt=0, le=MAX_FACTOR, description="gradient norm clip")
     schedule: Literal["constant", "cosine"] = Field("cosine", description="learning-rate schedule")
-    warmup_steps: int = Field(50, ge=0, description="linear warm-up steps")
-    validation_every: int = Field(100, ge=1, description="steps between validation losses")
+    warmup_steps: int = Field(50, ge=0, le=MAX_STEPS, description="linear warm-up steps")
+    validation_every: int = Field(100, ge=1, le=MAX_STEPS, description="steps between validation losses")
     patience: int | None = Field(
-        10, ge=1, description="validations without improvement before stopping; null never stops"
+        10, ge=1, le=MAX_STEPS, description="validations without improvement before stopping; null never stops"
     )
 
 
@@ -125,14 +144,16 @@ class DataConfig(ConfigSection):
     max_objects: int = Field(
         3, ge=1, le=3, description="shapes only: up to this many shapes per image (the caption counts them)"
     )
-    train_count: int = Field(20000, ge=1, description="generated training images (shapes only)")
-    test_count: int = Field(1000, ge=1, description="generated held-out images (shapes only)")
-    eval_count: int = Field(500, ge=1, description="held-out images scored by evaluate (at most the test split)")
+    train_count: int = Field(20000, ge=1, le=MAX_ITEMS, description="generated training images (shapes only)")
+    test_count: int = Field(1000, ge=1, le=MAX_ITEMS, description="generated held-out images (shapes only)")
+    eval_count: int = Field(
+        500, ge=1, le=MAX_ITEMS, description="held-out images scored by evaluate (at most the test split)"
+    )
 
 
 class CaptionConfig(ZooConfig):
     image: ImageConfig = Field(default_factory=ImageConfig, description="image encoder and decoder")
-    latent_dim: int = Field(128, ge=2, description="size of the latent shared by images and captions")
+    latent_dim: int = Field(128, ge=2, le=MAX_WIDTH, description="size of the latent shared by images and captions")
     text: TextConfig = Field(default_factory=TextConfig, description="tokenizer, text encoder and caption decoder")
     loss: LossConfig = Field(default_factory=LossConfig, description="loss weights")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="optimisation of the `joint` stage")

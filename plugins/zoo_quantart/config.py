@@ -5,9 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, field_validator
 
-from zoo.config import IMAGE_INPUT, ConfigSection, SampleOptionsBase, ZooConfig
+from zoo.config import (
+    IMAGE_INPUT,
+    MAX_BATCH,
+    MAX_CODES,
+    MAX_DEPTH,
+    MAX_FACTOR,
+    MAX_IMAGE_SIDE,
+    MAX_ITEMS,
+    MAX_SAMPLES,
+    MAX_STEPS,
+    MAX_WIDTH,
+    ConfigSection,
+    Multiplier,
+    SampleOptionsBase,
+    Side,
+    ZooConfig,
+)
 
 
 class VQGANConfig(ConfigSection):
@@ -18,23 +34,27 @@ class VQGANConfig(ConfigSection):
         "num_codes": "codebook_size",
     }  # renamed in zoo 0.2
 
-    ch: int = Field(32, ge=1, description="base width of the encoder and decoder")
-    ch_mult: list[PositiveInt] = Field(
+    ch: int = Field(32, ge=1, le=MAX_WIDTH, description="base width of the encoder and decoder")
+    ch_mult: list[Multiplier] = Field(
         [1, 2, 2],
         min_length=1,
         description="width multiplier per resolution; codes are 2^(len-1) times smaller than the image",
     )
-    num_res_blocks: int = Field(1, ge=1, description="residual blocks per resolution (the decoder has one more)")
-    attn_resolutions: list[PositiveInt] = Field(
+    num_res_blocks: int = Field(
+        1, ge=1, le=MAX_DEPTH, description="residual blocks per resolution (the decoder has one more)"
+    )
+    attn_resolutions: list[Side] = Field(
         [16], description="feature-map sides at which self-attention follows each block"
     )
-    z_channels: int = Field(64, ge=1, description="channels of the encoder output / decoder input")
-    code_dim: int = Field(64, ge=1, description="size of one code vector (the code space the transfer module works in)")
-    codebook_size: int = Field(256, ge=2, description="codes in the codebook of each VQGAN")
-    beta: float = Field(0.25, ge=0, description="commitment weight of the quantiser")
+    z_channels: int = Field(64, ge=1, le=MAX_WIDTH, description="channels of the encoder output / decoder input")
+    code_dim: int = Field(
+        64, ge=1, le=MAX_WIDTH, description="size of one code vector (the code space the transfer module works in)"
+    )
+    codebook_size: int = Field(256, ge=2, le=MAX_CODES, description="codes in the codebook of each VQGAN")
+    beta: float = Field(0.25, ge=0, le=MAX_FACTOR, description="commitment weight of the quantiser")
     legacy: bool = Field(True, description="taming's original beta placement (on the codebook term)")
     dead_code_threshold: float | None = Field(
-        0.1, ge=0, description="restart codes whose EMA usage per batch falls below this; null disables"
+        0.1, ge=0, le=MAX_FACTOR, description="restart codes whose EMA usage per batch falls below this; null disables"
     )
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout in the residual blocks")
 
@@ -42,12 +62,14 @@ class VQGANConfig(ConfigSection):
 class DiscriminatorConfig(ConfigSection):
     """The image PatchGAN of each VQGAN stage and how its term enters the generator loss."""
 
-    base_channels: int = Field(32, ge=1, description="width of the first discriminator conv")
-    num_layers: int = Field(2, ge=0, description="stride-2 layers of the PatchGAN")
+    base_channels: int = Field(32, ge=1, le=MAX_WIDTH, description="width of the first discriminator conv")
+    num_layers: int = Field(2, ge=0, le=MAX_DEPTH, description="stride-2 layers of the PatchGAN")
     loss: Literal["hinge", "vanilla"] = Field("hinge", description="discriminator loss")
-    disc_start: int = Field(600, ge=0, description="step at which the discriminator and the adversarial term switch on")
-    factor: float = Field(1.0, ge=0, description="multiplies the adversarial term from disc_start on")
-    weight: float = Field(0.8, ge=0, description="scale of the adaptive weight (taming's disc_weight)")
+    disc_start: int = Field(
+        600, ge=0, le=MAX_STEPS, description="step at which the discriminator and the adversarial term switch on"
+    )
+    factor: float = Field(1.0, ge=0, le=MAX_FACTOR, description="multiplies the adversarial term from disc_start on")
+    weight: float = Field(0.8, ge=0, le=MAX_FACTOR, description="scale of the adaptive weight (taming's disc_weight)")
 
 
 class PerceptualConfig(ConfigSection):
@@ -57,29 +79,38 @@ class PerceptualConfig(ConfigSection):
     weights: Path | None = Field(
         None, description="safetensors file with the backbone's weights; null turns the term off"
     )
-    weight: float = Field(1.0, ge=0, description="weight of the perceptual term")
+    weight: float = Field(1.0, ge=0, le=MAX_FACTOR, description="weight of the perceptual term")
 
 
 class TransferConfig(ConfigSection):
     """The style transfer module and the losses of the `transfer` stage (weights as in the official code)."""
 
     block_num: int = Field(
-        6, ge=1, description="blocks of ResnetBlock + self-attention + cross-attention to the reference codes"
+        6,
+        ge=1,
+        le=MAX_DEPTH,
+        description="blocks of ResnetBlock + self-attention + cross-attention to the reference codes",
     )
-    content_weight: float = Field(1.0, ge=0, description="MSE of the transferred codes against the content codes")
-    style_weight: float = Field(10.0, ge=0, description="MSE of channel means and stds against the reference codes")
+    content_weight: float = Field(
+        1.0, ge=0, le=MAX_FACTOR, description="MSE of the transferred codes against the content codes"
+    )
+    style_weight: float = Field(
+        10.0, ge=0, le=MAX_FACTOR, description="MSE of channel means and stds against the reference codes"
+    )
     codebook_weight: float = Field(
-        1.0, ge=0, description="quantisation loss of the transferred codes on the art codebook"
+        1.0, ge=0, le=MAX_FACTOR, description="quantisation loss of the transferred codes on the art codebook"
     )
-    adversarial_factor: float = Field(0.8, ge=0, description="weight of the latent discriminator's hinge term")
+    adversarial_factor: float = Field(
+        0.8, ge=0, le=MAX_FACTOR, description="weight of the latent discriminator's hinge term"
+    )
     adaptive_weight: bool = Field(
         True,
         description="scale the adversarial term by taming's adaptive weight at the transfer module's last layer (its gradient there kept as large as that of the content + style terms, whatever the loss scales); the official code uses a constant 1, as the paper preset does",
     )
-    disc_start: int = Field(0, ge=0, description="step at which the latent discriminator switches on")
-    discriminator_channels: int = Field(64, ge=1, description="width of the latent discriminator")
+    disc_start: int = Field(0, ge=0, le=MAX_STEPS, description="step at which the latent discriminator switches on")
+    discriminator_channels: int = Field(64, ge=1, le=MAX_WIDTH, description="width of the latent discriminator")
     discriminator_layers: int = Field(
-        0, ge=0, description="extra layers of the latent discriminator (0 as in the paper)"
+        0, ge=0, le=MAX_DEPTH, description="extra layers of the latent discriminator (0 as in the paper)"
     )
     discriminator_downsample: bool = Field(
         False, description="stride-2 first conv in the latent discriminator (the official code has it)"
@@ -87,17 +118,20 @@ class TransferConfig(ConfigSection):
 
 
 class VQGANTraining(ConfigSection):
-    steps: int = Field(1200, ge=1, description="optimizer steps")
-    batch_size: int = Field(8, ge=1, description="images per step")
-    lr: float = Field(4e-4, gt=0, description="learning rate of generator and discriminator (Adam, betas 0.5, 0.9)")
+    steps: int = Field(1200, ge=1, le=MAX_STEPS, description="optimizer steps")
+    batch_size: int = Field(8, ge=1, le=MAX_BATCH, description="images per step")
+    lr: float = Field(
+        4e-4, gt=0, le=MAX_FACTOR, description="learning rate of generator and discriminator (Adam, betas 0.5, 0.9)"
+    )
 
 
 class TransferTraining(ConfigSection):
-    steps: int = Field(1000, ge=1, description="optimizer steps")
-    batch_size: int = Field(16, ge=1, description="(content, style) pairs per step")
+    steps: int = Field(1000, ge=1, le=MAX_STEPS, description="optimizer steps")
+    batch_size: int = Field(16, ge=1, le=MAX_BATCH, description="(content, style) pairs per step")
     lr: float = Field(
         4e-4,
         gt=0,
+        le=MAX_FACTOR,
         description="learning rate of the transfer module and the latent discriminator (Adam, betas 0.5, 0.9)",
     )
 
@@ -111,15 +145,15 @@ class TrainingConfig(ConfigSection):
 class DataConfig(ConfigSection):
     content: str = Field("photos", description="content images: a zoo.data set name (photos), a directory or shards")
     style: str = Field("textures", description="style images: a zoo.data set name (textures), a directory or shards")
-    count: int = Field(2000, ge=1, description="random crops per generated training set")
-    eval_pairs: int = Field(16, ge=1, description="held-out (content, style) pairs scored by evaluate")
+    count: int = Field(2000, ge=1, le=MAX_ITEMS, description="random crops per generated training set")
+    eval_pairs: int = Field(16, ge=1, le=MAX_ITEMS, description="held-out (content, style) pairs scored by evaluate")
     sample_images: int = Field(
-        4, ge=1, description="held-out content and style images shipped for the default sample grid"
+        4, ge=1, le=MAX_SAMPLES, description="held-out content and style images shipped for the default sample grid"
     )
 
 
 class QuantArtConfig(ZooConfig):
-    image_size: int = Field(64, ge=8, description="training image side")
+    image_size: int = Field(64, ge=8, le=MAX_IMAGE_SIDE, description="training image side")
     art_from_photo: bool = Field(
         True,
         description="start the art VQGAN from the photo VQGAN's weights (the paper fine-tunes its WikiArt VQGAN from the ImageNet one)",

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from zoo.config import MAX_SAMPLES
 from zoo.errors import DataError
 from zoo.outputs import SampleOutput, to_uint8
 from zoo.runtime.images import image_files, is_data_uri, read_square, square_resize, to_model_input
@@ -32,6 +33,10 @@ def read_images(spec: str, size: int, role: str) -> np.ndarray:
     path = Path(spec).expanduser()
     if path.is_dir():
         files = image_files(path)
+        if len(files) > MAX_SAMPLES:  # refused before decoding any of them
+            raise DataError(
+                f"--{role} {spec}: {len(files)} images; a call draws at most {MAX_SAMPLES}: use a folder of fewer"
+            )
     elif path.is_file():
         files = [path]
     else:
@@ -55,6 +60,11 @@ class QuantArtRuntime(ModelRuntime[QuantArtSampleOptions]):
         size = self.image_side(options.size)
         contents = self.images(options.content, "content", size)
         styles = self.images(options.style, "style", size)
+        if not options.sweep and len(contents) * len(styles) > MAX_SAMPLES:
+            raise DataError(
+                f"{len(contents)} content x {len(styles)} style images make {len(contents) * len(styles)} images; "
+                f"a call draws at most {MAX_SAMPLES}: give fewer content or style images"
+            )
         content_codes = run_batched(self.components, "photo_encoder", "codes", BATCH, images=to_model_input(contents))
         reference_codes = run_batched(self.components, "art_encoder", "codes", BATCH, images=to_model_input(styles))
 

@@ -6,13 +6,22 @@ import warnings
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field, PositiveInt, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from zoo.config import (
     IMAGE_INPUT,
+    MAX_BATCH,
+    MAX_CODES,
+    MAX_DEPTH,
+    MAX_FACTOR,
+    MAX_IMAGE_SIDE,
+    MAX_STEPS,
+    MAX_WIDTH,
     ClassSampleOptions,
     CodesConfig,
     ConfigSection,
+    Multiplier,
+    Side,
     ZooConfig,
     top_k_option,
     top_p_option,
@@ -27,38 +36,46 @@ class TokenizerConfig(ConfigSection):
     # read until zoo 0.3: run directories and --set flags written before the shared vocabulary
     renamed_fields: ClassVar[dict[str, str]] = {"vocab_size": "codebook_size", "latent_channels": "code_dim"}
 
-    resolution: int = Field(256, ge=1, description="image side in pixels")
-    channels: int = Field(160, ge=1, description="base width of the encoder/decoder (taming's `ch`)")
-    channel_multipliers: list[PositiveInt] = Field(
+    resolution: int = Field(256, ge=1, le=MAX_IMAGE_SIDE, description="image side in pixels")
+    channels: int = Field(160, ge=1, le=MAX_WIDTH, description="base width of the encoder/decoder (taming's `ch`)")
+    channel_multipliers: list[Multiplier] = Field(
         [1, 1, 2, 2, 4],
         min_length=1,
         description="width multiplier per resolution; the latent is resolution / 2^(len-1)",
     )
-    res_blocks: int = Field(2, ge=1, description="residual blocks per resolution")
-    attention_resolutions: list[PositiveInt] = Field(
+    res_blocks: int = Field(2, ge=1, le=MAX_DEPTH, description="residual blocks per resolution")
+    attention_resolutions: list[Side] = Field(
         [16], description="feature-map sides that get self-attention after each residual block"
     )
     mid_attention: bool = Field(True, description="self-attention in the middle block")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout inside residual blocks")
-    code_dim: int = Field(32, ge=1, description="size of one code vector, the latent's channels (the paper's Cvae)")
-    codebook_size: int = Field(4096, ge=2, description="codes in the codebook, the token vocabulary of the transformer")
+    code_dim: int = Field(
+        32, ge=1, le=MAX_WIDTH, description="size of one code vector, the latent's channels (the paper's Cvae)"
+    )
+    codebook_size: int = Field(
+        4096, ge=2, le=MAX_CODES, description="codes in the codebook, the token vocabulary of the transformer"
+    )
     patch_nums: list[int] = Field(
         [1, 2, 3, 4, 5, 6, 8, 10, 13, 16],
         description="side of the token map at each scale, small to large; the last equals the latent side",
     )
-    beta: float = Field(0.25, ge=0, description="commitment loss weight")
+    beta: float = Field(0.25, ge=0, le=MAX_FACTOR, description="commitment loss weight")
     phi_ratio: float = Field(0.5, ge=0, le=1, description="r in phi(h) = (1 - r) h + r conv3x3(h); 0 disables phi")
     phi_count: int = Field(
         4,
         ge=0,
+        le=MAX_DEPTH,
         description="phi convolutions: 0 one per scale (non-shared), 1 one for all scales (fully shared), "
         "K >= 2 partially shared (the paper's 4)",
     )
     quant_conv_kernel: int = Field(
-        3, ge=1, description="kernel of quant_conv and post_quant_conv (odd, so sides are kept)"
+        3, ge=1, le=MAX_DEPTH, description="kernel of quant_conv and post_quant_conv (odd, so sides are kept)"
     )
     dead_code_threshold: float | None = Field(
-        0.01, ge=0, description="a code whose running hits per batch fall below this is re-initialised; null disables"
+        0.01,
+        ge=0,
+        le=MAX_FACTOR,
+        description="a code whose running hits per batch fall below this is re-initialised; null disables",
     )
 
     @field_validator("quant_conv_kernel")
@@ -72,16 +89,18 @@ class TokenizerConfig(ConfigSection):
 class TransformerConfig(ConfigSection):
     """The VAR transformer. Width and heads follow the paper's rule unless given."""
 
-    depth: int = Field(16, ge=1, description="number of AdaLN self-attention blocks")
-    width: int | None = Field(None, ge=1, description="embedding width; default 64 * depth")
-    heads: int | None = Field(None, ge=1, description="attention heads; default depth")
-    mlp_ratio: float = Field(4.0, gt=0, description="FFN hidden width / width")
+    depth: int = Field(16, ge=1, le=MAX_DEPTH, description="number of AdaLN self-attention blocks")
+    width: int | None = Field(None, ge=1, le=MAX_WIDTH, description="embedding width; default 64 * depth")
+    heads: int | None = Field(None, ge=1, le=MAX_DEPTH, description="attention heads; default depth")
+    mlp_ratio: float = Field(4.0, gt=0, le=64, description="FFN hidden width / width")
     drop_path: float | None = Field(
         None, ge=0, lt=1, description="stochastic depth of the last block; default 0.1 * depth / 24"
     )
     attention_l2_norm: bool = Field(True, description="L2-normalise queries and keys, with a learnable per-head scale")
     shared_adaln: bool = Field(False, description="one AdaLN projection shared by all blocks (SharedAdaLin)")
-    num_classes: int = Field(1000, ge=1, description="class labels; one more 'unconditional' class is added for CFG")
+    num_classes: int = Field(
+        1000, ge=1, le=MAX_CODES, description="class labels; one more 'unconditional' class is added for CFG"
+    )
     condition_dropout: float = Field(
         0.1, ge=0, lt=1, description="probability of replacing the class by the unconditional one"
     )
@@ -100,36 +119,42 @@ class TransformerConfig(ConfigSection):
 
 
 class TokenizerTraining(ConfigSection):
-    steps: int = Field(20000, ge=1, description="optimizer steps of the `tokenizer` stage")
-    batch_size: int = Field(32, ge=1, description="images per step")
-    lr: float = Field(2e-4, gt=0, description="peak learning rate (Adam)")
-    warmup_steps: int = Field(500, ge=0, description="linear warm-up steps")
+    steps: int = Field(20000, ge=1, le=MAX_STEPS, description="optimizer steps of the `tokenizer` stage")
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH, description="images per step")
+    lr: float = Field(2e-4, gt=0, le=MAX_FACTOR, description="peak learning rate (Adam)")
+    warmup_steps: int = Field(500, ge=0, le=MAX_STEPS, description="linear warm-up steps")
     reconstruction_loss: Literal["l1", "mse"] = Field("mse", description="pixel reconstruction loss")
-    vq_weight: float = Field(1.0, ge=0, description="weight of the quantiser loss (codebook + beta * commitment)")
+    vq_weight: float = Field(
+        1.0, ge=0, le=MAX_FACTOR, description="weight of the quantiser loss (codebook + beta * commitment)"
+    )
     perceptual_weight: float = Field(
-        0.0, ge=0, description="weight of the perceptual loss (needs perceptual_weights); 0 disables"
+        0.0, ge=0, le=MAX_FACTOR, description="weight of the perceptual loss (needs perceptual_weights); 0 disables"
     )
     perceptual_backbone: str = Field("vgg16", description="timm backbone of the perceptual loss")
     perceptual_weights: Path | None = Field(
         None, description="local safetensors file with the perceptual backbone's weights"
     )
-    gan_weight: float = Field(0.0, ge=0, description="weight of the PatchGAN adversarial loss; 0 disables")
-    gan_start: int = Field(2000, ge=0, description="step at which the discriminator and the adversarial term start")
-    gan_lr: float = Field(2e-4, gt=0, description="discriminator learning rate")
+    gan_weight: float = Field(
+        0.0, ge=0, le=MAX_FACTOR, description="weight of the PatchGAN adversarial loss; 0 disables"
+    )
+    gan_start: int = Field(
+        2000, ge=0, le=MAX_STEPS, description="step at which the discriminator and the adversarial term start"
+    )
+    gan_lr: float = Field(2e-4, gt=0, le=MAX_FACTOR, description="discriminator learning rate")
 
 
 class TransformerTraining(ConfigSection):
-    steps: int = Field(100000, ge=1, description="optimizer steps of the `transformer` stage")
-    batch_size: int = Field(256, ge=1, description="token maps per step")
+    steps: int = Field(100000, ge=1, le=MAX_STEPS, description="optimizer steps of the `transformer` stage")
+    batch_size: int = Field(256, ge=1, le=MAX_BATCH, description="token maps per step")
     lr_per_256: float = Field(
-        1e-4, gt=0, description="base learning rate; the peak lr is lr_per_256 * batch_size / 256"
+        1e-4, gt=0, le=MAX_FACTOR, description="base learning rate; the peak lr is lr_per_256 * batch_size / 256"
     )
-    warmup_steps: int = Field(2000, ge=0, description="linear warm-up steps")
-    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (matrices only)")
+    warmup_steps: int = Field(2000, ge=0, le=MAX_STEPS, description="linear warm-up steps")
+    weight_decay: float = Field(0.05, ge=0, le=MAX_FACTOR, description="AdamW weight decay (matrices only)")
     betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
-    clip_grad_norm: float = Field(2.0, gt=0, description="gradient norm clip")
+    clip_grad_norm: float = Field(2.0, gt=0, le=MAX_FACTOR, description="gradient norm clip")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy")
-    validate_every: int = Field(500, ge=1, description="steps between held-out token losses")
+    validate_every: int = Field(500, ge=1, le=MAX_STEPS, description="steps between held-out token losses")
 
     @field_validator("betas")
     @classmethod
@@ -302,6 +327,12 @@ class VARSampleOptions(ClassSampleOptions):
             )
             return 1.0
         return value
+
+    @model_validator(mode="after")
+    def _mask_needs_an_image(self) -> VARSampleOptions:
+        if self.mask is not None and self.edit is None:  # it would be ignored without a word
+            raise ValueError("--mask applies to --edit IMAGE; give the image to edit, or leave out --mask")
+        return self
 
     @field_validator("classes")
     @classmethod

@@ -7,7 +7,14 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from zoo.config import (
+    MAX_BATCH,
+    MAX_CODES,
+    MAX_DEPTH,
+    MAX_FACTOR,
+    MAX_IMAGE_SIDE,
     MAX_SAMPLES,
+    MAX_STEPS,
+    MAX_WIDTH,
     ClassSampleOptions,
     CodesConfig,
     ConfigSection,
@@ -25,25 +32,29 @@ class VQVAEConfig(ConfigSection):
         "bottom_codes": "bottom_codebook_size",
     }
 
-    channels: int = Field(128, ge=2, description="width of the encoders and decoders")
-    res_blocks: int = Field(2, ge=0, description="residual blocks in each encoder and decoder")
-    res_channels: int = Field(32, ge=1, description="hidden width of a residual block")
-    code_dim: int = Field(64, ge=1, description="size of one code vector (both levels)")
-    top_codebook_size: int = Field(512, ge=2, description="codes in the top level's codebook")
-    bottom_codebook_size: int = Field(512, ge=2, description="codes in the bottom level's codebook")
-    bottom_downsample: int = Field(4, description="image side / bottom code map side (a power of two)")
-    top_downsample: int = Field(2, description="bottom code map side / top code map side (a power of two)")
+    channels: int = Field(128, ge=2, le=MAX_WIDTH, description="width of the encoders and decoders")
+    res_blocks: int = Field(2, ge=0, le=MAX_DEPTH, description="residual blocks in each encoder and decoder")
+    res_channels: int = Field(32, ge=1, le=MAX_WIDTH, description="hidden width of a residual block")
+    code_dim: int = Field(64, ge=1, le=MAX_WIDTH, description="size of one code vector (both levels)")
+    top_codebook_size: int = Field(512, ge=2, le=MAX_CODES, description="codes in the top level's codebook")
+    bottom_codebook_size: int = Field(512, ge=2, le=MAX_CODES, description="codes in the bottom level's codebook")
+    bottom_downsample: int = Field(
+        4, le=MAX_IMAGE_SIDE, description="image side / bottom code map side (a power of two)"
+    )
+    top_downsample: int = Field(
+        2, le=MAX_IMAGE_SIDE, description="bottom code map side / top code map side (a power of two)"
+    )
     residual_relu_skip: bool = Field(
         False,
         description="residual blocks add relu(x), not x, to their output, as rosinality's code before ef5f67c "
         "(an in-place ReLU), with which the published vqvae_560.pt was trained",
     )
-    beta: float = Field(0.25, ge=0, description="commitment weight")
+    beta: float = Field(0.25, ge=0, le=MAX_FACTOR, description="commitment weight")
     ema_decay: float | None = Field(
         0.99, gt=0, lt=1, description="codebooks follow EMA cluster means with this decay; null: learnt by the loss"
     )
     dead_code_threshold: float | None = Field(
-        0.1, ge=0, description="restart codes whose EMA hits per batch fall below this; null disables"
+        0.1, ge=0, le=MAX_FACTOR, description="restart codes whose EMA hits per batch fall below this; null disables"
     )
 
     @field_validator("bottom_downsample", "top_downsample")
@@ -61,15 +72,15 @@ class PriorConfig(ConfigSection):
         "gated",
         description="gated: vertical + horizontal stacks, no blind spot; masked: plain type A/B masks (has a blind spot)",
     )
-    channels: int = Field(128, ge=2, description="width of the network (even)")
-    blocks: int = Field(15, ge=1, description="gated residual blocks after the first (type A) layer")
-    first_kernel: int = Field(7, ge=3, description="kernel of the first, type A layer (odd)")
-    kernel: int = Field(3, ge=3, description="kernel of the masked convolutions in the blocks (odd)")
+    channels: int = Field(128, ge=2, le=MAX_WIDTH, description="width of the network (even)")
+    blocks: int = Field(15, ge=1, le=MAX_DEPTH, description="gated residual blocks after the first (type A) layer")
+    first_kernel: int = Field(7, ge=3, le=MAX_DEPTH, description="kernel of the first, type A layer (odd)")
+    kernel: int = Field(3, ge=3, le=MAX_DEPTH, description="kernel of the masked convolutions in the blocks (odd)")
     condition_channels: int = Field(
-        64, ge=1, description="width of the conditioning features (class embedding or top codes)"
+        64, ge=1, le=MAX_WIDTH, description="width of the conditioning features (class embedding or top codes)"
     )
     condition_blocks: int = Field(
-        2, ge=0, description="residual blocks applied to the embedded top codes (bottom prior)"
+        2, ge=0, le=MAX_DEPTH, description="residual blocks applied to the embedded top codes (bottom prior)"
     )
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the gated activations while training")
 
@@ -113,14 +124,15 @@ class PriorConfig(ConfigSection):
 
 
 class StageTraining(ConfigSection):
-    steps: int = Field(1000, ge=1, description="optimizer steps")
-    batch_size: int = Field(64, ge=1, description="images (or code maps) per step")
-    lr: float = Field(3e-4, gt=0, description="peak learning rate (AdamW, cosine decay)")
-    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
-    validation_every: int = Field(0, ge=0, description="held-out loss every this many steps; 0 never")
+    steps: int = Field(1000, ge=1, le=MAX_STEPS, description="optimizer steps")
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH, description="images (or code maps) per step")
+    lr: float = Field(3e-4, gt=0, le=MAX_FACTOR, description="peak learning rate (AdamW, cosine decay)")
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS, description="linear warm-up steps")
+    validation_every: int = Field(0, ge=0, le=MAX_STEPS, description="held-out loss every this many steps; 0 never")
     patience: int | None = Field(
         None,
         ge=1,
+        le=MAX_STEPS,
         description="stop after this many held-out checks without improvement and keep the best weights; null never stops",
     )
 
@@ -142,11 +154,11 @@ class VQVAE2Config(ZooConfig):
         "digits",
         description="training images: a zoo.data set name (digits, photos, textures, shapes), a directory or shards",
     )
-    image_size: int = Field(32, ge=4, description="side of the square training images")
+    image_size: int = Field(32, ge=4, le=MAX_IMAGE_SIDE, description="side of the square training images")
     class_conditional: bool = Field(
         False, description="condition both priors on the image label (the data must have labels)"
     )
-    num_classes: int = Field(10, ge=1, description="number of labels when class_conditional")
+    num_classes: int = Field(10, ge=1, le=MAX_CODES, description="number of labels when class_conditional")
     vqvae: VQVAEConfig = Field(default_factory=VQVAEConfig, description="the two-level autoencoder")
     prior_top: PriorConfig = Field(default_factory=PriorConfig, description="prior over the top codes")
     prior_bottom: PriorConfig = Field(

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 import zoo.data.cache as cache
 from tests.conftest import ROOT
+from zoo import temporary
 from zoo.data.cache import EncodedSet, code_array, code_dtype, encoded_set, weights_fingerprint
 from zoo.errors import RunError
 
@@ -155,15 +156,19 @@ def test_a_killed_encoding_keeps_its_complete_parts_and_redoes_the_rest(tmp_path
         encode_points(tmp_path, Encoding(encoder, fail_from=8))  # parts 0 and 1 written, part 2 not
     written = parts_of(tmp_path)
     assert [path.name for path in written] == ["part-00000.safetensors", "part-00001.safetensors"]
-    leftover = written[0].parent / ".part-00002.safetensors.x1y2.tmp"  # a write the kill cut short
-    leftover.write_bytes(b"half")
+    leftover = written[0].parent / temporary.new_name(".part-00002.safetensors")  # a write the kill cut short
+    temporary.record(leftover.parent, leftover.name)
+    leftover.mkdir()
+    (leftover / "part-00002.safetensors").write_bytes(b"half")
+    lookalike = written[0].parent / ".part-00002.safetensors.x1y2.tmp"  # not recorded: not zoo's to delete
+    lookalike.write_bytes(b"someone's")
     written[1].write_bytes(written[1].read_bytes()[:-3])  # truncated: redone
     untouched = written[0].stat().st_mtime_ns
 
     resumed = Encoding(encoder)
     encoded = encode_points(tmp_path, resumed)
     assert sorted(resumed.indices) == [4, 5, 6, 7, 8, 9]  # parts 1 and 2 only
-    assert written[0].stat().st_mtime_ns == untouched and not leftover.exists()
+    assert written[0].stat().st_mtime_ns == untouched and not leftover.exists() and lookalike.exists()
     assert rows(encoded) == rows(encode_points(tmp_path / "fresh", Encoding(encoder)))
 
 

@@ -84,6 +84,94 @@ def test_every_numeric_config_field_has_a_lower_bound(model, registry_with):
     assert unbounded == []
 
 
+# List fields whose items are bounded otherwise than by their own annotation, with why.
+BOUNDED_ELSEWHERE = {
+    "tokenizer.patch_nums": "the Config's validator: increasing sides ending at the latent side",
+    "transformer_training.betas": "its field validator: each in [0, 1)",
+}
+
+
+def _bounded_above(metadata: typing.Iterable[object]) -> bool:
+    return any(isinstance(m, (annotated_types.Le, annotated_types.Lt)) for m in metadata)
+
+
+def _number_items(annotation: object) -> list[object]:
+    """The item annotations of a list/tuple of numbers (`list[int]`, `list[Annotated[int, ...]]`)."""
+    if typing.get_origin(annotation) not in (list, tuple):
+        return [item for arg in typing.get_args(annotation) for item in _number_items(arg)]  # Optional[list[...]]
+    items = []
+    for arg in typing.get_args(annotation):
+        base = typing.get_args(arg)[0] if typing.get_origin(arg) is typing.Annotated else arg
+        if base in (int, float):
+            items.append(arg)
+    return items
+
+
+@pytest.mark.parametrize("model", EVERY_MODEL)
+def test_every_numeric_config_field_has_an_upper_bound(model, registry_with):
+    """`--set tokenizer.channels=200000` or `batch_size=1e9` must be refused, not allocated:
+    every int and float (and every number in a list) has a finite le/lt bound."""
+    plugin = registry_with(model).get(model)
+    unbounded = []
+    for path, field in fields(plugin.Config):
+        kinds = {arg for arg in (field.annotation, *typing.get_args(field.annotation)) if arg is not type(None)}
+        if kinds & {int, float} and not kinds - {int, float}:
+            if not _bounded_above(field.metadata) and not _has_validator(plugin.Config, path):
+                unbounded.append(path)
+            continue
+        items = _number_items(field.annotation)
+        if items and path not in BOUNDED_ELSEWHERE:
+            if not all(typing.get_origin(i) is typing.Annotated and _bounded_above(_metadata(i)) for i in items):
+                unbounded.append(path)
+    assert unbounded == []
+
+
+def _metadata(annotated: object) -> list[object]:
+    """The constraints of `Annotated[int, Field(le=...)]` (a FieldInfo holds them in .metadata)."""
+    found: list[object] = []
+    for extra in typing.get_args(annotated)[1:]:
+        found.extend(getattr(extra, "metadata", [extra]))
+    return found
+
+
+@pytest.mark.parametrize(
+    "assignment",
+    [
+        "tokenizer.channels=200000",
+        "tokenizer_training.batch_size=1e9",
+        "seed=99999999999999999999999",
+        "transformer.depth=100000",
+        "augment.resize_ratio=1000",
+        "loader.workers=100000",
+    ],
+)
+def test_values_that_would_exhaust_the_machine_are_one_line_config_errors(assignment):
+    with pytest.raises(ConfigError, match=f"config field '{assignment.split('=')[0]}'") as error:
+        api.resolve_config("var", assignments=[assignment])
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", ".inf", ".nan", "1e999"])
+@pytest.mark.parametrize("field", ["tokenizer_training.lr", "tokenizer.beta", "transformer_training.clip_grad_norm"])
+def test_non_finite_floats_are_refused(field, value):
+    with pytest.raises(ConfigError, match=f"config field '{field}'"):
+        api.resolve_config("var", assignments=[f"{field}={value}"])
+
+
+@pytest.mark.parametrize("model", EVERY_MODEL)
+def test_sample_options_refuse_non_finite_numbers(model, registry_with):
+    schema = registry_with(model).get(model).SampleOptions
+    floats = [
+        name
+        for name, field in schema.model_fields.items()
+        if float in (field.annotation, *typing.get_args(field.annotation))
+    ]
+    for name in floats:
+        for value in (float("inf"), float("nan"), "inf"):
+            with pytest.raises(ConfigError, match="sample option"):
+                validate(schema, {name: value}, what="sample option")
+
+
 def _has_validator(schema: type[pydantic.BaseModel], path: str) -> bool:
     """Fields checked by a field_validator of their own section (e.g. a power of two)."""
     *parents, name = path.split(".")

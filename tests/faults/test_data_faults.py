@@ -164,6 +164,22 @@ def test_caption_set_skips_bad_images_and_paths_outside_the_folder(tmp_path, bad
     assert f"skipped {len(bad) + len(outside)}" in dataset.summary()
 
 
+def test_symbolic_links_in_a_caption_folder_that_lead_outside_it_are_skipped_and_counted(tmp_path):
+    root = tmp_path / "set"
+    good = write_good(root, 3)
+    write_good(tmp_path / "elsewhere", 1, start=9)
+    (root / "link.png").symlink_to(tmp_path / "elsewhere" / "good9.png")  # a file outside
+    (root / "sub").symlink_to(tmp_path / "elsewhere", target_is_directory=True)  # a folder outside
+    (root / "inside.png").symlink_to(root / good[0])  # stays inside: read
+    write_captions(root, [*good, "link.png", "sub/good9.png", "inside.png"], "jsonl")
+    dataset = caption_set(root, size=8)
+    assert sorted(dataset.paths) == sorted([*good, "inside.png"])
+    reasons = dict(dataset.skipped_files)
+    assert reasons["link.png"] == reasons["sub/good9.png"] == "a symbolic link that leads outside the caption folder"
+    assert dataset.skipped == 2
+    assert "skipped 2" in dataset.summary()
+
+
 @pytest.mark.parametrize("layout", ["classes", "flat", "jsonl", "csv"])
 def test_a_folder_with_no_readable_image_is_one_data_error(tmp_path, bad_file_bytes, layout):
     folder = tmp_path / "cats" if layout == "classes" else tmp_path

@@ -10,6 +10,8 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +23,13 @@ import zoo.runtime
 from tests.conftest import ROOT, zoo_command
 from tests.exporter.conftest import tiny, tiny_runtime_installed  # noqa: F401  (fixtures)
 from tests.exporter.tiny_export_plugin import TorchScriptTinyPlugin
+from zoo import temporary
 from zoo.errors import ConfigError, DataError, ExportError
 from zoo.runtime.images import open_image
 from zoo.runtime.manifest import read_manifest, verify_files
 from zoo.runtime.signing import generate_key_pair
 from zoo_onnx import export_model
-from zoo_onnx.export import recover_destination, written_opset
+from zoo_onnx.export import ASIDE, check_destination, recover_destination, replace_directory, written_opset
 
 
 @pytest.fixture(scope="module")
@@ -80,29 +83,102 @@ def test_a_directory_with_a_foreign_manifest_json_is_refused_and_kept(tiny, tmp_
     assert [p.name for p in tmp_path.iterdir()] == ["site"]  # nothing staged beside it either
 
 
+def set_aside(directory: Path, stem: str, kind: str = "") -> Path:
+    """What a kill leaves: a recorded name (zoo.temporary) holding `directory`."""
+    name = temporary.new_name(stem, kind)
+    temporary.record(directory.parent, name)
+    directory.rename(directory.parent / name)
+    return directory.parent / name
+
+
 def test_an_export_set_aside_by_a_killed_replacement_is_put_back(copy):
-    # the state a kill between "old export aside" and "new export in" leaves
-    aside = copy.with_name(f".{copy.name}.previous-0123abcd")
-    copy.rename(aside)
+    # the state a kill between "old export aside" and "new export in" leaves (no renameat2)
+    aside = set_aside(copy, f".{copy.name}", ASIDE)
     recover_destination(copy)
     assert complete_export(copy)
     assert not aside.exists()
+    assert sorted(p.name for p in copy.parent.iterdir()) == [copy.name]  # the register went with its names
 
 
-def test_stale_leftovers_are_removed_but_foreign_lookalikes_are_not(copy):
-    stale_aside = copy.with_name(f".{copy.name}.previous-0123abcd")
+def test_recorded_leftovers_are_removed_but_lookalikes_are_not(copy):
+    stale_aside = copy.with_name("stale")
     shutil.copytree(copy, stale_aside)
-    half_deleted = copy.with_name(f".{copy.name}.discard-4567cdef")
-    half_deleted.mkdir()
-    (half_deleted / "decode.onnx").write_bytes(b"partly deleted")
-    partial = copy.with_name(f".{copy.name}.partial-x1y2z3w4")
+    stale_aside = set_aside(stale_aside, f".{copy.name}", ASIDE)
+    partial = copy.with_name("partial")
     partial.mkdir()
-    foreign = copy.with_name(f".{copy.name}.previous-notes")
-    foreign.mkdir()
-    (foreign / "mine.txt").write_text("not an export: never removed")
+    (partial / "decode.onnx").write_bytes(b"half written")
+    partial = set_aside(partial, f".{copy.name}")
+    lookalikes = [f".{copy.name}.previous-0123abcd", f".{copy.name}.partial-x1y2z3w4", f".{copy.name}.zoo-0123abcd"]
+    for name in lookalikes:
+        (copy.parent / name).mkdir()
+        (copy.parent / name / "mine.txt").write_text("not recorded: never removed")
     recover_destination(copy)
     assert complete_export(copy)
-    assert sorted(p.name for p in copy.parent.iterdir()) == sorted([copy.name, foreign.name])
+    assert sorted(p.name for p in copy.parent.iterdir()) == sorted([copy.name, *lookalikes])
+
+
+def test_recorded_names_of_two_destinations_are_never_confused(tmp_path):
+    """The old export of `tiny` set aside and the staging folder of an export to
+    `tiny.previous` have distinct names: recovering one never picks up the other."""
+    for stem, kind in [(".tiny", ASIDE), (".tiny.previous", ""), (".tiny", "")]:
+        temporary.record(tmp_path, temporary.new_name(stem, kind))
+    assert [name[:-9] for name in temporary.recorded(tmp_path, ".tiny", ASIDE)] == [".tiny.zoo-previous"]
+    assert [name[:-9] for name in temporary.recorded(tmp_path, ".tiny")] == [".tiny.zoo"]
+    assert [name[:-9] for name in temporary.recorded(tmp_path, ".tiny.previous")] == [".tiny.previous.zoo"]
+
+
+def test_replacing_an_export_keeps_files_a_user_added_by_refusing(copy):
+    (copy / "notes.txt").write_text("mine")
+    (copy / "files").mkdir(exist_ok=True)
+    (copy / "files" / "extra.bin").write_bytes(b"mine too")
+    with pytest.raises(ExportError, match=r"holds files the export did not write \(files/extra.bin, notes.txt\)"):
+        check_destination(copy)
+    assert (copy / "notes.txt").read_text() == "mine"
+
+
+def test_re_exporting_over_an_export_with_a_user_file_changes_nothing(tiny, tmp_path):  # noqa: F811
+    _, config, model = tiny
+    out = tmp_path / "export"
+    export_model(TorchScriptTinyPlugin(), model, config, out)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="holds files the export did not write"):
+        export_model(TorchScriptTinyPlugin(), model, config, out)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert complete_export(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="renameat2 RENAME_EXCHANGE is Linux's")
+def test_the_export_directory_exists_at_every_instant_of_a_replacement(copy, tmp_path):
+    """The swap is one renameat2(RENAME_EXCHANGE): a reader never finds --out missing."""
+    stop = threading.Event()
+    missing = []
+
+    def watch() -> None:
+        while not stop.is_set():
+            if not os.path.isfile(copy / "manifest.json"):
+                missing.append(time.monotonic())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for _ in range(200):
+            staging = tmp_path / "staging"
+            shutil.copytree(copy, staging)
+            replace_directory(staging, copy)
+            shutil.rmtree(staging)  # the old export, swapped out
+    finally:
+        stop.set()
+        watcher.join()
+    assert missing == []
+    assert complete_export(copy)
+
+
+def test_an_empty_component_list_is_refused(tiny, tmp_path):  # noqa: F811
+    _, config, model = tiny
+    with pytest.raises(ConfigError, match="name at least one component"):
+        export_model(TorchScriptTinyPlugin(), model, config, tmp_path / "export", components=[])
+    assert not (tmp_path / "export").exists()
 
 
 KILL_DRIVER = """
@@ -115,8 +191,11 @@ from tests.exporter.tiny_export_plugin import TorchScriptTinyPlugin
 from zoo.errors import ExportError
 from zoo.runtime.manifest import read_manifest, verify_files
 from zoo_onnx import export_model
+import zoo_onnx.export
 from zoo_onnx.export import recover_destination
 
+if {two_renames}:  # the fallback where renameat2 cannot swap
+    zoo_onnx.export.exchange = lambda first, second: False
 out = Path({out!r})
 plugin = TorchScriptTinyPlugin()
 config = plugin.Config()
@@ -152,11 +231,12 @@ print(json.dumps({{"results": results, "duration": duration}}))
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_always_leaves_a_complete_export(tmp_path):
+@pytest.mark.parametrize("two_renames", [False, True], ids=["renameat2", "two-renames"])
+def test_sigkill_at_random_moments_always_leaves_a_complete_export(tmp_path, two_renames):
     """Forked exports are killed at random moments of an export (the driver imports torch
     once, so each kill costs a fraction of an export, not a torch start)."""
     out = tmp_path / "tiny"
-    script = KILL_DRIVER.format(root=str(ROOT), out=str(out), kills=7)
+    script = KILL_DRIVER.format(root=str(ROOT), out=str(out), kills=7, two_renames=two_renames)
     result = subprocess.run(
         [sys.executable, "-c", script],
         capture_output=True,
@@ -168,7 +248,7 @@ def test_sigkill_at_random_moments_always_leaves_a_complete_export(tmp_path):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["results"] == ["complete"] * 7
     assert complete_export(out)
-    assert [p.name for p in tmp_path.iterdir()] == ["tiny"]  # no aside, partial or discard left
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny"]  # no aside, partial or register left
 
 
 # item 2: an export directory runs no code -----------------------------------------------
@@ -195,7 +275,7 @@ EVIL = "from pathlib import Path\nPath({marker!r}).write_text('ran')\n"
 
 
 @pytest.mark.parametrize("how", ["python -m zoo run .", "zoo.runtime.load"])
-def test_a_module_in_the_export_directory_is_not_executed(copy, tmp_path, how):
+def test_an_export_directory_holding_a_module_is_refused_and_the_module_not_executed(copy, tmp_path, how):
     marker = tmp_path / "marker"
     (copy / "evil.py").write_text(EVIL.format(marker=str(marker)))
     edit_manifest(copy, runtime="evil:Loop", options="evil:Options")
@@ -209,7 +289,34 @@ def test_a_module_in_the_export_directory_is_not_executed(copy, tmp_path, how):
             text=True,
             timeout=120,
         )
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode != 0, result.stderr[-2000:]
+    assert "holds Python code (evil.py), which no export carries" in result.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("suffix", [".pyc", ".so", "/__init__.py"])
+def test_compiled_modules_and_packages_in_an_export_are_refused(copy, suffix):
+    path = copy / f"numpy{suffix}"
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(b"")
+    with pytest.raises(ExportError, match="holds Python code"):
+        zoo.runtime.load(copy)
+
+
+def test_python_dash_p_runs_an_export_holding_a_shadowing_module_without_importing_it(copy, tmp_path):
+    """`python -m zoo run .` imports the directory's numpy.py before zoo can drop the working
+    directory from sys.path; `python -P` (or the `zoo` console script) never puts it there."""
+    marker = tmp_path / "marker"
+    (copy / "numpy.py").write_text(EVIL.format(marker=str(marker)))
+    result = subprocess.run(
+        [sys.executable, "-P", "-m", "zoo", "run", ".", "--out", str(tmp_path / "x.png")],
+        cwd=copy,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "holds Python code (numpy.py)" in result.stderr
     assert not marker.exists()
 
 
@@ -222,7 +329,7 @@ def test_a_package_in_the_export_directory_that_shadows_the_runtime_is_refused(c
     result = run_python("import zoo.runtime; zoo.runtime.load('.')", copy)
     assert result.returncode != 0, result.stderr
     assert not marker.exists()
-    assert "in the export directory shadows the installed runtime package 'tests'" in result.stderr
+    assert "holds Python code (tests/__init__.py)" in result.stderr
 
 
 def test_python_m_zoo_drops_the_working_directory_from_sys_path(tmp_path):

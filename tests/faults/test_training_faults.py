@@ -22,7 +22,7 @@ from pydantic import Field
 import zoo
 from tests.conftest import ROOT
 from tests.core.toy_plugin import Points, ToyConfig, ToyPlugin
-from zoo import checkpoint as ckpt
+from zoo import checkpoint as ckpt, temporary
 from zoo.errors import ConfigError, DataError, RunError, TrainingError
 from zoo.trainer import TrainOptions, train
 
@@ -171,6 +171,47 @@ def test_corrupt_latest_json_is_one_line_naming_the_fix(tmp_path, content, reaso
     assert f"delete {state} to restart the stage" in str(error.value)
 
 
+@pytest.fixture(scope="module")
+def stopped_mid_stage(tmp_path_factory) -> Path:
+    """A run whose last checkpoint is in the middle of stage `regress` (a NaN stopped it)."""
+    run_dir = tmp_path_factory.mktemp("stopped") / "run"
+    with pytest.raises(TrainingError):
+        run_toy(run_dir, steps=30, stage="regress", nan_at_step=12, checkpoint_every=5)
+    assert ckpt.latest_checkpoint(run_dir).name == "ckpt-regress-10"
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda state: state.pop("stage"), "'stage' is missing or not a str"),
+        (lambda state: state.update(step=0), "it says stage 'regress' step 0, its folder is ckpt-regress-10"),
+        (lambda state: state.update(step="10"), "'step' is missing or not a int"),
+        (lambda state: state.update(completed="regress"), "'completed' is not a list of stage names"),
+        (lambda state: state.update(optimizers={}), "'optimizers' is missing or not a list"),
+        (lambda state: state.update(rng={"__dict__": [["cpu", 5]]}), "'rng' holds no CPU generator state"),
+        (lambda state: state.clear(), "'completed' is not a list of stage names"),
+    ],
+    ids=["no-stage", "step-0", "step-text", "completed-text", "optimizers", "rng", "empty"],
+)
+def test_a_trainer_json_that_is_json_but_wrong_is_one_line_on_resume(stopped_mid_stage, tmp_path, change, problem):
+    """It used to restart the stage at step 0 from the checkpoint's weights without a word."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(stopped_mid_stage, run_dir)
+    path = run_dir / ckpt.STATE_DIR / "ckpt-regress-10" / "trainer.json"
+    state = dict(json.loads(path.read_text())["__dict__"])  # the skeleton of ckpt.flatten_state
+    change(state)
+    path.write_text(json.dumps({"__dict__": [[key, value] for key, value in state.items()]}))
+    with pytest.raises(RunError) as error:
+        run_toy(run_dir, steps=30, stage="regress", nan_at_step=12, resume=True, checkpoint_every=5)
+    message = str(error.value)
+    assert f"trainer checkpoint {path.parent} is damaged: {problem}" in message
+    assert "\n" not in message
+    assert not (run_dir / ckpt.STATE_DIR / "ckpt-regress-15").exists()  # nothing trained
+
+
 def test_latest_json_never_leads_outside_the_run_directory(tmp_path):
     run_toy(tmp_path / "elsewhere", steps=5, stage="regress")
     run_toy(tmp_path / "run", steps=5, stage="regress")
@@ -185,24 +226,46 @@ def test_latest_json_never_leads_outside_the_run_directory(tmp_path):
 
 
 def test_leftovers_of_killed_writes_are_removed_when_training_starts(tmp_path):
+    """What a kill leaves is what zoo recorded before writing it (zoo.temporary)."""
     run_dir = tmp_path / "run"
     run_toy(run_dir, steps=5, stage="regress")
     state = run_dir / ckpt.STATE_DIR
-    leftovers = [
-        run_dir / ".config.json.k2j4x9.tmp",
-        run_dir / ".tmpA1b2C3",
-        state / ".latest.json.q8w7e6.tmp",
-        state / ".ckpt-adversarial-3.partial" / ckpt.WEIGHTS_FILE,
-        run_dir / "cache" / ".tokens.z1.tmp",
-    ]
-    kept = [run_dir / "notes.tmp", run_dir / "samples" / ".keep"]
-    for path in leftovers + kept:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("x")
+    leftovers = []
+    for folder, stem in [(run_dir, ".config.json"), (state, ".latest.json"), (state, ".ckpt-adversarial-3")]:
+        name = temporary.new_name(stem)
+        temporary.record(folder, name)
+        (folder / name).mkdir()
+        (folder / name / "half-written").write_text("x")
+        leftovers.append(folder / name)
     run_toy(run_dir, steps=5, stage="adversarial")
     assert [p for p in leftovers if p.exists()] == []
-    assert not (state / ".ckpt-adversarial-3.partial").exists()
-    assert all(p.exists() for p in kept)
+    assert not (run_dir / temporary.REGISTER).exists() and not (state / temporary.REGISTER).exists()
+
+
+def test_training_into_a_directory_of_user_files_deletes_none_of_them(tmp_path):
+    """Files that look like temporary ones but were not written by zoo are kept: `--out`
+    into an existing directory, leftovers in state/ and cache/, old-looking checkpoints."""
+    run_dir = tmp_path / "mine"
+    users = [
+        run_dir / ".tmpfoo",
+        run_dir / ".data.tmp",
+        run_dir / ".config.json.k2j4x9.tmp",
+        run_dir / "state" / ".latest.json.q8w7e6.tmp",
+        run_dir / "state" / ".ckpt-regress-3.partial" / "notes",
+        run_dir / "state" / "ckpt-mine" / "notes",
+        run_dir / "cache" / ".tokens.z1.tmp",
+        run_dir / "notes.txt",
+    ]
+    for path in users:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("the user's")
+    run_toy(run_dir, steps=7, checkpoint_every=3)
+    run_toy(run_dir, steps=7, checkpoint_every=3, stage="adversarial")  # starts again: the clean-up runs
+    assert [p for p in users if not p.exists()] == []
+    assert sorted(p.name for p in (run_dir / "state").iterdir() if p.name.startswith("ckpt-")) == [
+        "ckpt-adversarial-done",
+        "ckpt-mine",
+    ]
 
 
 def test_a_restarted_stage_logs_each_step_once(tmp_path):

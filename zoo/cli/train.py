@@ -12,11 +12,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zoo.cli.common import add_subcommand
+from zoo.cli.common import add_subcommand, int_in, positive_float
+from zoo.config import MAX_SEED
 from zoo.errors import ZooError
 
 if TYPE_CHECKING:
     from zoo.progress import Mode  # rich, imported only when training
+
+
+CHECKPOINT_EVERY = 200
+LOG_EVERY_SECONDS = 30.0
 
 
 def register(commands: Any) -> None:
@@ -39,11 +44,16 @@ def register(commands: Any) -> None:
     train.add_argument("--stage", help="run only this stage")
     train.add_argument("--from", dest="from_run", type=Path, help="take earlier stages' weights from this run")
     train.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
-    train.add_argument("--seed", type=int, help="config field seed (default: the config's)")
+    train.add_argument("--seed", type=int_in(0, MAX_SEED), help="config field seed (default: the config's)")
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train")
-    train.add_argument("--checkpoint-every", type=int, default=200, help="steps between trainer checkpoints")
     train.add_argument(
-        "--log-every-seconds", type=float, default=30.0, help="seconds between progress lines when not on a terminal"
+        "--checkpoint-every", type=int_in(1), default=CHECKPOINT_EVERY, help="steps between trainer checkpoints"
+    )
+    train.add_argument(
+        "--log-every-seconds",
+        type=positive_float,
+        default=LOG_EVERY_SECONDS,
+        help="seconds between progress lines when not on a terminal",
     )
     train.add_argument(
         "--tensorboard",
@@ -54,7 +64,7 @@ def register(commands: Any) -> None:
     )
     train.add_argument(
         "--nproc-per-node",
-        type=int,
+        type=int_in(1),
         help="start torchrun with N processes on this machine (replicate/DDP; --shard: FSDP2)",
     )
     levers = train.add_argument_group("memory and speed levers (the config's `scale` section; default: the preset's)")
@@ -67,7 +77,7 @@ def register(commands: Any) -> None:
         default=None,
         help="recompute each block's activations in the backward pass",
     )
-    levers.add_argument("--accumulate", type=int, metavar="N", help="micro-batches per optimizer step")
+    levers.add_argument("--accumulate", type=int_in(1), metavar="N", help="micro-batches per optimizer step")
     levers.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 autocast (CUDA or CPU)")
     levers.add_argument(
         "--compile", action="store_true", default=None, help="torch.compile each block (falls back to eager)"
@@ -168,8 +178,7 @@ def interrupted_message(args: argparse.Namespace, run_dir: Path) -> str:
     except (ZooError, OSError):
         found = None
     command = ["zoo", "train"] + ([args.model] if args.model else []) + ["--resume", "--out", str(run_dir)]
-    if args.device != "auto":
-        command += ["--device", args.device]
+    command += _run_flags(args)
     if found is None:
         return f"interrupted before the first checkpoint; nothing to resume in {run_dir}: start again"
     state = found[1]
@@ -178,6 +187,27 @@ def interrupted_message(args: argparse.Namespace, run_dir: Path) -> str:
     else:
         where = f"the end of stage {(state.get('completed') or ['?'])[-1]}"
     return f"interrupted; the last checkpoint is at {where}. Resume with:\n  {shlex.join(command)}"
+
+
+def _run_flags(args: argparse.Namespace) -> list[str]:
+    """The flags of the interrupted command that are not config (the config is the run's):
+    the resumed run keeps its device, stage, checkpoint interval, processes and output."""
+    flags: list[str] = []
+    if args.device != "auto":
+        flags += ["--device", args.device]
+    if args.stage is not None:
+        flags += ["--stage", args.stage]
+    if args.checkpoint_every != CHECKPOINT_EVERY:
+        flags += ["--checkpoint-every", str(args.checkpoint_every)]
+    if args.log_every_seconds != LOG_EVERY_SECONDS:
+        flags += ["--log-every-seconds", str(args.log_every_seconds)]
+    if args.nproc_per_node is not None:
+        flags += ["--nproc-per-node", str(args.nproc_per_node)]
+    if args.tensorboard is not None:
+        flags += ["--tensorboard", *([args.tensorboard] if args.tensorboard else [])]
+    if args.json or args.quiet:
+        flags.append("--json" if args.json else "--quiet")
+    return flags
 
 
 def _launch_torchrun(nproc: int) -> int:

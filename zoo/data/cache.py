@@ -47,6 +47,7 @@ from zoo.checkpoint import atomic_save_tensors
 from zoo.data.augment import reading_epoch
 from zoo.data.base import dataset_length
 from zoo.errors import RunError
+from zoo.temporary import remove_recorded
 
 logger = logging.getLogger(__name__)
 
@@ -310,10 +311,8 @@ def _memory_map(path: Path, header: dict[str, Any] | None = None) -> dict[str, n
 
 
 def _remove_leftovers(directory: Path) -> None:
-    """Temp files of parts a killed run was writing (`atomic_save_tensors`' and safetensors' own)."""
-    for pattern in (".*.tmp", ".tmp*"):
-        for path in directory.glob(pattern):
-            path.unlink(missing_ok=True)
+    """Temp folders of parts a killed run was writing (`atomic_save_tensors` records them)."""
+    remove_recorded(directory)
 
 
 def _is_sharded(module: nn.Module) -> bool:

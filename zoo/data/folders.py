@@ -238,11 +238,14 @@ def list_captions(root: Path) -> CaptionListing:
     skipped: Skipped = []
     pairs = read_captions(root, skipped)
     row_of: dict[str, int] = {}
+    inside = root.resolve()
     for image in dict.fromkeys(image for image, _ in pairs):
-        if (root / image).is_file():
-            row_of[image] = len(row_of)
-        else:
+        if not (root / image).is_file():
             skipped.append((image, "file not found"))
+        elif not (root / image).resolve().is_relative_to(inside):  # a symbolic link on the way out
+            skipped.append((image, "a symbolic link that leads outside the caption folder"))
+        else:
+            row_of[image] = len(row_of)
     if not row_of:
         raise nothing_readable(str(root), skipped, CAPTION_HINT)
     kept = [(row_of[image], text) for image, text in pairs if image in row_of]

@@ -14,13 +14,14 @@ An export directory::
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
 import json
 from pathlib import Path
 from typing import Any
 
 import pydantic
 
-from zoo.errors import ExportError
+from zoo.errors import ExportError, not_there
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "zoo-onnx-export"
@@ -50,19 +51,36 @@ def read_manifest(export_dir: Path, public_key: Path | None = None) -> dict[str,
     export_dir = Path(export_dir)
     if not export_dir.is_dir():
         raise ExportError(
-            f"export directory {export_dir} does not exist; make one with `zoo export MODEL --out {export_dir}`"
+            f"export directory {export_dir} {not_there(export_dir, 'directory')}; "
+            f"make one with `zoo export MODEL --out {export_dir}`"
         )
     path = export_dir / MANIFEST_NAME
     if not path.is_file():
         raise ExportError(
             f"{export_dir} has no {MANIFEST_NAME}: it is not a finished export directory; export again with `zoo export`"
         )
+    refuse_code(export_dir)
     data = path.read_bytes()  # read once: the bytes verified are the bytes parsed
     if public_key is not None:
         from zoo.runtime.signing import verify_signature
 
         verify_signature(export_dir, data, public_key)
     return parse_manifest(path, data)
+
+
+def refuse_code(export_dir: Path) -> None:
+    """An export is graphs, arrays and a manifest, never code: a module in it (`numpy.py`,
+    a package, a compiled extension) would be imported instead of the installed one by a
+    Python started there with the directory on sys.path (`python -m zoo run .` puts the
+    working directory first before zoo can drop it; `zoo run` and `python -P` do not)."""
+    suffixes = tuple(importlib.machinery.all_suffixes())
+    found = sorted(p.relative_to(export_dir).as_posix() for p in export_dir.rglob("*") if p.name.endswith(suffixes))
+    if found:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise ExportError(
+            f"{export_dir} holds Python code ({shown}), which no export carries; it is refused unread: "
+            "remove the files or export again"
+        )
 
 
 def parse_manifest(path: Path, data: bytes) -> dict[str, Any]:
@@ -139,7 +157,7 @@ class _AssetsEntry(_Entry):
 
 class _ManifestEntries(_Entry):
     model: str
-    config: dict[str, Any]
+    config: dict[str, Any] = pydantic.Field(min_length=1)  # every model has a config
     components: dict[str, _ComponentEntry] = pydantic.Field(min_length=1)
     assets: _AssetsEntry = _AssetsEntry()
 
