@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PositiveInt, field_validator, model_validator
+from pydantic import ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from zoo.config import (
     IMAGE_INPUT,
@@ -216,6 +216,10 @@ MAX_BEAMS = 64  # each beam is one more sequence per image in every decoder step
 
 
 class CaptionSampleOptions(SampleOptionsBase):
+    # Non-finite numbers are refused: inf or nan in an option draws garbage (VAR's `cfg` inf:
+    # every token the same). pydantic merges this with the base's extra="forbid".
+    model_config = ConfigDict(allow_inf_nan=False)
+
     image: list[str] | None = Field(
         None,
         max_length=MAX_SAMPLES,
@@ -225,7 +229,7 @@ class CaptionSampleOptions(SampleOptionsBase):
     caption: list[str] | None = Field(None, max_length=MAX_SAMPLES, description="caption(s) to turn into images")
     decoding: Literal["greedy", "beam", "sample"] = Field("greedy", description="caption decoding")
     beam_width: int = Field(4, ge=1, le=MAX_BEAMS, description="beams of beam search")
-    length_penalty: float = Field(0.0, ge=0, description="beam search ranks by log-prob / length^length_penalty")
+    length_penalty: float = Field(0.0, ge=0, le=10, description="beam search ranks by log-prob / length^length_penalty")
     top_k: int = top_k_option(0)  # with --decoding sample
     top_p: float = top_p_option(1.0)
     temperature: float = temperature_option(1.0)

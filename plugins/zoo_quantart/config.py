@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import ConfigDict, Field, PositiveInt, field_validator
 
 from zoo.config import IMAGE_INPUT, ConfigSection, SampleOptionsBase, ZooConfig
 
@@ -192,6 +192,10 @@ MAX_SIDE = 2048  # the largest --size: activations grow with its square
 
 
 class QuantArtSampleOptions(SampleOptionsBase):
+    # Non-finite numbers are refused: inf or nan in an option draws garbage (VAR's `cfg` inf:
+    # every token the same). pydantic merges this with the base's extra="forbid".
+    model_config = ConfigDict(allow_inf_nan=False)
+
     content: str | None = Field(
         None,
         description="content image or directory of images; default: held-out embedded photos",

@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field, PositiveInt, field_validator, model_validator
+from pydantic import ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from zoo.config import (
     IMAGE_INPUT,
@@ -261,18 +261,29 @@ def _is_zero(value: int | float | str) -> bool:
         return False
 
 
+MAX_CFG = 100.0  # guidance past this only overflows the mixed logits: every token the same
+MAX_GUMBEL = 100.0  # a temperature past this draws uniformly already
+
+
 class VARSampleOptions(ClassSampleOptions):
     """`classes` and `n` (images per class) come from zoo's ClassSampleOptions; with --edit the
     default class is the unconditional one (plain in-/out-painting)."""
 
+    # Non-finite numbers are refused: inf or nan in an option draws garbage (VAR's `cfg` inf:
+    # every token the same). pydantic merges this with the base's extra="forbid".
+    model_config = ConfigDict(allow_inf_nan=False)
+
     default_classes: ClassVar[int] = DEFAULT_CLASSES
 
-    cfg: float = Field(4.0, ge=0, description="classifier-free guidance; ramps as cfg * k / (K - 1) over scales k")
+    cfg: float = Field(
+        4.0, ge=0, le=MAX_CFG, description="classifier-free guidance; ramps as cfg * k / (K - 1) over scales k"
+    )
     top_k: int = top_k_option(900)  # clamped to the codebook size
     top_p: float = top_p_option(0.96)
     gumbel: float = Field(
         0.0,
         ge=0,
+        le=MAX_GUMBEL,
         description="Gumbel-softmax smoothing of the code vectors (the official `more_smooth`, which uses 0.27); 0 is off",
     )
     kv_cache: bool = Field(True, description="reuse keys/values of earlier scales; false recomputes every scale")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from zoo.config import (
     MAX_SAMPLES,
@@ -242,6 +242,10 @@ PRESETS: dict[str, dict] = {
 class VQVAE2SampleOptions(ClassSampleOptions):
     """`classes` and `n` (images per class; images in all for a model trained without
     labels) come from zoo's ClassSampleOptions."""
+
+    # Non-finite numbers are refused: inf or nan in an option draws garbage (VAR's `cfg` inf:
+    # every token the same). pydantic merges this with the base's extra="forbid".
+    model_config = ConfigDict(allow_inf_nan=False)
 
     temperature: float = temperature_option(1.0)
     top_k: int = top_k_option(0)
