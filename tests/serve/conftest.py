@@ -93,6 +93,15 @@ def free_port() -> int:
 @contextmanager
 def running_server(command: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
     """Start `command` (a `zoo serve` with --port), yield its base URL once /healthz answers."""
+    with running_process(command, log, env) as (url, _):
+        yield url
+
+
+@contextmanager
+def running_process(
+    command: list[str], log: Path, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """As running_server, yielding the process too."""
     port = int(command[command.index("--port") + 1])
     url = f"http://127.0.0.1:{port}"
     with open(log, "w") as output:
@@ -110,7 +119,7 @@ def running_server(command: list[str], log: Path, env: dict[str, str] | None = N
             if time.monotonic() > deadline:
                 raise AssertionError(f"zoo serve did not answer in 90 s: {log.read_text()[-2000:]}")
             time.sleep(0.2)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         try:
@@ -122,6 +131,10 @@ def running_server(command: list[str], log: Path, env: dict[str, str] | None = N
 
 def serve_command(*export_dirs: Path, port: int, extra: tuple[str, ...] = ()) -> list[str]:
     return [sys.executable, "-m", "zoo", "serve", *map(str, export_dirs), "--port", str(port), *extra]
+
+
+def serve_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
 
 @pytest.fixture(scope="module")

@@ -63,6 +63,5 @@ def serve(settings: ServeSettings) -> None:
         http=guarded_protocol(settings.header_timeout, settings.max_connections),
         timeout_keep_alive=max(1, round(settings.keep_alive_timeout)),
         timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),
-        limit_concurrency=settings.max_connections,
     )
     uvicorn.Server(config).run(sockets=[sock])
