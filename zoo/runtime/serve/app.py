@@ -162,15 +162,25 @@ def wants_png(request: Request) -> bool:
     return chosen == "png"
 
 
+MAX_ERROR_CHARS = 1000  # a message quoting a client's value stays readable
+
+
+def one_line(message: str) -> str:
+    """pydantic lists one refused field a line: joined with "; " into the one line clients get."""
+    joined = "; ".join(line.strip() for line in message.splitlines() if line.strip())
+    return joined if len(joined) <= MAX_ERROR_CHARS else joined[: MAX_ERROR_CHARS - 3] + "..."
+
+
 def error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return JSONResponse({"error": one_line(message)}, status_code=status, headers=headers)
 
 
 def server_fault(exc: Exception, message: str) -> JSONResponse:
     """A 500: zoo's fault, not the client's. The log has the traceback under the id the answer carries."""
     error_id = uuid.uuid4().hex[:12]
     logger.error("error %s: %s", error_id, message, exc_info=exc)
-    return JSONResponse({"error": f"{message} (error id {error_id})", "error_id": error_id}, status_code=500)
+    body = {"error": one_line(f"{message} (error id {error_id})"), "error_id": error_id}
+    return JSONResponse(body, status_code=500)
 
 
 async def request_error(request: Request, exc: Exception) -> Response:

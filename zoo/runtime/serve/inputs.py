@@ -262,7 +262,7 @@ def parse_request(body: bytes, content_type: str, model: ServedModel, max_image_
             images[option] = [json_image(item, option) for item in (value if isinstance(value, list) else [value])]
         if option in images:
             uris = [image_data_uri(data, option, max_image_side) for data in images[option]]
-            if not takes_list and len(uris) > 1:
+            if not takes_list and len(uris) != 1:
                 raise RequestError(400, f"{option} takes one image, got {len(uris)}")
             options[option] = uris if takes_list else uris[0]
     # ConfigError (pydantic's message, one line) is answered with 422 by the app
