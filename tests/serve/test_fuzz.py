@@ -9,13 +9,11 @@ import base64
 import io
 import json
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
 from tests.serve.bombs import gif_declaring, png_declaring
