@@ -41,19 +41,36 @@ def make_var_export(out_dir: Path) -> None:
     export_model(plugin, model, config, out_dir)  # every graph: the encoder for edits too
 
 
-@pytest.fixture(scope="session")
-def var_export(tmp_path_factory) -> Path:
+def make_tiny_export(name: str, out_dir: Path) -> None:
+    """One of the other models, at the tiny config tests/plugins/test_blocks.py trains."""
+    import torch
+
+    from tests.plugins.test_blocks import tiny
+    from zoo_onnx import export_model
+
+    plugin, config = tiny(name)
+    torch.manual_seed(0)
+    export_model(plugin, plugin.build(config).eval(), config, out_dir)
+
+
+def shared_export(tmp_path_factory, name: str) -> Path:
+    """The export `name`, made by the first xdist worker that asks and reused by the others."""
     # Under xdist each worker's base temp is a child of the run's: the parent is shared.
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         shared = shared.parent
-    out_dir = shared / "serve_exports" / "var"
+    out_dir = shared / "serve_exports" / name
     out_dir.parent.mkdir(exist_ok=True)
     with open(shared / "serve_exports.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if not (out_dir / "manifest.json").is_file():
-            make_var_export(out_dir)
+            make_var_export(out_dir) if name == "var" else make_tiny_export(name, out_dir)
     return out_dir
+
+
+@pytest.fixture(scope="session")
+def var_export(tmp_path_factory) -> Path:
+    return shared_export(tmp_path_factory, "var")
 
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright downloads no browser

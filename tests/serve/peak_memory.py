@@ -1,6 +1,6 @@
-"""Run as a script: `python peak_memory.py EXPORT_DIR OPTIONS_JSON` loads the export, samples
-once with tiny options (so that onnxruntime's lazy set-up is not counted), then samples with
-OPTIONS and prints JSON: the loop's estimate and the measured rise of resident memory
+"""Run as a script: `python peak_memory.py EXPORT_DIR WARM_UP_JSON < OPTIONS_JSON` loads the
+export, samples once with the warm-up options (so that onnxruntime's lazy set-up is not
+counted), then samples with the options read from stdin and prints JSON: the loop's estimate and the measured rise of resident memory
 (Linux's VmHWM, reset through /proc/self/clear_refs just before the request)."""
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ def resident(field: str) -> int:
 def main() -> None:
     import zoo.runtime
 
-    export_dir, options_json = sys.argv[1], sys.argv[2]
+    export_dir, warm_up = sys.argv[1], json.loads(sys.argv[2])
     loaded = zoo.runtime.load(export_dir, provider="cpu", intra_op_threads=1)
-    options = loaded.options_class.model_validate(json.loads(options_json))
-    loaded.sample(loaded.options_class.model_validate(json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}))
+    options = loaded.options_class.model_validate(json.load(sys.stdin))
+    loaded.sample(loaded.options_class.model_validate(warm_up))
     cost = loaded.runtime.cost(options)
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     before = resident("VmRSS")
