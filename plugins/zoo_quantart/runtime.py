@@ -94,7 +94,8 @@ class QuantArtRuntime(ModelRuntime[QuantArtSampleOptions]):
     def cost(self, options: QuantArtSampleOptions) -> Cost:
         """Attention makes it quadratic in pixels: a call of b images holds about two b x T x T
         float32 attention maps for T tokens (the feature map's pixels) at the widest attended
-        level. The four graphs' arenas add up, as do the decoded inputs and the outputs."""
+        level, and about four of its widest feature maps (measured on a deep, attention-light
+        VQGAN). The four graphs' arenas add up, as do the decoded inputs and the outputs."""
         size = self.image_side(options.size)
         vqgan = self.config["vqgan"]
         levels = len(vqgan["ch_mult"])
@@ -106,7 +107,7 @@ class QuantArtRuntime(ModelRuntime[QuantArtSampleOptions]):
         widest = widest_feature_map(vqgan["ch"], vqgan["ch_mult"], size)
 
         def graph(batch: int, tokens: int) -> int:
-            return batch * (2 * tokens * tokens + 10 * widest) * FLOAT32
+            return batch * (2 * tokens * tokens + 4 * widest) * FLOAT32
 
         inputs, counts = 0, []
         for role, spec in (("content", options.content), ("style", options.style)):

@@ -35,6 +35,7 @@ CASES: dict[str, tuple[dict, list[dict]]] = {
     ),
     "vqvae2_pixelcnn": ({"n": 1}, [{"n": 256}, {"n": 256, "naive": True}]),
     "quantart": ({"size": 16}, [{"size": 96}, {"size": 48, "sweep": True}, {"size": 32, "content": (2500, 2000)}]),
+    "quantart_deep": ({"size": 16}, [{"size": 256}, {"size": 128, "sweep": True}]),
     "multimodal_caption": (
         {"n": 1},
         [{"n": 200, "decoding": "beam", "beam_width": 4}, {"n": 256}, {"image": [(1800, 1800)] * 2}],
@@ -78,4 +79,6 @@ def test_the_cost_estimate_is_within_2x_of_the_measured_peak(model, tmp_path_fac
         found = measure(export_dir, options, warm_up, tmp_path)
         ratio = found["estimate"] / found["measured"]
         shown = {name: value for name, value in options.items()}
-        assert 0.5 <= ratio <= 2.0, f"{model} {shown}: estimate {found['estimate']:,} B, measured {found['measured']:,} B"
+        assert 0.5 <= ratio <= 2.0, (
+            f"{model} {shown}: estimate {found['estimate']:,} B, measured {found['measured']:,} B"
+        )
