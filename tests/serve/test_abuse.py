@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -222,3 +223,29 @@ def test_zoo_sample_edit_without_a_class_regenerates_unconditionally(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "edited.png").is_file()
+
+
+def test_a_15_mb_json_body_does_not_stall_healthz(guarded):
+    url, _ = guarded
+    body = b'{"classes": [' + b"0," * 7_000_000 + b'0], "n": 1}'  # 14 MB: parsed and refused in a thread
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            started = time.monotonic()
+            assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.05)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        response = httpx.post(
+            f"{url}/v1/models/var/sample", content=body, headers={"content-type": "application/json"}, timeout=60
+        )
+    finally:
+        done.set()
+        poller.join()
+    assert response.status_code in (413, 422), response.text
+    assert len(latencies) >= 3 and max(latencies) < 1.0, latencies

@@ -236,3 +236,51 @@ def test_the_budget_check_comes_before_any_graph_runs(var_export):
         assert client.post(SAMPLE, json={"n": 8}).status_code == 413
     assert calls == []
     assert np.isfinite(models["var"].loaded.runtime.cost(models["var"].loaded.options_class(n=8)).peak_bytes)
+
+
+class UnexportedLoaded:
+    """A served QuantArt without graphs: its real loop and cost model over a config (the tiny
+    preset's), components that record calls. What the app reaches before sampling."""
+
+    model = "quantart"
+    manifest = {"components": {}}
+    providers = {"used": "CPUExecutionProvider"}
+
+    def __init__(self) -> None:
+        from zoo.config import resolve
+        from zoo.registry import get_registry
+        from zoo_quantart.config import PRESETS
+        from zoo_quantart.runtime import QuantArtRuntime
+
+        plugin = get_registry().get("quantart")
+        config = resolve(plugin.Config, PRESETS["tiny"]).model_dump(mode="json")
+        shipped = np.zeros((4, config["image_size"], config["image_size"], 3), np.uint8)
+        self.calls: list[str] = []
+        self.runtime = QuantArtRuntime(
+            lambda name, **inputs: self.calls.append(name) or {},
+            config,
+            {"content_images": shipped, "style_images": shipped},
+            {},
+        )
+        self.options_class = self.runtime.options_class
+
+    def sample(self, options: SampleOptionsBase) -> SampleOutput:
+        return self.runtime.sample(options)
+
+
+@pytest.mark.parametrize(
+    ("options", "status", "message"),
+    [
+        ({"size": 2048}, 413, "over the server's budget"),  # onnxruntime asked for 256 GiB here
+        ({"size": 512}, 413, "over the server's budget"),  # 9 GB and a minute
+        ({"content": base64.b64encode(png_declaring(1, 64_000_000)).decode()}, 413, "pixels a side"),
+    ],
+)
+def test_quantart_requests_that_would_exhaust_memory_are_refused_before_any_graph(tmp_path, options, status, message):
+    loaded = UnexportedLoaded()
+    settings = ServeSettings([tmp_path], allowed_hosts=(HOST,), max_request_bytes=4 * 1024**3)
+    app = create_app({"quantart": ServedModel("quantart", loaded)}, settings)  # type: ignore[arg-type]
+    with TestClient(app) as client:
+        one_line_error(client.post("/v1/models/quantart/sample", json=options), status, message)
+    assert loaded.calls == []
+    assert loaded.runtime.cost(loaded.options_class(size=2048)).peak_bytes > 2**40  # a terabyte and more
