@@ -97,12 +97,23 @@ def test_image_bombs_are_413_before_decoding(client, image, message, form, monke
         (b'{"cfg": NaN}', "NaN is not a JSON number"),
         (b'{"cfg": 1e5', "not valid JSON"),
         (b"\xff\xfe{}", "not valid JSON"),
+        (b'{"classes": [' + b"1," * 70_000 + b"1]}", "over 65,536 values"),
     ],
-    ids=["deep-100k", "deep-18", "int-1M-digits", "float-1k-digits", "Infinity", "NaN", "truncated", "not-utf8"],
+    ids=[
+        "deep-100k",
+        "deep-18",
+        "int-1M-digits",
+        "float-1k-digits",
+        "Infinity",
+        "NaN",
+        "truncated",
+        "not-utf8",
+        "70k-values",
+    ],
 )
-def test_hostile_json_is_400(client, body, message):
+def test_hostile_json_is_400_or_413(client, body, message):
     response = client.post(SAMPLE, content=body, headers={"content-type": "application/json"})
-    one_line_error(response, 400, message)
+    one_line_error(response, 413 if "values" in message else 400, message)
 
 
 @pytest.mark.parametrize(
@@ -284,3 +295,23 @@ def test_quantart_requests_that_would_exhaust_memory_are_refused_before_any_grap
         one_line_error(client.post("/v1/models/quantart/sample", json=options), status, message)
     assert loaded.calls == []
     assert loaded.runtime.cost(loaded.options_class(size=2048)).peak_bytes > 2**40  # a terabyte and more
+
+
+def test_sampling_stops_at_the_next_graph_call_past_its_deadline_or_at_shutdown():
+    import threading
+
+    from zoo.runtime.loop import DeadlineComponents, SamplingTimeout, sampling_deadline
+
+    calls: list[str] = []
+    components = DeadlineComponents(lambda name, **inputs: calls.append(name) or {})
+    stop = threading.Event()
+    with sampling_deadline(None, stop):
+        components("first")
+        stop.set()  # the server shuts down
+        with pytest.raises(SamplingTimeout, match="before graph 'second': the server is shutting down"):
+            components("second")
+    with sampling_deadline(0.0):
+        with pytest.raises(SamplingTimeout, match="at its deadline, before graph 'third'"):
+            components("third")
+    components("outside")  # no deadline outside the block
+    assert calls == ["first", "outside"]

@@ -7,11 +7,13 @@ onnxruntime sessions (zoo.runtime.sessions): one algorithm, two engines.
 Before it runs, a loop states what a request will cost (`cost`: peak memory and graph
 calls, zoo.runtime.cost), so that `zoo serve` can refuse one over its budget. While it runs,
 every graph call first checks the sampling deadline of the calling thread
-(`sampling_deadline`): a request past it stops at its next graph call with SamplingTimeout.
+(`sampling_deadline`): a request past it, or whose stop event is set (a server shutting
+down), stops at its next graph call with SamplingTimeout.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +27,9 @@ from zoo.errors import ZooError
 from zoo.outputs import SampleOutput
 from zoo.runtime.cost import Cost
 
-_deadline: ContextVar[float | None] = ContextVar("zoo_sampling_deadline", default=None)
+_deadline: ContextVar[tuple[float | None, threading.Event | None]] = ContextVar(
+    "zoo_sampling_deadline", default=(None, None)
+)
 
 
 class SamplingTimeout(ZooError):
@@ -33,9 +37,10 @@ class SamplingTimeout(ZooError):
 
 
 @contextmanager
-def sampling_deadline(seconds: float | None) -> Iterator[None]:
-    """Within the block, graph calls of this thread (or task) stop once `seconds` have passed."""
-    token = _deadline.set(None if seconds is None else time.monotonic() + seconds)
+def sampling_deadline(seconds: float | None, stop: threading.Event | None = None) -> Iterator[None]:
+    """Within the block, graph calls of this thread (or task) stop once `seconds` have passed
+    or `stop` is set."""
+    token = _deadline.set((None if seconds is None else time.monotonic() + seconds, stop))
     try:
         yield
     finally:
@@ -57,9 +62,11 @@ class DeadlineComponents:
         self.inner = components
 
     def __call__(self, name: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
-        deadline = _deadline.get()
+        deadline, stop = _deadline.get()
         if deadline is not None and time.monotonic() > deadline:
             raise SamplingTimeout(f"sampling stopped at its deadline, before graph {name!r}: ask for less work")
+        if stop is not None and stop.is_set():
+            raise SamplingTimeout(f"sampling stopped before graph {name!r}: the server is shutting down")
         return self.inner(name, **inputs)
 
     def __contains__(self, name: str) -> bool:

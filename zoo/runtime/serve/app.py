@@ -26,6 +26,7 @@ server goes on.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -62,13 +63,17 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
     page = page_html()
 
     budget = settings.request_budget
+    stopping = threading.Event()  # set at shutdown, past its deadline: sampling still running stops
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.limiter = anyio.CapacityLimiter(settings.workers)  # made on the server's event loop
-        app.state.parsers = anyio.CapacityLimiter(settings.workers + 1)  # parsing: CPU work, briefer
+        app.state.parsers = anyio.CapacityLimiter(settings.workers + 1)  # parsing and encoding: CPU work, briefer
         app.state.admitted = 0  # in the server, reading to sampling; changed on the event loop only, so no lock
         yield
+        # uvicorn has waited --shutdown-timeout and cancelled the requests; their worker threads
+        # (which the process waits for) stop at their next graph call
+        stopping.set()
 
     async def index(request: Request) -> Response:
         return HTMLResponse(page)
@@ -91,7 +96,7 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
     def sampled(model: ServedModel, options: SampleOptionsBase) -> tuple[SampleOutput, float, float]:
         """In a worker thread: the output, when sampling started and how long it took."""
         started = time.perf_counter()
-        with sampling_deadline(settings.request_timeout):
+        with sampling_deadline(settings.request_timeout, stopping):
             output = model.loaded.sample(options)
         return output, started, time.perf_counter() - started
 
@@ -117,11 +122,13 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
         queued = started - enqueued
         metrics.sampling.labels(name).observe(seconds)
         if not as_png:
-            return JSONResponse(output_json(output, seconds, queued))
+            content = await anyio.to_thread.run_sync(output_json, output, seconds, queued, limiter=state.parsers)
+            return JSONResponse(content)
         if output.images is None or len(output.images) == 0:
             raise RequestError(406, "this request made texts, no image: ask for JSON")
         headers = {"X-Zoo-Seconds": f"{seconds:.4f}", "X-Zoo-Queued-Seconds": f"{queued:.4f}"}
-        return Response(output_png(output), media_type="image/png", headers=headers)
+        grid = await anyio.to_thread.run_sync(output_png, output, limiter=state.parsers)  # PNG encoding: CPU work
+        return Response(grid, media_type="image/png", headers=headers)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "models": sorted(models)})

@@ -19,7 +19,8 @@ The body is read on the event loop within a deadline (408 past it); everything a
 (JSON, multipart, base64, image headers, validation) is CPU work done in a worker thread
 (`parse_request`), so a large body never stalls the other connections. JSON is refused with
 400 when nested past MAX_JSON_DEPTH, when a number has over MAX_NUMBER_DIGITS digits, or when
-it holds NaN or Infinity (not JSON; the option schemas refuse non-finite numbers too).
+it holds NaN or Infinity (not JSON; the option schemas refuse non-finite numbers too), and
+with 413 when it holds over MAX_JSON_VALUES values.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ from zoo.runtime.serve.models import ServedModel
 OPTIONS_PART = "options"  # the multipart part holding the options as JSON
 MAX_JSON_DEPTH = 16  # sample options are flat: an object of values and lists
 MAX_NUMBER_DIGITS = 400  # digits of one JSON number (Python's int() refuses past 4300 with ValueError)
+# Values in one JSON body, counted by its commas before parsing: sample options hold a few
+# hundred at most (256 captions or classes), images are single strings. The JSON parser
+# and pydantic hold the GIL, so millions of tiny values would stall the event loop's thread
+# for a second even off it.
+MAX_JSON_VALUES = 65_536
 
 
 class RequestError(Exception):
@@ -174,6 +180,8 @@ def _depth(value: Any) -> int:
 def json_object(data: bytes, where: str) -> dict[str, Any]:
     if not data.strip():
         return {}
+    if data.count(b",") >= MAX_JSON_VALUES:
+        raise RequestError(413, f"{where} holds over {MAX_JSON_VALUES:,} values; sample options are far fewer")
     try:
         value = json.loads(data, parse_int=_bounded_int, parse_float=_bounded_float, parse_constant=_no_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
