@@ -167,7 +167,7 @@ def test_default_hosts_are_the_bind_address_and_localhost(var_export):
     assert ServeSettings([var_export], host="::1").host_names == {"127.0.0.1", "localhost", "[::1]"}
     assert ServeSettings([var_export], host="10.0.0.5").host_names == {"127.0.0.1", "localhost", "[::1]", "10.0.0.5"}
     assert ServeSettings([var_export], host="0.0.0.0").host_names is None  # any: named with --allowed-host
-    assert ServeSettings([var_export], host="0.0.0.0", allowed_hosts=("Zoo.Lan",)).host_names == {"zoo.lan"}
+    assert ServeSettings([var_export], host="0.0.0.0", allowed_hosts=("Zoo.Lan:8000",)).host_names == {"zoo.lan"}
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from zoo.runtime.serve.settings import ServeSettings
+from zoo.runtime.serve.settings import ServeSettings, host_name
 
 OPEN_PATHS = ("/", "/healthz")  # no token: the page (which asks for one) and the liveness probe
 
@@ -66,11 +66,3 @@ class AccessMiddleware:
                     {"WWW-Authenticate": "Bearer"},
                 )
         return None
-
-
-def host_name(host: str) -> str:
-    """A Host header without its port, lower case: `[::1]:8000` -> `[::1]`, `a.b:80` -> `a.b`."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host[: host.find("]") + 1] if "]" in host else host
-    return host.rpartition(":")[0] if ":" in host else host

@@ -86,11 +86,19 @@ class ServeSettings:
         """Host header names (lower case, no port) accepted; None accepts any (a wildcard bind
         with no --allowed-host: the server answers on addresses it cannot list)."""
         if self.allowed_hosts:
-            return frozenset(host.lower() for host in self.allowed_hosts)
+            return frozenset(host_name(host) for host in self.allowed_hosts)
         if self.host in WILDCARD_HOSTS:
             return None
         names = {"localhost", "127.0.0.1", "[::1]", _host_header_name(self.host)}
         return frozenset(names)
+
+
+def host_name(host: str) -> str:
+    """A Host header (or an --allowed-host) without its port, lower case: `[::1]:8000` -> `[::1]`."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.rpartition(":")[0] if ":" in host else host
 
 
 def _host_header_name(address: str) -> str:
