@@ -246,7 +246,7 @@ class CaptionSampleOptions(SampleOptionsBase):
     caption: list[str] | None = Field(None, max_length=MAX_SAMPLES, description="caption(s) to turn into images")
     decoding: Literal["greedy", "beam", "sample"] = Field("greedy", description="caption decoding")
     beam_width: int = Field(4, ge=1, le=MAX_BEAMS, description="beams of beam search")
-    length_penalty: float = Field(0.0, ge=0, description="beam search ranks by log-prob / length^length_penalty")
+    length_penalty: float = Field(0.0, ge=0, le=10, description="beam search ranks by log-prob / length^length_penalty")
     top_k: int = top_k_option(0)  # with --decoding sample
     top_p: float = top_p_option(1.0)
     temperature: float = temperature_option(1.0)

@@ -15,6 +15,7 @@ import numpy as np
 
 from zoo.errors import ExportError
 from zoo.outputs import SampleOutput, to_uint8
+from zoo.runtime.cost import FLOAT32, FLOAT64, Cost, decode_costs, widest_feature_map
 from zoo.runtime.images import describe_source, read_square, to_model_input
 from zoo.runtime.loop import ModelRuntime
 from zoo.runtime.sampling import batches, draw, filter_logits, log_softmax, run_batched, softmax
@@ -77,6 +78,28 @@ class CaptionRuntime(ModelRuntime[CaptionSampleOptions]):
             images = examples[np.arange(options.n) % len(examples)]
         captions, tokens = self.caption(to_model_input(images), options)
         return SampleOutput(images=images, texts=captions, extras={"tokens": tokens})
+
+    def cost(self, options: CaptionSampleOptions) -> Cost:
+        """The image encoder's (or decoder's) arena, about four of its widest feature maps per
+        image of a BATCH; the decoder step's key/value cache and logits of every row of a
+        batch, times beams: in, out, inside, and the copies that reordering beams makes (about
+        eight in all, measured); the loop's float64 log-probabilities; the images kept."""
+        layers, heads, head_dim = self.cache_shape
+        vocab = len(self.banned)
+        widest = widest_feature_map(1, self.config["image"]["channels"], self.image_size)
+        inputs, count = 0, options.n
+        if options.image:
+            costs = [cost for image in options.image for cost in decode_costs(image, "--image")]
+            inputs, count = max(costs, default=0), len(costs)
+        elif options.caption:
+            count = len(options.caption)
+        rows = min(BATCH, count) * (options.beam_width if options.decoding == "beam" else 1)
+        steps = min(options.max_length or self.max_length, self.max_length - 1)
+        cache = layers * 2 * heads * (steps + 1) * head_dim
+        total = 4 * min(BATCH, count) * widest * FLOAT32
+        total += 8 * rows * (cache + vocab) * FLOAT32 + 3 * rows * vocab * FLOAT64
+        total += inputs + count * self.image_size**2 * 3 * (1 + FLOAT32)
+        return Cost(total, 2 * -(-count // BATCH) * (steps + 1))
 
     def retrieval(self, image_paths: list[str], captions: list[str]) -> SampleOutput:
         images = np.stack([read_square(path, self.image_size) for path in image_paths])

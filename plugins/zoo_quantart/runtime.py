@@ -16,6 +16,7 @@ from PIL import Image
 from zoo.config import MAX_SAMPLES
 from zoo.errors import DataError
 from zoo.outputs import SampleOutput, to_uint8
+from zoo.runtime.cost import FLOAT32, Cost, decode_costs, widest_feature_map
 from zoo.runtime.images import image_files, is_data_uri, read_square, square_resize, to_model_input
 from zoo.runtime.loop import ModelRuntime
 from zoo.runtime.sampling import run_batched
@@ -99,6 +100,40 @@ class QuantArtRuntime(ModelRuntime[QuantArtSampleOptions]):
         if len(outputs) == 1:
             return SampleOutput(images=outputs, columns=1, extras=extras)
         return SampleOutput(images=self.pair_grid(contents, styles, outputs), columns=len(styles) + 1, extras=extras)
+
+    def cost(self, options: QuantArtSampleOptions) -> Cost:
+        """Attention makes it quadratic in pixels: a call of b images holds about two b x T x T
+        float32 attention maps for T tokens (the feature map's pixels) at the widest attended
+        level, and about four of its widest feature maps (measured on a deep, attention-light
+        VQGAN). The four graphs' arenas add up, as do the decoded inputs and the outputs."""
+        size = self.image_side(options.size)
+        vqgan = self.config["vqgan"]
+        levels = len(vqgan["ch_mult"])
+        attended = [
+            level for level in range(levels) if self.config["image_size"] // 2**level in vqgan["attn_resolutions"]
+        ]
+        tokens = max((size // 2**level) ** 2 for level in [*attended, levels - 1])  # the middle block attends too
+        code_tokens = (size // 2 ** (levels - 1)) ** 2
+        widest = widest_feature_map(vqgan["ch"], vqgan["ch_mult"], size)
+
+        def graph(batch: int, tokens: int) -> int:
+            return batch * (2 * tokens * tokens + 4 * widest) * FLOAT32
+
+        inputs, counts = 0, []
+        for role, spec in (("content", options.content), ("style", options.style)):
+            if spec is None:
+                counts.append(len(self.arrays[f"{role}_images"]))
+            else:
+                costs = decode_costs(spec, f"--{role}")
+                inputs = max([inputs, *costs])
+                counts.append(len(costs))
+        pairs = SWEEP_STEPS**2 if options.sweep else counts[0] * counts[1]
+        arenas = graph(min(BATCH, counts[0]), tokens) + graph(min(BATCH, counts[1]), tokens)
+        arenas += graph(min(BATCH, pairs), code_tokens) + graph(min(BATCH, pairs), tokens)
+        images = (sum(counts) + pairs) * size * size * 3 * (1 + FLOAT32)  # uint8 and float32 copies
+        outputs = 2 * pairs * 3 * size * size * FLOAT32  # the decoder's output, kept as an extra, and its uint8
+        calls = sum(-(-count // BATCH) for count in counts) + 2 * -(-pairs // BATCH)
+        return Cost(arenas + inputs + images + outputs, calls)
 
     def image_side(self, requested: int | None) -> int:
         """The requested side rounded down to a multiple of the code stride."""

@@ -286,18 +286,25 @@ def _is_zero(value: int | float | str) -> bool:
         return False
 
 
+MAX_CFG = 100.0  # guidance past this only overflows the mixed logits: every token the same
+MAX_GUMBEL = 100.0  # a temperature past this draws uniformly already
+
+
 class VARSampleOptions(ClassSampleOptions):
     """`classes` and `n` (images per class) come from zoo's ClassSampleOptions; with --edit the
     default class is the unconditional one (plain in-/out-painting)."""
 
     default_classes: ClassVar[int] = DEFAULT_CLASSES
 
-    cfg: float = Field(4.0, ge=0, description="classifier-free guidance; ramps as cfg * k / (K - 1) over scales k")
+    cfg: float = Field(
+        4.0, ge=0, le=MAX_CFG, description="classifier-free guidance; ramps as cfg * k / (K - 1) over scales k"
+    )
     top_k: int = top_k_option(900)  # clamped to the codebook size
     top_p: float = top_p_option(0.96)
     gumbel: float = Field(
         0.0,
         ge=0,
+        le=MAX_GUMBEL,
         description="Gumbel-softmax smoothing of the code vectors (the official `more_smooth`, which uses 0.27); 0 is off",
     )
     kv_cache: bool = Field(True, description="reuse keys/values of earlier scales; false recomputes every scale")

@@ -19,6 +19,7 @@ import numpy as np
 
 from zoo.errors import ZooError
 from zoo.outputs import SampleOutput, to_uint8
+from zoo.runtime.cost import FLOAT32, FLOAT64, Cost, decode_costs, widest_feature_map
 from zoo.runtime.images import open_image, read_square, square_resize, to_model_input
 from zoo.runtime.loop import ModelRuntime
 from zoo.runtime.sampling import draw, filter_logits, softmax
@@ -96,12 +97,39 @@ class VARRuntime(ModelRuntime[VARSampleOptions]):
         images = self.components("decoder", f_hat=f_hat)["image"]
         return SampleOutput(images=to_uint8(images), columns=options.n, extras={"tokens": tokens, "labels": labels})
 
+    def cost(self, options: VARSampleOptions) -> Cost:
+        """Each graph's arena holds its largest call's activations (onnxruntime keeps them), so
+        the graphs add up: the transformer step's at the last scale (about three times its
+        key/value cache and logits out, plus attention; the loop holds the cache in and out
+        too), the decoder's (about ten of its widest
+        feature maps), and the loop's float64 filtering of the logits (copies, a sort, a sum)."""
+        geometry = Geometry.from_config(self.config)
+        tokenizer = TokenizerConfig.model_validate(self.config["tokenizer"])
+        rows = len(options.classes) if options.classes else 1 if options.edit is not None else DEFAULT_CLASSES
+        batch = options.n * min(rows, geometry.num_classes + 1)
+        codebook_size = len(self.arrays["codebook"])
+        total = sum(side * side for side in geometry.patch_nums)
+        last = geometry.patch_nums[-1] ** 2
+        width = geometry.heads * geometry.head_dim
+        cache = (2 * batch) * geometry.depth * 2 * total * width * FLOAT32
+        logits = (2 * batch) * (last if options.kv_cache else total) * codebook_size * FLOAT32
+        attention = (2 * batch) * geometry.heads * last * total * FLOAT32
+        filtering = batch * last * codebook_size * 7 * FLOAT64
+        widest = widest_feature_map(tokenizer.channels, tokenizer.channel_multipliers, geometry.resolution)
+        decoder = 10 * batch * widest * FLOAT32
+        edit = 0
+        if options.edit is not None:
+            edit = max(decode_costs(options.edit, "--edit"))
+            edit += max(decode_costs(options.mask, "--mask")) if options.mask is not None else 0
+        peak = 5 * (cache + logits) + attention + filtering + decoder + edit
+        return Cost(peak, 2 * len(geometry.patch_nums) + 1 + (options.edit is not None))
+
     def _labels(self, options: VARSampleOptions, geometry: Geometry) -> np.ndarray:
         """Each class repeated n times; class -1 (or the null class) is unconditional."""
         if options.classes:
             classes = list(options.classes)
         elif options.edit is not None:
-            classes = [geometry.num_classes]
+            classes = [-1]  # unconditional: the docs' "without --class, regenerates unconditionally"
         else:
             classes = list(range(min(DEFAULT_CLASSES, geometry.num_classes)))
         for label in classes:

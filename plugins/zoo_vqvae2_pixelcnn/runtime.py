@@ -20,6 +20,7 @@ import numpy as np
 from zoo.config import check_sample_count
 from zoo.errors import ConfigError
 from zoo.outputs import SampleOutput, to_uint8
+from zoo.runtime.cost import FLOAT32, Cost
 from zoo.runtime.loop import Components, ModelRuntime
 from zoo.runtime.sampling import draw, filter_logits, softmax
 from zoo_vqvae2_pixelcnn.config import PriorConfig, VQVAE2Config, VQVAE2SampleOptions
@@ -48,6 +49,39 @@ class VQVAE2Runtime(ModelRuntime[VQVAE2SampleOptions]):
             columns=columns,
             extras={"top_codes": top, "bottom_codes": bottom, "labels": labels},
         )
+
+    def cost(self, options: VQVAE2SampleOptions) -> Cost:
+        """Per prior, its graphs' arenas: the fast path's caches (in, out and inside), the naive
+        path's whole network over the code map; then the decoder (about ten feature maps of
+        half the image's side at the VQ-VAE's width) and the codes and images kept for the answer."""
+        settings = self.settings
+        rows = (
+            1
+            if not settings.class_conditional
+            else len(options.classes or []) or min(DEFAULT_CLASSES, settings.num_classes)
+        )
+        count = options.n * rows
+        total, calls = 0, 1
+        for prior, side in (("prior_top", settings.top_side), ("prior_bottom", settings.bottom_side)):
+            prior_settings: PriorConfig = getattr(settings, prior)
+            channels = max(prior_settings.channels, prior_settings.condition_channels)
+            if options.naive:
+                network = (2 * prior_settings.blocks + 2) * channels * side * side
+                logits = self.codebook_size(prior) * side * side
+                total += 2 * count * (network + logits) * FLOAT32
+                calls += side * side
+            else:
+                caches = np.prod(prior_settings.vertical_cache_shape(side))
+                caches += np.prod(prior_settings.horizontal_cache_shape(side))
+                total += 3 * count * (int(caches) + channels * side * side) * FLOAT32
+                calls += side * (side + 1)
+        total += 10 * count * settings.vqvae.channels * (settings.image_size // 2) ** 2 * FLOAT32
+        total += count * 3 * settings.image_size**2 * (FLOAT32 + 1)
+        return Cost(total, calls)
+
+    def codebook_size(self, prior: str) -> int:
+        vqvae = self.settings.vqvae
+        return vqvae.top_codebook_size if prior == "prior_top" else vqvae.bottom_codebook_size
 
     def labels(self, options: VQVAE2SampleOptions) -> np.ndarray:
         """(rows x n,) int64 labels for the priors: each class repeated n times (n images per

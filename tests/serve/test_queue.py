@@ -25,6 +25,10 @@ class BlockingLoaded:
     def __init__(self) -> None:
         self.started = threading.Semaphore(0)
         self.release = threading.Event()
+        self.runtime = self  # the loop: states no cost
+
+    def cost(self, options: SampleOptionsBase) -> None:
+        return None
 
     def sample(self, options: SampleOptionsBase) -> SampleOutput:
         self.started.release()
@@ -34,7 +38,8 @@ class BlockingLoaded:
 
 def test_requests_past_workers_and_queue_get_503_and_slots_free_when_requests_end(tmp_path):
     loaded = BlockingLoaded()
-    app = create_app({"stub": ServedModel("stub", loaded)}, ServeSettings([tmp_path], workers=1, max_queue=1))
+    settings = ServeSettings([tmp_path], workers=1, max_queue=1, allowed_hosts=("testserver",))
+    app = create_app({"stub": ServedModel("stub", loaded)}, settings)
     results: list[int] = []
     with TestClient(app) as client:
 

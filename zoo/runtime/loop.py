@@ -3,16 +3,48 @@
 A loop calls graphs by component name with numpy inputs and gets numpy outputs back.
 `zoo sample` hands it the torch modules (zoo.torch_components), `zoo run` the
 onnxruntime sessions (zoo.runtime.sessions): one algorithm, two engines.
+
+Before it runs, a loop states what a request will cost (`cost`: peak memory and graph
+calls, zoo.runtime.cost), so that `zoo serve` can refuse one over its budget. While it runs,
+every graph call first checks the sampling deadline of the calling thread
+(`sampling_deadline`): a request past it, or whose stop event is set (a server shutting
+down), stops at its next graph call with SamplingTimeout.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Generic, Protocol
 
 import numpy as np
 
 from zoo.config import SampleOptionsT
+from zoo.errors import ZooError
 from zoo.outputs import SampleOutput
+from zoo.runtime.cost import Cost
+
+_deadline: ContextVar[tuple[float | None, threading.Event | None]] = ContextVar(
+    "zoo_sampling_deadline", default=(None, None)
+)
+
+
+class SamplingTimeout(ZooError):
+    """A request that sampled past its deadline (`zoo serve --request-timeout`)."""
+
+
+@contextmanager
+def sampling_deadline(seconds: float | None, stop: threading.Event | None = None) -> Iterator[None]:
+    """Within the block, graph calls of this thread (or task) stop once `seconds` have passed
+    or `stop` is set."""
+    token = _deadline.set((None if seconds is None else time.monotonic() + seconds, stop))
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
 
 
 class Components(Protocol):
@@ -23,9 +55,27 @@ class Components(Protocol):
     def __contains__(self, name: str) -> bool: ...
 
 
+class DeadlineComponents:
+    """Components that check the sampling deadline before each graph call."""
+
+    def __init__(self, components: Components) -> None:
+        self.inner = components
+
+    def __call__(self, name: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        deadline, stop = _deadline.get()
+        if deadline is not None and time.monotonic() > deadline:
+            raise SamplingTimeout(f"sampling stopped at its deadline, before graph {name!r}: ask for less work")
+        if stop is not None and stop.is_set():
+            raise SamplingTimeout(f"sampling stopped before graph {name!r}: the server is shutting down")
+        return self.inner(name, **inputs)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.inner
+
+
 class ModelRuntime(Generic[SampleOptionsT]):
     """Subclass per plugin (in its torch-free `runtime.py`) as `ModelRuntime[ItsSampleOptions]`,
-    set `options_class` to that class and implement `sample`."""
+    set `options_class` to that class and implement `sample` (and `cost`)."""
 
     options_class: type[SampleOptionsT]
 
@@ -36,10 +86,16 @@ class ModelRuntime(Generic[SampleOptionsT]):
         arrays: dict[str, np.ndarray],
         files: dict[str, bytes],
     ) -> None:
-        self.components = components
+        self.components: Components = DeadlineComponents(components)
         self.config = config
         self.arrays = arrays
         self.files = files
 
     def sample(self, options: SampleOptionsT) -> SampleOutput:
         raise NotImplementedError
+
+    def cost(self, options: SampleOptionsT) -> Cost | None:
+        """The request's peak memory and graph calls, from its options and the sizes of its
+        inputs, computed without running a graph or decoding an image. None: this loop does
+        not say (zoo serve then admits the request unmeasured)."""
+        return None

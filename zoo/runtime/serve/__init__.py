@@ -13,7 +13,9 @@
 The modules, one job each: settings (what the command line sets), models (exports loaded
 once and shared), inputs (a request body -> validated options; uploads stay in memory),
 outputs (a SampleOutput -> JSON or PNG), metrics (Prometheus), page (the web page),
-app (routes and errors), server (uvicorn).
+access (Host, Origin and token checks), connections (header deadline, connection cap),
+app (routes, the request budget and errors), server (binding, uvicorn). What the server
+bounds and checks, and what it leaves to a reverse proxy: SECURITY.md.
 """
 
 from __future__ import annotations

@@ -1,23 +1,35 @@
 """The Starlette app: routes, the thread pool that samples, and errors as one JSON line.
 
+A sample request goes through, in order: admission (at most `workers + max_queue` requests
+are in the server at once, from their first body byte; more get 503 at once, so that bodies
+in memory are bounded too), the body read within its deadline, parsing and validation in a
+thread (zoo.runtime.serve.inputs), the loop's cost estimate against the request budget
+(413 when over, before anything is allocated), then sampling.
+
 Sampling is CPU-bound and synchronous, so it runs off the event loop in worker threads,
-at most `settings.workers` at once (an anyio CapacityLimiter); at most `settings.max_queue`
-more wait for a free worker, and further ones are refused with 503 at once: a burst must not
-pile up requests whose clients gave up long before a worker reaches them. onnxruntime sessions are safe to run from several threads, and each
-request's loop keeps its state (generator, caches) to itself.
+at most `settings.workers` at once (an anyio CapacityLimiter); a burst must not pile up
+requests whose clients gave up long before a worker reaches them. onnxruntime sessions are
+safe to run from several threads, and each request's loop keeps its state (generator,
+caches) to itself. With `--request-timeout`, a request still sampling at its deadline stops
+at its next graph call (zoo.runtime.loop.sampling_deadline) and is answered with 504; its
+worker is free again.
 
 Requests are sampled one by one, never batched together: a loop draws a whole batch from
 one generator seeded by its options, so rows of a joint batch would not be what each
 request's own seed gives.
 
 Every error a client can cause is a 4xx with `{"error": "one line"}`; anything else is a
-500 of the same form (uvicorn logs its traceback), and the server goes on.
+500 of the same form with an `error_id`, logged with its traceback under that id, and the
+server goes on.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 import anyio
@@ -29,13 +41,20 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from zoo.config import SampleOptionsBase
 from zoo.errors import ConfigError, ExportError, UnknownNameError, ZooError, first_line
-from zoo.runtime.serve.inputs import RequestError, sample_options
+from zoo.outputs import SampleOutput
+from zoo.runtime.cost import Cost
+from zoo.runtime.loop import SamplingTimeout, sampling_deadline
+from zoo.runtime.serve.access import AccessMiddleware
+from zoo.runtime.serve.inputs import RequestError, parse_request, read_body
 from zoo.runtime.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics, MetricsMiddleware
 from zoo.runtime.serve.models import ServedModel
 from zoo.runtime.serve.outputs import output_json, output_png
 from zoo.runtime.serve.page import page_html
 from zoo.runtime.serve.settings import ServeSettings
+
+logger = logging.getLogger("zoo.serve")
 
 
 def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starlette:
@@ -43,11 +62,18 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
     listing = {"models": [model.summary() for model in models.values()]}  # computed once: the exports are fixed
     page = page_html()
 
+    budget = settings.request_budget
+    stopping = threading.Event()  # set at shutdown, past its deadline: sampling still running stops
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.limiter = anyio.CapacityLimiter(settings.workers)  # made on the server's event loop
-        app.state.admitted = 0  # sampling or waiting; changed on the event loop only, so no lock
+        app.state.parsers = anyio.CapacityLimiter(settings.workers + 1)  # parsing and encoding: CPU work, briefer
+        app.state.admitted = 0  # in the server, reading to sampling; changed on the event loop only, so no lock
         yield
+        # uvicorn has waited --shutdown-timeout and cancelled the requests; their worker threads
+        # (which the process waits for) stop at their next graph call
+        stopping.set()
 
     async def index(request: Request) -> Response:
         return HTMLResponse(page)
@@ -55,29 +81,54 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
     async def list_models(request: Request) -> Response:
         return JSONResponse(listing)
 
+    def checked(model: ServedModel, body: bytes, content_type: str) -> SampleOptionsBase:
+        """The validated options, refused with 413 when their cost is over the budget."""
+        options = parse_request(body, content_type, model, settings.max_image_side)
+        cost: Cost | None = model.loaded.runtime.cost(options)
+        if cost is not None and cost.peak_bytes > budget:
+            raise RequestError(
+                413,
+                f"this request would take {cost.describe()}, over the server's budget of "
+                f"{budget / 1024**2:,.0f} MB a request (--max-request-mb): ask for fewer or smaller images",
+            )
+        return options
+
+    def sampled(model: ServedModel, options: SampleOptionsBase) -> tuple[SampleOutput, float, float]:
+        """In a worker thread: the output, when sampling started and how long it took."""
+        started = time.perf_counter()
+        with sampling_deadline(settings.request_timeout, stopping):
+            output = model.loaded.sample(options)
+        return output, started, time.perf_counter() - started
+
     async def sample(request: Request) -> Response:
         name = request.path_params["name"]
         if name not in models:
-            raise RequestError(404, str(UnknownNameError("model", name, models)))
+            raise RequestError(404, str(UnknownNameError("model", name[:100], models)))
         model = models[name]
         as_png = wants_png(request)
-        options = await sample_options(request, model, settings.max_upload_bytes)
         state = request.app.state
         if state.admitted >= settings.workers + settings.max_queue:
-            raise RequestError(503, f"server busy: {state.admitted} requests sampling or waiting; retry later")
+            raise RequestError(503, f"server busy: {state.admitted} requests in progress; retry later")
         state.admitted += 1
-        start = time.perf_counter()
         try:
-            output = await anyio.to_thread.run_sync(model.loaded.sample, options, limiter=state.limiter)
+            body = await read_body(request, settings.max_upload_bytes, settings.body_timeout)
+            content_type = request.headers.get("content-type", "")
+            options = await anyio.to_thread.run_sync(checked, model, body, content_type, limiter=state.parsers)
+            del body
+            enqueued = time.perf_counter()
+            output, started, seconds = await anyio.to_thread.run_sync(sampled, model, options, limiter=state.limiter)
         finally:
             state.admitted -= 1
-        seconds = time.perf_counter() - start
+        queued = started - enqueued
         metrics.sampling.labels(name).observe(seconds)
         if not as_png:
-            return JSONResponse(output_json(output, seconds))
+            content = await anyio.to_thread.run_sync(output_json, output, seconds, queued, limiter=state.parsers)
+            return JSONResponse(content)
         if output.images is None or len(output.images) == 0:
             raise RequestError(406, "this request made texts, no image: ask for JSON")
-        return Response(output_png(output), media_type="image/png", headers={"X-Zoo-Seconds": f"{seconds:.4f}"})
+        headers = {"X-Zoo-Seconds": f"{seconds:.4f}", "X-Zoo-Queued-Seconds": f"{queued:.4f}"}
+        grid = await anyio.to_thread.run_sync(output_png, output, limiter=state.parsers)  # PNG encoding: CPU work
+        return Response(grid, media_type="image/png", headers=headers)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "models": sorted(models)})
@@ -94,7 +145,10 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(MetricsMiddleware, metrics=metrics, routes=routes)],
+        middleware=[
+            Middleware(MetricsMiddleware, metrics=metrics, routes=routes),
+            Middleware(AccessMiddleware, settings=settings),
+        ],
         exception_handlers={
             RequestError: request_error,
             ZooError: zoo_error,
@@ -115,29 +169,46 @@ def wants_png(request: Request) -> bool:
     return chosen == "png"
 
 
-def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+MAX_ERROR_CHARS = 1000  # a message quoting a client's value stays readable
+
+
+def one_line(message: str) -> str:
+    """pydantic lists one refused field a line: joined with "; " into the one line clients get."""
+    joined = "; ".join(line.strip() for line in message.splitlines() if line.strip())
+    return joined if len(joined) <= MAX_ERROR_CHARS else joined[: MAX_ERROR_CHARS - 3] + "..."
+
+
+def error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": one_line(message)}, status_code=status, headers=headers)
+
+
+def server_fault(exc: Exception, message: str) -> JSONResponse:
+    """A 500: zoo's fault, not the client's. The log has the traceback under the id the answer carries."""
+    error_id = uuid.uuid4().hex[:12]
+    logger.error("error %s: %s", error_id, message, exc_info=exc)
+    body = {"error": one_line(f"{message} (error id {error_id})"), "error_id": error_id}
+    return JSONResponse(body, status_code=500)
 
 
 async def request_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestError)
-    return error(exc.status, exc.message)
+    return error(exc.status, exc.message, exc.headers)
 
 
 async def zoo_error(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, ConfigError):
-        status = 422  # options pydantic refused, or a loop found out of range
-    elif isinstance(exc, ExportError):
-        status = 500  # a served export failed: the server's fault, not the client's
-    else:
-        status = 400  # DataError (an unreadable upload), a loop's other input errors, a graph the export lacks
-    return error(status, str(exc))
+    if isinstance(exc, SamplingTimeout):
+        return error(504, str(exc))
+    if isinstance(exc, ExportError):
+        return server_fault(exc, str(exc))  # a served export failed: the server's fault, not the client's
+    # ConfigError: options pydantic refused, or a loop found out of range; DataError (an
+    # unreadable upload), a loop's other input errors, a graph the export lacks: 400
+    return error(422 if isinstance(exc, ConfigError) else 400, str(exc))
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return error(exc.status_code, exc.detail)
+    return error(exc.status_code, exc.detail, exc.headers)
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
-    return error(500, f"internal error: {first_line(exc, with_type=True)}")
+    return server_fault(exc, f"internal error: {first_line(exc, with_type=True)}")

@@ -11,7 +11,16 @@ A client never names a file on the server: a string in an image option is always
 image data, never as a path. The body is read into memory up to the size limit and the
 multipart parts are collected in memory (python-multipart's streaming parser with our own
 callbacks, not Starlette's UploadFile, which spools parts past 1 MB to a temporary file):
-no upload touches the disk. Every image is sniffed with Pillow before the model sees it.
+no upload touches the disk. Every image is sniffed with Pillow before the model sees it,
+and refused with 413 when its header declares more pixels, or a longer side, than the server
+takes: nothing is decoded before that.
+
+The body is read on the event loop within a deadline (408 past it); everything after that
+(JSON, multipart, base64, image headers, validation) is CPU work done in a worker thread
+(`parse_request`), so a large body never stalls the other connections. JSON is refused with
+400 when nested past MAX_JSON_DEPTH, when a number has over MAX_NUMBER_DIGITS digits, or when
+it holds NaN or Infinity (not JSON; the option schemas refuse non-finite numbers too), and
+with 413 when it holds over MAX_JSON_VALUES values.
 """
 
 from __future__ import annotations
@@ -20,9 +29,11 @@ import base64
 import binascii
 import io
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from PIL import Image, UnidentifiedImageError
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -30,19 +41,27 @@ from starlette.requests import Request
 
 from zoo.config import SampleOptionsBase, validate
 from zoo.errors import DataError
-from zoo.runtime.images import data_uri, data_uri_bytes, is_data_uri
+from zoo.runtime.images import MAX_PIXELS_VARIABLE, data_uri, data_uri_bytes, is_data_uri, max_image_pixels
 from zoo.runtime.serve.models import ServedModel
 
 OPTIONS_PART = "options"  # the multipart part holding the options as JSON
+MAX_JSON_DEPTH = 16  # sample options are flat: an object of values and lists
+MAX_NUMBER_DIGITS = 400  # digits of one JSON number (Python's int() refuses past 4300 with ValueError)
+# Values in one JSON body, counted by its commas before parsing: sample options hold a few
+# hundred at most (256 captions or classes), images are single strings. The JSON parser
+# and pydantic hold the GIL, so millions of tiny values would stall the event loop's thread
+# for a second even off it.
+MAX_JSON_VALUES = 65_536
 
 
 class RequestError(Exception):
     """A request the server refuses: an HTTP status and a one-line message."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 @dataclass
@@ -54,17 +73,24 @@ class Part:
     data: bytes
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused with 413 as soon as it is known to pass `limit` bytes."""
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to pass `limit` bytes, and with
+    408 (closing the connection) unless it has all arrived within `timeout` seconds."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"the request body is {int(declared)} bytes, over the limit of {limit}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:  # a chunked body declares no length: count as it arrives
-            raise RequestError(413, f"the request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        with anyio.fail_after(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:  # a chunked body declares no length: count as it arrives
+                    raise RequestError(413, f"the request body is over the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestError(
+            408, f"the request body did not arrive within {timeout:g} s; send it at once", {"Connection": "close"}
+        ) from None
     return b"".join(chunks)
 
 
@@ -98,7 +124,11 @@ def parse_multipart(body: bytes, boundary: bytes) -> list[Part]:
             raise RequestError(400, "a multipart part has no name (Content-Disposition: form-data; name=...)")
         filename = disposition.get(b"filename")
         parts.append(
-            Part(disposition[b"name"].decode(), filename.decode() if filename is not None else None, bytes(data))
+            Part(
+                disposition[b"name"].decode("utf-8", "replace"),
+                filename.decode("utf-8", "replace") if filename is not None else None,
+                bytes(data),
+            )
         )
 
     callbacks: Any = {  # python-multipart's callback table is a TypedDict of these names
@@ -118,25 +148,77 @@ def parse_multipart(body: bytes, boundary: bytes) -> list[Part]:
     return parts
 
 
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise RequestError(400, f"a JSON number has {len(text)} digits, over the limit of {MAX_NUMBER_DIGITS}")
+    return int(text)
+
+
+def _bounded_float(text: str) -> float:
+    if len(text) > MAX_NUMBER_DIGITS:
+        raise RequestError(400, f"a JSON number has {len(text)} characters, over the limit of {MAX_NUMBER_DIGITS}")
+    return float(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise RequestError(400, f"{name} is not a JSON number: send a finite number")
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
 def json_object(data: bytes, where: str) -> dict[str, Any]:
     if not data.strip():
         return {}
+    if data.count(b",") >= MAX_JSON_VALUES:
+        raise RequestError(413, f"{where} holds over {MAX_JSON_VALUES:,} values; sample options are far fewer")
     try:
-        value = json.loads(data)
+        value = json.loads(data, parse_int=_bounded_int, parse_float=_bounded_float, parse_constant=_no_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise RequestError(400, f"{where} is not valid JSON ({error})") from None
+    except RecursionError:
+        raise RequestError(400, f"{where} is nested too deeply (at most {MAX_JSON_DEPTH} levels)") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise RequestError(400, f"{where} is nested too deeply (at most {MAX_JSON_DEPTH} levels)")
     if not isinstance(value, dict):
         raise RequestError(400, f"{where} must be a JSON object of sample options")
     return value
 
 
-def image_data_uri(data: bytes, option: str) -> str:
-    """Image bytes -> a `data:` URI for the sampling loop, after Pillow recognises them."""
+def image_data_uri(data: bytes, option: str, max_side: int) -> str:
+    """Image bytes -> a `data:` URI for the sampling loop, after Pillow recognises them and
+    their header declares at most `max_side` pixels a side and zoo's pixel limit in all."""
+    limit = max_image_pixels()
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            media_type = Image.MIME.get(image.format or "", "")
-    except (UnidentifiedImageError, OSError, ValueError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                media_type = Image.MIME.get(image.format or "", "")
+                width, height = image.size
+    except Image.DecompressionBombError:
+        raise RequestError(413, f"{option}: the image declares too many pixels to decode safely") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise RequestError(415, f"{option}: not an image Pillow can read (send PNG, JPEG, WebP, ...)") from None
+    if max(width, height) > max_side:
+        raise RequestError(
+            413, f"{option}: the image is {width}x{height}, over the server's limit of {max_side} pixels a side"
+        )
+    if width * height > limit:
+        raise RequestError(
+            413,
+            f"{option}: the image is {width}x{height} = {width * height / 1e6:.0f} megapixels, over the server's "
+            f"limit of {limit / 1e6:g} (${MAX_PIXELS_VARIABLE})",
+        )
     return data_uri(data, media_type)
 
 
@@ -157,10 +239,11 @@ def json_image(value: Any, option: str) -> bytes:
         ) from None
 
 
-async def sample_options(request: Request, model: ServedModel, limit: int) -> SampleOptionsBase:
-    """The request's options, images as data: URIs, validated by the model's SampleOptions."""
-    body = await read_body(request, limit)
-    media_type, parameters = parse_options_header(request.headers.get("content-type", ""))
+def parse_request(body: bytes, content_type: str, model: ServedModel, max_image_side: int) -> SampleOptionsBase:
+    """A request's body -> its options, images as data: URIs, validated by the model's
+    SampleOptions (ConfigError, answered with 422, when they refuse). CPU work: run it off
+    the event loop."""
+    media_type, parameters = parse_options_header(content_type)
     images: dict[str, list[bytes]] = {}
     if media_type == b"multipart/form-data":
         if b"boundary" not in parameters:
@@ -176,7 +259,8 @@ async def sample_options(request: Request, model: ServedModel, limit: int) -> Sa
     elif media_type in (b"application/json", b""):
         options = json_object(body, "the request body")
     else:
-        raise RequestError(415, f"send application/json or multipart/form-data, not {media_type.decode()!r}")
+        shown = media_type.decode("latin-1")[:100]
+        raise RequestError(415, f"send application/json or multipart/form-data, not {shown!r}")
 
     for option, takes_list in model.image_options.items():
         if option in options and option in images:
@@ -185,8 +269,8 @@ async def sample_options(request: Request, model: ServedModel, limit: int) -> Sa
             value = options[option]
             images[option] = [json_image(item, option) for item in (value if isinstance(value, list) else [value])]
         if option in images:
-            uris = [image_data_uri(data, option) for data in images[option]]
-            if not takes_list and len(uris) > 1:
+            uris = [image_data_uri(data, option, max_image_side) for data in images[option]]
+            if not takes_list and len(uris) != 1:
                 raise RequestError(400, f"{option} takes one image, got {len(uris)}")
             options[option] = uris if takes_list else uris[0]
     # ConfigError (pydantic's message, one line) is answered with 422 by the app

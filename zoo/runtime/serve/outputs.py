@@ -23,9 +23,10 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def output_json(output: SampleOutput, seconds: float) -> dict[str, Any]:
+def output_json(output: SampleOutput, seconds: float, queued_seconds: float) -> dict[str, Any]:
     """`images`: one base64 PNG per image (N, H, W, 3); `texts`; `extras` as nested lists;
-    `omitted_extras`: name -> shape of those over MAX_EXTRA_VALUES; `seconds` of sampling."""
+    `omitted_extras`: name -> shape of those over MAX_EXTRA_VALUES; `seconds` of sampling;
+    `queued_seconds` waiting for a worker before it."""
     images = [] if output.images is None else list(output.images)
     extras: dict[str, Any] = {}
     omitted: dict[str, list[int]] = {}
@@ -42,6 +43,7 @@ def output_json(output: SampleOutput, seconds: float) -> dict[str, Any]:
         "extras": extras,
         "omitted_extras": omitted,
         "seconds": round(seconds, 4),
+        "queued_seconds": round(queued_seconds, 4),
     }
 
 
