@@ -313,7 +313,10 @@ def top_p_option(default: float = 1.0) -> Any:
 
 
 def temperature_option(default: float = 1.0) -> Any:
-    return pydantic.Field(default, gt=0, description="divides the logits before drawing; lower is more conservative")
+    # Bounded both ways: logits divided by 1e-300 overflow to inf and the draw turns to NaN.
+    return pydantic.Field(
+        default, ge=0.01, le=100.0, description="divides the logits before drawing; lower is more conservative"
+    )
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:

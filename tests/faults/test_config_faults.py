@@ -215,11 +215,14 @@ BAD_OPTIONS = {
         {"top_k": -1},
         {"top_p": 1.5},
         {"cfg": -1},
+        {"cfg": 1e308},  # every token the same
         {"seed": -1},
     ],
     "vqvae2_pixelcnn": [
         {"n": 100000},
         {"temperature": 0},
+        {"temperature": 1e-300},  # the logits would overflow
+        {"temperature": 1e6},
         {"top_k": -1},
         {"classes": [-1]},
         {"n": 200, "classes": [0, 1]},  # n is per class: 400 images
