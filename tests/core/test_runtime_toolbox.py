@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -276,3 +277,15 @@ def test_zoo_data_names_resolve_on_first_use():
     assert zoo.data.Digits is Digits
     with pytest.raises(AttributeError):
         zoo.data.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize(("before", "after"), [(None, "1"), ("0", "0")])
+def test_sessions_turn_onnxruntime_telemetry_off_unless_told(monkeypatch, before, after):
+    from zoo.runtime.sessions import TELEMETRY_VARIABLE, session_options
+
+    if before is None:
+        monkeypatch.delenv(TELEMETRY_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(TELEMETRY_VARIABLE, before)
+    session_options()
+    assert os.environ[TELEMETRY_VARIABLE] == after

@@ -10,7 +10,6 @@ from typing import Any
 
 from zoo.cli.common import add_subcommand, emit, int_in
 from zoo.cli.options import first_pass, parse_options, usage_without_positional
-from zoo.errors import ExportError, ZooError, first_line
 from zoo.outputs import check_output_path
 
 # onnxruntime allocates per thread: 100000 threads grow memory until the process dies
@@ -82,19 +81,4 @@ def cmd_run(args: argparse.Namespace) -> None:
         epilog=RUN_EPILOG,
     )
     out = check_output_path(command["out"] or f"{loaded.manifest['model']}_run.png")
-    emit(sample_checked(loaded, options), out, command["json"])
-
-
-def sample_checked(loaded: Any, options: Any) -> Any:
-    """`loaded.sample(options)`; a loop that fails on what the manifest gave it (a config
-    field of another type, an asset of another shape, each with a valid checksum) is one
-    line naming the export, not a traceback from inside the loop."""
-    try:
-        return loaded.sample(options)
-    except ZooError:
-        raise
-    except (KeyError, IndexError, TypeError, ValueError) as error:  # pydantic's ValidationError too
-        raise ExportError(
-            f"{loaded.export_dir}: the {loaded.manifest['model']} loop cannot use this export "
-            f"({first_line(error, 160, with_type=True)}); its config or assets do not fit it: export again"
-        ) from None
+    emit(loaded.sample(options), out, command["json"])

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.config import SampleOptionsBase, validate
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, ExportError, ZooError, first_line
 from zoo.outputs import SampleOutput
 from zoo.runtime.discovery import runtime_class
 from zoo.runtime.loop import Components, ModelRuntime
@@ -71,7 +71,17 @@ class LoadedExport:
                 )
         else:
             options = validate(self.options_class, options, what="sample option")
-        return self.runtime.sample(options)
+        try:
+            return self.runtime.sample(options)
+        except ZooError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError) as error:  # pydantic's ValidationError too
+            # A manifest config field of another type or an asset of another shape, each with a
+            # valid checksum: one line naming the export (zoo run, zoo serve, Python alike).
+            raise ExportError(
+                f"{self.export_dir}: the {self.model} loop cannot use this export "
+                f"({first_line(error, 160, with_type=True)}); its config or assets do not fit it: export again"
+            ) from None
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names this class lacks: hand out the runtime's public methods.

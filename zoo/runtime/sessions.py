@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ class ProviderReport:
         return {"requested": self.requested, "tried": self.tried, "used": self.used, "failures": self.failures}
 
 
+TELEMETRY_VARIABLE = "ORT_DISABLE_TELEMETRY"  # read by onnxruntime's POSIX telemetry (1.29+ official builds)
+
+
 def session_options(
     graph_optimization_level: str = "all",
     intra_op_threads: int | None = None,
@@ -58,6 +62,9 @@ def session_options(
         raise ConfigError(
             f"graph_optimization_level must be one of {', '.join(OPTIMIZATION_LEVELS)}, got {graph_optimization_level!r}"
         )
+    # A deployment should not report its models to a third party unasked: off unless the
+    # environment says otherwise, set before the first session reads it.
+    os.environ.setdefault(TELEMETRY_VARIABLE, "1")
     options = ort.SessionOptions()
     options.graph_optimization_level = OPTIMIZATION_LEVELS[graph_optimization_level]
     options.log_severity_level = QUIET_SEVERITY

@@ -10,7 +10,6 @@ running are cancelled.
 from __future__ import annotations
 
 import errno
-import os
 import socket
 
 import uvicorn
@@ -46,15 +45,9 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-TELEMETRY_VARIABLE = "ORT_DISABLE_TELEMETRY"  # read by onnxruntime's POSIX telemetry (1.29+ official builds)
-
-
 def serve(settings: ServeSettings) -> None:
     """Blocks until interrupted. Exports are loaded (and verified) before the port opens, so a
     broken export is one error line and no server."""
-    # A server should not report its models to a third party unasked: off unless the
-    # environment says otherwise (set before the first session reads it).
-    os.environ.setdefault(TELEMETRY_VARIABLE, "1")
     models = load_models(settings)
     app = create_app(models, settings)
     sock = bind(settings.host, settings.port)
