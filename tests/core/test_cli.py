@@ -648,5 +648,7 @@ def test_ctrl_c_names_the_last_checkpoint_and_the_resume_command(tmp_path, examp
     match = re.search(r"the last checkpoint is at stage autoencoder, step (\d+)\. Resume with:\n  (.*)", stderr)
     assert match, stderr
     assert int(match.group(1)) % 5 == 0, stderr
-    assert match.group(2) == f"zoo train tiny_autoencoder --resume --out {run} --device cpu"
+    assert (
+        match.group(2) == f"zoo train tiny_autoencoder --resume --out {run} --device cpu --checkpoint-every 5 --quiet"
+    )
     assert json.loads((run / "config.json").read_text())["sessions"][-1]["status"] == "interrupted"
