@@ -21,7 +21,7 @@ import torch
 
 from zoo.errors import ConfigError, ZooError
 from zoo.metrics.fidelity import BATCH, Features, InceptionFeatures, figures
-from zoo.metrics.references import cached_features, default_cache_dir, resolve_reference
+from zoo.metrics.references import cached_features, default_cache_dir, resolve_reference, stored_features
 from zoo.metrics.samples import CHUNK, draw_samples, read_images, sample_files
 from zoo.metrics.weights import SHA256_PREFIX, resolve_weights
 from zoo.plugin import MadeImages, MetricSet, ModelPlugin
@@ -123,7 +123,10 @@ def sample_set_metrics(
     shown.update(options.sample_options)
     identity = {"model": plugin.name, "weights": target.identity, "options": shown}
     draw_samples(draw, folder, options.samples, options.seed, identity)
-    out = files_metrics(sample_files(folder, options.samples), wanted, options, extract, weights_sha, cache_dir)
+    files = sample_files(folder, options.samples)
+    # The folder's record guarantees what its images are: their features are cached beside them.
+    cache = folder / f"features-{weights_sha[:16]}-{options.samples}.safetensors"
+    out = files_metrics(files, wanted, options, extract, weights_sha, cache_dir, cache)
     out.update(samples_folder=str(folder), sample_options=json.dumps(shown, sort_keys=True))
     return out
 
@@ -150,7 +153,10 @@ def files_metrics(
     extract: InceptionFeatures,
     weights_sha: str,
     cache_dir: Path,
+    features_file: Path | None = None,
 ) -> dict[str, Any]:
+    """fid, isc, kid, prc of the images at `files` against options.ref; their features are
+    read from (or written to) `features_file` when given."""
     if not files:
         raise ZooError("no images to measure: the sample folder is empty")
     if options.ref is None and set(wanted) - {"isc"}:
@@ -158,7 +164,10 @@ def files_metrics(
             f"{','.join(wanted)} compare the samples with a reference: give --ref "
             "(a folder, shards, a data set name or an ADM .npz)"
         )
-    features = extract(read_images(files, options.batch_size))
+    if features_file is not None:
+        features = stored_features(features_file, lambda: extract(read_images(files, options.batch_size)))
+    else:
+        features = extract(read_images(files, options.batch_size))
     side = next(read_images(files[:1], 1)).shape[1]
     reference = resolve_reference(options.ref, side) if options.ref is not None else None
     ref_features = cached_features(reference, extract, weights_sha, cache_dir) if reference is not None else None

@@ -111,7 +111,9 @@ def rebatch(batches: Iterable[np.ndarray], size: int) -> Iterable[np.ndarray]:
 
 def figures(wanted: Iterable[str], samples: Features, reference: Features | None) -> dict[str, float]:
     """The figures of `wanted` ("fid", "isc", "kid", "prc") of the sample features against
-    the reference's, by torch-fidelity's functions with its default settings."""
+    the reference's, by torch-fidelity's functions with its default settings, except that
+    precision/recall compare Inception pool3 features, as ADM's evaluator does for the
+    papers' tables (torch-fidelity's own default for prc is VGG16)."""
     import_fidelity()
     from torch_fidelity.metric_fid import fid_statistics_to_metric
     from torch_fidelity.metric_isc import isc_features_to_metric
@@ -134,16 +136,15 @@ def figures(wanted: Iterable[str], samples: Features, reference: Features | None
     for name in sorted(wanted & {"kid", "prc"}):
         if reference.pool is None:
             raise ZooError(f"{name} compares features, and the reference holds only statistics: give its images")
-    assert samples.pool is not None
     if "kid" in wanted:
-        assert reference.pool is not None
+        assert samples.pool is not None and reference.pool is not None
         subset = min(KID_SUBSET_SIZE, samples.count, reference.count)
         kid = kid_features_to_metric(
             samples.pool, reference.pool, kid_subsets=KID_SUBSETS, kid_subset_size=subset, verbose=False
         )
         out.update(kid_mean=kid["kernel_inception_distance_mean"], kid_std=kid["kernel_inception_distance_std"])
     if "prc" in wanted:
-        assert reference.pool is not None
+        assert samples.pool is not None and reference.pool is not None
         prc = prc_features_to_metric(samples.pool, reference.pool, verbose=False)
         out.update(precision=prc["precision"], recall=prc["recall"], f_score=prc["f_score"])
     return out

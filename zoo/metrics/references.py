@@ -122,22 +122,27 @@ def cached_features(
 ) -> Features:
     """The reference's features: given (statistics or a feature file), cached, or extracted
     now and cached. Statistics given with images (an ADM batch) are kept for FID."""
-    if reference.images is None:
+    images = reference.images
+    if images is None:
         assert reference.features is not None
         return reference.features
-    from safetensors.torch import load_file, save_file
-
-    path = cache_dir / f"{reference.key}-{weights_sha[:16]}.safetensors"
-    if path.is_file():
-        tensors = load_file(path)
-        features = Features(pool=tensors["pool"], logits=tensors["logits"])
-    else:
-        features = extract(reference.images())
-        assert features.pool is not None and features.logits is not None
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        temp = path.with_suffix(".part")
-        save_file({"pool": features.pool.contiguous(), "logits": features.logits.contiguous()}, str(temp))
-        os.replace(temp, path)
+    features = stored_features(cache_dir / f"{reference.key}-{weights_sha[:16]}.safetensors", lambda: extract(images()))
     if reference.features is not None:
         features.mu, features.sigma = reference.features.mu, reference.features.sigma
+    return features
+
+
+def stored_features(path: Path, compute: Callable[[], Features]) -> Features:
+    """The features saved at `path` (safetensors), else `compute()`d and saved there atomically."""
+    from safetensors.torch import load_file, save_file
+
+    if path.is_file():
+        tensors = load_file(path)
+        return Features(pool=tensors["pool"], logits=tensors["logits"])
+    features = compute()
+    assert features.pool is not None and features.logits is not None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_suffix(".part")
+    save_file({"pool": features.pool.contiguous(), "logits": features.logits.contiguous()}, str(temp))
+    os.replace(temp, path)
     return features
