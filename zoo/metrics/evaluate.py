@@ -50,9 +50,8 @@ def parse_metrics(text: str | list[str]) -> list[str]:
     names = [name.strip() for name in (text.split(",") if isinstance(text, str) else text) if name.strip()]
     unknown = [name for name in names if name not in METRICS]
     if unknown or not names:
-        raise ConfigError(
-            f"unknown metric {unknown[0]!r}" if unknown else "no metric named" + f"; choose from {','.join(METRICS)}"
-        )
+        problem = f"unknown metric {unknown[0]!r}" if unknown else "no metric named"
+        raise ConfigError(f"{problem}; choose from {','.join(METRICS)} (comma-separated)")
     return list(dict.fromkeys(names))
 
 
