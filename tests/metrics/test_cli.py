@@ -19,7 +19,9 @@ def var_run(tmp_path):
     plugin, config, model = create_model("var", preset="digits", **TINY_VAR)
     run_dir = tmp_path / "run"
     save_weights(model, run_dir / WEIGHTS_FILE)
-    atomic_write_json(run_dir / CONFIG_FILE, run_record("var", plugin.version, "digits", config.model_dump(mode="json")))
+    atomic_write_json(
+        run_dir / CONFIG_FILE, run_record("var", plugin.version, "digits", config.model_dump(mode="json"))
+    )
     return run_dir
 
 

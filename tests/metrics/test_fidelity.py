@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import TINY_VAR
 from zoo.metrics.adm import ReferenceBatch, write_reference_batch
 from zoo.metrics.evaluate import MetricOptions, folder_metrics
 
@@ -136,7 +137,7 @@ def test_a_run_is_measured_and_resumes_without_drawing_again(tmp_path, inception
     import zoo
     from zoo.api import Run
 
-    plugin, config, model = zoo.create_model("var", preset="digits")
+    plugin, config, model = zoo.create_model("var", preset="digits", **TINY_VAR)
     run = Run(plugin, config, model.eval(), tmp_path / "run", CPU)
     (tmp_path / "run").mkdir()
     calls = []
@@ -165,6 +166,20 @@ def test_a_run_is_measured_and_resumes_without_drawing_again(tmp_path, inception
     again = run.evaluate("fid,isc,kid,prc,rfid", **options)
     assert len(calls) == 1  # nothing drawn again (and the samples' features come from the folder's cache)
     assert again == first
+
+    # The same model's export, sampled with onnxruntime by the same loop and options.
+    from zoo.metrics.evaluate import MetricOptions, evaluate_metrics, export_target
+    from zoo_onnx import export_model
+
+    sampling = ["transformer_step", "embed_0", "embed_1", "embed_2", "embed_3", "decoder"]
+    export_model(plugin, model, config, tmp_path / "export", components=sampling)
+    exported = evaluate_metrics(
+        export_target(tmp_path / "export"),
+        MetricOptions(["fid"], **{**options, "keep_samples": tmp_path / "kept-onnx", "held_out": None}),
+        CPU,
+    )
+    assert len(calls) == 1 and exported["samples"] == 50 and exported["fid"] > 0
+    assert exported["reference"] == first["reference"]
 
 
 def test_timm_builds_a_real_backbone():
