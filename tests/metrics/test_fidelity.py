@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import TINY_VAR
+from zoo.metrics import samples as samples_module
 from zoo.metrics.adm import ReferenceBatch, write_reference_batch
 from zoo.metrics.evaluate import MetricOptions, folder_metrics
 
@@ -148,10 +149,11 @@ def test_a_run_is_measured_and_resumes_without_drawing_again(tmp_path, inception
         return sample(self, *args)
 
     monkeypatch.setattr(type(plugin), "sample", counting)
+    monkeypatch.setattr(samples_module, "CHUNK", 10)  # chunks of 10 images: fewer Inception passes
     reference = image_folder(tmp_path / "ref", 10, 2, 0)
     options = dict(
         ref=str(reference),
-        samples=50,
+        samples=20,
         keep_samples=tmp_path / "kept",
         inception_weights=inception_weights,
         cache_dir=tmp_path / "cache",
@@ -159,12 +161,12 @@ def test_a_run_is_measured_and_resumes_without_drawing_again(tmp_path, inception
         held_out=4,
     )
     first = run.evaluate("fid,isc,kid,prc,rfid", **options)
-    assert len(calls) == 1 and calls[0] == [i % 10 for i in range(50)]  # one chunk, class-balanced
-    assert sorted(p.name for p in (tmp_path / "kept").glob("*.png"))[-1] == "000049.png"
-    assert first["samples"] == 50 and first["tokenizer/images"] == 4 and first["rfid/tokenizer"] > 0
+    assert calls == [list(range(10)), list(range(10))]  # two chunks, class-balanced
+    assert sorted(p.name for p in (tmp_path / "kept").glob("*.png"))[-1] == "000019.png"
+    assert first["samples"] == 20 and first["tokenizer/images"] == 4 and first["rfid/tokenizer"] > 0
     assert len(first["inception_sha256"]) == 64 and "cfg" in first["sample_options"]
     again = run.evaluate("fid,isc,kid,prc,rfid", **options)
-    assert len(calls) == 1  # nothing drawn again (and the samples' features come from the folder's cache)
+    assert len(calls) == 2  # nothing drawn again (and the samples' features come from the folder's cache)
     assert again == first
 
     # The same model's export, sampled with onnxruntime by the same loop and options.
@@ -178,7 +180,7 @@ def test_a_run_is_measured_and_resumes_without_drawing_again(tmp_path, inception
         MetricOptions(["fid"], **{**options, "keep_samples": tmp_path / "kept-onnx", "held_out": None}),
         CPU,
     )
-    assert len(calls) == 1 and exported["samples"] == 50 and exported["fid"] > 0
+    assert len(calls) == 2 and exported["samples"] == 20 and exported["fid"] > 0
     assert exported["reference"] == first["reference"]
 
 
