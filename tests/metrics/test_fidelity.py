@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import TINY_VAR
+from zoo import api as zoo_api
 from zoo.metrics import samples as samples_module
 from zoo.metrics.adm import ReferenceBatch, write_reference_batch
 from zoo.metrics.evaluate import MetricOptions, folder_metrics
@@ -192,3 +193,16 @@ def test_timm_builds_a_real_backbone():
     backbone = build_timm_backbone("resnet18").eval()
     features = backbone(torch.zeros(1, 3, 32, 32))
     assert [f.shape[1] for f in features] == [64, 64, 128, 256, 512]
+
+
+def test_quantart_is_measured_on_its_transfer_and_both_vqgans(tmp_path, inception_weights):
+    from tests.plugins.test_quantart import MICRO
+    from zoo.metrics.evaluate import MetricOptions, evaluate_metrics, run_target
+
+    plugin, config, model = zoo_api.create_model("quantart", **MICRO)
+    target = run_target(plugin, config, model.eval(), tmp_path, CPU)
+    options = MetricOptions(["fid", "rfid"], inception_weights=inception_weights, check_weights=False, held_out=3)
+    record = evaluate_metrics(target, options, CPU)
+    assert {"fid/transfer", "ssim/transfer", "rfid/vqgan_photo", "rfid/vqgan_art"} <= set(record)
+    assert record["transfer/images"] == 3 and record["fid/transfer"] > 0 and -1 <= record["ssim/transfer"] < 1
+    assert not (tmp_path / "metric_samples").exists()  # no sample set drawn for a style transfer
