@@ -56,3 +56,11 @@ def test_missing_torch_fidelity_names_the_install(capsys, var_run, tmp_path, mon
         capsys, "eval", "var", "--run", str(var_run), "--metrics", "isc", "--inception-weights", str(given)
     )
     assert "zoo[metrics]" in line and "torchvision==" in line
+
+
+def test_a_request_that_would_fail_after_drawing_is_refused_first(capsys, var_run):
+    line = one_line_error(capsys, "eval", "var", "--run", str(var_run), "--metrics", "fid,isc")
+    assert "give --ref" in line
+    line = one_line_error(capsys, "eval", "var", "--run", str(var_run), "--metrics", "isc", "--option", "cfg=-1")
+    assert "cfg" in line
+    assert not (var_run / "metric_samples").exists()

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from zoo.config import validate
 from zoo.errors import ConfigError, ZooError
 from zoo.metrics.fidelity import BATCH, Features, InceptionFeatures, figures
 from zoo.metrics.references import cached_features, default_cache_dir, resolve_reference, stored_features
@@ -69,6 +70,8 @@ class Target:
 
 def evaluate_metrics(target: Target, options: MetricOptions, device: torch.device) -> dict[str, Any]:
     wanted = parse_metrics(options.metrics)
+    sampled = [name for name in wanted if name in SAMPLED]
+    draws = checked_request(target, options, sampled)  # before anything slow
     weights, weights_sha = resolve_weights(options.inception_weights, check=options.check_weights)
     extract = InceptionFeatures(weights, device, options.batch_size)
     cache_dir = options.cache_dir or default_cache_dir()
@@ -77,9 +80,8 @@ def evaluate_metrics(target: Target, options: MetricOptions, device: torch.devic
         "inception_sha256": weights_sha,
         "inception_sha256_checked": f"prefix {SHA256_PREFIX}" if options.check_weights else "not checked",
     }
-    sampled = [name for name in wanted if name in SAMPLED]
-    sets = target.metric_sets() if "rfid" in wanted or sampled else []
-    if sampled and target.plugin.metric_sample_options(target.config, 0, CHUNK, options.seed) is not None:
+    sets = target.metric_sets() if "rfid" in wanted or (sampled and not draws) else []
+    if sampled and draws:
         record.update(sample_set_metrics(target, options, sampled, extract, weights_sha, cache_dir))
     elif sampled:
         transfers = [made for made in sets if made.kind == "transfer"]
@@ -96,6 +98,22 @@ def evaluate_metrics(target: Target, options: MetricOptions, device: torch.devic
     return record
 
 
+def checked_request(target: Target, options: MetricOptions, sampled: list[str]) -> bool:
+    """Whether the model draws a sample set; refuses a request that would fail after drawing
+    (no --ref for fid, kid or prc; a sampling option the model does not take)."""
+    plugin = target.plugin
+    given = plugin.metric_sample_options(target.config, 0, CHUNK, options.seed)
+    if given is None or not sampled:
+        return given is not None
+    if options.ref is None and set(sampled) - {"isc"}:
+        raise ConfigError(
+            f"{','.join(sampled)} compare the samples with a reference: give --ref "
+            "(a folder, shards, a data set name or an ADM .npz)"
+        )
+    validate(plugin.SampleOptions, {**given.model_dump(), **options.sample_options}, what="sample option")
+    return True
+
+
 def sample_set_metrics(
     target: Target,
     options: MetricOptions,
@@ -107,19 +125,17 @@ def sample_set_metrics(
     folder = options.keep_samples or target.home / "metric_samples"
     plugin, config = target.plugin, target.config
 
-    def metric_options(first: int, count: int, seed: int) -> Any:
-        sample_options = plugin.metric_sample_options(config, first, count, seed)
-        assert sample_options is not None  # the caller checked that the model draws a sample set
-        return sample_options
-
     def draw(first: int, count: int, seed: int) -> np.ndarray:
-        sample_options = metric_options(first, count, seed)
-        if options.sample_options:
-            sample_options = plugin.SampleOptions(**{**sample_options.model_dump(), **options.sample_options})
-        return target.sample(sample_options).images
+        return target.sample(metric_options(first, count, seed)).images
+
+    def metric_options(first: int, count: int, seed: int) -> Any:
+        given = plugin.metric_sample_options(config, first, count, seed)
+        assert given is not None  # the caller checked that the model draws a sample set
+        if not options.sample_options:
+            return given
+        return validate(plugin.SampleOptions, {**given.model_dump(), **options.sample_options}, what="sample option")
 
     shown = metric_options(0, 1, options.seed).model_dump(mode="json", exclude={"classes", "seed"})
-    shown.update(options.sample_options)
     identity = {"model": plugin.name, "weights": target.identity, "options": shown}
     draw_samples(draw, folder, options.samples, options.seed, identity)
     files = sample_files(folder, options.samples)
@@ -263,8 +279,8 @@ def run_target(
 
 
 def export_target(export_dir: Path, provider: str | None = None) -> Target:
-    """An export directory, sampled with onnxruntime (the same loop). Its MetricSets are not
-    available: rfid needs the torch run."""
+    """An export directory, sampled with onnxruntime (the same loop); rfid and the held-out
+    sets need the torch run."""
     from zoo import runtime
     from zoo.config import validate
     from zoo.metrics.weights import sha256_of
@@ -274,4 +290,10 @@ def export_target(export_dir: Path, provider: str | None = None) -> Target:
     plugin = get_registry().get(loaded.model)
     config = validate(plugin.Config, loaded.config)
     identity = sha256_of(Path(export_dir) / "manifest.json")
-    return Target(plugin, config, loaded.runtime.sample, list, Path(export_dir), identity)
+
+    def metric_sets() -> list[MetricSet]:
+        raise ZooError(
+            f"rfid and {plugin.name}'s held-out sets are measured on the run: give --run instead of --export"
+        )
+
+    return Target(plugin, config, loaded.runtime.sample, metric_sets, Path(export_dir), identity)
