@@ -18,6 +18,7 @@ small-batch autoregressive steps rarely exceed); it ignores launch latency, so s
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -107,6 +108,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
+    load_before = os.getloadavg()[0]
     rows = []
     cases: list[tuple[str, str, Callable[[], tuple[Callable[[], object], int]]]] = []
     for model_name, (default, paper) in PRESETS.items():
@@ -115,8 +117,6 @@ def main() -> None:
             cases.append((model_name, paper, lambda m=model_name, p=paper: drawing(m, p, args.images)))
     cases.append(("Inception features", "256 px, torch-fidelity", lambda: inception(args.default_images)))
     with tempfile.TemporaryDirectory() as work:  # data sets some presets generate stay out of the checkout
-        import os
-
         os.chdir(work)
         for model_name, preset, make in cases:
             call, count = make()
@@ -149,7 +149,9 @@ def main() -> None:
     report = Report(
         RESULTS,
         "# Cost of the papers' metrics",
-        f"CPU: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}. "
+        f"CPU: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; 1-minute load "
+        f"average {load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end (other jobs on the "
+        "cores slow every figure). "
         "Random weights; medians of timed calls after a warm-up. The last column is an estimate from "
         "counted FLOPs, not a measurement (see benchmarks/bench_metrics.py).",
         table(header, rows),
