@@ -41,6 +41,14 @@ def inception_weights(tmp_path_factory):
             cls.load_state_dict = load
     finally:
         module.load_state_dict_from_url = original
+    # torch's default conv init shrinks activations layer by layer: 90 layers on, every image
+    # would give the same features and every figure would be trivially equal. He init keeps
+    # their scale, so the figures below measure something.
+    for layer in network.modules():
+        if isinstance(layer, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+        elif isinstance(layer, torch.nn.Linear):
+            torch.nn.init.normal_(layer.weight, std=0.1)
     path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
     torch.save(network.state_dict(), path)
     return path
@@ -60,7 +68,7 @@ def image_folder(path, count, seed, shift):
 
 
 def test_figures_equal_torch_fidelity_calculate_metrics(tmp_path, inception_weights):
-    samples, reference = image_folder(tmp_path / "a", 10, 0, 0), image_folder(tmp_path / "b", 10, 1, 40)
+    samples, reference = image_folder(tmp_path / "a", 20, 0, 0), image_folder(tmp_path / "b", 10, 1, 40)
     options = MetricOptions(
         ["fid", "isc", "kid", "prc"],
         ref=str(reference),
@@ -97,7 +105,8 @@ def test_figures_equal_torch_fidelity_calculate_metrics(tmp_path, inception_weig
     }
     for ours_key, their_key in pairs.items():
         assert ours[ours_key] == pytest.approx(theirs[their_key], rel=1e-6, abs=1e-12), ours_key
-    assert ours["fid"] > 0 and ours["samples"] == 10 and "10 images" in ours["reference"]
+    assert ours["fid"] > 1 and ours["isc_mean"] > 1.001 and ours["kid_mean"] > 0  # features that differ
+    assert ours["samples"] == 20 and "10 images" in ours["reference"]  # 2 per IS split: 1 would give IS 1
 
     # Against the same reference as an ADM batch.
     images = np.stack([np.asarray(Image.open(reference / f"{i:03d}.png")) for i in range(10)])
