@@ -88,6 +88,5 @@ def download(url: str, path: Path) -> None:
         reason = getattr(error, "reason", error)
         raise InceptionWeightsError(
             f"no Inception weights file and no network to download it ({reason}): download {URL} elsewhere "
-            f"and pass it with --inception-weights FILE or ${ENV}",
-            cli=None,
+            f"and pass it with --inception-weights FILE or ${ENV}"
         ) from None
