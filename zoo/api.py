@@ -90,8 +90,17 @@ class Run:
         parsed = validate(self.plugin.SampleOptions, options, what="sample option")
         return self.plugin.sample(self.model, self.config, parsed, self.device)
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, metrics: str | list[str] | None = None, **options: Any) -> dict[str, Any]:
+        """The plugin's own metrics on the held-out split; with `metrics` ("fid,isc,prc,kid,rfid")
+        the distribution metrics instead, through torch-fidelity, with `options` the fields of
+        `zoo.metrics.evaluate.MetricOptions` (ref, samples, keep_samples, inception_weights, ...)."""
         self.model.eval()
+        if metrics is not None:
+            from zoo.metrics.evaluate import MetricOptions, evaluate_metrics, parse_metrics, run_target
+
+            parsed = MetricOptions(parse_metrics(metrics), **options)
+            target = run_target(self.plugin, self.config, self.model, self.run_dir, self.device)
+            return evaluate_metrics(target, parsed, self.device)
         with torch.no_grad():
             return self.plugin.evaluate(self.model, self.config, self.device)
 

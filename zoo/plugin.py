@@ -17,7 +17,7 @@ This module imports no torch at run time, so the registry can list models cheapl
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
@@ -28,6 +28,7 @@ from zoo.outputs import SampleOutput
 from zoo.version import __version__
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from torch import nn
     from torch.utils.data import Dataset
@@ -118,6 +119,30 @@ class Stage(Generic[ConfigT, ModelT]):
     on_start: Callable[[ModelT, StageContext[ConfigT, ModelT]], None] | None = None
 
 
+@dataclass
+class MadeImages:
+    """One batch of a `MetricSet`: (B, H, W, 3) uint8 images the model made, the real images
+    their distribution is measured against, and optionally the image each one was made from
+    (a style transfer's content photo), for a content measure (SSIM)."""
+
+    outputs: np.ndarray
+    references: np.ndarray
+    sources: np.ndarray | None = None
+
+
+@dataclass
+class MetricSet:
+    """Images a model makes from held-out inputs, for the distribution metrics (`zoo eval
+    --metrics rfid,fid`): `reconstruction` sets (a tokenizer's or autoencoder's outputs
+    against its inputs) give the reconstruction FID `rfid/NAME`; a `transfer` set (a style
+    transfer's outputs against the style images) gives `fid/NAME` and, with sources,
+    `ssim/NAME`. `batches()` yields the held-out split batch by batch, the same every call."""
+
+    name: str  # the stage whose network makes them: "tokenizer", "vqgan_photo", "transfer"
+    kind: Literal["reconstruction", "transfer"]
+    batches: Callable[[], Iterator[MadeImages]]
+
+
 class ModelPlugin(Generic[ConfigT, SampleOptionsT, ModelT]):
     """Base class of a model plugin. Subclasses set the class attributes and override
     `build`, `stages`, `evaluate` and `export_components`; `sample` is inherited: it runs
@@ -154,6 +179,20 @@ class ModelPlugin(Generic[ConfigT, SampleOptionsT, ModelT]):
 
     def export_components(self, model: ModelT, config: ConfigT) -> list[Component]:
         raise NotImplementedError
+
+    def metric_sample_options(self, config: ConfigT, first: int, count: int, seed: int) -> SampleOptionsT | None:
+        """Options that draw images `first .. first + count - 1` of the model's sample set for
+        the distribution metrics (`zoo eval --metrics fid,isc,prc,kid`): `count` images, drawn
+        with the sampling options the model's paper measures with, class-balanced for a class
+        model (image i of class i mod classes, so any N that is a multiple of the classes has
+        N / classes per class). `sample` (torch) or the export's runtime (onnxruntime) draws
+        them. None (default): the model draws no such set."""
+        return None
+
+    def metric_sets(self, model: ModelT, config: ConfigT, device: torch.device) -> list[MetricSet]:
+        """What the model makes from held-out inputs, for reconstruction FID and a style
+        transfer's FID (see `MetricSet`). Default: none."""
+        return []
 
     def export_assets(self, model: ModelT, config: ConfigT) -> ExportAssets:
         return ExportAssets()

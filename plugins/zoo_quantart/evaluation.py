@@ -6,12 +6,20 @@ randomly initialised three-layer conv net (seed 0, Kaiming init, ReLU): random c
 features are known to carry texture statistics well enough for Gram/AdaIN style
 measures (Ulyanov et al. 2017; He et al. 2016, "A powerful generative model using random
 weights"). The same net scores every model, so numbers are comparable across runs.
+
+Distribution metrics (`metric_sets`, for `zoo eval --metrics fid,rfid`): the QuantArt paper
+measures a transfer by the FID of the stylised images against the style (artwork) images and
+keeps content by SSIM to the content photos (its repository ships no evaluation code; the
+paper's tables are followed). So its `transfer` set holds the stylised held-out pairs, the
+style images as references and the content photos as sources (SSIM, RGB); each VQGAN's
+reconstructions of its held-out images give its reconstruction FID.
 """
 
 from __future__ import annotations
 
 import functools
 import operator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -22,6 +30,7 @@ from torch import nn
 from zoo.nn.metrics import psnr
 from zoo.nn.quantize import code_statistics, codes_from_features
 from zoo.outputs import to_uint8
+from zoo.plugin import MadeImages, MetricSet
 from zoo_quantart.config import QuantArtConfig
 from zoo_quantart.data import content_images, stack_images, style_images
 from zoo_quantart.model import QuantArt
@@ -120,6 +129,49 @@ def evaluate_pairs(
         "art_perplexity": usage["art"][1],
         "stylized_codebook_usage": usage["stylized"][0],
     }
+
+
+def metric_sets(model: QuantArt, config: QuantArtConfig, device: torch.device) -> list[MetricSet]:
+    """Each VQGAN's reconstructions of its held-out images, and the held-out (content, style)
+    pairs stylised at balances (1, 1), as `evaluate_pairs` scores them."""
+    count = config.data.eval_pairs
+
+    def pairs() -> tuple[torch.Tensor, torch.Tensor]:
+        contents = stack_images(content_images(config, "test", count), count)
+        styles = stack_images(style_images(config, "test", count), count)
+        index = torch.arange(count)
+        return contents[index % len(contents)], styles[(index + index // len(styles)) % len(styles)]
+
+    def pixels(images: torch.Tensor) -> np.ndarray:
+        return to_uint8(images.clamp(-1, 1).float().cpu().numpy())
+
+    def reconstructions(domain: str) -> Iterator[MadeImages]:
+        network = model.photo if domain == "photo" else model.art
+        images = pairs()[0 if domain == "photo" else 1].unique(dim=0)
+        for start in range(0, len(images), EVAL_BATCH):
+            batch = images[start : start + EVAL_BATCH].to(device)
+            with torch.no_grad():
+                yield MadeImages(pixels(network(batch)[0]), pixels(batch))
+
+    @torch.no_grad()
+    def transfer() -> Iterator[MadeImages]:
+        model.eval()
+        contents, styles = pairs()
+        for start in range(0, count, EVAL_BATCH):
+            content, style = (
+                contents[start : start + EVAL_BATCH].to(device),
+                styles[start : start + EVAL_BATCH].to(device),
+            )
+            ones = torch.ones(len(content), device=device)
+            codes = model.stylize_codes(model.photo.encode_codes(content), model.art.encode_codes(style), ones, ones)
+            yield MadeImages(pixels(model.art.decode(codes)), pixels(style), pixels(content))
+
+    model.eval()
+    return [
+        MetricSet("vqgan_photo", "reconstruction", lambda: reconstructions("photo")),
+        MetricSet("vqgan_art", "reconstruction", lambda: reconstructions("art")),
+        MetricSet("transfer", "transfer", transfer),
+    ]
 
 
 # --- the style and content metrics ------------------------------------------------------------

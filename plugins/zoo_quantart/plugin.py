@@ -11,11 +11,11 @@ from torch import nn
 import zoo
 from zoo.importer import Importer
 from zoo.outputs import SampleOutput
-from zoo.plugin import Component, ExportAssets, LossFn, ModelPlugin, Optimizer, Stage, StageContext
+from zoo.plugin import Component, ExportAssets, LossFn, MetricSet, ModelPlugin, Optimizer, Stage, StageContext
 from zoo_quantart import export
 from zoo_quantart.config import PRESETS, QuantArtConfig, QuantArtSampleOptions
 from zoo_quantart.data import check_data, code_pairs, domain_images, sample_images, stack_images
-from zoo_quantart.evaluation import evaluate_pairs
+from zoo_quantart.evaluation import evaluate_pairs, metric_sets
 from zoo_quantart.importer import OfficialQuantArtImporter, TamingVQGANImporter
 from zoo_quantart.losses import transfer_losses, vqgan_losses
 from zoo_quantart.model import Domain, QuantArt
@@ -67,6 +67,10 @@ class QuantArtPlugin(ModelPlugin[QuantArtConfig, QuantArtSampleOptions, QuantArt
     def evaluate(self, model: QuantArt, config: QuantArtConfig, device: torch.device) -> dict[str, float]:
         """Style and content metrics of held-out pairs at balances (1, 1); see evaluation.py."""
         return evaluate_pairs(model, config, device)
+
+    def metric_sets(self, model: QuantArt, config: QuantArtConfig, device: torch.device) -> list[MetricSet]:
+        """rFID of each VQGAN; FID of the stylised pairs against the style images, and SSIM to the content."""
+        return metric_sets(model, config, device)
 
     def export_components(self, model: QuantArt, config: QuantArtConfig) -> list[Component]:
         return export.export_components(model, config)

@@ -8,7 +8,7 @@ from torch import nn
 import zoo
 from zoo.data.base import first_images
 from zoo.outputs import SampleOutput
-from zoo.plugin import Component, ExportAssets, ModelPlugin, Optimizer, Stage, Validation
+from zoo.plugin import Component, ExportAssets, MetricSet, ModelPlugin, Optimizer, Stage, Validation
 from zoo_var import evaluation, export
 from zoo_var.config import PRESETS, VARConfig, VARSampleOptions
 from zoo_var.data import image_dataset, transformer_dataset
@@ -119,6 +119,12 @@ class VARPlugin(ModelPlugin[VARConfig, VARSampleOptions, VARModel]):
         """Tokenizer PSNR and codebook usage, transformer token accuracy / NLL on the held-out
         split; for the digits, the classifier accuracy of samples per class (evaluation.py)."""
         return evaluation.evaluate(model, config, device, lambda options: self.sample(model, config, options, device))
+
+    def metric_sample_options(self, config: VARConfig, first: int, count: int, seed: int) -> VARSampleOptions:
+        return evaluation.metric_sample_options(config, first, count, seed)
+
+    def metric_sets(self, model: VARModel, config: VARConfig, device: torch.device) -> list[MetricSet]:
+        return evaluation.metric_sets(model, config, device)
 
     def export_components(self, model: VARModel, config: VARConfig) -> list[Component]:
         return export.export_components(model, config)

@@ -4,7 +4,7 @@ per level, each prior's NLL in bits per code; on digits, how clear samples are."
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader
@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader
 from zoo.data import DigitsClassifier
 from zoo.nn.metrics import psnr_from_mse
 from zoo.nn.quantize import count_statistics
-from zoo.outputs import SampleOutput
-from zoo.plugin import StepContext
+from zoo.outputs import SampleOutput, to_uint8
+from zoo.plugin import MadeImages, MetricSet, StepContext
 from zoo_vqvae2_pixelcnn.config import VQVAE2Config, VQVAE2SampleOptions
 from zoo_vqvae2_pixelcnn.data import ENCODE_BATCH, check_labels, image_set, prior_batch
 from zoo_vqvae2_pixelcnn.losses import PRIOR_LOSSES
@@ -65,3 +65,25 @@ def eval_sample_options(config: VQVAE2Config) -> VQVAE2SampleOptions:
     """`eval_samples` images in all: n per class over the first 10 classes (or all n unconditionally)."""
     rows = min(10, config.num_classes) if config.class_conditional else 1
     return VQVAE2SampleOptions(n=max(1, config.eval_samples // rows), seed=0)
+
+
+def metric_sample_options(config: VQVAE2Config, first: int, count: int, seed: int) -> VQVAE2SampleOptions:
+    """Images first..first+count-1 of the sample set, with the sampling defaults (temperature 1,
+    no top-k: the paper's FID is of unfiltered samples); class-balanced for a class model."""
+    if not config.class_conditional:
+        return VQVAE2SampleOptions(n=count, seed=seed)
+    return VQVAE2SampleOptions(classes=[(first + i) % config.num_classes for i in range(count)], n=1, seed=seed)
+
+
+def metric_sets(model: VQVAE2PixelCNN, config: VQVAE2Config, device: torch.device) -> list[MetricSet]:
+    """The autoencoder's reconstructions of the held-out split, for its reconstruction FID."""
+
+    @torch.no_grad()
+    def batches() -> Iterator[MadeImages]:
+        model.eval()
+        for batch in DataLoader(image_set(config, "test"), batch_size=ENCODE_BATCH):
+            images = batch["image"].to(device)
+            outputs = model.vqvae(images).reconstruction.clamp(-1, 1)
+            yield MadeImages(to_uint8(outputs.float().cpu().numpy()), to_uint8(images.cpu().numpy()))
+
+    return [MetricSet("vqvae", "reconstruction", batches)]

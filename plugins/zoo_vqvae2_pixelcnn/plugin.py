@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 import zoo
 from zoo.data.base import first_images
 from zoo.outputs import SampleOutput
-from zoo.plugin import Component, LossFn, ModelPlugin, Optimizer, Stage, StageContext, Validation
+from zoo.plugin import Component, LossFn, MetricSet, ModelPlugin, Optimizer, Stage, StageContext, Validation
 from zoo_vqvae2_pixelcnn import data, evaluation, export
 from zoo_vqvae2_pixelcnn.config import PRESETS, VQVAE2Config, VQVAE2SampleOptions
 from zoo_vqvae2_pixelcnn.importer import RosinalityVQVAEImporter
@@ -78,6 +78,12 @@ class VQVAE2PixelCNNPlugin(ModelPlugin[VQVAE2Config, VQVAE2SampleOptions, VQVAE2
 
     def evaluate(self, model: VQVAE2PixelCNN, config: VQVAE2Config, device: torch.device) -> dict[str, float]:
         return evaluation.evaluate(model, config, device, lambda options: self.sample(model, config, options, device))
+
+    def metric_sample_options(self, config: VQVAE2Config, first: int, count: int, seed: int) -> VQVAE2SampleOptions:
+        return evaluation.metric_sample_options(config, first, count, seed)
+
+    def metric_sets(self, model: VQVAE2PixelCNN, config: VQVAE2Config, device: torch.device) -> list[MetricSet]:
+        return evaluation.metric_sets(model, config, device)
 
     def export_components(self, model: VQVAE2PixelCNN, config: VQVAE2Config) -> list[Component]:
         return export.export_components(model, config)
