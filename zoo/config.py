@@ -361,8 +361,11 @@ def _is_text(annotation: Any) -> bool:
     return False
 
 
-def parse_overrides(schema: type[pydantic.BaseModel], assignments: Iterable[str]) -> dict[str, Any]:
-    """`["a.b=3", "name=x"]` -> nested dict, values typed by the schema.
+def parse_overrides(
+    schema: type[pydantic.BaseModel], assignments: Iterable[str], flag: str = "--set", what: str = "config field"
+) -> dict[str, Any]:
+    """`["a.b=3", "name=x"]` -> nested dict, values typed by the schema. `flag` and `what`
+    name the option and the fields in errors (`--option`, "sample option" for sample options).
 
     Text fields take the raw string; every other value is read as YAML, so `3`, `1e-4`,
     `true`, `[1,2,3]` and `{a: 1}` mean what they look like.
@@ -374,15 +377,15 @@ def parse_overrides(schema: type[pydantic.BaseModel], assignments: Iterable[str]
         key, sep, raw = assignment.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"--set expects key=value, got {assignment!r}")
+            raise ConfigError(f"{flag} expects key=value, got {assignment!r}")
         annotation = _field_annotation(schema, key)
         if annotation is None:
-            raise ConfigError(f"--set {key}: no such config field; `zoo info MODEL` lists them")
+            raise ConfigError(f"{flag} {key}: no such {what}; `zoo info MODEL` lists them")
         try:
             value = raw if _is_text(annotation) else yaml.safe_load(raw)
         except yaml.YAMLError as error:  # a ReaderError (a control character) has no `problem`
             problem = error.problem if isinstance(error, yaml.MarkedYAMLError) else error
-            raise ConfigError(f"--set {key}: cannot read value {raw!r}: {problem}") from None
+            raise ConfigError(f"{flag} {key}: cannot read value {raw!r}: {problem}") from None
         target = result
         *parents, leaf = key.split(".")
         for parent in parents:

@@ -77,19 +77,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def distribution_metrics(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None]:
+    from zoo.config import parse_overrides
     from zoo.device import choose_device
     from zoo.errors import ConfigError
     from zoo.metrics.evaluate import MetricOptions, evaluate_metrics, export_target, parse_metrics
+    from zoo.registry import get_registry
 
-    sample_options: dict[str, Any] = {}
-    for assignment in args.option:
-        key, equals, value = assignment.partition("=")
-        if not equals:
-            raise ConfigError(f"--option {assignment!r} is not KEY=VALUE (e.g. --option cfg=1.5)")
-        try:
-            sample_options[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            sample_options[key.replace("-", "_")] = value
+    schema = get_registry().get(args.model).SampleOptions
+    sample_options = parse_overrides(schema, map(underscored, args.option), flag="--option", what="sample option")
     options = MetricOptions(
         parse_metrics(args.metrics),
         ref=args.ref,
@@ -110,6 +105,12 @@ def distribution_metrics(args: argparse.Namespace) -> tuple[dict[str, Any], Path
 
     run = api.load_run(args.run or Path("runs") / args.model, model=args.model, device=args.device)
     return run.evaluate(options.metrics, **{k: v for k, v in vars(options).items() if k != "metrics"}), run.run_dir
+
+
+def underscored(assignment: str) -> str:
+    """`top-k=5` -> `top_k=5`: option names as `zoo sample` spells its flags are accepted too."""
+    key, equals, value = assignment.partition("=")
+    return key.replace("-", "_") + equals + value
 
 
 def show(metrics: dict[str, Any], as_json: bool) -> None:
