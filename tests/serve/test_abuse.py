@@ -183,10 +183,10 @@ def edit_image(folder: Path) -> Path:
     return path
 
 
-def test_zoo_run_edit_without_a_class_regenerates_unconditionally(var_export, tmp_path):
+def edited_by_zoo(tmp_path: Path, *args: str) -> None:
+    """Runs `zoo ARGS --out edited.png` in tmp_path; it must succeed and write the image."""
     result = subprocess.run(
-        [sys.executable, "-m", "zoo", "run", str(var_export), "--edit", str(edit_image(tmp_path)), "--n", "2"]
-        + ["--out", "edited.png", "--json"],
+        [sys.executable, "-m", "zoo", *args, "--out", "edited.png"],
         capture_output=True,
         text=True,
         env=serve_env(),
@@ -195,6 +195,10 @@ def test_zoo_run_edit_without_a_class_regenerates_unconditionally(var_export, tm
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "edited.png").is_file()
+
+
+def test_zoo_run_edit_without_a_class_regenerates_unconditionally(var_export, tmp_path):
+    edited_by_zoo(tmp_path, "run", str(var_export), "--edit", str(edit_image(tmp_path)), "--n", "2", "--json")
 
 
 def test_zoo_sample_edit_without_a_class_regenerates_unconditionally(tmp_path):
@@ -212,17 +216,19 @@ def test_zoo_sample_edit_without_a_class_regenerates_unconditionally(tmp_path):
     run_dir = tmp_path / "run"
     save_weights(plugin.build(config), run_dir / WEIGHTS_FILE)
     atomic_write_json(run_dir / CONFIG_FILE, run_record("var", plugin.version, None, config.model_dump(mode="json")))
-    result = subprocess.run(
-        [sys.executable, "-m", "zoo", "sample", "var", "--run", str(run_dir), "--edit", str(edit_image(tmp_path))]
-        + ["--n", "2", "--out", "edited.png", "--device", "cpu"],
-        capture_output=True,
-        text=True,
-        env=serve_env(),
-        cwd=tmp_path,
-        timeout=120,
+    edited_by_zoo(
+        tmp_path,
+        "sample",
+        "var",
+        "--run",
+        str(run_dir),
+        "--edit",
+        str(edit_image(tmp_path)),
+        "--n",
+        "2",
+        "--device",
+        "cpu",
     )
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "edited.png").is_file()
 
 
 def test_a_15_mb_json_body_does_not_stall_healthz(guarded):
