@@ -155,6 +155,7 @@ def train(
     log_every: int = 10,
     log_every_seconds: float = 30.0,
     tensorboard: Path | str | None = None,
+    inception_weights: Path | str | None = None,
     command: list[str] | None = None,
 ) -> Run:
     """Train every stage (or one) of a model; returns the trained run.
@@ -163,7 +164,9 @@ def train(
     run's stored config: `name` may be left out, and only the fields given here change it
     (which is refused when they differ from the run's). `progress` is "quiet" (default),
     "auto" (a bar on a terminal, else plain lines every `log_every_seconds`), "bar",
-    "plain" or "json"; `tensorboard` is a directory for TensorBoard event files."""
+    "plain" or "json"; `tensorboard` is a directory for TensorBoard event files;
+    `inception_weights` the file of the config's validation metrics (`validation.metrics`;
+    default: $ZOO_INCEPTION_WEIGHTS, else torch hub's copy)."""
     if run_dir is None and name is not None:
         run_dir = Path("runs") / name
     record = _existing_record(Path(run_dir)) if run_dir is not None and (resume or stage) else None
@@ -190,6 +193,7 @@ def train(
         log_every=log_every,
         log_every_seconds=log_every_seconds,
         tensorboard=Path(tensorboard) if tensorboard is not None else None,
+        inception_weights=Path(inception_weights) if inception_weights is not None else None,
         command=command,
     )
     trainer = Trainer(plugin, config, run_dir, preset_name, options)

@@ -200,6 +200,38 @@ class AugmentConfig(ConfigSection):
     flip: bool = pydantic.Field(default=False, description="mirror a training image left-right with probability 1/2")
 
 
+class ValidationConfig(ConfigSection):
+    """Distribution metrics measured at every validation of a stage (its interval is the
+    model's own validation field), through zoo.metrics as `zoo eval --metrics` measures them,
+    on a small sample set, and logged beside the validation loss. fid, isc, kid and prc
+    measure the model's sample set at the last stage's validations (a style transfer's set
+    at its own stage's); rfid a tokenizer's or autoencoder's held-out reconstructions at the
+    validations of the stage that trains it."""
+
+    metrics: list[Literal["fid", "isc", "kid", "prc", "rfid"]] = pydantic.Field(
+        default_factory=list,
+        description="distribution metrics at each validation, e.g. [fid]; needs torch-fidelity (zoo[metrics]) "
+        "and the Inception weights (zoo train --inception-weights FILE or $ZOO_INCEPTION_WEIGHTS)",
+    )
+    samples: int = pydantic.Field(
+        default=256,
+        ge=10,  # the Inception Score's 10 splits
+        le=MAX_ITEMS,
+        description="images drawn (and held-out images reconstructed, and taken as the default reference) "
+        "per validation",
+    )
+    ref: str | None = pydantic.Field(
+        default=None,
+        description="reference of fid, kid and prc, as zoo eval's --ref (a folder, shards, a data set name, an "
+        "ADM .npz); default: the run's own held-out images",
+    )
+
+    @pydantic.field_validator("metrics")
+    @classmethod
+    def _once_each(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
+
+
 class ZooConfig(ConfigSection):
     """Base of every plugin's `Config`."""
 
@@ -215,6 +247,9 @@ class ZooConfig(ConfigSection):
     loader: LoaderConfig = pydantic.Field(default_factory=LoaderConfig, description="how training batches are read")
     augment: AugmentConfig = pydantic.Field(
         default_factory=AugmentConfig, description="augmentation of training images read from files"
+    )
+    validation: ValidationConfig = pydantic.Field(
+        default_factory=ValidationConfig, description="distribution metrics (FID, ...) at each validation"
     )
 
 

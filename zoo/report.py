@@ -52,6 +52,15 @@ PANELS: list[tuple[str, Any]] = [
 ]
 
 
+# Distribution metrics logged at validations (val_fid, val_rfid/tokenizer, ...): each in a
+# panel of its own, their scales having nothing in common with a loss or with each other.
+DISTRIBUTION = ("fid", "isc", "kid", "precision", "recall", "f_score", "ssim/")
+
+
+def is_distribution_metric(key: str) -> bool:
+    return key.startswith("val_") and any(key[4:].startswith(word) for word in DISTRIBUTION)
+
+
 def write_report(runs: list[Path], out: Path, export_dir: Path | None = None) -> None:
     """Write the page for one run, or the comparison of several, to `out`."""
     runs = [Path(run) for run in runs]
@@ -77,6 +86,7 @@ def run_page(run: Path, export_dir: Path | None = None) -> str:
         body.append(_stage_summary_line(summaries.get(stage)))
         plots = stage_plots([m for m in metrics if m.get("stage") == stage and "event" not in m])
         body.append(_plots_html(plots) if plots else "<p>no metrics logged for this stage</p>")
+        body.append(_measured_on_html(run, stage_metrics(metrics, stage)))
         body.append(_grids_html(run, stage))
     evaluation = run / "eval.json"
     if evaluation.is_file():
@@ -89,6 +99,30 @@ def run_page(run: Path, export_dir: Path | None = None) -> str:
     body.append("<h2>resolved config</h2>")
     body.append(f"<pre>{_e(json.dumps(record['config'], indent=2))}</pre>")
     return _page(title, body)
+
+
+def stage_metrics(metrics: list[dict[str, Any]], stage: str) -> set[str]:
+    """The names a stage logged."""
+    return {key for row in metrics if row.get("stage") == stage for key in row}
+
+
+def _measured_on_html(run: Path, logged: set[str]) -> str:
+    """What each of the stage's validation metrics was measured on: N, the reference, the
+    Inception weights' sha256 (a number never stands without them)."""
+    from zoo.metrics import MEASURED_ON_FILE
+
+    path = run / MEASURED_ON_FILE
+    if not path.is_file():
+        return ""
+    measured = _read_json(path)
+    rows = [
+        [key, str(about.get("samples")), str(about.get("reference") or "none (IS)"), str(about.get("inception_sha256"))]
+        for key, about in measured.items()
+        if key in logged and isinstance(about, dict)
+    ]
+    if not rows:
+        return ""
+    return "<h3>validation metrics measured on</h3>" + _table(["metric", "N", "reference", "Inception sha256"], rows)
 
 
 def _stage_order(record: dict[str, Any], metrics: list[dict[str, Any]], run: Path) -> list[str]:
@@ -132,6 +166,9 @@ def group_metrics(keys: Iterable[str]) -> dict[str, list[str]]:
     """Panel title -> the metric names plotted in it; the rest go to `losses`."""
     panels: dict[str, list[str]] = {"losses": []}
     for key in keys:
+        if is_distribution_metric(key):
+            panels[key] = [key]
+            continue
         for title, belongs in PANELS:
             if belongs(key):
                 panels.setdefault(title, []).append(key)

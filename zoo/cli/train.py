@@ -63,6 +63,12 @@ def register(commands: Any) -> None:
         help="write TensorBoard scalars and grids to DIR (default DIR: RUN/tensorboard)",
     )
     train.add_argument(
+        "--inception-weights",
+        type=Path,
+        metavar="FILE",
+        help="Inception weights of the config's validation metrics (default: $ZOO_INCEPTION_WEIGHTS, torch hub)",
+    )
+    train.add_argument(
         "--nproc-per-node",
         type=int_in(1),
         help="start torchrun with N processes on this machine (replicate/DDP; --shard: FSDP2)",
@@ -114,6 +120,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             checkpoint_every=args.checkpoint_every,
             log_every_seconds=args.log_every_seconds,
             tensorboard=_tensorboard_dir(args.tensorboard, run_dir),
+            inception_weights=args.inception_weights,
             command=["zoo", *(args.argv or [])],
         )
     except KeyboardInterrupt:
@@ -203,6 +210,8 @@ def _run_flags(args: argparse.Namespace) -> list[str]:
         flags += ["--log-every-seconds", str(args.log_every_seconds)]
     if args.nproc_per_node is not None:
         flags += ["--nproc-per-node", str(args.nproc_per_node)]
+    if args.inception_weights is not None:
+        flags += ["--inception-weights", str(args.inception_weights)]
     if args.tensorboard is not None:
         flags += ["--tensorboard", *([args.tensorboard] if args.tensorboard else [])]
     if args.json or args.quiet:

@@ -15,5 +15,10 @@ features are extracted (`zoo.metrics.fidelity`). Modules:
 - `references`: what `--ref` names, as batches of uint8 images or as statistics;
 - `samples`: drawing the sample set into a folder, resumable;
 - `fidelity`: features and the figures, through torch-fidelity;
-- `evaluate`: the whole evaluation of a run or an export.
+- `evaluate`: the whole evaluation of a run or an export;
+- `validation`: the metrics at a stage's validations during training (the config's `validation`).
 """
+
+# What each logged validation metric was measured on (N, reference, weights' sha256), per key,
+# in the run directory; `zoo report` shows it beside the curves.
+MEASURED_ON_FILE = "validation_metrics.json"

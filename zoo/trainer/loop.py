@@ -6,13 +6,14 @@ zoo.trainer.resume's."""
 
 from __future__ import annotations
 
+import json
 import platform
 import sys
 import time
 from collections import defaultdict
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -35,6 +36,9 @@ from zoo.trainer.options import TrainOptions
 from zoo.trainer.resume import initial_weights, restore, save_finished_stage, write_checkpoint
 from zoo.trainer.run_record import claim_run_dir, end_session, record_completed, start_session
 from zoo.trainer.state import StageState
+
+if TYPE_CHECKING:
+    from zoo.metrics.validation import ValidationMetrics
 
 
 class Trainer:
@@ -60,6 +64,7 @@ class Trainer:
         self.engine = Engine(self.world, config.scale.shard, self.device, self._build_model, self._note)
         self.stages = plugin.stages(config)
         self.tensorboard: Any = None  # a SummaryWriter on rank 0 with options.tensorboard
+        self.metrics: ValidationMetrics | None = None  # the config's validation metrics, if any
 
     # set-up ------------------------------------------------------------------------------
 
@@ -141,6 +146,7 @@ class Trainer:
 
     def _run_stages(self, names: list[str]) -> nn.Module:
         self.plugin.check_data(self.config)  # every stage's data, before anything trains or is written
+        self.metrics = self._validation_metrics()
         claim_run_dir(self.run_dir, self.plugin, self.config, self.preset, self.options, self.world)
         self._start_session()
         self._open_tensorboard()
@@ -186,6 +192,18 @@ class Trainer:
         """A line for the user, from rank 0 only (every process meets the same conditions)."""
         if self.world.is_main:
             self.reporter.message(text)
+
+    def _validation_metrics(self) -> ValidationMetrics | None:
+        """The config's validation metrics, checked now (torch-fidelity, the weights file, the
+        stages that measure them), not at the first validation hours later."""
+        if not self.config.validation.metrics:
+            return None
+        from zoo.metrics.validation import ValidationMetrics
+
+        cache = self.run_dir / "cache" / "metrics"
+        return ValidationMetrics(
+            self.plugin, self.config, self.stages, self.device, self.options.inception_weights, cache
+        )
 
     def _open_tensorboard(self) -> None:
         if self.options.tensorboard is None or not self.world.is_main:
@@ -321,8 +339,9 @@ class Trainer:
         if not spec or done % spec.every:
             return False
         loss = self._validation_loss(state, spec, done)
-        state.last_metrics["val_loss"] = loss
-        self._log({"stage": state.stage.name, "step": done, "val_loss": loss})
+        figures = self._validation_figures(state)
+        state.last_metrics.update(val_loss=loss, **figures)
+        self._log({"stage": state.stage.name, "step": done, "val_loss": loss, **figures})
         if not state.validation.record(loss, state.model, spec.patience):
             return False
         self.reporter.message(
@@ -355,6 +374,28 @@ class Trainer:
             losses.append(outputs["loss"].float().item())
         freeze_all_but(model, stage)
         return sum(losses) / max(1, len(losses))
+
+    def _validation_figures(self, state: StageState) -> dict[str, float]:
+        """The config's validation metrics of the stage (rank 0 measures; every process takes
+        part in gathering sharded weights). Drawn in eval mode with the RNG state put back, as
+        the grids are, so measuring does not change what trains."""
+        stage = state.stage
+        if self.metrics is None or stage.name not in self.metrics.planned:
+            return {}
+        model = self.engine.plain_model_on_main(state.step_module)
+        if model is None:
+            return {}
+        from zoo.metrics import MEASURED_ON_FILE
+
+        model.eval()
+        cuda = list(range(torch.cuda.device_count())) if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), torch.no_grad():
+            figures = self.metrics.measure(model, stage.name)
+        freeze_all_but(model, stage)
+        path = self.run_dir / MEASURED_ON_FILE
+        earlier = json.loads(path.read_text()) if path.is_file() else {}  # other stages', earlier sessions'
+        ckpt.atomic_write_json(path, {**earlier, **self.metrics.measured_on})
+        return figures
 
     def _maybe_checkpoint(self, state: StageState, done: int) -> None:
         """Every `checkpoint_every` steps before the last (the stage's end writes its own):

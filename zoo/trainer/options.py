@@ -1,5 +1,5 @@
 """What one `train` call is asked to do besides the config: device, progress, which stage,
-resume, checkpoint and log intervals."""
+resume, checkpoint and log intervals, the Inception weights of the validation metrics."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ class TrainOptions:
     log_every: int = 10
     log_every_seconds: float = 30.0  # plain progress lines (output not a terminal): one per this many seconds
     tensorboard: Path | None = None  # write TensorBoard scalars and grids to this directory
+    inception_weights: Path | None = None  # of the config's validation metrics; default $ZOO_INCEPTION_WEIGHTS
     command: list[str] | None = None  # the command line recorded in the run (default: sys.argv)
 
     def __post_init__(self) -> None:
