@@ -201,7 +201,7 @@ class ValidationMetrics:
         for key in values:
             self.measured_on[PREFIX + key] = {
                 "samples": count,
-                "reference": reference,
+                "reference": None if key.startswith("isc") else reference,  # IS measures the samples alone
                 "inception_weights": str(self.weights),
                 "inception_sha256": self.weights_sha,
             }
