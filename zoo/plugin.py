@@ -194,6 +194,12 @@ class ModelPlugin(Generic[ConfigT, SampleOptionsT, ModelT]):
         transfer's FID (see `MetricSet`). Default: none."""
         return []
 
+    def export_metric_sets(self, runtime: Any, config: ConfigT) -> list[MetricSet]:
+        """`metric_sets` of an export directory: the same held-out sets, made by the exported
+        graphs through the model's runtime loop (`runtime`, on onnxruntime), for each set
+        whose graphs the export holds. Default: none."""
+        return []
+
     def export_assets(self, model: ModelT, config: ConfigT) -> ExportAssets:
         return ExportAssets()
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -131,9 +132,47 @@ def evaluate_pairs(
     }
 
 
+Make = Callable[[np.ndarray], np.ndarray]  # (B, 3, H, W) float32 in [-1, 1] -> the same
+
+
 def metric_sets(model: QuantArt, config: QuantArtConfig, device: torch.device) -> list[MetricSet]:
     """Each VQGAN's reconstructions of its held-out images, and the held-out (content, style)
     pairs stylised at balances (1, 1), as `evaluate_pairs` scores them."""
+
+    def made_by(network: Callable[[torch.Tensor], torch.Tensor]) -> Make:
+        @torch.no_grad()
+        def make(images: np.ndarray) -> np.ndarray:
+            return network(torch.from_numpy(images).to(device)).float().cpu().numpy()
+
+        return make
+
+    @torch.no_grad()
+    def stylize(contents: np.ndarray, styles: np.ndarray) -> np.ndarray:
+        content, style = torch.from_numpy(contents).to(device), torch.from_numpy(styles).to(device)
+        ones = torch.ones(len(content), device=device)
+        codes = model.stylize_codes(model.photo.encode_codes(content), model.art.encode_codes(style), ones, ones)
+        return model.art.decode(codes).float().cpu().numpy()
+
+    model.eval()
+    photo, art = made_by(lambda images: model.photo(images)[0]), made_by(lambda images: model.art(images)[0])
+    return held_out_sets(config, photo, art, stylize)
+
+
+def export_metric_sets(runtime: Any, config: QuantArtConfig) -> list[MetricSet]:
+    """The transfer set and the art VQGAN's rFID, made by an export's graphs (QuantArtRuntime
+    `stylize`, `reconstruct_art`). The photo VQGAN's rFID needs the run: its decoder is not
+    exported (a transfer decodes with the art decoder)."""
+    graphs = ("photo_encoder", "art_encoder", "transfer", "art_decoder")
+    if not all(name in runtime.components for name in graphs):
+        return []
+    return held_out_sets(config, None, runtime.reconstruct_art, runtime.stylize)
+
+
+def held_out_sets(
+    config: QuantArtConfig, photo: Make | None, art: Make, stylize: Callable[[np.ndarray, np.ndarray], np.ndarray]
+) -> list[MetricSet]:
+    """The sets, whatever makes the images (the model or its export): `photo` and `art`
+    reconstruct, `stylize` transfers (content, style) pairs row by row."""
     count = config.data.eval_pairs
 
     def pairs() -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,34 +181,25 @@ def metric_sets(model: QuantArt, config: QuantArtConfig, device: torch.device) -
         index = torch.arange(count)
         return contents[index % len(contents)], styles[(index + index // len(styles)) % len(styles)]
 
-    def pixels(images: torch.Tensor) -> np.ndarray:
-        return to_uint8(images.clamp(-1, 1).float().cpu().numpy())
+    def pixels(images: np.ndarray) -> np.ndarray:
+        return to_uint8(np.clip(images, -1, 1))
 
-    def reconstructions(domain: str) -> Iterator[MadeImages]:
-        network = model.photo if domain == "photo" else model.art
-        images = pairs()[0 if domain == "photo" else 1].unique(dim=0)
+    def reconstructions(domain: str, make: Make) -> Iterator[MadeImages]:
+        images = pairs()[0 if domain == "photo" else 1].unique(dim=0).float().numpy()
         for start in range(0, len(images), EVAL_BATCH):
-            batch = images[start : start + EVAL_BATCH].to(device)
-            with torch.no_grad():
-                yield MadeImages(pixels(network(batch)[0]), pixels(batch))
+            batch = images[start : start + EVAL_BATCH]
+            yield MadeImages(pixels(make(batch)), pixels(batch))
 
-    @torch.no_grad()
     def transfer() -> Iterator[MadeImages]:
-        model.eval()
-        contents, styles = pairs()
+        contents, styles = (images.float().numpy() for images in pairs())
         for start in range(0, count, EVAL_BATCH):
-            content, style = (
-                contents[start : start + EVAL_BATCH].to(device),
-                styles[start : start + EVAL_BATCH].to(device),
-            )
-            ones = torch.ones(len(content), device=device)
-            codes = model.stylize_codes(model.photo.encode_codes(content), model.art.encode_codes(style), ones, ones)
-            yield MadeImages(pixels(model.art.decode(codes)), pixels(style), pixels(content))
+            content, style = contents[start : start + EVAL_BATCH], styles[start : start + EVAL_BATCH]
+            yield MadeImages(pixels(stylize(content, style)), pixels(style), pixels(content))
 
-    model.eval()
+    sets = [MetricSet("vqgan_photo", "reconstruction", lambda: reconstructions("photo", photo))] if photo else []
     return [
-        MetricSet("vqgan_photo", "reconstruction", lambda: reconstructions("photo")),
-        MetricSet("vqgan_art", "reconstruction", lambda: reconstructions("art")),
+        *sets,
+        MetricSet("vqgan_art", "reconstruction", lambda: reconstructions("art", art)),
         MetricSet("transfer", "transfer", transfer),
     ]
 

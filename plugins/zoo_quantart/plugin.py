@@ -4,6 +4,7 @@ model.py, losses.py, data.py, evaluation.py and export.py."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ from zoo.plugin import Component, ExportAssets, LossFn, MetricSet, ModelPlugin, 
 from zoo_quantart import export
 from zoo_quantart.config import PRESETS, QuantArtConfig, QuantArtSampleOptions
 from zoo_quantart.data import check_data, code_pairs, domain_images, sample_images, stack_images
-from zoo_quantart.evaluation import evaluate_pairs, metric_sets
+from zoo_quantart.evaluation import evaluate_pairs, export_metric_sets, metric_sets
 from zoo_quantart.importer import OfficialQuantArtImporter, TamingVQGANImporter
 from zoo_quantart.losses import transfer_losses, vqgan_losses
 from zoo_quantart.model import Domain, QuantArt
@@ -71,6 +72,10 @@ class QuantArtPlugin(ModelPlugin[QuantArtConfig, QuantArtSampleOptions, QuantArt
     def metric_sets(self, model: QuantArt, config: QuantArtConfig, device: torch.device) -> list[MetricSet]:
         """rFID of each VQGAN; FID of the stylised pairs against the style images, and SSIM to the content."""
         return metric_sets(model, config, device)
+
+    def export_metric_sets(self, runtime: Any, config: QuantArtConfig) -> list[MetricSet]:
+        """The transfer set and the art VQGAN's rFID through the export's graphs."""
+        return export_metric_sets(runtime, config)
 
     def export_components(self, model: QuantArt, config: QuantArtConfig) -> list[Component]:
         return export.export_components(model, config)

@@ -101,6 +101,29 @@ class QuantArtRuntime(ModelRuntime[QuantArtSampleOptions]):
             return SampleOutput(images=outputs, columns=1, extras=extras)
         return SampleOutput(images=self.pair_grid(contents, styles, outputs), columns=len(styles) + 1, extras=extras)
 
+    def stylize(self, contents: np.ndarray, styles: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) content photos and style images in [-1, 1], paired row by row -> the
+        stylised images (N, 3, H, W) at balances (1, 1): what the transfer stage trains."""
+        ones = np.ones(len(contents), np.float32)
+        codes = run_batched(
+            self.components,
+            "transfer",
+            "codes",
+            BATCH,
+            content_codes=run_batched(self.components, "photo_encoder", "codes", BATCH, images=contents),
+            reference_codes=run_batched(self.components, "art_encoder", "codes", BATCH, images=styles),
+            content_style_balance=ones,
+            fidelity_balance=ones,
+        )
+        return run_batched(self.components, "art_decoder", "images", BATCH, codes=codes)
+
+    def reconstruct_art(self, images: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) in [-1, 1] -> the art VQGAN's reconstruction (its encoder's quantised
+        codes through its decoder). The photo VQGAN's decoder is not exported: nothing a
+        transfer makes is decoded by it."""
+        codes = run_batched(self.components, "art_encoder", "codes", BATCH, images=images)
+        return run_batched(self.components, "art_decoder", "images", BATCH, codes=codes)
+
     def cost(self, options: QuantArtSampleOptions) -> Cost:
         """Attention makes it quadratic in pixels: a call of b images holds about two b x T x T
         float32 attention maps for T tokens (the feature map's pixels) at the widest attended

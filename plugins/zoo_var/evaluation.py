@@ -5,6 +5,7 @@ digits classifier reads as the class they were drawn for."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,11 +95,27 @@ def metric_sets(model: VARModel, config: VARConfig, device: torch.device) -> lis
     """The tokenizer's reconstructions of the held-out split, for its reconstruction FID."""
 
     @torch.no_grad()
-    def batches() -> Iterator[MadeImages]:
+    def make(images: np.ndarray) -> np.ndarray:
         model.eval()
+        return reconstruct(model, torch.from_numpy(images).to(device)).float().cpu().numpy()
+
+    return held_out_sets(config, make)
+
+
+def export_metric_sets(runtime: Any, config: VARConfig) -> list[MetricSet]:
+    """The same set made by an export's encoder, embed and decoder graphs (VARRuntime.reconstruct)."""
+    needed = ["encoder", "decoder", *(f"embed_{k}" for k in range(len(config.tokenizer.patch_nums)))]
+    if not all(name in runtime.components for name in needed):
+        return []
+    return held_out_sets(config, runtime.reconstruct)
+
+
+def held_out_sets(config: VARConfig, reconstruct: Callable[[np.ndarray], np.ndarray]) -> list[MetricSet]:
+    """`reconstruct`: (B, 3, H, W) float32 in [-1, 1] -> the same, by the model or its export."""
+
+    def batches() -> Iterator[MadeImages]:
         for batch in DataLoader(image_dataset(config, "test"), batch_size=BATCH, shuffle=False):
-            images = batch["image"].to(device)
-            outputs = reconstruct(model, images).clamp(-1, 1)
-            yield MadeImages(to_uint8(outputs.float().cpu().numpy()), to_uint8(images.cpu().numpy()))
+            images = batch["image"].numpy()
+            yield MadeImages(to_uint8(np.clip(reconstruct(images), -1, 1)), to_uint8(images))
 
     return [MetricSet("tokenizer", "reconstruction", batches)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -125,6 +127,9 @@ class VARPlugin(ModelPlugin[VARConfig, VARSampleOptions, VARModel]):
 
     def metric_sets(self, model: VARModel, config: VARConfig, device: torch.device) -> list[MetricSet]:
         return evaluation.metric_sets(model, config, device)
+
+    def export_metric_sets(self, runtime: Any, config: VARConfig) -> list[MetricSet]:
+        return evaluation.export_metric_sets(runtime, config)
 
     def export_components(self, model: VARModel, config: VARConfig) -> list[Component]:
         return export.export_components(model, config)

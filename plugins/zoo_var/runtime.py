@@ -97,6 +97,20 @@ class VARRuntime(ModelRuntime[VARSampleOptions]):
         images = self.components("decoder", f_hat=f_hat)["image"]
         return SampleOutput(images=to_uint8(images), columns=options.n, extras={"tokens": tokens, "labels": labels})
 
+    def reconstruct(self, images: np.ndarray) -> np.ndarray:
+        """(B, 3, H, W) in [-1, 1] -> the tokenizer's reconstruction through its multi-scale
+        tokens: the encoder's tokens, each scale's code vectors added into f_hat by its
+        `embed_k` graph (as sampling adds them), the decoder."""
+        geometry = Geometry.from_config(self.config)
+        patch_nums, starts = geometry.patch_nums, scale_starts(geometry.patch_nums)
+        codebook = self.arrays["codebook"].astype(np.float32)  # (codebook_size, code_dim)
+        tokens = self.components("encoder", image=np.asarray(images, np.float32))["tokens"]  # (B, L)
+        f_hat = np.zeros((len(tokens), geometry.code_dim, patch_nums[-1], patch_nums[-1]), np.float32)
+        for k in range(len(patch_nums)):
+            codes = np.ascontiguousarray(codebook[tokens[:, starts[k] : starts[k + 1]]])  # (B, side_k^2, C)
+            f_hat = self.components(f"embed_{k}", codes=codes, f_hat=f_hat)["new_f_hat"]
+        return self.components("decoder", f_hat=f_hat)["image"]
+
     def cost(self, options: VARSampleOptions) -> Cost:
         """Each graph's arena holds its largest call's activations (onnxruntime keeps them), so
         the graphs add up: the transformer step's at the last scale (about three times its

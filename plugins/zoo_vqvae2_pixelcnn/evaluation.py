@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -79,11 +81,26 @@ def metric_sets(model: VQVAE2PixelCNN, config: VQVAE2Config, device: torch.devic
     """The autoencoder's reconstructions of the held-out split, for its reconstruction FID."""
 
     @torch.no_grad()
-    def batches() -> Iterator[MadeImages]:
+    def reconstruct(images: np.ndarray) -> np.ndarray:
         model.eval()
+        return model.vqvae(torch.from_numpy(images).to(device)).reconstruction.float().cpu().numpy()
+
+    return held_out_sets(config, reconstruct)
+
+
+def export_metric_sets(runtime: Any, config: VQVAE2Config) -> list[MetricSet]:
+    """The same set made by an export's encoder and decoder graphs (VQVAE2Runtime.reconstruct)."""
+    if "encoder" not in runtime.components or "decoder" not in runtime.components:
+        return []
+    return held_out_sets(config, runtime.reconstruct)
+
+
+def held_out_sets(config: VQVAE2Config, reconstruct: Callable[[np.ndarray], np.ndarray]) -> list[MetricSet]:
+    """`reconstruct`: (B, 3, H, W) float32 in [-1, 1] -> the same, by the model or its export."""
+
+    def batches() -> Iterator[MadeImages]:
         for batch in DataLoader(image_set(config, "test"), batch_size=ENCODE_BATCH):
-            images = batch["image"].to(device)
-            outputs = model.vqvae(images).reconstruction.clamp(-1, 1)
-            yield MadeImages(to_uint8(outputs.float().cpu().numpy()), to_uint8(images.cpu().numpy()))
+            images = batch["image"].numpy()
+            yield MadeImages(to_uint8(np.clip(reconstruct(images), -1, 1)), to_uint8(images))
 
     return [MetricSet("vqvae", "reconstruction", batches)]

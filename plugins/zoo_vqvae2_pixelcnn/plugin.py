@@ -85,6 +85,9 @@ class VQVAE2PixelCNNPlugin(ModelPlugin[VQVAE2Config, VQVAE2SampleOptions, VQVAE2
     def metric_sets(self, model: VQVAE2PixelCNN, config: VQVAE2Config, device: torch.device) -> list[MetricSet]:
         return evaluation.metric_sets(model, config, device)
 
+    def export_metric_sets(self, runtime: Any, config: VQVAE2Config) -> list[MetricSet]:
+        return evaluation.export_metric_sets(runtime, config)
+
     def export_components(self, model: VQVAE2PixelCNN, config: VQVAE2Config) -> list[Component]:
         return export.export_components(model, config)
 
