@@ -21,7 +21,7 @@ from zoo.errors import ZooError
 from zoo.outputs import SampleOutput, to_uint8
 from zoo.runtime.cost import FLOAT32, FLOAT64, Cost, decode_costs, widest_feature_map
 from zoo.runtime.images import open_image, read_square, square_resize, to_model_input
-from zoo.runtime.loop import ModelRuntime
+from zoo.runtime.loop import ModelRuntime, progress_callback
 from zoo.runtime.sampling import draw, filter_logits, softmax
 from zoo_var.config import DEFAULT_CLASSES, TokenizerConfig, TransformerConfig, VARSampleOptions
 from zoo_var.scales import area_matrix, scale_starts
@@ -87,6 +87,7 @@ def read_mask(path: str | Path | None, side: int) -> np.ndarray:
 
 class VARRuntime(ModelRuntime[VARSampleOptions]):
     options_class = VARSampleOptions
+    reports_progress = True  # the image after each scale, decoded only for a callback
 
     def sample(self, options: VARSampleOptions) -> SampleOutput:
         geometry = Geometry.from_config(self.config)
@@ -94,8 +95,11 @@ class VARRuntime(ModelRuntime[VARSampleOptions]):
         edit = self._edit_targets(options.edit, options.mask, geometry) if options.edit is not None else None
         rng = np.random.default_rng(options.seed)
         tokens, f_hat = self._generate(labels, options, geometry, rng, edit)
-        images = self.components("decoder", f_hat=f_hat)["image"]
-        return SampleOutput(images=to_uint8(images), columns=options.n, extras={"tokens": tokens, "labels": labels})
+        images = to_uint8(self.components("decoder", f_hat=f_hat)["image"])
+        on_scale = progress_callback()
+        if on_scale is not None:  # the last scale: one image per scale in all
+            on_scale(SampleOutput(images=images, columns=options.n))
+        return SampleOutput(images=images, columns=options.n, extras={"tokens": tokens, "labels": labels})
 
     def cost(self, options: VARSampleOptions) -> Cost:
         """Each graph's arena holds its largest call's activations (onnxruntime keeps them), so
@@ -179,6 +183,7 @@ class VARRuntime(ModelRuntime[VARSampleOptions]):
         scale_input = np.zeros((batch, patch_nums[0] ** 2, code_dim), np.float32)  # unused: scale 0 starts from SOS
         all_inputs: list[np.ndarray] = []  # the no-cache path recomputes from these
         tokens = []
+        on_scale = progress_callback()
         for k in range(num_scales):
             start, end = starts[k], starts[k + 1]
             doubled_input = np.concatenate([scale_input, scale_input])
@@ -218,6 +223,9 @@ class VARRuntime(ModelRuntime[VARSampleOptions]):
             tokens.append(scale_tokens.astype(np.int64))
             out = self.components(f"embed_{k}", codes=np.ascontiguousarray(codes, np.float32), f_hat=f_hat)
             f_hat = out["new_f_hat"]
+            if on_scale is not None and k < num_scales - 1:  # the last scale's: decoded once, in `sample`
+                images = self.components("decoder", f_hat=f_hat)["image"]
+                on_scale(SampleOutput(images=to_uint8(images), columns=options.n))
             if k < num_scales - 1:
                 scale_input = out["next_input"]
         return np.concatenate(tokens, axis=1), f_hat
