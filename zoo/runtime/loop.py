@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Generic, Protocol
+from typing import Any, ClassVar, Generic, Protocol
 
 import numpy as np
 
@@ -78,6 +78,9 @@ class ModelRuntime(Generic[SampleOptionsT]):
     set `options_class` to that class and implement `sample` (and `cost`)."""
 
     options_class: type[SampleOptionsT]
+    # True: every row draws from its own stream of (seed, row) (zoo.runtime.sampling.row_generators),
+    # so a request's rows are the same batched with other requests; zoo serve may merge only such loops.
+    per_row_seeds: ClassVar[bool] = False
 
     def __init__(
         self,
