@@ -91,13 +91,34 @@ class VARRuntime(ModelRuntime[VARSampleOptions]):
     per_row_seeds = True
 
     def sample(self, options: VARSampleOptions) -> SampleOutput:
+        if options.edit is None:
+            return self.sample_batch([options])[0]
         geometry = Geometry.from_config(self.config)
         labels = self._labels(options, geometry)
-        edit = self._edit_targets(options.edit, options.mask, geometry) if options.edit is not None else None
-        rngs = row_generators(options.seed, len(labels))
-        tokens, f_hat = self._generate(labels, options, geometry, rngs, edit)
+        edit = self._edit_targets(options.edit, options.mask, geometry)
+        tokens, f_hat = self._generate(labels, options, geometry, row_generators(options.seed, len(labels)), edit)
         images = self.components("decoder", f_hat=f_hat)["image"]
         return SampleOutput(images=to_uint8(images), columns=options.n, extras={"tokens": tokens, "labels": labels})
+
+    def batch_key(self, options: VARSampleOptions) -> str | None:
+        """Edits run alone (each has its own image); otherwise the classes, count and seed may differ."""
+        return None if options.edit is not None else options.model_dump_json(exclude={"seed", "n", "classes"})
+
+    def sample_batch(self, requests: Sequence[VARSampleOptions]) -> list[SampleOutput]:
+        geometry = Geometry.from_config(self.config)
+        labels = [self._labels(options, geometry) for options in requests]
+        rngs = [
+            rng
+            for options, rows in zip(requests, labels, strict=True)
+            for rng in row_generators(options.seed, len(rows))
+        ]
+        tokens, f_hat = self._generate(np.concatenate(labels), requests[0], geometry, rngs, None)
+        images = to_uint8(self.components("decoder", f_hat=f_hat)["image"])
+        bounds = np.cumsum([0, *(len(rows) for rows in labels)])
+        return [
+            SampleOutput(images=images[a:b], columns=options.n, extras={"tokens": tokens[a:b], "labels": rows})
+            for options, rows, a, b in zip(requests, labels, bounds[:-1], bounds[1:], strict=True)
+        ]
 
     def cost(self, options: VARSampleOptions) -> Cost:
         """Each graph's arena holds its largest call's activations (onnxruntime keeps them), so

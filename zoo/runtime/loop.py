@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, ClassVar, Generic, Protocol
@@ -96,6 +96,16 @@ class ModelRuntime(Generic[SampleOptionsT]):
 
     def sample(self, options: SampleOptionsT) -> SampleOutput:
         raise NotImplementedError
+
+    def batch_key(self, options: SampleOptionsT) -> str | None:
+        """Requests whose keys are equal (not None) may run as one `sample_batch` call: every
+        option but the seed, the count and per-request inputs agree. None: run it alone."""
+        return None
+
+    def sample_batch(self, requests: Sequence[SampleOptionsT]) -> list[SampleOutput]:
+        """Requests of one `batch_key` as one loop call, split back per request; each answer
+        equals `sample` of that request alone (loops that merge declare `per_row_seeds`)."""
+        return [self.sample(options) for options in requests]
 
     def cost(self, options: SampleOptionsT) -> Cost | None:
         """The request's peak memory and graph calls, from its options and the sizes of its
