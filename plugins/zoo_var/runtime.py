@@ -104,6 +104,9 @@ class VARRuntime(ModelRuntime[VARSampleOptions]):
         """Edits run alone (each has its own image); otherwise the classes, count and seed may differ."""
         return None if options.edit is not None else options.model_dump_json(exclude={"seed", "n", "classes"})
 
+    def batch_rows(self, options: VARSampleOptions) -> int:
+        return len(self._labels(options, Geometry.from_config(self.config)))
+
     def sample_batch(self, requests: Sequence[VARSampleOptions]) -> list[SampleOutput]:
         geometry = Geometry.from_config(self.config)
         labels = [self._labels(options, geometry) for options in requests]

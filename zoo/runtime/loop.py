@@ -102,6 +102,10 @@ class ModelRuntime(Generic[SampleOptionsT]):
         option but the seed, the count and per-request inputs agree. None: run it alone."""
         return None
 
+    def batch_rows(self, options: SampleOptionsT) -> int:
+        """The rows this request adds to a merged call (zoo serve --max-batch counts these)."""
+        return 1
+
     def sample_batch(self, requests: Sequence[SampleOptionsT]) -> list[SampleOutput]:
         """Requests of one `batch_key` as one loop call, split back per request; each answer
         equals `sample` of that request alone (loops that merge declare `per_row_seeds`)."""
