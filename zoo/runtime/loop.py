@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, ClassVar, Generic, Protocol
@@ -105,6 +105,9 @@ class ModelRuntime(Generic[SampleOptionsT]):
 
     options_class: type[SampleOptionsT]
     reports_progress: ClassVar[bool] = False  # True: `sample` calls `progress_callback()`'s callback
+    # True: every row draws from its own stream of (seed, row) (zoo.runtime.sampling.row_generators),
+    # so a request's rows are the same batched with other requests; zoo serve may merge only such loops.
+    per_row_seeds: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -120,6 +123,20 @@ class ModelRuntime(Generic[SampleOptionsT]):
 
     def sample(self, options: SampleOptionsT) -> SampleOutput:
         raise NotImplementedError
+
+    def batch_key(self, options: SampleOptionsT) -> str | None:
+        """Requests whose keys are equal (not None) may run as one `sample_batch` call: every
+        option but the seed, the count and per-request inputs agree. None: run it alone."""
+        return None
+
+    def batch_rows(self, options: SampleOptionsT) -> int:
+        """The rows this request adds to a merged call (zoo serve --max-batch counts these)."""
+        return 1
+
+    def sample_batch(self, requests: Sequence[SampleOptionsT]) -> list[SampleOutput]:
+        """Requests of one `batch_key` as one loop call, split back per request; each answer
+        equals `sample` of that request alone (loops that merge declare `per_row_seeds`)."""
+        return [self.sample(options) for options in requests]
 
     def cost(self, options: SampleOptionsT) -> Cost | None:
         """The request's peak memory and graph calls, from its options and the sizes of its

@@ -15,9 +15,9 @@ at its next graph call (zoo.runtime.loop.sampling_deadline) and is answered with
 worker is free again. With `?stream=1`, a loop that reports progress (VAR) sends the
 images after each step as server-sent events, then the result.
 
-Requests are sampled one by one, never batched together: a loop draws a whole batch from
-one generator seeded by its options, so rows of a joint batch would not be what each
-request's own seed gives.
+With `--max-batch`, requests whose loop allows it are merged into one loop call
+(zoo.runtime.serve.batching); each row draws from its own (seed, row) stream, so every
+answer equals the request's alone. A merged call takes one worker and one deadline.
 
 Every error a client can cause is a 4xx with `{"error": "one line"}`; anything else is a
 500 of the same form with an `error_id`, logged with its traceback under that id, and the
@@ -53,6 +53,7 @@ from zoo.outputs import SampleOutput
 from zoo.runtime.cost import Cost
 from zoo.runtime.loop import ProgressCallback, SamplingTimeout, sampling_deadline, sampling_progress
 from zoo.runtime.serve.access import AccessMiddleware
+from zoo.runtime.serve.batching import Batcher
 from zoo.runtime.serve.inputs import RequestError, parse_request, read_body
 from zoo.runtime.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics, MetricsMiddleware
 from zoo.runtime.serve.models import ServedModel
@@ -76,7 +77,10 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
         app.state.limiter = anyio.CapacityLimiter(settings.workers)  # made on the server's event loop
         app.state.parsers = anyio.CapacityLimiter(settings.workers + 1)  # parsing and encoding: CPU work, briefer
         app.state.admitted = 0  # in the server, reading to sampling; changed on the event loop only, so no lock
-        yield
+        async with anyio.create_task_group() as tasks:
+            app.state.tasks = tasks  # merged calls run here (zoo.runtime.serve.batching)
+            yield
+            tasks.cancel_scope.cancel()
         # uvicorn has waited --shutdown-timeout and cancelled the requests; their worker threads
         # (which the process waits for) stop at their next graph call
         stopping.set()
@@ -99,12 +103,25 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
             )
         return options
 
-    def sampled(model: ServedModel, options: SampleOptionsBase) -> tuple[SampleOutput, float, float]:
-        """In a worker thread: the output, when sampling started and how long it took."""
+    def sampled(model: ServedModel, requests: list[SampleOptionsBase]) -> tuple[list[SampleOutput], float, float]:
+        """In a worker thread: the outputs, when sampling started and how long it took."""
         started = time.perf_counter()
         with sampling_deadline(settings.request_timeout, stopping):
-            output = model.loaded.sample(options)
-        return output, started, time.perf_counter() - started
+            if len(requests) == 1:
+                outputs = [model.loaded.sample(requests[0])]
+            else:
+                outputs = model.loaded.runtime.sample_batch(requests)
+        return outputs, started, time.perf_counter() - started
+
+    timings: dict[int, tuple[float, float]] = {}  # id(output) -> (started, seconds), read once
+
+    async def run_batch(model: ServedModel, requests: list[SampleOptionsBase]) -> list[SampleOutput]:
+        outputs, started, seconds = await anyio.to_thread.run_sync(sampled, model, requests, limiter=app.state.limiter)
+        for output in outputs:
+            timings[id(output)] = (started, seconds)
+        return outputs
+
+    batcher = Batcher(settings.max_batch, settings.max_wait_ms / 1000, budget, run_batch)
 
     def stepped(
         model: ServedModel, options: SampleOptionsBase, on_step: ProgressCallback
@@ -177,7 +194,11 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
                 headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
                 return StreamingResponse(events(model, options, state), media_type="text/event-stream", headers=headers)
             enqueued = time.perf_counter()
-            output, started, seconds = await anyio.to_thread.run_sync(sampled, model, options, limiter=state.limiter)
+            if settings.max_batch > 0:
+                output = await batcher.sample(model, options, state.tasks)
+            else:
+                output = (await run_batch(model, [options]))[0]
+            started, seconds = timings.pop(id(output))
         finally:
             if not streaming:
                 state.admitted -= 1
@@ -205,7 +226,7 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
         Route("/healthz", healthz),
         Route("/metrics", metrics_text),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[
             Middleware(MetricsMiddleware, metrics=metrics, routes=routes),
@@ -219,6 +240,7 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
         },
         lifespan=lifespan,
     )
+    return app
 
 
 def wants_png(request: Request) -> bool:
