@@ -44,13 +44,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(export_dirs: list[Path], workers: int, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(export_dirs: list[Path], workers: int, log: Path, max_batch: int = 0) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [sys.executable, "-m", "zoo", "serve", *map(str, export_dirs), "--port", str(port)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     with open(log, "w") as output:
         process = subprocess.Popen(
-            [*command, "--workers", str(workers)], stdout=output, stderr=subprocess.STDOUT, env=env
+            [*command, "--workers", str(workers), "--max-batch", str(max_batch)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -112,7 +115,10 @@ def save_screenshot(url: str, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("export_dirs", nargs="*", type=Path, help="default: a tiny random-weight VAR export")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument(
+        "--max-batch", type=int, nargs="+", default=[0, 8], help="zoo serve --max-batch values (0: unbatched)"
+    )
     parser.add_argument("--requests", type=int, default=48, help="requests per level (seeds 0..requests-1)")
     parser.add_argument("--workers", type=int, default=2, help="zoo serve --workers")
     parser.add_argument("--options", default='{"classes": [3], "n": 4}', help="sample options of every request")
@@ -145,45 +151,62 @@ def main() -> None:
     )
     seeds = list(range(args.requests))
     rows = []
+    references: dict[str, dict] = {}  # model -> seed -> fingerprint, each seed alone on an unbatched server
     with tempfile.TemporaryDirectory() as work:
-        process, url = start_server(export_dirs, args.workers, Path(work) / "serve.log")
-        try:
-            models = [model["name"] for model in httpx.get(f"{url}/v1/models").json()["models"]]
-            for model in models:
-                _, reference = asyncio.run(run_level(url, model, options, seeds, clients=1))  # each seed alone
-                for clients in args.clients:
-                    start = time.perf_counter()
-                    latencies, answers = asyncio.run(run_level(url, model, options, seeds, clients))
-                    wall = time.perf_counter() - start
-                    matching = sum(answers[seed] == reference[seed] for seed in seeds)
-                    p50, p99 = np.percentile(np.array(latencies) * 1000, [50, 99])
-                    rows.append(
-                        [
-                            model,
-                            clients,
-                            len(latencies),
-                            f"{p50:.0f}",
-                            f"{p99:.0f}",
-                            f"{len(latencies) / wall:.1f}",
-                            f"{matching}/{len(seeds)}",
-                        ]
-                    )
-                    print(rows[-1], flush=True)
-            if args.screenshot:
-                save_screenshot(url, args.screenshot)
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+        for max_batch in [0, *[value for value in args.max_batch if value != 0]]:
+            process, url = start_server(export_dirs, args.workers, Path(work) / "serve.log", max_batch)
+            try:
+                models = [model["name"] for model in httpx.get(f"{url}/v1/models").json()["models"]]
+                for model in models:
+                    if model not in references:
+                        _, references[model] = asyncio.run(run_level(url, model, options, seeds, clients=1))
+                    reference = references[model]
+                    if max_batch not in args.max_batch:
+                        continue
+                    for clients in args.clients:
+                        start = time.perf_counter()
+                        latencies, answers = asyncio.run(run_level(url, model, options, seeds, clients))
+                        wall = time.perf_counter() - start
+                        matching = sum(answers[seed] == reference[seed] for seed in seeds)
+                        p50, p99 = np.percentile(np.array(latencies) * 1000, [50, 99])
+                        rows.append(
+                            [
+                                model,
+                                max_batch or "off",
+                                clients,
+                                len(latencies),
+                                f"{p50:.0f}",
+                                f"{p99:.0f}",
+                                f"{len(latencies) / wall:.1f}",
+                                f"{matching}/{len(seeds)}",
+                            ]
+                        )
+                        print(rows[-1], flush=True)
+                if args.screenshot and max_batch == 0:
+                    save_screenshot(url, args.screenshot)
+            finally:
+                process.terminate()
+                process.wait(timeout=30)
     report.add(
         table(
-            ["model", "clients", "requests", "p50 ms", "p99 ms", "requests/s", "responses equal to their seed alone"],
+            [
+                "model",
+                "--max-batch",
+                "clients",
+                "requests",
+                "p50 ms",
+                "p99 ms",
+                "requests/s",
+                "responses equal to their seed alone",
+            ],
             rows,
         )
     )
     report.add(
-        "Requests are sampled one per worker thread, never batched together (a loop draws a whole batch "
-        "from one seeded generator, so a joint batch would not give each request its own seed's images); "
-        "past --workers, requests wait for a free worker."
+        "Without --max-batch, requests are sampled one per worker thread; past --workers, requests wait "
+        "for a free worker. With --max-batch 8 (--max-wait-ms 10), requests of equal options but seed are "
+        "merged into one loop call of up to 8 rows; every row draws from its own (seed, row) generator, "
+        "and the last column compares each response with its seed sampled alone on an unbatched server."
     )
     report.write()
 

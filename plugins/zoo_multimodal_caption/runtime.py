@@ -9,6 +9,7 @@ torch modules and `zoo run` on onnxruntime sessions, so both give the same capti
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,7 @@ from zoo.outputs import SampleOutput, to_uint8
 from zoo.runtime.cost import FLOAT32, FLOAT64, Cost, decode_costs, widest_feature_map
 from zoo.runtime.images import describe_source, read_square, to_model_input
 from zoo.runtime.loop import ModelRuntime
-from zoo.runtime.sampling import batches, draw, filter_logits, log_softmax, run_batched, softmax
+from zoo.runtime.sampling import batches, draw, filter_logits, log_softmax, row_generators, run_batched, softmax
 from zoo_multimodal_caption.config import CaptionSampleOptions
 from zoo_multimodal_caption.text_tokenizer import BOS_ID, EOS_ID, PAD_ID, decode, encode, tokenizer_from_json
 
@@ -44,6 +45,7 @@ class DecoderState:
 
 class CaptionRuntime(ModelRuntime[CaptionSampleOptions]):
     options_class = CaptionSampleOptions
+    per_row_seeds = True
 
     def __init__(self, components, config, arrays, files) -> None:
         super().__init__(components, config, arrays, files)
@@ -152,8 +154,8 @@ class CaptionRuntime(ModelRuntime[CaptionSampleOptions]):
                     self.beam_search(state, options.beam_width, limit, options.length_penalty, options.kv_cache)
                 )
             else:
-                rng = np.random.default_rng([options.seed, rows.start])
-                pieces.append(self.decode_stepwise(state, options, limit, rng))
+                rngs = row_generators(options.seed, rows.stop - rows.start, rows.start)
+                pieces.append(self.decode_stepwise(state, options, limit, rngs))
         width = max(piece.shape[1] for piece in pieces)
         tokens = np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=PAD_ID) for p in pieces])
         return [decode(self.tokenizer, row) for row in tokens], tokens
@@ -181,7 +183,7 @@ class CaptionRuntime(ModelRuntime[CaptionSampleOptions]):
         return logits, state
 
     def decode_stepwise(
-        self, state: DecoderState, options: CaptionSampleOptions, limit: int, rng: np.random.Generator
+        self, state: DecoderState, options: CaptionSampleOptions, limit: int, rngs: Sequence[np.random.Generator]
     ) -> np.ndarray:
         """Greedy (argmax) or sampled (temperature, top-k, top-p) decoding -> (N, t) generated ids."""
         finished = np.zeros(len(state.tokens), dtype=bool)
@@ -191,7 +193,7 @@ class CaptionRuntime(ModelRuntime[CaptionSampleOptions]):
                 next_tokens = logits.argmax(-1)
             else:
                 filtered = filter_logits(logits / options.temperature, options.top_k, options.top_p)
-                next_tokens = draw(softmax(filtered), rng)  # one uniform per row: both engines draw the same
+                next_tokens = draw(softmax(filtered), rngs)  # one uniform per row: both engines draw the same
             next_tokens = np.where(finished, PAD_ID, next_tokens).astype(np.int64)
             state = state.extend(next_tokens)
             finished |= next_tokens == EOS_ID

@@ -56,6 +56,7 @@ def read_images(spec: str, size: int, role: str) -> np.ndarray:
 
 class QuantArtRuntime(ModelRuntime[QuantArtSampleOptions]):
     options_class = QuantArtSampleOptions
+    per_row_seeds = True  # it draws nothing: a result depends only on its own inputs
 
     def sample(self, options: QuantArtSampleOptions) -> SampleOutput:
         size = self.image_side(options.size)

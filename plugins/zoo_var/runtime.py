@@ -11,6 +11,7 @@ image's tokens outside the mask at every scale (the paper's zero-shot in-/out-pa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,8 @@ from zoo.errors import ZooError
 from zoo.outputs import SampleOutput, to_uint8
 from zoo.runtime.cost import FLOAT32, FLOAT64, Cost, decode_costs, widest_feature_map
 from zoo.runtime.images import open_image, read_square, square_resize, to_model_input
-from zoo.runtime.loop import ModelRuntime
-from zoo.runtime.sampling import draw, filter_logits, softmax
+from zoo.runtime.loop import ModelRuntime, progress_callback
+from zoo.runtime.sampling import draw, filter_logits, row_generators, softmax
 from zoo_var.config import DEFAULT_CLASSES, TokenizerConfig, TransformerConfig, VARSampleOptions
 from zoo_var.scales import area_matrix, scale_starts
 
@@ -60,8 +61,8 @@ class EditTargets:
     keep: list[np.ndarray]  # per scale (side_k^2,) bool: True where the edit image's token is kept
 
 
-def gumbel_softmax(logits: np.ndarray, tau: float, rng: np.random.Generator) -> np.ndarray:
-    gumbels = -np.log(rng.exponential(size=logits.shape))
+def gumbel_softmax(logits: np.ndarray, tau: float, rngs: Sequence[np.random.Generator]) -> np.ndarray:
+    gumbels = -np.log(np.stack([rng.exponential(size=logits.shape[1:]) for rng in rngs]))
     return softmax((logits + gumbels) / tau)
 
 
@@ -87,15 +88,51 @@ def read_mask(path: str | Path | None, side: int) -> np.ndarray:
 
 class VARRuntime(ModelRuntime[VARSampleOptions]):
     options_class = VARSampleOptions
+    reports_progress = True  # the image after each scale, decoded only for a callback
+    per_row_seeds = True
 
     def sample(self, options: VARSampleOptions) -> SampleOutput:
+        if options.edit is None:
+            return self.sample_batch([options])[0]
         geometry = Geometry.from_config(self.config)
         labels = self._labels(options, geometry)
-        edit = self._edit_targets(options.edit, options.mask, geometry) if options.edit is not None else None
-        rng = np.random.default_rng(options.seed)
-        tokens, f_hat = self._generate(labels, options, geometry, rng, edit)
-        images = self.components("decoder", f_hat=f_hat)["image"]
-        return SampleOutput(images=to_uint8(images), columns=options.n, extras={"tokens": tokens, "labels": labels})
+        edit = self._edit_targets(options.edit, options.mask, geometry)
+        tokens, f_hat = self._generate(labels, options, geometry, row_generators(options.seed, len(labels)), edit)
+        return self._finish(self._decode(f_hat), options, tokens, labels)
+
+    def batch_key(self, options: VARSampleOptions) -> str | None:
+        """Edits run alone (each has its own image); otherwise the classes, count and seed may differ."""
+        return None if options.edit is not None else options.model_dump_json(exclude={"seed", "n", "classes"})
+
+    def batch_rows(self, options: VARSampleOptions) -> int:
+        return len(self._labels(options, Geometry.from_config(self.config)))
+
+    def sample_batch(self, requests: Sequence[VARSampleOptions]) -> list[SampleOutput]:
+        geometry = Geometry.from_config(self.config)
+        labels = [self._labels(options, geometry) for options in requests]
+        rngs = [
+            rng
+            for options, rows in zip(requests, labels, strict=True)
+            for rng in row_generators(options.seed, len(rows))
+        ]
+        tokens, f_hat = self._generate(np.concatenate(labels), requests[0], geometry, rngs, None)
+        images = self._decode(f_hat)
+        bounds = np.cumsum([0, *(len(rows) for rows in labels)])
+        return [
+            self._finish(images[a:b], options, tokens[a:b], rows)
+            for options, rows, a, b in zip(requests, labels, bounds[:-1], bounds[1:], strict=True)
+        ]
+
+    def _decode(self, f_hat: np.ndarray) -> np.ndarray:
+        return to_uint8(self.components("decoder", f_hat=f_hat)["image"])
+
+    def _finish(
+        self, images: np.ndarray, options: VARSampleOptions, tokens: np.ndarray, labels: np.ndarray
+    ) -> SampleOutput:
+        on_scale = progress_callback()
+        if on_scale is not None:  # the last scale: one image per scale in all
+            on_scale(SampleOutput(images=images, columns=options.n))
+        return SampleOutput(images=images, columns=options.n, extras={"tokens": tokens, "labels": labels})
 
     def reconstruct(self, images: np.ndarray) -> np.ndarray:
         """(B, 3, H, W) in [-1, 1] -> the tokenizer's reconstruction through its multi-scale
@@ -176,7 +213,7 @@ class VARRuntime(ModelRuntime[VARSampleOptions]):
         labels: np.ndarray,
         options: VARSampleOptions,
         geometry: Geometry,
-        rng: np.random.Generator,
+        rngs: Sequence[np.random.Generator],
         edit: EditTargets | None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Scale by scale: returns the tokens (B, L) int64 and the final f_hat (B, C, h, w)."""
@@ -193,6 +230,7 @@ class VARRuntime(ModelRuntime[VARSampleOptions]):
         scale_input = np.zeros((batch, patch_nums[0] ** 2, code_dim), np.float32)  # unused: scale 0 starts from SOS
         all_inputs: list[np.ndarray] = []  # the no-cache path recomputes from these
         tokens = []
+        on_scale = progress_callback()
         for k in range(num_scales):
             start, end = starts[k], starts[k + 1]
             doubled_input = np.concatenate([scale_input, scale_input])
@@ -219,10 +257,10 @@ class VARRuntime(ModelRuntime[VARSampleOptions]):
             guidance = options.cfg * ratio
             logits = (1 + guidance) * logits[:batch] - guidance * logits[batch:]  # (B, l, V)
             filtered = filter_logits(logits, options.top_k, options.top_p)
-            scale_tokens = filtered.argmax(axis=-1) if options.top_k == 1 else draw(softmax(filtered), rng)
+            scale_tokens = filtered.argmax(axis=-1) if options.top_k == 1 else draw(softmax(filtered), rngs)
             if options.gumbel > 0:
                 tau = max(options.gumbel * (1 - 0.95 * ratio), 0.005)  # sharper at finer scales, as MaskGIT
-                codes = (gumbel_softmax(filtered * (1 + ratio), tau, rng) @ codebook).astype(np.float32)
+                codes = (gumbel_softmax(filtered * (1 + ratio), tau, rngs) @ codebook).astype(np.float32)
             else:
                 codes = codebook[scale_tokens]  # (B, l, C)
             if edit is not None:
@@ -232,6 +270,9 @@ class VARRuntime(ModelRuntime[VARSampleOptions]):
             tokens.append(scale_tokens.astype(np.int64))
             out = self.components(f"embed_{k}", codes=np.ascontiguousarray(codes, np.float32), f_hat=f_hat)
             f_hat = out["new_f_hat"]
+            if on_scale is not None and k < num_scales - 1:  # the last scale's: decoded once, in `sample`
+                images = self.components("decoder", f_hat=f_hat)["image"]
+                on_scale(SampleOutput(images=to_uint8(images), columns=options.n))
             if k < num_scales - 1:
                 scale_input = out["next_input"]
         return np.concatenate(tokens, axis=1), f_hat

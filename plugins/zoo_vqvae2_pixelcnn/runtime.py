@@ -13,6 +13,7 @@ with the same seed they give the same codes (tests/plugins/test_vqvae2_pixelcnn.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from zoo.errors import ConfigError
 from zoo.outputs import SampleOutput, to_uint8
 from zoo.runtime.cost import FLOAT32, Cost
 from zoo.runtime.loop import Components, ModelRuntime
-from zoo.runtime.sampling import draw, filter_logits, softmax
+from zoo.runtime.sampling import draw, filter_logits, row_generators, softmax
 from zoo_vqvae2_pixelcnn.config import PriorConfig, VQVAE2Config, VQVAE2SampleOptions
 
 DEFAULT_CLASSES = 10  # with no --class: classes 0..9 (all of them for the digits)
@@ -30,6 +31,7 @@ DEFAULT_CLASSES = 10  # with no --class: classes 0..9 (all of them for the digit
 
 class VQVAE2Runtime(ModelRuntime[VQVAE2SampleOptions]):
     options_class = VQVAE2SampleOptions
+    per_row_seeds = True
 
     def __init__(
         self, components: Components, config: dict[str, Any], arrays: dict[str, np.ndarray], files: dict[str, bytes]
@@ -38,10 +40,10 @@ class VQVAE2Runtime(ModelRuntime[VQVAE2SampleOptions]):
         self.settings = VQVAE2Config.model_validate(config)
 
     def sample(self, options: VQVAE2SampleOptions) -> SampleOutput:
-        rng = np.random.default_rng(options.seed)
         labels = self.labels(options)
-        top = self.sample_codes("prior_top", {"labels": labels}, options, rng)
-        bottom = self.sample_codes("prior_bottom", {"top_codes": top, "labels": labels}, options, rng)
+        rngs = row_generators(options.seed, len(labels))
+        top = self.sample_codes("prior_top", {"labels": labels}, options, rngs)
+        bottom = self.sample_codes("prior_bottom", {"top_codes": top, "labels": labels}, options, rngs)
         images = self.components("decoder", top_codes=top, bottom_codes=bottom)["images"]
         columns = options.n if self.settings.class_conditional else None  # one row per class
         return SampleOutput(
@@ -104,7 +106,11 @@ class VQVAE2Runtime(ModelRuntime[VQVAE2SampleOptions]):
         return np.repeat(np.asarray(classes, dtype=np.int64), options.n)
 
     def sample_codes(
-        self, prior: str, condition_input: dict[str, np.ndarray], options: VQVAE2SampleOptions, rng: np.random.Generator
+        self,
+        prior: str,
+        condition_input: dict[str, np.ndarray],
+        options: VQVAE2SampleOptions,
+        rngs: Sequence[np.random.Generator],
     ) -> np.ndarray:
         """-> (count, side, side) int64 codes of one level, drawn in raster order."""
         count = len(condition_input["labels"])  # images: n per class
@@ -115,7 +121,7 @@ class VQVAE2Runtime(ModelRuntime[VQVAE2SampleOptions]):
             for row in range(side):
                 for col in range(side):
                     logits = self.components(f"{prior}_logits", codes=codes, condition=condition)["logits"]
-                    codes[:, row, col] = draw_code(logits[:, :, row, col], options.temperature, options.top_k, rng)
+                    codes[:, row, col] = draw_code(logits[:, :, row, col], options.temperature, options.top_k, rngs)
             return codes
 
         settings: PriorConfig = getattr(self.settings, prior)
@@ -143,7 +149,7 @@ class VQVAE2Runtime(ModelRuntime[VQVAE2SampleOptions]):
                     horizontal_cache=horizontal,
                 )
                 horizontal = outputs["new_horizontal_cache"]
-                codes[:, row, col] = draw_code(outputs["logits"], options.temperature, options.top_k, rng)
+                codes[:, row, col] = draw_code(outputs["logits"], options.temperature, options.top_k, rngs)
         return codes
 
     def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,8 +163,8 @@ class VQVAE2Runtime(ModelRuntime[VQVAE2SampleOptions]):
         return self.components("decoder", top_codes=top, bottom_codes=bottom)["images"]
 
 
-def draw_code(logits: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator) -> np.ndarray:
+def draw_code(logits: np.ndarray, temperature: float, top_k: int, rngs: Sequence[np.random.Generator]) -> np.ndarray:
     """(B, K) logits -> (B,) int64 codes drawn from softmax(logits / temperature), among the
-    top_k likeliest when top_k > 0. Exactly one uniform number per row is consumed."""
+    top_k likeliest when top_k > 0. Row b consumes exactly one uniform number of rngs[b]."""
     filtered = filter_logits(logits.astype(np.float64) / temperature, top_k)
-    return draw(softmax(filtered), rng)
+    return draw(softmax(filtered), rngs)

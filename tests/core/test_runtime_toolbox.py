@@ -22,7 +22,7 @@ from zoo.runtime.images import (
     square_resize,
     to_model_input,
 )
-from zoo.runtime.sampling import batches, draw, filter_logits, log_softmax, run_batched, softmax
+from zoo.runtime.sampling import batches, draw, filter_logits, log_softmax, row_generators, run_batched, softmax
 
 PROBABILITIES = np.array([0.5, 0.3, 0.15, 0.05])
 
@@ -31,14 +31,19 @@ def kept(logits: np.ndarray, top_k: int = 0, top_p: float = 1.0) -> list:
     return np.isfinite(filter_logits(logits, top_k, top_p)).tolist()
 
 
-class FixedUniforms:
-    """A stand-in generator whose `random(shape)` returns chosen numbers."""
+class FixedUniform:
+    """A stand-in generator whose `random(shape)` returns one chosen number."""
 
-    def __init__(self, values: list[float]) -> None:
-        self.values = np.asarray(values, dtype=np.float64)
+    def __init__(self, value: float) -> None:
+        self.value = value
 
     def random(self, shape: tuple[int, ...]) -> np.ndarray:
-        return self.values.reshape(shape)
+        return np.full(shape, self.value)
+
+
+def fixed_uniforms(values: list[float]) -> list[FixedUniform]:
+    """One stand-in generator per batch row."""
+    return [FixedUniform(value) for value in values]
 
 
 # -- filter_logits --------------------------------------------------------------------------
@@ -125,7 +130,7 @@ def test_softmax_and_log_softmax():
 def test_draw_inverts_the_cdf_and_ties_go_right():
     weights = [0.125, 0.125, 0.25, 0.5]  # cdf 0.125, 0.25, 0.5, 1.0, exact in binary
     uniforms = [0.0, 0.1, 0.125, 0.3, 0.5, 0.99]
-    drawn = draw(np.tile(weights, (6, 1)), FixedUniforms(uniforms))
+    drawn = draw(np.tile(weights, (6, 1)), fixed_uniforms(uniforms))
     assert drawn.dtype == np.int64
     assert drawn.tolist() == [0, 0, 1, 2, 3, 3]  # u on a cdf value goes to the next token
     cdf = np.cumsum(weights)
@@ -134,32 +139,43 @@ def test_draw_inverts_the_cdf_and_ties_go_right():
 
 def test_draw_never_picks_a_token_of_probability_zero():
     probabilities = np.array([[0.0, 0.0, 1.0, 0.0], [0.0, 0.5, 0.0, 0.5]])
-    assert draw(probabilities, FixedUniforms([0.0, 0.0])).tolist() == [2, 1]
-    assert draw(probabilities, FixedUniforms([0.999999, 0.5])).tolist() == [2, 3]
+    assert draw(probabilities, fixed_uniforms([0.0, 0.0])).tolist() == [2, 1]
+    assert draw(probabilities, fixed_uniforms([0.999999, 0.5])).tolist() == [2, 3]
 
 
 def test_draw_scales_the_uniform_by_the_total_mass():
     # unnormalised weights 1, 1, 2: cdf 1, 2, 4, u = 0.5 * 4 = 2 -> the third token
-    assert draw(np.array([[1.0, 1.0, 2.0]]), FixedUniforms([0.5])).tolist() == [2]
+    assert draw(np.array([[1.0, 1.0, 2.0]]), fixed_uniforms([0.5])).tolist() == [2]
 
 
-def test_draw_takes_one_uniform_per_row_and_follows_the_probabilities():
+def test_draw_takes_one_uniform_per_row_from_its_batch_rows_generator():
     probabilities = softmax(np.random.default_rng(1).normal(size=(2, 3, 5)))
-    rng = np.random.default_rng(7)
-    drawn = draw(probabilities, rng)
+    rngs = row_generators(7, 2)
+    drawn = draw(probabilities, rngs)
     assert drawn.shape == (2, 3)
-    reference = np.random.default_rng(7).random(7)
-    assert rng.random() == reference[6]  # six rows consumed six numbers
-    expected = [
-        int(np.searchsorted(np.cumsum(p), u * p.sum(), side="right"))
-        for p, u in zip(probabilities.reshape(6, 5), reference[:6], strict=True)
-    ]
-    assert drawn.ravel().tolist() == expected
+    for b, rng in enumerate(rngs):
+        reference = np.random.default_rng([7, b]).random(4)
+        assert rng.random() == reference[3]  # batch row b consumed its three rows' numbers, from its own stream
+        expected = [
+            int(np.searchsorted(np.cumsum(p), u * p.sum(), side="right"))
+            for p, u in zip(probabilities[b], reference[:3], strict=True)
+        ]
+        assert drawn[b].tolist() == expected
 
-    many = draw(np.tile([0.1, 0.2, 0.3, 0.4], (40_000, 1)), np.random.default_rng(0))
+    many = draw(np.tile([0.1, 0.2, 0.3, 0.4], (40_000, 1)), row_generators(0, 40_000))
     # a frequency of n draws has standard deviation sqrt(p (1 - p) / n) <= 0.0025 here: within 4 of them
     frequencies = np.bincount(many, minlength=4) / len(many)
     np.testing.assert_allclose(frequencies, [0.1, 0.2, 0.3, 0.4], rtol=0, atol=4 * np.sqrt(0.25 / len(many)))
+
+
+def test_a_rows_draws_do_not_depend_on_the_rows_batched_with_it():
+    probabilities = softmax(np.random.default_rng(2).normal(size=(5, 4, 9)))
+    together = draw(probabilities, row_generators(3, 2) + row_generators(11, 3))
+    assert together[:2].tolist() == draw(probabilities[:2], row_generators(3, 2)).tolist()
+    assert together[2:].tolist() == draw(probabilities[2:], row_generators(11, 3)).tolist()
+    assert row_generators(3, 2, start=1)[0].random() == row_generators(3, 2)[1].random()
+    with pytest.raises(ValueError, match="one generator per batch row"):
+        draw(probabilities, row_generators(3, 4))
 
 
 # -- batching -------------------------------------------------------------------------------
@@ -257,7 +273,7 @@ def test_the_runtime_toolbox_and_zoo_data_import_no_torch():
         import zoo.data, zoo.data.images, zoo.runtime.images, zoo.runtime.sampling
         values = zoo.runtime.images.to_model_input(np.full((1, 2, 2, 3), 255, np.uint8))
         probabilities = zoo.runtime.sampling.softmax(np.zeros((1, 4)))
-        drawn = zoo.runtime.sampling.draw(probabilities, np.random.default_rng(0))
+        drawn = zoo.runtime.sampling.draw(probabilities, zoo.runtime.sampling.row_generators(0, 1))
         assert "torch" not in sys.modules, "torch imported"
         print(values.min(), probabilities.sum(), drawn.shape)
     """)

@@ -215,6 +215,7 @@ class FailingLoaded:
     manifest = {"components": {}}
     providers = {"used": "CPUExecutionProvider"}
     options_class = SampleOptionsBase
+    reports_progress = False
 
     def __init__(self) -> None:
         self.runtime = self

@@ -21,6 +21,7 @@ class BlockingLoaded:
     manifest = {"components": {}}
     providers = {"used": "CPUExecutionProvider"}
     options_class = SampleOptionsBase
+    reports_progress = False
 
     def __init__(self) -> None:
         self.started = threading.Semaphore(0)

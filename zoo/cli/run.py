@@ -10,7 +10,7 @@ from typing import Any
 
 from zoo.cli.common import add_subcommand, emit, int_in
 from zoo.cli.options import first_pass, parse_options, usage_without_positional
-from zoo.outputs import check_output_path
+from zoo.outputs import SampleOutput, check_output_path
 
 # onnxruntime allocates per thread: 100000 threads grow memory until the process dies
 MAX_THREADS = 1024
@@ -38,6 +38,7 @@ RUN_FLAGS: dict[str, dict[str, Any]] = {
 RUN_EPILOG = """examples:
   zoo run exports/var --class 3 --n 8 --out onnx_grid.png
   zoo run exports/var --threads 1 --provider cpu --top-k 1
+  zoo run exports/var --class 3 --progress-dir scales   (scales/scale-01.png: each scale's image)
   zoo run exports/var --verify deploy.pub.pem --json   (EXPORT_DIR --help: the model's options)"""
 
 
@@ -60,6 +61,12 @@ def cmd_run(args: argparse.Namespace) -> None:
         **RUN_FLAGS,
         "--out": {"default": None, "help": "output image; texts go beside it (default: MODEL_run.png)"},
         "--json": {"action": "store_true", "help": "print what was written as JSON"},
+        "--progress-dir": {
+            "type": Path,
+            "metavar": "DIR",
+            "default": None,
+            "help": "also write the images after each step there (VAR: scale-01.png, ...)",
+        },
     }
     export_dir, known = first_pass(args.rest, "export_dir", common)
     description = "Sample from an export directory with onnxruntime (no torch needed)."
@@ -81,4 +88,12 @@ def cmd_run(args: argparse.Namespace) -> None:
         epilog=RUN_EPILOG,
     )
     out = check_output_path(command["out"] or f"{loaded.manifest['model']}_run.png")
-    emit(loaded.sample(options), out, command["json"])
+    progress_dir: Path | None = command["progress_dir"]
+    if progress_dir is None:
+        emit(loaded.sample(options), out, command["json"])
+        return
+    steps: list[SampleOutput] = []
+    output = loaded.sample(options, on_step=steps.append)  # refused at once by a loop without steps
+    for index, step in enumerate(steps, start=1):
+        step.save(progress_dir / f"scale-{index:02d}.png")
+    emit(output, out, command["json"])

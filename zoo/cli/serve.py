@@ -38,6 +38,18 @@ def register(commands: Any) -> None:
         "--max-queue", type=int, default=32, help="requests waiting for a worker; more get 503 (default 32)"
     )
     serving.add_argument(
+        "--max-batch",
+        type=int,
+        default=0,
+        help="rows one merged call of several requests may hold (default 0: no merging)",
+    )
+    serving.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=10.0,
+        help="with --max-batch, how long a request waits for others to share its call (default 10)",
+    )
+    serving.add_argument(
         "--max-upload-mb", type=float, default=16, help="largest request body, uploaded images included (default 16)"
     )
     serving.add_argument(
@@ -110,6 +122,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         verify_key=args.verify,
         workers=args.workers,
         max_queue=args.max_queue,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
         max_upload_bytes=round(args.max_upload_mb * 1024 * 1024),
         max_request_bytes=None if args.max_request_mb is None else round(args.max_request_mb * 1024 * 1024),
         max_image_side=args.max_image_side,

@@ -5,6 +5,8 @@
     model = zoo.runtime.load("exports/var_digits")        # CUDA if usable, else CPU
     output = model.sample({"count": 8, "seed": 0})       # the model's SampleOptions
     output.save("samples.png")
+    for step in model.sample_progressive({"seed": 0}):   # VAR: each scale's images, then the output
+        step.grid().show()
     model.components("decoder", indices=indices)          # one graph, numpy in and out
 
 `load` verifies the directory (manifest version and entries, every file's sha256, and with
@@ -16,7 +18,9 @@ imported by `load`, so plugins can import `zoo.runtime.loop` cheaply.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import queue
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,7 @@ from zoo.config import SampleOptionsBase, validate
 from zoo.errors import ConfigError, ExportError, ZooError, first_line
 from zoo.outputs import SampleOutput
 from zoo.runtime.discovery import runtime_class
-from zoo.runtime.loop import Components, ModelRuntime
+from zoo.runtime.loop import Components, ModelRuntime, NoProgress, ProgressCallback, sampling_progress
 from zoo.runtime.manifest import load_assets, read_manifest, verify_files
 
 
@@ -60,8 +64,46 @@ class LoadedExport:
     def model(self) -> str:
         return self.manifest["model"]
 
-    def sample(self, options: Mapping[str, Any] | SampleOptionsBase | None = None) -> SampleOutput:
-        """Options as a dict (validated like `zoo sample`'s flags) or a SampleOptions."""
+    def sample(
+        self, options: Mapping[str, Any] | SampleOptionsBase | None = None, on_step: ProgressCallback | None = None
+    ) -> SampleOutput:
+        """Options as a dict (validated like `zoo sample`'s flags) or a SampleOptions.
+        on_step: called with the images after each step (VAR: each scale, the last one
+        included), for loops that report progress (`runtime.reports_progress`); others refuse it."""
+        options = self._validated(options)
+        if on_step is None:
+            return self._sampled(options)
+        if not self.runtime.reports_progress:
+            raise NoProgress(f"the {self.model} loop does not report progress: sample without it")
+        with sampling_progress(on_step):
+            return self._sampled(options)
+
+    def sample_progressive(
+        self, options: Mapping[str, Any] | SampleOptionsBase | None = None
+    ) -> Iterator[SampleOutput]:
+        """Yields the images after each step, then the final SampleOutput (the one `sample`
+        returns: same images, with its extras); the loop runs in a thread meanwhile."""
+        validated = self._validated(options)
+        if not self.runtime.reports_progress:
+            raise NoProgress(f"the {self.model} loop does not report progress: use sample")
+        steps: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+        def run() -> None:
+            try:
+                steps.put(("done", self.sample(validated, on_step=lambda step: steps.put(("step", step)))))
+            except BaseException as error:  # handed to the consumer, raised there
+                steps.put(("error", error))
+
+        threading.Thread(target=run, name="zoo-sample-progressive", daemon=True).start()
+        while True:
+            kind, value = steps.get()
+            if kind == "error":
+                raise value
+            yield value
+            if kind == "done":
+                return
+
+    def _validated(self, options: Mapping[str, Any] | SampleOptionsBase | None) -> SampleOptionsBase:
         if options is None:
             options = {}
         if isinstance(options, SampleOptionsBase):
@@ -71,6 +113,9 @@ class LoadedExport:
                 )
         else:
             options = validate(self.options_class, options, what="sample option")
+        return options
+
+    def _sampled(self, options: SampleOptionsBase) -> SampleOutput:
         try:
             return self.runtime.sample(options)
         except ZooError:

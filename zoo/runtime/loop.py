@@ -9,16 +9,20 @@ calls, zoo.runtime.cost), so that `zoo serve` can refuse one over its budget. Wh
 every graph call first checks the sampling deadline of the calling thread
 (`sampling_deadline`): a request past it, or whose stop event is set (a server shutting
 down), stops at its next graph call with SamplingTimeout.
+
+A loop whose intermediate states are images (VAR's scales) sets `reports_progress` and,
+when the calling thread has a progress callback (`sampling_progress`), hands it each one;
+without a callback it decodes nothing extra.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Generic, Protocol
+from typing import Any, ClassVar, Generic, Protocol
 
 import numpy as np
 
@@ -30,6 +34,9 @@ from zoo.runtime.cost import Cost
 _deadline: ContextVar[tuple[float | None, threading.Event | None]] = ContextVar(
     "zoo_sampling_deadline", default=(None, None)
 )
+
+ProgressCallback = Callable[[SampleOutput], None]  # the images after one step of the loop
+_progress: ContextVar[ProgressCallback | None] = ContextVar("zoo_sampling_progress", default=None)
 
 
 class SamplingTimeout(ZooError):
@@ -45,6 +52,25 @@ def sampling_deadline(seconds: float | None, stop: threading.Event | None = None
         yield
     finally:
         _deadline.reset(token)
+
+
+class NoProgress(ZooError):
+    """A progress callback for a loop that does not report progress."""
+
+
+@contextmanager
+def sampling_progress(callback: ProgressCallback) -> Iterator[None]:
+    """Within the block, a loop that reports progress hands `callback` its images after each step."""
+    token = _progress.set(callback)
+    try:
+        yield
+    finally:
+        _progress.reset(token)
+
+
+def progress_callback() -> ProgressCallback | None:
+    """The calling thread's progress callback, if any (loops call it after each step)."""
+    return _progress.get()
 
 
 class Components(Protocol):
@@ -78,6 +104,10 @@ class ModelRuntime(Generic[SampleOptionsT]):
     set `options_class` to that class and implement `sample` (and `cost`)."""
 
     options_class: type[SampleOptionsT]
+    reports_progress: ClassVar[bool] = False  # True: `sample` calls `progress_callback()`'s callback
+    # True: every row draws from its own stream of (seed, row) (zoo.runtime.sampling.row_generators),
+    # so a request's rows are the same batched with other requests; zoo serve may merge only such loops.
+    per_row_seeds: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -93,6 +123,20 @@ class ModelRuntime(Generic[SampleOptionsT]):
 
     def sample(self, options: SampleOptionsT) -> SampleOutput:
         raise NotImplementedError
+
+    def batch_key(self, options: SampleOptionsT) -> str | None:
+        """Requests whose keys are equal (not None) may run as one `sample_batch` call: every
+        option but the seed, the count and per-request inputs agree. None: run it alone."""
+        return None
+
+    def batch_rows(self, options: SampleOptionsT) -> int:
+        """The rows this request adds to a merged call (zoo serve --max-batch counts these)."""
+        return 1
+
+    def sample_batch(self, requests: Sequence[SampleOptionsT]) -> list[SampleOutput]:
+        """Requests of one `batch_key` as one loop call, split back per request; each answer
+        equals `sample` of that request alone (loops that merge declare `per_row_seeds`)."""
+        return [self.sample(options) for options in requests]
 
     def cost(self, options: SampleOptionsT) -> Cost | None:
         """The request's peak memory and graph calls, from its options and the sizes of its

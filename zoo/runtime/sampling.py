@@ -13,13 +13,16 @@ One convention for every model, the one Hugging Face `generate` uses:
   `np.searchsorted(cdf, u, side="right")`: the first token whose cumulative probability
   exceeds u. A token of probability 0 is never drawn, not even for u = 0.
 
+  Row i of the batch draws from its own generator (`row_generators`: one stream per
+  (request seed, row index)), so a request's rows are the same alone or batched with others.
+
 Both engines (torch components, onnxruntime sessions) feed the same logits through these
-functions with the same generator, so they draw the same tokens.
+functions with the same generators, so they draw the same tokens.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -59,12 +62,21 @@ def filter_logits(logits: np.ndarray, top_k: int = 0, top_p: float = 1.0) -> np.
     return logits
 
 
-def draw(probabilities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One index per row of (..., V) probabilities (need not sum to 1) -> (...) int64.
+def row_generators(seed: int, count: int, start: int = 0) -> list[np.random.Generator]:
+    """One generator per batch row `start .. start + count - 1`, each seeded by (seed, row)."""
+    return [np.random.default_rng([seed, row]) for row in range(start, start + count)]
 
-    Consumes exactly one uniform number per row, in row-major order."""
+
+def draw(probabilities: np.ndarray, rngs: Sequence[np.random.Generator]) -> np.ndarray:
+    """One index per row of (B, ..., V) probabilities (need not sum to 1) -> (B, ...) int64.
+
+    Batch row b consumes exactly one uniform number per row of its (..., V) block, in
+    row-major order, from `rngs[b]` alone."""
     cumulative = np.cumsum(probabilities, axis=-1)
-    uniform = rng.random(cumulative.shape[:-1])[..., None] * cumulative[..., -1:]
+    if len(rngs) != len(cumulative):
+        raise ValueError(f"draw needs one generator per batch row: {len(cumulative)} rows, {len(rngs)} generators")
+    per_row = cumulative.shape[1:-1]
+    uniform = np.stack([rng.random(per_row) for rng in rngs])[..., None] * cumulative[..., -1:]
     index = (cumulative <= uniform).sum(axis=-1)  # = searchsorted(cdf, u, side="right") per row
     return np.minimum(index, cumulative.shape[-1] - 1).astype(np.int64)
 

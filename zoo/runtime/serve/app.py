@@ -12,11 +12,12 @@ requests whose clients gave up long before a worker reaches them. onnxruntime se
 safe to run from several threads, and each request's loop keeps its state (generator,
 caches) to itself. With `--request-timeout`, a request still sampling at its deadline stops
 at its next graph call (zoo.runtime.loop.sampling_deadline) and is answered with 504; its
-worker is free again.
+worker is free again. With `?stream=1`, a loop that reports progress (VAR) sends the
+images after each step as server-sent events, then the result.
 
-Requests are sampled one by one, never batched together: a loop draws a whole batch from
-one generator seeded by its options, so rows of a joint batch would not be what each
-request's own seed gives.
+With `--max-batch`, requests whose loop allows it are merged into one loop call
+(zoo.runtime.serve.batching); each row draws from its own (seed, row) stream, so every
+answer equals the request's alone. A merged call takes one worker and one deadline.
 
 Every error a client can cause is a 4xx with `{"error": "one line"}`; anything else is a
 500 of the same form with an `error_id`, logged with its traceback under that id, and the
@@ -25,28 +26,34 @@ server goes on.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import math
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from zoo.config import SampleOptionsBase
 from zoo.errors import ConfigError, ExportError, UnknownNameError, ZooError, first_line
 from zoo.outputs import SampleOutput
 from zoo.runtime.cost import Cost
-from zoo.runtime.loop import SamplingTimeout, sampling_deadline
+from zoo.runtime.loop import ProgressCallback, SamplingTimeout, sampling_deadline, sampling_progress
 from zoo.runtime.serve.access import AccessMiddleware
+from zoo.runtime.serve.batching import Batcher
 from zoo.runtime.serve.inputs import RequestError, parse_request, read_body
 from zoo.runtime.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics, MetricsMiddleware
 from zoo.runtime.serve.models import ServedModel
@@ -70,7 +77,10 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
         app.state.limiter = anyio.CapacityLimiter(settings.workers)  # made on the server's event loop
         app.state.parsers = anyio.CapacityLimiter(settings.workers + 1)  # parsing and encoding: CPU work, briefer
         app.state.admitted = 0  # in the server, reading to sampling; changed on the event loop only, so no lock
-        yield
+        async with anyio.create_task_group() as tasks:
+            app.state.tasks = tasks  # merged calls run here (zoo.runtime.serve.batching)
+            yield
+            tasks.cancel_scope.cancel()
         # uvicorn has waited --shutdown-timeout and cancelled the requests; their worker threads
         # (which the process waits for) stop at their next graph call
         stopping.set()
@@ -93,12 +103,72 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
             )
         return options
 
-    def sampled(model: ServedModel, options: SampleOptionsBase) -> tuple[SampleOutput, float, float]:
-        """In a worker thread: the output, when sampling started and how long it took."""
+    def sampled(model: ServedModel, requests: list[SampleOptionsBase]) -> tuple[list[SampleOutput], float, float]:
+        """In a worker thread: the outputs, when sampling started and how long it took."""
         started = time.perf_counter()
         with sampling_deadline(settings.request_timeout, stopping):
-            output = model.loaded.sample(options)
-        return output, started, time.perf_counter() - started
+            if len(requests) == 1:
+                outputs = [model.loaded.sample(requests[0])]
+            else:
+                outputs = model.loaded.runtime.sample_batch(requests)
+        return outputs, started, time.perf_counter() - started
+
+    timings: dict[int, tuple[float, float]] = {}  # id(output) -> (started, seconds), read once
+
+    async def run_batch(model: ServedModel, requests: list[SampleOptionsBase]) -> list[SampleOutput]:
+        outputs, started, seconds = await anyio.to_thread.run_sync(sampled, model, requests, limiter=app.state.limiter)
+        for output in outputs:
+            timings[id(output)] = (started, seconds)
+        return outputs
+
+    batcher = Batcher(settings.max_batch, settings.max_wait_ms / 1000, budget, run_batch)
+
+    def stepped(
+        model: ServedModel, options: SampleOptionsBase, on_step: ProgressCallback
+    ) -> tuple[SampleOutput, float, float]:
+        """`sampled`, handing `on_step` the images after each step."""
+        with sampling_progress(on_step):
+            return sampled(model, options)
+
+    async def events(model: ServedModel, options: SampleOptionsBase, state: Any) -> AsyncIterator[str]:
+        """Server-sent events: `step` (a PNG grid as a data URI) after each step, then `result`
+        (the JSON a plain request gets) or `error` (one line). The request leaves the admitted
+        count when its last event is out."""
+        send, receive = anyio.create_memory_object_stream[tuple[str, Any]](max_buffer_size=math.inf)
+
+        def on_step(step: SampleOutput) -> None:  # in the worker thread
+            anyio.from_thread.run_sync(send.send_nowait, ("step", step))
+
+        async def work() -> None:
+            async with send:
+                try:
+                    enqueued = time.perf_counter()
+                    done = await anyio.to_thread.run_sync(stepped, model, options, on_step, limiter=state.limiter)
+                    await send.send(("result", (*done, enqueued)))
+                except Exception as exc:
+                    await send.send(("error", exc))
+
+        try:
+            async with anyio.create_task_group() as group, receive:
+                group.start_soon(work)
+                index = 0
+                async for kind, value in receive:
+                    if kind == "step":
+                        index += 1
+                        png = await anyio.to_thread.run_sync(output_png, value, limiter=state.parsers)
+                        uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+                        yield event("step", {"step": index, "image": uri})
+                    elif kind == "result":
+                        output, started, seconds, enqueued = value
+                        metrics.sampling.labels(model.name).observe(seconds)
+                        content = await anyio.to_thread.run_sync(
+                            output_json, output, seconds, started - enqueued, limiter=state.parsers
+                        )
+                        yield event("result", content)
+                    else:
+                        yield event("error", event_error(value))
+        finally:
+            state.admitted -= 1
 
     async def sample(request: Request) -> Response:
         name = request.path_params["name"]
@@ -106,19 +176,32 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
             raise RequestError(404, str(UnknownNameError("model", name[:100], models)))
         model = models[name]
         as_png = wants_png(request)
+        stream = wants_stream(request)
+        if stream and not model.loaded.runtime.reports_progress:
+            raise RequestError(400, f"{name} does not report progress ({model.loaded.model}): ask without stream=1")
         state = request.app.state
         if state.admitted >= settings.workers + settings.max_queue:
             raise RequestError(503, f"server busy: {state.admitted} requests in progress; retry later")
         state.admitted += 1
+        streaming = False
         try:
             body = await read_body(request, settings.max_upload_bytes, settings.body_timeout)
             content_type = request.headers.get("content-type", "")
             options = await anyio.to_thread.run_sync(checked, model, body, content_type, limiter=state.parsers)
             del body
+            if stream:
+                streaming = True  # `events` counts the request out
+                headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+                return StreamingResponse(events(model, options, state), media_type="text/event-stream", headers=headers)
             enqueued = time.perf_counter()
-            output, started, seconds = await anyio.to_thread.run_sync(sampled, model, options, limiter=state.limiter)
+            if settings.max_batch > 0:
+                output = await batcher.sample(model, options, state.tasks)
+            else:
+                output = (await run_batch(model, [options]))[0]
+            started, seconds = timings.pop(id(output))
         finally:
-            state.admitted -= 1
+            if not streaming:
+                state.admitted -= 1
         queued = started - enqueued
         metrics.sampling.labels(name).observe(seconds)
         if not as_png:
@@ -143,7 +226,7 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
         Route("/healthz", healthz),
         Route("/metrics", metrics_text),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[
             Middleware(MetricsMiddleware, metrics=metrics, routes=routes),
@@ -157,6 +240,7 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
         },
         lifespan=lifespan,
     )
+    return app
 
 
 def wants_png(request: Request) -> bool:
@@ -167,6 +251,26 @@ def wants_png(request: Request) -> bool:
     if chosen not in ("png", "json"):
         raise RequestError(400, f"format must be png or json, got {chosen!r}")
     return chosen == "png"
+
+
+def wants_stream(request: Request) -> bool:
+    """`?stream=1`: server-sent events, one per step of the loop, then the result."""
+    chosen = request.query_params.get("stream", "0")
+    if chosen not in ("0", "1"):
+        raise RequestError(400, f"stream must be 0 or 1, got {chosen[:20]!r}")
+    return chosen == "1"
+
+
+def event(name: str, data: dict[str, Any]) -> str:
+    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def event_error(exc: Exception) -> dict[str, Any]:
+    """An error once the stream has begun (its status already sent): the body a plain request gets."""
+    if isinstance(exc, ZooError) and not isinstance(exc, ExportError):
+        return {"error": one_line(str(exc))}
+    message = str(exc) if isinstance(exc, ExportError) else f"internal error: {first_line(exc, with_type=True)}"
+    return json.loads(bytes(server_fault(exc, message).body))
 
 
 MAX_ERROR_CHARS = 1000  # a message quoting a client's value stays readable

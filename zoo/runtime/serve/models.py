@@ -37,6 +37,7 @@ class ServedModel:
             "components": sorted(manifest["components"]),
             "provider": self.loaded.providers.get("used"),
             "image_options": sorted(self.image_options),
+            "progress": self.loaded.runtime.reports_progress,  # ?stream=1 sends each step's images
             "options": self.loaded.options_class.model_json_schema(),
         }
 

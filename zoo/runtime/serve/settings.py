@@ -37,6 +37,8 @@ class ServeSettings:
     verify_key: Path | None = None  # an Ed25519 public key every export's manifest.sig must match
     workers: int = 2  # requests sampled at once, in threads sharing the sessions
     max_queue: int = 32  # requests waiting for a worker; more are refused with 503
+    max_batch: int = 0  # rows one merged loop call may hold (zoo.runtime.serve.batching); 0: no merging
+    max_wait_ms: float = 10.0  # how long a request waits for others to share its call
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES  # the largest request body
     max_request_bytes: int | None = None  # a request's estimated peak memory; None: default_request_budget
     max_image_side: int = DEFAULT_MAX_IMAGE_SIDE  # pixels on either side of an uploaded image
@@ -59,6 +61,9 @@ class ServeSettings:
             raise ConfigError(f"--port must be 1..65535, got {self.port}")
         _at_least("--workers", self.workers, 1)
         _at_least("--max-queue", self.max_queue, 0)
+        _at_least("--max-batch", self.max_batch, 0)
+        if self.max_wait_ms < 0:
+            raise ConfigError(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}")
         _at_least("--max-connections", self.max_connections, 1)
         _at_least("--max-image-side", self.max_image_side, 8)
         if self.max_upload_bytes < 1024:
