@@ -51,13 +51,16 @@ def _attend(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prepend the cached keys/values, attend, merge the heads -> (B, T, heads * D) and the
     new cache (B, 2, heads, P + S, D)."""
+    present = torch.stack((key, value), dim=1)  # (B, 2, heads, S, D)
     if past is not None:
-        key = torch.cat((past[:, 0], key), dim=2)  # (B, heads, P + S, D)
-        value = torch.cat((past[:, 1], value), dim=2)
+        # One copy of the cache, already in its stacked layout; keys and values are views of it
+        # (concatenating them apart and stacking after copied the whole cache twice).
+        present = torch.cat((past, present), dim=3)  # (B, 2, heads, P + S, D)
+    key, value = present.unbind(1)
     attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale)
     batch, heads, length, head_dim = attended.shape
     attended = attended.transpose(1, 2).reshape(batch, length, heads * head_dim)
-    return attended, torch.stack((key, value), dim=1)
+    return attended, present
 
 
 class MultiHeadAttention(nn.Module):
