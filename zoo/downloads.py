@@ -26,8 +26,6 @@ from zoo.errors import ZooError, first_line
 from zoo.importer import RemoteFile
 from zoo.runtime.manifest import sha256_file
 
-CHUNK = 1 << 20
-
 
 class DownloadError(ZooError):
     """A published file that cannot be fetched, or that is not what its publisher states."""
@@ -134,8 +132,7 @@ def _fetch_url(file: RemoteFile, cache_dir: Path) -> Path:
     except (httpx.TransportError, _Truncated) as error:
         have = partial.stat().st_size if partial.exists() else 0
         raise DownloadError(
-            f"the download of {file.url} stopped after {have} bytes ({first_line(error, 120)}); "
-            "pull again to resume it"
+            f"the download of {file.url} stopped after {have} bytes ({first_line(error, 120)}); pull again to resume it"
         ) from None
     partial.replace(target)
     return target
@@ -152,7 +149,8 @@ def _download(url: str, partial: Path) -> None:
     from huggingface_hub.utils import tqdm
 
     have = partial.stat().st_size if partial.exists() else 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
+    # identity: the bytes as stored, so that Content-Length and Range count the file's bytes
+    headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={have}-"} if have else {})}
     timeout = httpx.Timeout(60.0, connect=15.0)
     with httpx.stream("GET", url, headers=headers, follow_redirects=True, timeout=timeout) as response:
         if response.status_code == 416 and have:  # the bytes there are the whole file, or stale
@@ -171,7 +169,7 @@ def _download(url: str, partial: Path) -> None:
             open(partial, "ab" if resumed else "wb") as out,
             tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=partial.stem) as bar,
         ):
-            for chunk in response.iter_bytes(CHUNK):
+            for chunk in response.iter_raw():  # as they arrive: a cut keeps all of them
                 out.write(chunk)
                 bar.update(len(chunk))
     size = partial.stat().st_size

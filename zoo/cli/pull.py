@@ -68,7 +68,7 @@ def cmd_pull(args: argparse.Namespace) -> None:
 def list_published(as_json: bool) -> None:
     from zoo.pulling import catalogue
 
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": name,
             "model": listed.model,
