@@ -91,6 +91,10 @@ def _fetch_hub(file: RemoteFile) -> Path:
         raise DownloadError(f"{source}: the Hub answered {first_line(error)}") from None
     except OSError as error:  # a download cut short, a full disk: the Hub's own message
         raise DownloadError(f"{source}: {first_line(error)}; pull again to resume") from None
+    except Exception as error:  # its HTTP client's transport errors once its retries are spent
+        raise DownloadError(
+            f"{source}: the download failed ({first_line(error, 120, with_type=True)}); pull again to resume"
+        ) from None
 
 
 def _cause(error: BaseException) -> str:

@@ -110,10 +110,13 @@ def cache_in_hub(cache: Path, repo: str, files: list[Path], commit: str = "a1" *
 
 
 class FileServer(ThreadingHTTPServer):
-    """Serves `files` (path -> bytes) with Range requests; a path in `truncate` announces its
-    full length and closes after half of it. Records each request's path and Range header."""
+    """Serves `files` (path -> bytes) with Range requests, and as the Hub does (HEAD with the
+    commit and the file's sha256 as its ETag; a 404 says EntryNotFound) for HF_ENDPOINT. A path
+    in `truncate` announces its full length and closes after half of it. Records each GET's
+    path and Range header."""
 
     daemon_threads = True
+    commit = "b2" * 20
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
@@ -121,21 +124,30 @@ class FileServer(ThreadingHTTPServer):
         self.truncate: set[str] = set()
         self.requests: list[tuple[str, str | None]] = []
 
-    def url(self, path: str) -> str:
+    def url(self, path: str = "") -> str:
         return f"http://127.0.0.1:{self.server_address[1]}{path}"
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: FileServer
 
+    def do_HEAD(self) -> None:
+        self._respond(head=True)
+
     def do_GET(self) -> None:
         self.server.requests.append((self.path, self.headers.get("Range")))
+        self._respond(head=False)
+
+    def _respond(self, head: bool) -> None:
         body = self.server.files.get(self.path)
         if body is None:
-            self.send_error(404)
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         start = 0
-        if self.headers.get("Range"):
+        if self.headers.get("Range") and not head:
             start = int(self.headers["Range"].removeprefix("bytes=").split("-")[0])
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
@@ -143,7 +155,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(200)
         part = body[start:]
         self.send_header("Content-Length", str(len(part)))
+        self.send_header("X-Repo-Commit", self.server.commit)
+        self.send_header("ETag", f'"{hashlib.sha256(body).hexdigest()}"')
         self.end_headers()
+        if head:
+            return
         if self.path in self.server.truncate:
             self.wfile.write(part[: len(part) // 2])
             self.close_connection = True

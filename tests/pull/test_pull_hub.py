@@ -104,6 +104,38 @@ def test_zoo_pull_cli_offline(declare, hub_cache, tmp_path):
     assert not (tmp_path / "runs" / "other").exists()
 
 
+def test_zoo_pull_downloads_from_hf_endpoint_into_the_hub_cache(declare, server, tmp_path):
+    """The real download path: huggingface_hub reads HF_ENDPOINT (a Hub stand-in on 127.0.0.1)."""
+    for path in (VAE, TRANSFORMER):
+        server.files[f"/{REPO}/resolve/main/{path.name}"] = path.read_bytes()
+    declare([hub_entry(), hub_entry("var-moved") | {"files": [{"filename": "var_d16.pth", "repo": REPO}]}])
+    cache = tmp_path / "hf-cache"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "HF_ENDPOINT": server.url(),
+        "HF_HUB_CACHE": str(cache),
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(zoo_command("pull", *args), capture_output=True, text=True, env=env, cwd=tmp_path)
+
+    pulled = run("var-fixture", "--out", "run", "--json")
+    assert pulled.returncode == 0, pulled.stderr
+    files = json.loads(pulled.stdout)["files"]
+    assert [f["source"] for f in files] == [f"hf://{REPO}@{server.commit}/{p.name}" for p in (VAE, TRANSFORMER)]
+    blobs = cache / f"models--{REPO.replace('/', '--')}" / "blobs"
+    assert sorted(p.name for p in blobs.iterdir()) == sorted([sha256(VAE), sha256(TRANSFORMER)])
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+    moved = run("var-moved", "--out", "moved")
+    assert moved.returncode == 1
+    assert moved.stderr == f"error: hf://{REPO}/var_d16.pth: no such file in the repo (404); the publisher moved it\n"
+    assert not (tmp_path / "moved").exists()
+
+
 # -- the real catalogue ---------------------------------------------------------------------------
 
 
