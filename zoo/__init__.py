@@ -14,12 +14,21 @@ from zoo.config import ConfigSection, SampleOptionsBase, ZooConfig
 from zoo.errors import ZooError
 from zoo.exporter import Exporter, ExportOptions
 from zoo.hookspecs import hookimpl
-from zoo.importer import Converted, Importer
+from zoo.importer import Converted, Importer, PublishedCheckpoint, RemoteFile
 from zoo.outputs import SampleOutput
 from zoo.plugin import ModelPlugin, Optimizer, Stage, StageContext, StepContext, Validation
 from zoo.version import __version__
 
-_API = {"list_models", "get_plugin", "create_model", "resolve_config", "train", "load_run", "import_checkpoint"}
+_API = {
+    "list_models",
+    "get_plugin",
+    "create_model",
+    "resolve_config",
+    "train",
+    "load_run",
+    "import_checkpoint",
+    "pull",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -43,6 +52,8 @@ __all__ = [
     "Importer",
     "ModelPlugin",
     "Optimizer",
+    "PublishedCheckpoint",
+    "RemoteFile",
     "SampleOptionsBase",
     "SampleOutput",
     "Stage",

@@ -9,6 +9,7 @@ Usage:
     run = zoo.load_run("runs/var"); run.sample(classes=[3]).save("three.png"); run.evaluate()
     run.export("exports/var", precision="int8")           # ONNX, the default format
     run.export("exports/var_x", format="NAME")            # any registered exporter (`zoo plugins`)
+    zoo.pull("var-d16", "runs/var-d16")                   # published weights (`zoo pull --list`)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from zoo.importing import import_checkpoint as import_checkpoint  # re-exported 
 from zoo.outputs import SampleOutput
 from zoo.plugin import ModelPlugin
 from zoo.progress import Mode
+from zoo.pulling import pull as pull  # re-exported as zoo.pull
 from zoo.registry import get_registry
 from zoo.trainer import Trainer, TrainOptions
 

@@ -14,7 +14,18 @@ from zoo.errors import ZooError
 
 # The import names of the `train` extra in pyproject.toml (timm is imported lazily by the
 # few paths that use it, and fails with its own one-line error).
-TRAIN_MODULES = ("torch", "onnx", "onnxscript", "yaml", "rich", "sklearn", "skimage", "sacrebleu")
+TRAIN_MODULES = (
+    "torch",
+    "onnx",
+    "onnxscript",
+    "yaml",
+    "rich",
+    "sklearn",
+    "skimage",
+    "sacrebleu",
+    "huggingface_hub",
+    "httpx",
+)
 TRAIN_INSTALL = "pip install 'zoo[train]'"
 
 

@@ -88,6 +88,12 @@ def zoo_register_importers() -> list[Importer]:
             model = "my_model"
             format = "official"
             description = "model.pth from the authors' release page"
+            # what `zoo pull NAME` can fetch (optional): the Hub (repo=) or a plain url=
+            checkpoints = (
+                zoo.PublishedCheckpoint(
+                    "my-model-base", (zoo.RemoteFile("model.pth", repo="me/my-model"),), "the base model", "MIT"
+                ),
+            )
 
             def convert(self, files):
                 tensors = load_checkpoint(files[0])
@@ -97,5 +103,6 @@ def zoo_register_importers() -> list[Importer]:
         def zoo_register_importers():
             return [OfficialImporter()]
 
-    `model/format` names are global like model names.
+    `model/format` names are global like model names, and so are the names of published
+    checkpoints (`zoo pull --list`).
     """

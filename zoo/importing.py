@@ -49,19 +49,20 @@ def import_checkpoint(
     out: str | Path,
     preset: str | None = None,
     format: str | None = None,
+    published: Mapping[str, Any] | None = None,
 ) -> ImportedRun:
     """Convert published checkpoint `files` of `model` into the run directory `out`.
 
     `preset`: the preset the files must match (an error names the first field that does
     not); by default the config is inferred and the matching preset, if any, reported.
+    `published`: where the files came from (`zoo pull`), recorded beside their hashes.
     """
     registry = get_registry()
     plugin = registry.get(model)
     importer = registry.importer(model, format)
     paths = [Path(file) for file in files]
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise RunError(f"--out {out} already exists; choose a new run directory")
+    check_new_run_dir(out)
     for path in paths:
         if not path.is_file():
             raise CheckpointError(f"checkpoint {path} does not exist")
@@ -80,8 +81,16 @@ def import_checkpoint(
         "files": [_describe_file(path) for path in paths],
         "notes": notes,
     }
+    if published is not None:
+        record["imported"]["published"] = dict(published)
     _write_run(out, record, net)
     return ImportedRun(out, config, matched, notes)
+
+
+def check_new_run_dir(out: Path) -> None:
+    """`out` must not exist, or be an empty folder: an import never writes over a run."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RunError(f"--out {out} already exists; choose a new run directory")
 
 
 def _config_for(

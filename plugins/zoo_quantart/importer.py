@@ -51,7 +51,7 @@ from zoo.checkpoint_files import (
     meta_shapes,
     tensors_in,
 )
-from zoo.importer import Converted, Importer
+from zoo.importer import Converted, Importer, PublishedCheckpoint, RemoteFile
 from zoo.importing import check_fit
 from zoo_quantart.config import QuantArtConfig
 
@@ -70,6 +70,30 @@ VQGAN_RULES: list[tuple[str, str]] = [
 ]
 DOMAINS = ("photo", "art")
 
+# The taming VQGANs on their authors' file share (Heidelberg University), the addresses the
+# taming README links; rFIDs are its table's (ImageNet validation, 256 px). No sha256 is
+# published. QuantArt's own checkpoints are on Google Drive only, which has no stable file
+# address: import them with `zoo import quantart ... --format official`.
+TAMING_LICENCE = "CC BY 3.0 (CompVis/taming-transformers)"
+TAMING_SHARE = "https://heibox.uni-heidelberg.de/d/{}/files/?p=%2Fckpts%2Flast.ckpt&dl=1"
+TAMING_CHECKPOINTS = (
+    PublishedCheckpoint(
+        "vqgan-imagenet-f16-1024",
+        (RemoteFile("vqgan_imagenet_f16_1024.ckpt", url=TAMING_SHARE.format("8088892a516d4e3baf92")),),
+        "taming VQGAN, ImageNet, f=16, 1,024 codes (QuantArt's photo VQGAN) into both VQGANs",
+        TAMING_LICENCE,
+        "rFID 8.0 on ImageNet validation, 256x256",
+        preset="paper",
+    ),
+    PublishedCheckpoint(
+        "vqgan-imagenet-f16-16384",
+        (RemoteFile("vqgan_imagenet_f16_16384.ckpt", url=TAMING_SHARE.format("a7530b09fed84f80a887")),),
+        "taming VQGAN, ImageNet, f=16, 16,384 codes, into both VQGANs",
+        TAMING_LICENCE,
+        "rFID 4.9 on ImageNet validation, 256x256",
+    ),
+)
+
 
 class TamingVQGANImporter(Importer):
     model = "quantart"
@@ -79,6 +103,7 @@ class TamingVQGANImporter(Importer):
         "vqgan_imagenet_f16_1024.ckpt, vqgan_imagenet_f16_16384.ckpt, or one trained with its code) "
         "into both the photo and the art VQGAN, PatchGAN discriminator included"
     )
+    checkpoints = TAMING_CHECKPOINTS
 
     def convert(self, files: list[Path]) -> Converted:
         if len(files) != 1:

@@ -43,12 +43,44 @@ from zoo.checkpoint_files import (
     meta_shapes,
     tensors_in,
 )
-from zoo.importer import Converted, Importer
+from zoo.importer import Converted, Importer, PublishedCheckpoint, RemoteFile
 from zoo.importing import check_fit
 from zoo_var.config import PAPER_PATCH_NUMS, VARConfig
 
 VAE_FILE = "vae_ch160v4096z32.pth"
 DROP = None  # a rule's target: the key is a buffer zoo rebuilds
+
+# The release on the Hugging Face Hub; FIDs are the official README's (ImageNet, 50k samples,
+# cfg 1.5, top-k 900, top-p 0.96). No sha256 is published: `zoo pull` records what it got.
+HUB_REPO = "FoundationVision/var"
+LICENCE = "MIT (FoundationVision/VAR)"
+VAE = RemoteFile(VAE_FILE, repo=HUB_REPO)
+PAPER_MODELS = {  # depth: (image side, parameters, FID)
+    16: (256, "310M", "3.55"),
+    20: (256, "600M", "2.95"),
+    24: (256, "1.0B", "2.33"),
+    30: (256, "2.0B", "1.97 (1.80 as VAR-d30-re)"),
+    36: (512, "2.3B", "2.63"),
+}
+CHECKPOINTS = (
+    PublishedCheckpoint(
+        "var-tokenizer",
+        (VAE,),
+        f"the multi-scale VQVAE every VAR model shares ({VAE_FILE}): the tokenizer stage only",
+        LICENCE,
+    ),
+    *(
+        PublishedCheckpoint(
+            f"var-d{depth}",
+            (VAE, RemoteFile(f"var_d{depth}.pth", repo=HUB_REPO)),
+            f"VAR-d{depth}, {params} parameters, class-conditional ImageNet {side}x{side}",
+            LICENCE,
+            f"FID {fid} on ImageNet {side}x{side}",
+            preset=f"d{depth}",
+        )
+        for depth, (side, params, fid) in PAPER_MODELS.items()
+    ),
+)
 
 
 # (official key pattern, zoo key) in order; the first match wins. \g<n> keeps a group.
@@ -114,6 +146,7 @@ class OfficialVARImporter(Importer):
         f"{VAE_FILE} with one transformer var_d16.pth, var_d20.pth, var_d24.pth, var_d30.pth (256 px) or "
         f"var_d36.pth (512 px), in either order; the VQVAE alone imports the tokenizer only"
     )
+    checkpoints = CHECKPOINTS
 
     def convert(self, files: list[Path]) -> Converted:
         return self.convert_state_dicts(

@@ -72,6 +72,8 @@ class RosinalityVQVAEImporter(Importer):
         "(github.com/rosinality/vq-vae-2-pytorch, Google Drive link in its README); the autoencoder only: "
         "train the priors with `zoo train vqvae2_pixelcnn --from RUN --stage prior_top`, then prior_bottom"
     )
+    # No `checkpoints` for `zoo pull`: the file is published as a Google Drive link only, which
+    # has no stable download address; download it by hand and `zoo import` it.
 
     def convert(self, files: list[Path]) -> Converted:
         if len(files) != 1:

@@ -1,5 +1,5 @@
 # PYTHON_ARGCOMPLETE_OK
-"""`zoo list | plugins | info | data | train | sample | eval | export | import | run | serve | report | keygen`.
+"""`zoo list | plugins | info | data | train | sample | eval | export | import | pull | run | serve | report | keygen`.
 
 A thin layer over `zoo.api`; torch is imported only by the commands that need it, so
 `zoo run` and `zoo serve` work from the torch-free base install. There, the commands that
@@ -30,6 +30,7 @@ from zoo.cli import (
     importing,
     info,
     keygen,
+    pull,
     report,
     run,
     sample,
@@ -53,6 +54,7 @@ REGISTER = (
     run.register,
     report.register,
     importing.register,
+    pull.register,
     serve.register,
     keygen.register,
 )

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zoo.cli.common import add_subcommand, describe_fields
+
+if TYPE_CHECKING:
+    from zoo.importing import ImportedRun
 
 
 def register(commands: Any) -> None:
@@ -33,7 +36,12 @@ def cmd_import(args: argparse.Namespace) -> None:
 
     out = args.out or Path("runs") / args.model
     imported = import_checkpoint(args.model, args.files, out, preset=args.preset, format=args.format)
-    if args.json:
+    show_imported(imported, args.model, args.json)
+
+
+def show_imported(imported: ImportedRun, model: str, as_json: bool) -> None:
+    """The inferred config, the importer's notes and what to run next (or all of it as JSON)."""
+    if as_json:
         print(
             json.dumps(
                 {
@@ -54,6 +62,6 @@ def cmd_import(args: argparse.Namespace) -> None:
         print(f"note: {note}")
     print(f"run directory: {imported.run_dir}")
     print(
-        f"next: zoo sample {args.model} --run {imported.run_dir}  |  zoo export {args.model} --run "
+        f"next: zoo sample {model} --run {imported.run_dir}  |  zoo export {model} --run "
         f"{imported.run_dir} --out exports/{imported.run_dir.name}"
     )
