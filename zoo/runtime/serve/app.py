@@ -128,7 +128,8 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
     ) -> tuple[SampleOutput, float, float]:
         """`sampled`, handing `on_step` the images after each step."""
         with sampling_progress(on_step):
-            return sampled(model, options)
+            outputs, started, seconds = sampled(model, [options])
+        return outputs[0], started, seconds
 
     async def events(model: ServedModel, options: SampleOptionsBase, state: Any) -> AsyncIterator[str]:
         """Server-sent events: `step` (a PNG grid as a data URI) after each step, then `result`
