@@ -19,7 +19,17 @@ from zoo.outputs import SampleOutput, to_uint8
 from zoo.runtime.cost import FLOAT32, FLOAT64, Cost, decode_costs, widest_feature_map
 from zoo.runtime.images import describe_source, read_square, to_model_input
 from zoo.runtime.loop import ModelRuntime
-from zoo.runtime.sampling import batches, draw, filter_logits, log_softmax, row_generators, run_batched, softmax
+from zoo.runtime.sampling import (
+    batches,
+    draw,
+    filter_logits,
+    log_softmax,
+    merged_generators,
+    request_rows,
+    row_generators,
+    run_batched,
+    softmax,
+)
 from zoo_multimodal_caption.config import CaptionSampleOptions
 from zoo_multimodal_caption.text_tokenizer import BOS_ID, EOS_ID, PAD_ID, decode, encode, tokenizer_from_json
 
@@ -73,13 +83,40 @@ class CaptionRuntime(ModelRuntime[CaptionSampleOptions]):
         if options.caption:
             images = self.decode_latents(self.encode_captions(options.caption))
             return SampleOutput(images=to_uint8(images), texts=list(options.caption))
-        if options.image:
-            images = np.stack([read_square(path, self.image_size) for path in options.image])
-        else:
-            examples = self.arrays[EXAMPLES_ARRAY]
-            images = examples[np.arange(options.n) % len(examples)]
+        images = self.images_to_caption(options)
         captions, tokens = self.caption(to_model_input(images), options)
         return SampleOutput(images=images, texts=captions, extras={"tokens": tokens})
+
+    def batch_key(self, options: CaptionSampleOptions) -> str | None:
+        """Captioning by greedy or sampled decoding merges (images and seed per row; every
+        image is read at the model's size). Not merged: retrieval (one request's images
+        against its own captions), captions to images (the text encoder pads a call's
+        captions to the longest, so a latent could depend on its neighbours), and beam search
+        (an answer's length is set by when all the beams of its own images end, which a merged
+        call's tokens do not show)."""
+        if options.caption or options.decoding == "beam":
+            return None
+        return options.model_dump_json(exclude={"seed", "n", "image"})
+
+    def batch_rows(self, options: CaptionSampleOptions) -> int:
+        return len(options.image) if options.image else options.n
+
+    def sample_batch(self, requests: Sequence[CaptionSampleOptions]) -> list[SampleOutput]:
+        images = [self.images_to_caption(options) for options in requests]
+        counts = [len(request_images) for request_images in images]
+        rngs = merged_generators([options.seed for options in requests], counts)
+        captions, tokens = self.caption(to_model_input(np.concatenate(images)), requests[0], rngs)
+        return [
+            SampleOutput(images=request_images, texts=captions[rows], extras={"tokens": without_padding(tokens[rows])})
+            for request_images, rows in zip(images, request_rows(counts), strict=True)
+        ]
+
+    def images_to_caption(self, options: CaptionSampleOptions) -> np.ndarray:
+        """(N, S, S, 3) uint8: the request's images, or n of the held-out examples."""
+        if options.image:
+            return np.stack([read_square(path, self.image_size) for path in options.image])
+        examples = self.arrays[EXAMPLES_ARRAY]
+        return examples[np.arange(options.n) % len(examples)]
 
     def cost(self, options: CaptionSampleOptions) -> Cost:
         """The image encoder's (or decoder's) arena, about four of its widest feature maps per
@@ -137,14 +174,25 @@ class CaptionRuntime(ModelRuntime[CaptionSampleOptions]):
         text_latents = text_latents / np.linalg.norm(text_latents, axis=1, keepdims=True).clip(1e-12)
         return image_latents @ text_latents.T
 
-    def caption(self, images: np.ndarray, options: CaptionSampleOptions | None = None) -> tuple[list[str], np.ndarray]:
+    def caption(
+        self,
+        images: np.ndarray,
+        options: CaptionSampleOptions | None = None,
+        rngs: Sequence[np.random.Generator] | None = None,
+    ) -> tuple[list[str], np.ndarray]:
         """(N, 3, S, S) float32 images -> captions and the generated ids (N, t), [EOS] then [PAD]s at the end."""
-        return self.caption_latents(self.encode_images(images), options)
+        return self.caption_latents(self.encode_images(images), options, rngs)
 
     def caption_latents(
-        self, latents: np.ndarray, options: CaptionSampleOptions | None = None
+        self,
+        latents: np.ndarray,
+        options: CaptionSampleOptions | None = None,
+        rngs: Sequence[np.random.Generator] | None = None,
     ) -> tuple[list[str], np.ndarray]:
+        """`rngs`: one generator per row for sampled decoding; default: row_generators(seed)."""
         options = options or CaptionSampleOptions()
+        if rngs is None:
+            rngs = row_generators(options.seed, len(latents))
         limit = min(options.max_length or self.max_length, self.max_length - 1)  # positions after [BOS]
         pieces = []
         for rows in batches(len(latents), BATCH):
@@ -154,8 +202,7 @@ class CaptionRuntime(ModelRuntime[CaptionSampleOptions]):
                     self.beam_search(state, options.beam_width, limit, options.length_penalty, options.kv_cache)
                 )
             else:
-                rngs = row_generators(options.seed, rows.stop - rows.start, rows.start)
-                pieces.append(self.decode_stepwise(state, options, limit, rngs))
+                pieces.append(self.decode_stepwise(state, options, limit, rngs[rows]))
         width = max(piece.shape[1] for piece in pieces)
         tokens = np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=PAD_ID) for p in pieces])
         return [decode(self.tokenizer, row) for row in tokens], tokens
@@ -231,3 +278,10 @@ class CaptionRuntime(ModelRuntime[CaptionSampleOptions]):
         ranking = scores / np.maximum(lengths.reshape(count, width), 1.0) ** length_penalty
         winners = np.arange(count) * width + ranking.argmax(1)
         return state.tokens[winners, 1:]
+
+
+def without_padding(tokens: np.ndarray) -> np.ndarray:
+    """(N, t) ids without their trailing all-[PAD] columns: a merged call decodes until all of
+    its rows end, a request alone until its own do; a row that has not ended emits no [PAD]."""
+    used = np.flatnonzero((tokens != PAD_ID).any(axis=0))
+    return tokens[:, : used[-1] + 1 if len(used) else 0]

@@ -8,6 +8,7 @@ balance sweep) is transferred and decoded in batches.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from zoo.outputs import SampleOutput, to_uint8
 from zoo.runtime.cost import FLOAT32, Cost, decode_costs, widest_feature_map
 from zoo.runtime.images import image_files, is_data_uri, read_square, square_resize, to_model_input
 from zoo.runtime.loop import ModelRuntime
-from zoo.runtime.sampling import run_batched
+from zoo.runtime.sampling import request_rows, run_batched
 from zoo_quantart.config import QuantArtSampleOptions
 
 BATCH = 16  # images per graph call: bounds memory at large sizes
@@ -59,30 +60,45 @@ class QuantArtRuntime(ModelRuntime[QuantArtSampleOptions]):
     per_row_seeds = True  # it draws nothing: a result depends only on its own inputs
 
     def sample(self, options: QuantArtSampleOptions) -> SampleOutput:
-        size = self.image_side(options.size)
-        contents = self.images(options.content, "content", size)
-        styles = self.images(options.style, "style", size)
-        if not options.sweep and len(contents) * len(styles) > MAX_SAMPLES:
-            raise DataError(
-                f"{len(contents)} content x {len(styles)} style images make {len(contents) * len(styles)} images; "
-                f"a call draws at most {MAX_SAMPLES}: give fewer content or style images"
-            )
-        content_codes = run_batched(self.components, "photo_encoder", "codes", BATCH, images=to_model_input(contents))
-        reference_codes = run_batched(self.components, "art_encoder", "codes", BATCH, images=to_model_input(styles))
+        return self.sample_batch([options])[0]
 
-        if options.sweep:
-            # rows: content-style balance, columns: fidelity balance, for the first pair
-            grid = np.linspace(0.0, 1.0, SWEEP_STEPS, dtype=np.float32)
-            content_style, fidelity = (axis.ravel() for axis in np.meshgrid(grid, grid, indexing="ij"))
-            content_pick = np.zeros(len(content_style), dtype=np.int64)
-            style_pick = np.zeros(len(content_style), dtype=np.int64)
-        else:
-            content_pick, style_pick = (
-                axis.ravel() for axis in np.meshgrid(np.arange(len(contents)), np.arange(len(styles)), indexing="ij")
-            )
-            content_style = np.full(len(content_pick), options.content_style_balance, dtype=np.float32)
-            fidelity = np.full(len(content_pick), options.fidelity_balance, dtype=np.float32)
+    def batch_key(self, options: QuantArtSampleOptions) -> str | None:
+        """Requests whose images come out at one side merge: the balances are per-row inputs of
+        the transfer graph and the sweep only picks rows, so they may differ; it draws nothing."""
+        return str(self.image_side(options.size))
 
+    def batch_rows(self, options: QuantArtSampleOptions) -> int:
+        """The images it transfers and decodes (the encoders see fewer or as many)."""
+        contents, styles = (len(costs) for costs in self.input_costs(options))
+        return SWEEP_STEPS**2 if options.sweep else contents * styles
+
+    def sample_batch(self, requests: Sequence[QuantArtSampleOptions]) -> list[SampleOutput]:
+        """Every request's content and style images through the encoders at once, then every
+        request's pairs (or sweep) through the transfer and the decoder at once."""
+        size = self.image_side(requests[0].size)
+        contents = [self.images(options.content, "content", size) for options in requests]
+        styles = [self.images(options.style, "style", size) for options in requests]
+        for content, style, options in zip(contents, styles, requests, strict=True):
+            if not options.sweep and len(content) * len(style) > MAX_SAMPLES:
+                raise DataError(
+                    f"{len(content)} content x {len(style)} style images make {len(content) * len(style)} images; "
+                    f"a call draws at most {MAX_SAMPLES}: give fewer content or style images"
+                )
+        content_codes = run_batched(
+            self.components, "photo_encoder", "codes", BATCH, images=to_model_input(np.concatenate(contents))
+        )
+        reference_codes = run_batched(
+            self.components, "art_encoder", "codes", BATCH, images=to_model_input(np.concatenate(styles))
+        )
+        pairs = [
+            self.pairs(options, len(content), len(style))
+            for options, content, style in zip(requests, contents, styles, strict=True)
+        ]
+        # each request's picks, shifted to its images' rows in the merged content and style images
+        content_rows, style_rows = request_rows([len(c) for c in contents]), request_rows([len(s) for s in styles])
+        content_pick = np.concatenate([pair[0] + rows.start for pair, rows in zip(pairs, content_rows, strict=True)])
+        style_pick = np.concatenate([pair[1] + rows.start for pair, rows in zip(pairs, style_rows, strict=True)])
+        content_style, fidelity = (np.concatenate([pair[axis] for pair in pairs]) for axis in (2, 3))
         codes = run_batched(
             self.components,
             "transfer",
@@ -94,6 +110,41 @@ class QuantArtRuntime(ModelRuntime[QuantArtSampleOptions]):
             fidelity_balance=fidelity,
         )
         stylized = run_batched(self.components, "art_decoder", "images", BATCH, codes=codes)  # (N, 3, H, W)
+        rows_per_request = request_rows([len(pair[0]) for pair in pairs])
+        return [
+            self.answer(options, content, style, stylized[rows], content_style[rows], fidelity[rows])
+            for options, content, style, rows in zip(requests, contents, styles, rows_per_request, strict=True)
+        ]
+
+    @staticmethod
+    def pairs(
+        options: QuantArtSampleOptions, contents: int, styles: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """What one request transfers: content and style index, content-style and fidelity
+        balance, one per output image."""
+        if options.sweep:
+            # rows: content-style balance, columns: fidelity balance, for the first pair
+            grid = np.linspace(0.0, 1.0, SWEEP_STEPS, dtype=np.float32)
+            content_style, fidelity = (axis.ravel() for axis in np.meshgrid(grid, grid, indexing="ij"))
+            first = np.zeros(len(content_style), dtype=np.int64)
+            return first, first, content_style, fidelity
+        content_pick, style_pick = (
+            axis.ravel() for axis in np.meshgrid(np.arange(contents), np.arange(styles), indexing="ij")
+        )
+        content_style = np.full(len(content_pick), options.content_style_balance, dtype=np.float32)
+        fidelity = np.full(len(content_pick), options.fidelity_balance, dtype=np.float32)
+        return content_pick, style_pick, content_style, fidelity
+
+    def answer(
+        self,
+        options: QuantArtSampleOptions,
+        contents: np.ndarray,
+        styles: np.ndarray,
+        stylized: np.ndarray,
+        content_style: np.ndarray,
+        fidelity: np.ndarray,
+    ) -> SampleOutput:
+        """One request's stylised images laid out: the sweep's grid, one image, or the pair table."""
         extras = {"stylized": stylized, "content_style_balance": content_style, "fidelity_balance": fidelity}
         outputs = to_uint8(stylized)
         if options.sweep:
@@ -143,14 +194,8 @@ class QuantArtRuntime(ModelRuntime[QuantArtSampleOptions]):
         def graph(batch: int, tokens: int) -> int:
             return batch * (2 * tokens * tokens + 4 * widest) * FLOAT32
 
-        inputs, counts = 0, []
-        for role, spec in (("content", options.content), ("style", options.style)):
-            if spec is None:
-                counts.append(len(self.arrays[f"{role}_images"]))
-            else:
-                costs = decode_costs(spec, f"--{role}")
-                inputs = max([inputs, *costs])
-                counts.append(len(costs))
+        costs = self.input_costs(options)
+        inputs, counts = max(max(role, default=0) for role in costs), [len(role) for role in costs]
         pairs = SWEEP_STEPS**2 if options.sweep else counts[0] * counts[1]
         arenas = graph(min(BATCH, counts[0]), tokens) + graph(min(BATCH, counts[1]), tokens)
         arenas += graph(min(BATCH, pairs), code_tokens) + graph(min(BATCH, pairs), tokens)
@@ -158,6 +203,15 @@ class QuantArtRuntime(ModelRuntime[QuantArtSampleOptions]):
         outputs = 2 * pairs * 3 * size * size * FLOAT32  # the decoder's output, kept as an extra, and its uint8
         calls = sum(-(-count // BATCH) for count in counts) + 2 * -(-pairs // BATCH)
         return Cost(arenas + inputs + images + outputs, calls)
+
+    def input_costs(self, options: QuantArtSampleOptions) -> tuple[list[int], list[int]]:
+        """Content and style: each image's decoded bytes, read from its header only (0 for the
+        held-out images the model ships, already decoded)."""
+        content, style = (
+            [0] * len(self.arrays[f"{role}_images"]) if spec is None else decode_costs(spec, f"--{role}")
+            for role, spec in (("content", options.content), ("style", options.style))
+        )
+        return content, style
 
     def image_side(self, requested: int | None) -> int:
         """The requested side rounded down to a multiple of the code stride."""

@@ -23,7 +23,7 @@ from zoo.outputs import SampleOutput, to_uint8
 from zoo.runtime.cost import FLOAT32, FLOAT64, Cost, decode_costs, widest_feature_map
 from zoo.runtime.images import open_image, read_square, square_resize, to_model_input
 from zoo.runtime.loop import ModelRuntime, progress_callback
-from zoo.runtime.sampling import draw, filter_logits, row_generators, softmax
+from zoo.runtime.sampling import draw, filter_logits, merged_generators, request_rows, row_generators, softmax
 from zoo_var.config import DEFAULT_CLASSES, TokenizerConfig, TransformerConfig, VARSampleOptions
 from zoo_var.scales import area_matrix, scale_starts
 
@@ -110,17 +110,13 @@ class VARRuntime(ModelRuntime[VARSampleOptions]):
     def sample_batch(self, requests: Sequence[VARSampleOptions]) -> list[SampleOutput]:
         geometry = Geometry.from_config(self.config)
         labels = [self._labels(options, geometry) for options in requests]
-        rngs = [
-            rng
-            for options, rows in zip(requests, labels, strict=True)
-            for rng in row_generators(options.seed, len(rows))
-        ]
+        counts = [len(rows) for rows in labels]
+        rngs = merged_generators([options.seed for options in requests], counts)
         tokens, f_hat = self._generate(np.concatenate(labels), requests[0], geometry, rngs, None)
         images = self._decode(f_hat)
-        bounds = np.cumsum([0, *(len(rows) for rows in labels)])
         return [
-            self._finish(images[a:b], options, tokens[a:b], rows)
-            for options, rows, a, b in zip(requests, labels, bounds[:-1], bounds[1:], strict=True)
+            self._finish(images[rows], options, tokens[rows], request_labels)
+            for options, request_labels, rows in zip(requests, labels, request_rows(counts), strict=True)
         ]
 
     def _decode(self, f_hat: np.ndarray) -> np.ndarray:

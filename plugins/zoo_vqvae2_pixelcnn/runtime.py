@@ -23,7 +23,7 @@ from zoo.errors import ConfigError
 from zoo.outputs import SampleOutput, to_uint8
 from zoo.runtime.cost import FLOAT32, Cost
 from zoo.runtime.loop import Components, ModelRuntime
-from zoo.runtime.sampling import draw, filter_logits, row_generators, softmax
+from zoo.runtime.sampling import draw, filter_logits, merged_generators, request_rows, softmax
 from zoo_vqvae2_pixelcnn.config import PriorConfig, VQVAE2Config, VQVAE2SampleOptions
 
 DEFAULT_CLASSES = 10  # with no --class: classes 0..9 (all of them for the digits)
@@ -40,17 +40,32 @@ class VQVAE2Runtime(ModelRuntime[VQVAE2SampleOptions]):
         self.settings = VQVAE2Config.model_validate(config)
 
     def sample(self, options: VQVAE2SampleOptions) -> SampleOutput:
-        labels = self.labels(options)
-        rngs = row_generators(options.seed, len(labels))
+        return self.sample_batch([options])[0]
+
+    def batch_key(self, options: VQVAE2SampleOptions) -> str | None:
+        """Temperature, top-k and the path (fast or naive) shape every row's draw and must agree;
+        the classes, count and seed are per row."""
+        return options.model_dump_json(exclude={"seed", "n", "classes"})
+
+    def batch_rows(self, options: VQVAE2SampleOptions) -> int:
+        return len(self.labels(options))
+
+    def sample_batch(self, requests: Sequence[VQVAE2SampleOptions]) -> list[SampleOutput]:
+        labels_per_request = [self.labels(options) for options in requests]
+        counts = [len(labels) for labels in labels_per_request]
+        rngs = merged_generators([options.seed for options in requests], counts)
+        labels, options = np.concatenate(labels_per_request), requests[0]
         top = self.sample_codes("prior_top", {"labels": labels}, options, rngs)
         bottom = self.sample_codes("prior_bottom", {"top_codes": top, "labels": labels}, options, rngs)
-        images = self.components("decoder", top_codes=top, bottom_codes=bottom)["images"]
-        columns = options.n if self.settings.class_conditional else None  # one row per class
-        return SampleOutput(
-            images=to_uint8(images),
-            columns=columns,
-            extras={"top_codes": top, "bottom_codes": bottom, "labels": labels},
-        )
+        images = to_uint8(self.components("decoder", top_codes=top, bottom_codes=bottom)["images"])
+        return [
+            SampleOutput(
+                images=images[rows],
+                columns=options.n if self.settings.class_conditional else None,  # one row per class
+                extras={"top_codes": top[rows], "bottom_codes": bottom[rows], "labels": labels[rows]},
+            )
+            for options, rows in zip(requests, request_rows(counts), strict=True)
+        ]
 
     def cost(self, options: VQVAE2SampleOptions) -> Cost:
         """Per prior, its graphs' arenas: the fast path's caches (in, out and inside), the naive

@@ -67,6 +67,18 @@ def row_generators(seed: int, count: int, start: int = 0) -> list[np.random.Gene
     return [np.random.default_rng([seed, row]) for row in range(start, start + count)]
 
 
+def merged_generators(seeds: Sequence[int], counts: Sequence[int]) -> list[np.random.Generator]:
+    """The row generators of several requests (a seed and a row count each), one after the
+    other: the rows of a merged batch draw what each request's rows draw alone."""
+    return [rng for seed, count in zip(seeds, counts, strict=True) for rng in row_generators(seed, count)]
+
+
+def request_rows(counts: Sequence[int]) -> list[slice]:
+    """Each request's rows in a merged batch: counts [2, 1, 3] -> rows 0:2, 2:3, 3:6."""
+    ends = np.cumsum(counts).tolist()
+    return [slice(end - count, end) for count, end in zip(counts, ends, strict=True)]
+
+
 def draw(probabilities: np.ndarray, rngs: Sequence[np.random.Generator]) -> np.ndarray:
     """One index per row of (B, ..., V) probabilities (need not sum to 1) -> (B, ...) int64.
 

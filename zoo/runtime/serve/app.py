@@ -15,9 +15,10 @@ at its next graph call (zoo.runtime.loop.sampling_deadline) and is answered with
 worker is free again. With `?stream=1`, a loop that reports progress (VAR) sends the
 images after each step as server-sent events, then the result.
 
-With `--max-batch`, requests whose loop allows it are merged into one loop call
-(zoo.runtime.serve.batching); each row draws from its own (seed, row) stream, so every
-answer equals the request's alone. A merged call takes one worker and one deadline.
+Plain requests go through zoo.runtime.serve.batching: with `--max-batch`, requests whose
+loop allows it are merged into one loop call; each row draws from its own (seed, row)
+stream, so every answer equals the request's alone. A merged call takes one worker and one
+deadline. Without it, each request is its own call.
 
 Every error a client can cause is a 4xx with `{"error": "one line"}`; anything else is a
 500 of the same form with an `error_id`, logged with its traceback under that id, and the
@@ -35,6 +36,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -64,6 +66,15 @@ from zoo.runtime.serve.settings import ServeSettings
 logger = logging.getLogger("zoo.serve")
 
 
+@dataclass
+class Sampled:
+    """A request's output, when its (maybe merged) call started and how long it took."""
+
+    output: SampleOutput
+    started: float
+    seconds: float
+
+
 def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starlette:
     metrics = Metrics()
     listing = {"models": [model.summary() for model in models.values()]}  # computed once: the exports are fixed
@@ -77,8 +88,10 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
         app.state.limiter = anyio.CapacityLimiter(settings.workers)  # made on the server's event loop
         app.state.parsers = anyio.CapacityLimiter(settings.workers + 1)  # parsing and encoding: CPU work, briefer
         app.state.admitted = 0  # in the server, reading to sampling; changed on the event loop only, so no lock
-        async with anyio.create_task_group() as tasks:
-            app.state.tasks = tasks  # merged calls run here (zoo.runtime.serve.batching)
+        async with anyio.create_task_group() as tasks:  # merged calls run here
+            app.state.batcher = Batcher(
+                settings.max_batch, settings.max_wait_ms / 1000, budget, app.state.limiter, tasks, sampled
+            )
             yield
             tasks.cancel_scope.cancel()
         # uvicorn has waited --shutdown-timeout and cancelled the requests; their worker threads
@@ -103,33 +116,22 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
             )
         return options
 
-    def sampled(model: ServedModel, requests: list[SampleOptionsBase]) -> tuple[list[SampleOutput], float, float]:
-        """In a worker thread: the outputs, when sampling started and how long it took."""
+    def sampled(model: ServedModel, requests: list[SampleOptionsBase]) -> list[Sampled]:
+        """In a worker thread: each request's output, when sampling started and how long it took
+        (requests of one merged call share the call's times)."""
         started = time.perf_counter()
         with sampling_deadline(settings.request_timeout, stopping):
             if len(requests) == 1:
                 outputs = [model.loaded.sample(requests[0])]
             else:
                 outputs = model.loaded.runtime.sample_batch(requests)
-        return outputs, started, time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        return [Sampled(output, started, seconds) for output in outputs]
 
-    timings: dict[int, tuple[float, float]] = {}  # id(output) -> (started, seconds), read once
-
-    async def run_batch(model: ServedModel, requests: list[SampleOptionsBase]) -> list[SampleOutput]:
-        outputs, started, seconds = await anyio.to_thread.run_sync(sampled, model, requests, limiter=app.state.limiter)
-        for output in outputs:
-            timings[id(output)] = (started, seconds)
-        return outputs
-
-    batcher = Batcher(settings.max_batch, settings.max_wait_ms / 1000, budget, run_batch)
-
-    def stepped(
-        model: ServedModel, options: SampleOptionsBase, on_step: ProgressCallback
-    ) -> tuple[SampleOutput, float, float]:
+    def stepped(model: ServedModel, options: SampleOptionsBase, on_step: ProgressCallback) -> Sampled:
         """`sampled`, handing `on_step` the images after each step."""
         with sampling_progress(on_step):
-            outputs, started, seconds = sampled(model, [options])
-        return outputs[0], started, seconds
+            return sampled(model, [options])[0]
 
     async def events(model: ServedModel, options: SampleOptionsBase, state: Any) -> AsyncIterator[str]:
         """Server-sent events: `step` (a PNG grid as a data URI) after each step, then `result`
@@ -145,7 +147,7 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
                 try:
                     enqueued = time.perf_counter()
                     done = await anyio.to_thread.run_sync(stepped, model, options, on_step, limiter=state.limiter)
-                    await send.send(("result", (*done, enqueued)))
+                    await send.send(("result", (done, enqueued)))
                 except Exception as exc:
                     await send.send(("error", exc))
 
@@ -160,10 +162,10 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
                         uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
                         yield event("step", {"step": index, "image": uri})
                     elif kind == "result":
-                        output, started, seconds, enqueued = value
-                        metrics.sampling.labels(model.name).observe(seconds)
+                        done, enqueued = value
+                        metrics.sampling.labels(model.name).observe(done.seconds)
                         content = await anyio.to_thread.run_sync(
-                            output_json, output, seconds, started - enqueued, limiter=state.parsers
+                            output_json, done.output, done.seconds, done.started - enqueued, limiter=state.parsers
                         )
                         yield event("result", content)
                     else:
@@ -186,24 +188,21 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
         state.admitted += 1
         streaming = False
         try:
-            body = await read_body(request, settings.max_upload_bytes, settings.body_timeout)
-            content_type = request.headers.get("content-type", "")
-            options = await anyio.to_thread.run_sync(checked, model, body, content_type, limiter=state.parsers)
-            del body
+            with state.batcher.arrival():  # merged calls may wait for this request meanwhile
+                body = await read_body(request, settings.max_upload_bytes, settings.body_timeout)
+                content_type = request.headers.get("content-type", "")
+                options = await anyio.to_thread.run_sync(checked, model, body, content_type, limiter=state.parsers)
+                del body
             if stream:
                 streaming = True  # `events` counts the request out
                 headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
                 return StreamingResponse(events(model, options, state), media_type="text/event-stream", headers=headers)
             enqueued = time.perf_counter()
-            if settings.max_batch > 0:
-                output = await batcher.sample(model, options, state.tasks)
-            else:
-                output = (await run_batch(model, [options]))[0]
-            started, seconds = timings.pop(id(output))
+            done = await state.batcher.sample(model, options)
         finally:
             if not streaming:
                 state.admitted -= 1
-        queued = started - enqueued
+        output, seconds, queued = done.output, done.seconds, done.started - enqueued
         metrics.sampling.labels(name).observe(seconds)
         if not as_png:
             content = await anyio.to_thread.run_sync(output_json, output, seconds, queued, limiter=state.parsers)

@@ -1,97 +1,140 @@
 """Cross-request batching (`zoo serve --max-batch B --max-wait-ms T`).
 
 Requests for one model whose loop says they may share a call (`ModelRuntime.per_row_seeds`
-and equal `batch_key`s) wait on the event loop until their group holds B rows or the first
-has waited T ms, then run as one `sample_batch` call in a worker thread and get their own
-part back. Each row draws from its own (seed, row) stream, so an answer equals the one the
-request gets alone. The group's summed cost stays within the request budget: a request that
-would push it over closes the group first.
+and equal `batch_key`s) join one open group; each row draws from its own (seed, row)
+stream, so an answer equals the one the request gets alone. A group runs once a worker is
+free and one of these holds:
+
+- it holds B rows (it closes: later requests start another group);
+- no other request is on its way in (reading its body or being parsed: `arrival`), so
+  waiting could only delay it — a lone request runs at once, as it would unbatched;
+- its first request has waited T ms for others.
+
+While every worker is busy, a group stays open and keeps filling: that wait costs nothing,
+the request would wait for a worker anyway. The group's summed cost stays within the
+request budget: a request that would push it over closes the group first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar, cast
 
 import anyio
+import anyio.to_thread
 
 from zoo.config import SampleOptionsBase
-from zoo.outputs import SampleOutput
 from zoo.runtime.serve.models import ServedModel
 
-RunBatch = Callable[[ServedModel, list[SampleOptionsBase]], Awaitable[list[SampleOutput]]]
+ResultT = TypeVar("ResultT")
+# In a worker thread: one result per request, in order
+Run = Callable[[ServedModel, list[SampleOptionsBase]], list[ResultT]]
 
 
 @dataclass
-class Waiter:
+class Waiter(Generic[ResultT]):
     options: SampleOptionsBase
     done: anyio.Event = field(default_factory=anyio.Event)
-    output: SampleOutput | None = None
+    result: ResultT | None = None
     error: BaseException | None = None
 
 
-@dataclass
-class Group:
+@dataclass(eq=False)  # hashed by identity: the limiter lends the group a worker
+class Group(Generic[ResultT]):
     model: ServedModel
-    waiters: list[Waiter] = field(default_factory=list)
+    key: tuple[str, str]  # (model name, batch key)
+    waiters: list[Waiter[ResultT]] = field(default_factory=list)
     rows: int = 0
     peak_bytes: int = 0
+    ready: anyio.Event = field(default_factory=anyio.Event)  # set: waits for no one, runs when a worker is free
 
 
-class Batcher:
-    """Lives on the server's event loop: groups are changed there only, so no lock."""
+class Batcher(Generic[ResultT]):
+    """Lives on the server's event loop: groups and counts change there only, so no lock.
 
-    def __init__(self, max_rows: int, max_wait: float, budget: int, run: RunBatch) -> None:
-        self.max_rows, self.max_wait, self.budget, self.run = max_rows, max_wait, budget, run
-        self.groups: dict[tuple[str, str], Group] = {}
+    `workers` is the server's limiter of sampling threads, `tasks` the task group that runs
+    the groups, `run` the synchronous call that samples a list of requests (max_rows 0:
+    every request runs alone)."""
 
-    async def sample(
-        self, model: ServedModel, options: SampleOptionsBase, task_group: anyio.abc.TaskGroup
-    ) -> SampleOutput:
+    def __init__(
+        self,
+        max_rows: int,
+        max_wait: float,
+        budget: int,
+        workers: anyio.CapacityLimiter,
+        tasks: anyio.abc.TaskGroup,
+        run: Run[ResultT],
+    ) -> None:
+        self.max_rows, self.max_wait, self.budget = max_rows, max_wait, budget
+        self.workers, self.tasks, self.run = workers, tasks, run
+        self.groups: dict[tuple[str, str], Group[ResultT]] = {}  # the open ones
+        self.arriving = 0  # requests admitted but not yet at `sample`: those a group may wait for
+
+    @contextmanager
+    def arrival(self) -> Iterator[None]:
+        """Around a request's reading and parsing: while any request is on its way in, an
+        open group may wait for it (up to max_wait); once none is, every group is ready."""
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
+            if self.arriving == 0:
+                for group in self.groups.values():
+                    group.ready.set()
+
+    async def sample(self, model: ServedModel, options: SampleOptionsBase) -> ResultT:
         runtime = model.loaded.runtime
-        key = runtime.batch_key(options) if runtime.per_row_seeds else None
+        key = runtime.batch_key(options) if self.max_rows > 0 and runtime.per_row_seeds else None
         if key is None:
-            return (await self.run(model, [options]))[0]
+            return (await anyio.to_thread.run_sync(self.run, model, [options], limiter=self.workers))[0]
         rows, cost = runtime.batch_rows(options), runtime.cost(options)
         peak = cost.peak_bytes if cost is not None else 0
-        group_key = (model.name, key)
-        group = self.groups.get(group_key)
+        group = self.groups.get((model.name, key))
         if group is not None and (group.rows + rows > self.max_rows or group.peak_bytes + peak > self.budget):
-            self._close(group_key, task_group)
+            self._close(group)
             group = None
         if group is None:
-            group = self.groups[group_key] = Group(model)
-            task_group.start_soon(self._close_after_wait, group_key, group, task_group)
-        waiter = Waiter(options)
+            group = self.groups[(model.name, key)] = Group(model, (model.name, key))
+            self.tasks.start_soon(self._run_group, group)
+        waiter: Waiter[ResultT] = Waiter(options)
         group.waiters.append(waiter)
         group.rows += rows
         group.peak_bytes += peak
         if group.rows >= self.max_rows:
-            self._close(group_key, task_group)
+            self._close(group)
+        elif self.arriving == 0:
+            group.ready.set()
         await waiter.done.wait()
         if waiter.error is not None:
             raise waiter.error
-        assert waiter.output is not None
-        return waiter.output
+        return cast(ResultT, waiter.result)  # set before done, when error is not
 
-    async def _close_after_wait(
-        self, group_key: tuple[str, str], group: Group, task_group: anyio.abc.TaskGroup
-    ) -> None:
-        await anyio.sleep(self.max_wait)
-        if self.groups.get(group_key) is group:
-            self._close(group_key, task_group)
+    def _close(self, group: Group[ResultT]) -> None:
+        """No request joins `group` any more; it runs as soon as a worker is free."""
+        if self.groups.get(group.key) is group:
+            del self.groups[group.key]
+        group.ready.set()
 
-    def _close(self, group_key: tuple[str, str], task_group: anyio.abc.TaskGroup) -> None:
-        task_group.start_soon(self._run_group, self.groups.pop(group_key))
-
-    async def _run_group(self, group: Group) -> None:
+    async def _run_group(self, group: Group[ResultT]) -> None:
+        with anyio.move_on_after(self.max_wait):
+            await group.ready.wait()
+        # The worker is taken here, not by the thread call, so that the group fills while it waits.
+        await self.workers.acquire_on_behalf_of(group)
+        self._close(group)
         try:
-            outputs = await self.run(group.model, [waiter.options for waiter in group.waiters])
+            results = await anyio.to_thread.run_sync(
+                self.run, group.model, [waiter.options for waiter in group.waiters]
+            )
         except Exception as error:  # every request of the group gets the error its call raised
             for waiter in group.waiters:
                 waiter.error = error
                 waiter.done.set()
             return
-        for waiter, output in zip(group.waiters, outputs, strict=True):
-            waiter.output = output
+        finally:
+            self.workers.release_on_behalf_of(group)
+        for waiter, result in zip(group.waiters, results, strict=True):
+            waiter.result = result
             waiter.done.set()
