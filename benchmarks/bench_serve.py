@@ -1,17 +1,25 @@
 """Load test of `zoo serve`: N concurrent clients, a fixed count of requests each level,
-p50/p99 latency and throughput per model, and a check that every response is what its
-own seed gives alone. With --screenshot, the web page is also used in headless Chromium
-(pick VAR, pick a digit, sample; as tests/serve/test_page.py does) and saved as a PNG.
+p50/p99 latency and throughput per model, with and without --max-batch, and a check that
+every response is what its own seed gives alone. With --screenshot, the web page is also
+used in headless Chromium (pick VAR, pick a digit, sample; as tests/serve/test_page.py does)
+and saved as a PNG.
 
     python benchmarks/bench_serve.py                               # a tiny random-weight VAR export
+    python benchmarks/bench_serve.py --d16                         # and a d16 row (random weights)
     python benchmarks/bench_serve.py exports/var exports/quantart --options '{"n": 1}'
     python benchmarks/bench_serve.py --clients 1 4 8 --requests 48 --workers 2
     python benchmarks/bench_serve.py --screenshot benchmarks/results/serve_page.png
 
 A live `zoo serve` subprocess on a free port of 127.0.0.1 answers httpx clients. Request i
-carries seed i; first every seed is asked once, alone (the reference), then each level
-sends the same seeds from N clients at once and compares each response's images and
-extras with the reference of its seed. Writes benchmarks/results/serve.md.
+carries seed i. Each level sends the same seeds from N clients at once and compares each
+response's images and extras with the reference of its seed: the answers of one client to an
+unbatched server, where every request is sampled alone (the 1-client unbatched level when it
+is measured, else a pass of its own).
+
+--d16 adds VAR d16 (random weights in the official layout, imported like the published
+checkpoint and exported in fp32 by benchmarks/bench_var_latency.py's `prepare`, cached in
+--d16-cache): batch-1 requests (one class, n 1) of about 10 s each on two cores, so only
+--d16-requests per level. Writes benchmarks/results/serve.md.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,19 +53,21 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(export_dirs: list[Path], workers: int, log: Path, max_batch: int = 0) -> tuple[subprocess.Popen, str]:
+def start_server(
+    export_dirs: list[Path], workers: int, log: Path, max_batch: int, extra: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [sys.executable, "-m", "zoo", "serve", *map(str, export_dirs), "--port", str(port)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     with open(log, "w") as output:
         process = subprocess.Popen(
-            [*command, "--workers", str(workers), "--max-batch", str(max_batch)],
+            [*command, "--workers", str(workers), "--max-batch", str(max_batch), *extra],
             stdout=output,
             stderr=subprocess.STDOUT,
             env=env,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # d16: 1.7 GB of graphs to load
     while time.monotonic() < deadline:
         if process.poll() is not None:
             sys.exit(f"zoo serve exited: {log.read_text()[-2000:]}")
@@ -66,7 +77,7 @@ def start_server(export_dirs: list[Path], workers: int, log: Path, max_batch: in
         except httpx.TransportError:
             time.sleep(0.3)
     process.kill()
-    sys.exit("zoo serve did not answer in 120 s")
+    sys.exit("zoo serve did not answer in 600 s")
 
 
 def fingerprint(body: dict) -> str:
@@ -91,7 +102,7 @@ async def run_level(url: str, model: str, options: dict, seeds: list[int], clien
             response.raise_for_status()
             answers[seed] = fingerprint(response.json())
 
-    async with httpx.AsyncClient(timeout=600) as http:
+    async with httpx.AsyncClient(timeout=3600) as http:  # d16: 8 queued requests of ~1 min under load
         await asyncio.gather(*(client(http) for _ in range(clients)))
     return latencies, answers
 
@@ -112,6 +123,91 @@ def save_screenshot(url: str, path: Path) -> None:
     print(f"screenshot: {path}", flush=True)
 
 
+@dataclass
+class Case:
+    """One row group of the table: what is served and what every request asks."""
+
+    label: str
+    export_dirs: list[Path]
+    options: dict
+    requests: int
+    servers_together: bool = True  # False: one server at a time (each d16 server holds GBs of weights and arenas)
+    serve_args: tuple[str, ...] = ()  # more `zoo serve` flags (a later --workers wins)
+
+
+def load_average() -> str:
+    return ", ".join(f"{value:.1f}" for value in os.getloadavg())
+
+
+def measure(case: Case, args: argparse.Namespace, work: Path) -> tuple[list[list[object]], dict[tuple, float]]:
+    """The table rows of one case, and requests/s by (model, max_batch, clients). One server
+    per --max-batch value; unless the case is too large for two at once, all are up together
+    and each level runs on each in turn, so that a batched and an unbatched figure are taken
+    seconds apart on a shared machine."""
+    seeds = list(range(case.requests))
+    settings = sorted(set(args.max_batch) | {0})  # unbatched first: its 1-client level is the reference
+    rows: list[list[object]] = []
+    throughput: dict[tuple, float] = {}
+    references: dict[str, dict] = {}  # model -> seed -> fingerprint, each seed alone on an unbatched server
+    for together in [settings] if case.servers_together else [[value] for value in settings]:
+        servers = {}
+        try:
+            for max_batch in together:
+                log = work / f"serve-{max_batch}.log"
+                servers[max_batch] = start_server(case.export_dirs, args.workers, log, max_batch, case.serve_args)
+            url = next(iter(servers.values()))[1]
+            models = [model["name"] for model in httpx.get(f"{url}/v1/models").json()["models"]]
+            if args.screenshot and 0 in servers and case.label == "var tiny":
+                save_screenshot(servers[0][1], args.screenshot)
+            for model in models:
+                if model not in references and not (1 in args.clients and 0 in args.max_batch):
+                    _, references[model] = asyncio.run(run_level(servers[0][1], model, case.options, seeds, clients=1))
+                for clients in sorted(args.clients):
+                    for max_batch in [value for value in together if value in args.max_batch]:
+                        start = time.perf_counter()
+                        url = servers[max_batch][1]
+                        latencies, answers = asyncio.run(run_level(url, model, case.options, seeds, clients))
+                        wall = time.perf_counter() - start
+                        reference = references.setdefault(model, answers)  # the first level: 1 client, unbatched
+                        matching = sum(answers[seed] == reference[seed] for seed in seeds)
+                        p50, p99 = np.percentile(np.array(latencies) * 1000, [50, 99])
+                        throughput[(model, max_batch, clients)] = len(latencies) / wall
+                        rows.append(
+                            [
+                                case.label if len(models) == 1 else f"{case.label} {model}",
+                                max_batch or "off",
+                                clients,
+                                len(latencies),
+                                f"{p50:.0f}",
+                                f"{p99:.0f}",
+                                f"{len(latencies) / wall:.2f}",
+                                f"{matching}/{len(seeds)}",
+                                load_average(),
+                            ]
+                        )
+                        print(rows[-1], flush=True)
+        finally:
+            for process, _ in servers.values():
+                process.terminate()
+                process.wait(timeout=60)
+    rows.sort(key=lambda row: (row[0], row[1] != "off", row[1] if row[1] != "off" else 0, row[2]))
+    return rows, throughput
+
+
+def d16_case(cache: Path, requests: int) -> Case:
+    """VAR d16 with random weights in the official layout, as bench_var_latency.py makes it."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_var_latency import ZOO_OPTIONS, prepare
+
+    export_dir = prepare(cache)[3]
+    options = {name: value for name, value in ZOO_OPTIONS.items() if name != "seed"}
+    # One worker (its sessions use both cores) and a 5,500 MB request budget: groups of up to four
+    # requests (about 1,370 MB each by the loop's estimate), so that one merged call stays within
+    # the memory this shared machine has free.
+    serve_args = ("--workers", "1", "--max-request-mb", "5500")
+    return Case("var d16", [export_dir], options, requests, servers_together=False, serve_args=serve_args)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("export_dirs", nargs="*", type=Path, help="default: a tiny random-weight VAR export")
@@ -121,7 +217,10 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=48, help="requests per level (seeds 0..requests-1)")
     parser.add_argument("--workers", type=int, default=2, help="zoo serve --workers")
-    parser.add_argument("--options", default='{"classes": [3], "n": 4}', help="sample options of every request")
+    parser.add_argument("--options", default='{"classes": [3], "n": 1}', help="sample options of every request")
+    parser.add_argument("--d16", action="store_true", help="also a VAR d16 export (random weights, batch-1 requests)")
+    parser.add_argument("--d16-requests", type=int, default=16, help="requests per level for d16 (about 10 s each)")
+    parser.add_argument("--d16-cache", type=Path, default=Path("/tmp/var_latency"), help="bench_var_latency.py --cache")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve.md")
     parser.add_argument(
         "--screenshot",
@@ -140,53 +239,29 @@ def main() -> None:
             print(f"exporting a tiny VAR to {TINY_EXPORT} ...", flush=True)
             make_var_export(TINY_EXPORT)
         export_dirs = [TINY_EXPORT]
+    cases = [Case("var tiny" if not args.export_dirs else "export", export_dirs, options, args.requests)]
+    if args.d16:
+        cases.append(d16_case(args.d16_cache, args.d16_requests))
 
     report = Report(
         args.out,
         "# zoo serve under load",
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other jobs), "
-        f"Python {platform.python_version()}; `zoo serve --workers {args.workers}` on the CPU provider; "
-        f"{args.requests} requests per level, each `{json.dumps(options)}` with its own seed; latency from "
-        "request to parsed JSON response (base64 PNGs), measured by the clients.",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores (shared with other jobs), Python {platform.python_version()}; "
+        f"`zoo serve --workers {args.workers}` on the CPU provider; "
+        + "; ".join(
+            f"{case.label}: {case.requests} requests per level, each `{json.dumps(case.options)}`" for case in cases
+        )
+        + ", with its own seed; latency from request to parsed JSON response (base64 PNGs), measured by the clients; "
+        "the load average (1, 5, 15 min) is read after each level.\n\n"
+        f"Command: `python benchmarks/bench_serve.py {' '.join(sys.argv[1:])}`",
     )
-    seeds = list(range(args.requests))
-    rows = []
-    references: dict[str, dict] = {}  # model -> seed -> fingerprint, each seed alone on an unbatched server
+    rows, throughput = [], {}
     with tempfile.TemporaryDirectory() as work:
-        for max_batch in [0, *[value for value in args.max_batch if value != 0]]:
-            process, url = start_server(export_dirs, args.workers, Path(work) / "serve.log", max_batch)
-            try:
-                models = [model["name"] for model in httpx.get(f"{url}/v1/models").json()["models"]]
-                for model in models:
-                    if model not in references:
-                        _, references[model] = asyncio.run(run_level(url, model, options, seeds, clients=1))
-                    reference = references[model]
-                    if max_batch not in args.max_batch:
-                        continue
-                    for clients in args.clients:
-                        start = time.perf_counter()
-                        latencies, answers = asyncio.run(run_level(url, model, options, seeds, clients))
-                        wall = time.perf_counter() - start
-                        matching = sum(answers[seed] == reference[seed] for seed in seeds)
-                        p50, p99 = np.percentile(np.array(latencies) * 1000, [50, 99])
-                        rows.append(
-                            [
-                                model,
-                                max_batch or "off",
-                                clients,
-                                len(latencies),
-                                f"{p50:.0f}",
-                                f"{p99:.0f}",
-                                f"{len(latencies) / wall:.1f}",
-                                f"{matching}/{len(seeds)}",
-                            ]
-                        )
-                        print(rows[-1], flush=True)
-                if args.screenshot and max_batch == 0:
-                    save_screenshot(url, args.screenshot)
-            finally:
-                process.terminate()
-                process.wait(timeout=30)
+        for case in cases:
+            case_rows, case_throughput = measure(case, args, Path(work))
+            rows += case_rows
+            throughput |= {(case.label, *key[1:]): value for key, value in case_throughput.items()}
     report.add(
         table(
             [
@@ -198,15 +273,24 @@ def main() -> None:
                 "p99 ms",
                 "requests/s",
                 "responses equal to their seed alone",
+                "load average",
             ],
             rows,
         )
     )
+    ratios = [
+        f"{label}, {clients} clients: batched (--max-batch {max_batch}) / unbatched requests/s = "
+        f"{value / throughput[(label, 0, clients)]:.2f}"
+        for (label, max_batch, clients), value in throughput.items()
+        if max_batch != 0 and (label, 0, clients) in throughput
+    ]
+    report.add("\n".join(f"- {line}" for line in ratios))
     report.add(
         "Without --max-batch, requests are sampled one per worker thread; past --workers, requests wait "
         "for a free worker. With --max-batch 8 (--max-wait-ms 10), requests of equal options but seed are "
-        "merged into one loop call of up to 8 rows; every row draws from its own (seed, row) generator, "
-        "and the last column compares each response with its seed sampled alone on an unbatched server."
+        "merged into one loop call of up to 8 rows (zoo.runtime.serve.batching: a lone request runs at once, "
+        "a group fills while every worker is busy); every row draws from its own (seed, row) generator, "
+        "and the 'equal' column compares each response with its seed sampled alone on an unbatched server."
     )
     report.write()
 

@@ -47,7 +47,7 @@ def register(commands: Any) -> None:
         "--max-wait-ms",
         type=float,
         default=10.0,
-        help="with --max-batch, how long a request waits for others to share its call (default 10)",
+        help="with --max-batch, how long a group waits for requests already arriving (default 10; a lone request runs at once)",
     )
     serving.add_argument(
         "--max-upload-mb", type=float, default=16, help="largest request body, uploaded images included (default 16)"
