@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -131,6 +132,7 @@ class Case:
     export_dirs: list[Path]
     options: dict
     requests: int
+    clients: list[int]
     servers_together: bool = True  # False: one server at a time (each d16 server holds GBs of weights and arenas)
     serve_args: tuple[str, ...] = ()  # more `zoo serve` flags (a later --workers wins)
 
@@ -139,15 +141,17 @@ def load_average() -> str:
     return ", ".join(f"{value:.1f}" for value in os.getloadavg())
 
 
-def measure(case: Case, args: argparse.Namespace, work: Path) -> tuple[list[list[object]], dict[tuple, float]]:
-    """The table rows of one case, and requests/s by (model, max_batch, clients). One server
-    per --max-batch value; unless the case is too large for two at once, all are up together
-    and each level runs on each in turn, so that a batched and an unbatched figure are taken
-    seconds apart on a shared machine."""
+def measure(
+    case: Case, args: argparse.Namespace, work: Path, screenshot: Path | None
+) -> tuple[list[list[object]], list[str]]:
+    """The table rows of one case and its batched/unbatched ratios. One server per --max-batch
+    value; unless the case is too large for two at once, all are up together and each level
+    runs on each in turn, --repeats times (A B A B ...), so that a batched and an unbatched
+    figure are taken seconds apart on a shared machine and their ratio is taken pair by pair."""
     seeds = list(range(case.requests))
     settings = sorted(set(args.max_batch) | {0})  # unbatched first: its 1-client level is the reference
-    rows: list[list[object]] = []
-    throughput: dict[tuple, float] = {}
+    repeats = args.repeats if case.servers_together else 1
+    runs: dict[tuple[str, int, int], list[tuple[float, list[float], int]]] = {}  # (rate, latencies, equal)
     references: dict[str, dict] = {}  # model -> seed -> fingerprint, each seed alone on an unbatched server
     for together in [settings] if case.servers_together else [[value] for value in settings]:
         servers = {}
@@ -157,44 +161,63 @@ def measure(case: Case, args: argparse.Namespace, work: Path) -> tuple[list[list
                 servers[max_batch] = start_server(case.export_dirs, args.workers, log, max_batch, case.serve_args)
             url = next(iter(servers.values()))[1]
             models = [model["name"] for model in httpx.get(f"{url}/v1/models").json()["models"]]
-            if args.screenshot and 0 in servers and case.label == "var tiny":
-                save_screenshot(servers[0][1], args.screenshot)
+            if screenshot and 0 in servers:
+                save_screenshot(servers[0][1], screenshot)
             for model in models:
-                if model not in references and not (1 in args.clients and 0 in args.max_batch):
+                if model not in references and not (1 in case.clients and 0 in args.max_batch):
                     _, references[model] = asyncio.run(run_level(servers[0][1], model, case.options, seeds, clients=1))
-                for clients in sorted(args.clients):
-                    for max_batch in [value for value in together if value in args.max_batch]:
-                        start = time.perf_counter()
-                        url = servers[max_batch][1]
-                        latencies, answers = asyncio.run(run_level(url, model, case.options, seeds, clients))
-                        wall = time.perf_counter() - start
-                        reference = references.setdefault(model, answers)  # the first level: 1 client, unbatched
-                        matching = sum(answers[seed] == reference[seed] for seed in seeds)
-                        p50, p99 = np.percentile(np.array(latencies) * 1000, [50, 99])
-                        throughput[(model, max_batch, clients)] = len(latencies) / wall
-                        rows.append(
-                            [
-                                case.label if len(models) == 1 else f"{case.label} {model}",
-                                max_batch or "off",
-                                clients,
-                                len(latencies),
-                                f"{p50:.0f}",
-                                f"{p99:.0f}",
-                                f"{len(latencies) / wall:.2f}",
-                                f"{matching}/{len(seeds)}",
-                                load_average(),
-                            ]
-                        )
-                        print(rows[-1], flush=True)
+                for clients in sorted(case.clients):
+                    for _ in range(repeats):
+                        for max_batch in [value for value in together if value in args.max_batch]:
+                            start = time.perf_counter()
+                            url = servers[max_batch][1]
+                            latencies, answers = asyncio.run(run_level(url, model, case.options, seeds, clients))
+                            wall = time.perf_counter() - start
+                            reference = references.setdefault(model, answers)  # the first level: 1 client, unbatched
+                            matching = sum(answers[seed] == reference[seed] for seed in seeds)
+                            runs.setdefault((model, max_batch, clients), []).append(
+                                (len(latencies) / wall, latencies, matching)
+                            )
+                            print(
+                                model, max_batch, clients, f"{len(latencies) / wall:.2f}/s", load_average(), flush=True
+                            )
         finally:
             for process, _ in servers.values():
                 process.terminate()
                 process.wait(timeout=60)
-    rows.sort(key=lambda row: (row[0], row[1] != "off", row[1] if row[1] != "off" else 0, row[2]))
-    return rows, throughput
+    rows: list[list[object]] = []
+    ratios: list[str] = []
+    for (model, max_batch, clients), measured in sorted(runs.items()):
+        rates = [rate for rate, _, _ in measured]
+        latencies = np.array([latency for _, run, _ in measured for latency in run]) * 1000
+        p50, p99 = np.percentile(latencies, [50, 99])
+        label = case.label if len({key[0] for key in runs}) == 1 else f"{case.label} {model}"
+        equal = sum(matching for _, _, matching in measured)
+        rows.append(
+            [
+                label,
+                max_batch or "off",
+                clients,
+                f"{len(measured)} x {len(seeds)}",
+                f"{p50:.0f}",
+                f"{p99:.0f}",
+                f"{statistics.median(rates):.2f}",
+                f"{equal}/{len(measured) * len(seeds)}",
+            ]
+        )
+        unbatched = runs.get((model, 0, clients))
+        if max_batch != 0 and unbatched:
+            pairs = [rate / base for (rate, _, _), (base, _, _) in zip(measured, unbatched, strict=True)]
+            ratios.append(
+                f"{label}, {clients} clients: batched (--max-batch {max_batch}) / unbatched requests/s = "
+                f"{statistics.median(pairs):.2f} (median of {len(pairs)} pairs: "
+                + ", ".join(f"{pair:.2f}" for pair in pairs)
+                + ")"
+            )
+    return rows, ratios
 
 
-def d16_case(cache: Path, requests: int) -> Case:
+def d16_case(cache: Path, requests: int, clients: list[int]) -> Case:
     """VAR d16 with random weights in the official layout, as bench_var_latency.py makes it."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_var_latency import ZOO_OPTIONS, prepare
@@ -205,7 +228,7 @@ def d16_case(cache: Path, requests: int) -> Case:
     # requests (about 1,370 MB each by the loop's estimate), so that one merged call stays within
     # the memory this shared machine has free.
     serve_args = ("--workers", "1", "--max-request-mb", "5500")
-    return Case("var d16", [export_dir], options, requests, servers_together=False, serve_args=serve_args)
+    return Case("var d16", [export_dir], options, requests, clients, servers_together=False, serve_args=serve_args)
 
 
 def main() -> None:
@@ -217,9 +240,19 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=48, help="requests per level (seeds 0..requests-1)")
     parser.add_argument("--workers", type=int, default=2, help="zoo serve --workers")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="zoo serve --threads (onnxruntime intra-op threads per session) of the first model, one case each "
+        "(0: onnxruntime's default, one per core)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each level on each server, in turn")
     parser.add_argument("--options", default='{"classes": [3], "n": 1}', help="sample options of every request")
     parser.add_argument("--d16", action="store_true", help="also a VAR d16 export (random weights, batch-1 requests)")
     parser.add_argument("--d16-requests", type=int, default=16, help="requests per level for d16 (about 10 s each)")
+    parser.add_argument("--d16-clients", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--d16-cache", type=Path, default=Path("/tmp/var_latency"), help="bench_var_latency.py --cache")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve.md")
     parser.add_argument(
@@ -239,9 +272,20 @@ def main() -> None:
             print(f"exporting a tiny VAR to {TINY_EXPORT} ...", flush=True)
             make_var_export(TINY_EXPORT)
         export_dirs = [TINY_EXPORT]
-    cases = [Case("var tiny" if not args.export_dirs else "export", export_dirs, options, args.requests)]
+    label = "var tiny" if not args.export_dirs else "export"
+    cases = [
+        Case(
+            f"{label}, --threads {threads}" if threads else label,
+            export_dirs,
+            options,
+            args.requests,
+            args.clients,
+            serve_args=("--threads", str(threads)) if threads else (),
+        )
+        for threads in args.threads
+    ]
     if args.d16:
-        cases.append(d16_case(args.d16_cache, args.d16_requests))
+        cases.append(d16_case(args.d16_cache, args.d16_requests, args.d16_clients))
 
     report = Report(
         args.out,
@@ -253,38 +297,21 @@ def main() -> None:
             f"{case.label}: {case.requests} requests per level, each `{json.dumps(case.options)}`" for case in cases
         )
         + ", with its own seed; latency from request to parsed JSON response (base64 PNGs), measured by the clients; "
-        "the load average (1, 5, 15 min) is read after each level.\n\n"
+        f"each level runs {args.repeats} times on each server in turn (requests/s: the median; p50/p99: of "
+        "all its requests).\n\n"
         f"Command: `python benchmarks/bench_serve.py {' '.join(sys.argv[1:])}`",
     )
-    rows, throughput = [], {}
+    rows, ratios, loads = [], [], [f"{load_average()} at the start"]
     with tempfile.TemporaryDirectory() as work:
         for case in cases:
-            case_rows, case_throughput = measure(case, args, Path(work))
+            case_rows, case_ratios = measure(case, args, Path(work), args.screenshot if case is cases[0] else None)
             rows += case_rows
-            throughput |= {(case.label, *key[1:]): value for key, value in case_throughput.items()}
-    report.add(
-        table(
-            [
-                "model",
-                "--max-batch",
-                "clients",
-                "requests",
-                "p50 ms",
-                "p99 ms",
-                "requests/s",
-                "responses equal to their seed alone",
-                "load average",
-            ],
-            rows,
-        )
-    )
-    ratios = [
-        f"{label}, {clients} clients: batched (--max-batch {max_batch}) / unbatched requests/s = "
-        f"{value / throughput[(label, 0, clients)]:.2f}"
-        for (label, max_batch, clients), value in throughput.items()
-        if max_batch != 0 and (label, 0, clients) in throughput
-    ]
+            ratios += case_ratios
+            loads.append(f"{load_average()} after {case.label}")
+    header = ["model", "--max-batch", "clients", "runs x requests", "p50 ms", "p99 ms", "requests/s (median)"]
+    report.add(table([*header, "responses equal to their seed alone"], rows))
     report.add("\n".join(f"- {line}" for line in ratios))
+    report.add(f"Load average (1, 5, 15 min) of the 2 cores: {'; '.join(loads)}.")
     report.add(
         "Without --max-batch, requests are sampled one per worker thread; past --workers, requests wait "
         "for a free worker. With --max-batch 8 (--max-wait-ms 10), requests of equal options but seed are "

@@ -66,6 +66,13 @@ def test_the_default_budget_is_half_the_memory_over_the_workers(var_export):
     assert ServeSettings([var_export], max_request_bytes=2**30).request_budget == 2**30
 
 
+def test_the_workers_share_the_cores_unless_threads_are_given(var_export, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert ServeSettings([var_export], workers=2).session_threads == 4
+    assert ServeSettings([var_export], workers=16).session_threads == 1
+    assert ServeSettings([var_export], workers=2, threads=3).session_threads == 3
+
+
 @pytest.mark.parametrize(
     ("image", "message"),
     [

@@ -98,6 +98,8 @@ def register(commands: Any) -> None:
         help="a file holding a token every API call must send as `Authorization: Bearer TOKEN`",
     )
     for flag, spec in RUN_FLAGS.items():
+        if flag == "--threads":  # the workers share the cores
+            spec = {**spec, "help": "onnxruntime intra-op threads per session (default: cores / --workers)"}
         serving.add_argument(flag, **spec)
     serving.set_defaults(handler=cmd_serve)
 

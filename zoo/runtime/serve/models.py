@@ -52,7 +52,10 @@ def load_models(settings: ServeSettings) -> dict[str, ServedModel]:
                 f"two export directories are named {name!r}; a model is served under its directory's name: rename one"
             )
         loaded = runtime.load(
-            export_dir, provider=settings.provider, intra_op_threads=settings.threads, verify_key=settings.verify_key
+            export_dir,
+            provider=settings.provider,
+            intra_op_threads=settings.session_threads,
+            verify_key=settings.verify_key,
         )
         models[name] = ServedModel(name, loaded)
     return models

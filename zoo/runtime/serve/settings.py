@@ -33,7 +33,7 @@ def default_request_budget(workers: int) -> int:
 class ServeSettings:
     export_dirs: list[Path]
     provider: str | None = None  # None: CUDA when it really works, else CPU (zoo.runtime.sessions)
-    threads: int | None = None  # onnxruntime intra-op threads per session
+    threads: int | None = None  # onnxruntime intra-op threads per session; None: session_threads' default
     verify_key: Path | None = None  # an Ed25519 public key every export's manifest.sig must match
     workers: int = 2  # requests sampled at once, in threads sharing the sessions
     max_queue: int = 32  # requests waiting for a worker; more are refused with 503
@@ -81,6 +81,14 @@ class ServeSettings:
                 raise ConfigError(f"{flag} must be over 0 and at most 86400 seconds, got {seconds}")
         if self.token is not None and not self.token:
             raise ConfigError("the --token-file is empty; write a token in it (e.g. `openssl rand -hex 32`)")
+
+    @property
+    def session_threads(self) -> int:
+        """--threads, or the cores over the workers: each worker samples in its own thread and
+        onnxruntime would give every call one thread per core, so with 2 workers on 2 cores four
+        threads took turns on two (measured: benchmarks/results/serve.md), each op that
+        parallelises waiting for a core; merged calls, whose ops parallelise most, lost most."""
+        return self.threads or max(1, (os.cpu_count() or 1) // self.workers)
 
     @property
     def request_budget(self) -> int:
