@@ -130,6 +130,8 @@ def run_batcher(scenario, max_rows: int = 8, max_wait: float = 30.0) -> list[lis
 
     def run(model, requests) -> list[int]:
         calls.append([options.seed for options in requests])
+        if any(options.seed < 0 for options in requests):
+            raise ValueError("a negative seed: the input this fake loop refuses")
         return [options.seed for options in requests]
 
     async def main() -> None:
@@ -140,6 +142,10 @@ def run_batcher(scenario, max_rows: int = 8, max_wait: float = 30.0) -> list[lis
 
                 def sample(seed: int, n: int = 1, key: str | None = "same") -> None:
                     async def one() -> None:
+                        if seed < 0:
+                            with pytest.raises(ValueError, match="negative seed"):
+                                await batcher.sample(fake_model(key), SimpleNamespace(seed=seed, n=n))
+                            return
                         assert await batcher.sample(fake_model(key), SimpleNamespace(seed=seed, n=n)) == seed
 
                     tasks.start_soon(one)
@@ -172,6 +178,17 @@ def test_while_the_worker_is_busy_requests_fill_groups_by_key_and_size():
     # 6 starts the next group of "a"; None runs alone; every group waited for the worker in order
     assert sorted(calls) == sorted([[1, 3], [2], [4], [5], [6]])
     assert calls.index([1, 3]) < calls.index([6])
+
+
+def test_a_merged_call_that_fails_runs_again_request_by_request():
+    async def scenario(batcher, worker, sample):
+        await worker.acquire()
+        for seed in (1, -2, 3):
+            sample(seed)
+        await anyio.sleep(0.2)
+        worker.release()
+
+    assert run_batcher(scenario) == [[1, -2, 3], [1], [-2], [3]]  # only -2 fails (checked in `sample`)
 
 
 def test_a_group_waits_for_a_request_on_its_way_in_but_not_past_max_wait():

@@ -125,16 +125,23 @@ class Batcher(Generic[ResultT]):
         await self.workers.acquire_on_behalf_of(group)
         self._close(group)
         try:
-            results = await anyio.to_thread.run_sync(
-                self.run, group.model, [waiter.options for waiter in group.waiters]
-            )
-        except Exception as error:  # every request of the group gets the error its call raised
-            for waiter in group.waiters:
-                waiter.error = error
-                waiter.done.set()
-            return
+            await self._run(group.model, group.waiters)
         finally:
             self.workers.release_on_behalf_of(group)
-        for waiter, result in zip(group.waiters, results, strict=True):
+
+    async def _run(self, model: ServedModel, waiters: list[Waiter[ResultT]]) -> None:
+        """One call for all; if it fails, one call each (in the same worker), so that a request
+        whose input the loop refuses (an unreadable image) fails alone."""
+        try:
+            results = await anyio.to_thread.run_sync(self.run, model, [waiter.options for waiter in waiters])
+        except Exception as error:
+            if len(waiters) > 1:
+                for waiter in waiters:
+                    await self._run(model, [waiter])
+                return
+            waiters[0].error = error
+            waiters[0].done.set()
+            return
+        for waiter, result in zip(waiters, results, strict=True):
             waiter.result = result
             waiter.done.set()
