@@ -201,7 +201,7 @@ def measure(
                 f"{len(measured)} x {len(seeds)}",
                 f"{p50:.0f}",
                 f"{p99:.0f}",
-                f"{statistics.median(rates):.2f}",
+                f"{statistics.median(rates):.3g}",
                 f"{equal}/{len(measured) * len(seeds)}",
             ]
         )
