@@ -5,6 +5,8 @@
   and every exporter's options, from the pydantic schemas;
 - `reference/cli.md`: every `zoo` command and flag, from the argparse parser in `zoo/cli/`
   (the commands whose flags depend on the model print their own `--help`, captured);
+- `reference/importers.md`: every importer of published checkpoints and the checkpoints
+  `zoo pull` can fetch, from each importer's `checkpoints`;
 - `reference/http.md`: the HTTP API, from the routes of `zoo.runtime.serve.app.create_app`
   and their handlers' docstrings.
 
@@ -229,6 +231,53 @@ def config_reference() -> str:
 
 def shown_preset(values: dict[str, Any]) -> str:
     return json.dumps(values, default=str) if values else "{}"
+
+
+# -- importers and published checkpoints ---------------------------------------------------------
+
+
+def importers_reference() -> str:
+    from zoo.registry import get_registry
+
+    registry = get_registry()
+    importers = [registry.importers[name].importer for name in sorted(registry.importers)]
+    lines = [
+        "# Importers and published checkpoints",
+        "",
+        GENERATED,
+        "",
+        "`zoo import MODEL FILE... --format FORMAT` converts the files each importer reads; "
+        "`zoo pull NAME` downloads a checkpoint listed below and imports it "
+        "([Published weights](../guides/weights.md)).",
+        "",
+        "## Importers",
+        "",
+    ]
+    rows = [[code(importer.model), code(importer.format), cell(importer.description)] for importer in importers]
+    lines += table(["model", "`--format`", "the files, and where they are published"], rows)
+    lines += ["## Checkpoints `zoo pull` fetches", ""]
+    rows = []
+    for importer in importers:
+        for checkpoint in importer.checkpoints:
+            sources = "<br>".join(code(file.source) for file in checkpoint.files)
+            rows.append(
+                [
+                    code(checkpoint.name),
+                    code(importer.model),
+                    code(checkpoint.preset or "-"),
+                    cell(checkpoint.description),
+                    cell(checkpoint.figure or "-"),
+                    cell(checkpoint.licence),
+                    sources,
+                ]
+            )
+    lines += table(["name", "model", "preset", "what", "paper's figure", "licence", "files"], rows)
+    lines += [
+        "An importer without a row here reads files that are published with no stable address "
+        "(for example, as Google Drive links): download them by hand and `zoo import` them.",
+        "",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 # -- the CLI ------------------------------------------------------------------------------------
