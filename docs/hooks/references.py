@@ -51,6 +51,7 @@ def on_files(files: Any, config: Any) -> Any:
         "reference/config.md": config_reference,
         "reference/cli.md": cli_reference,
         "reference/http.md": http_reference,
+        "reference/importers.md": importers_reference,
     }
     for path, make in pages.items():
         files.append(File.generated(config, path, content=make()))
