@@ -61,13 +61,19 @@ def on_files(files: Any, config: Any) -> Any:
 # -- markdown helpers --------------------------------------------------------------------------
 
 
-def cell(text: Any) -> str:
-    """A table cell: one line, pipes escaped."""
+def one_line(text: Any) -> str:
+    """Table cell content: one line, pipes escaped (a table's separator even in code spans)."""
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+def cell(text: Any) -> str:
+    """Prose in a table cell: markdown's emphasis and HTML characters shown as written
+    (`Linear(1024 -> 512*32*32)`, `timm:<model name>`)."""
+    return one_line(text).replace("*", "\\*").replace("<", "&lt;")
+
+
 def code(text: Any) -> str:
-    return f"`{cell(text)}`" if str(text) else ""
+    return f"`{one_line(text)}`" if str(text) else ""
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
