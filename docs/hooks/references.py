@@ -391,7 +391,9 @@ def http_reference() -> str:
         GENERATED,
         "",
         "`zoo serve EXPORT_DIR ...` serves each export under its directory's name with these routes "
-        "(see [Deploy and serve](../guides/deploy.md) and the [flags](cli.md#zoo-serve)).",
+        "(see [Deploy and serve](../guides/deploy.md) and the [flags](cli.md#zoo-serve)). A sample "
+        "request's fields are the model's sample options, listed per model in the "
+        "[config reference](config.md) and served as a JSON schema by `GET /v1/models`.",
         "",
     ]
     for route in app.routes:
