@@ -50,11 +50,18 @@ def runnable_blocks(path: Path) -> list[Block]:
 
 
 def parse_blocks(source: str, text: str) -> list[Block]:
-    """The marked blocks of one file; a marker not followed by a fenced block is an error."""
+    """The marked blocks of one file; a marker not followed by a fenced block is an error.
+    A marker inside a fenced block (a page showing the marker) is text, not a marker."""
     lines = text.splitlines()
     blocks: list[Block] = []
-    for index, line in enumerate(lines):
-        if line.strip() != MARKER:
+    index = 0
+    while index < len(lines):
+        opening = FENCE.match(lines[index])
+        if opening is not None:  # an unmarked block: skip it whole
+            index = closing_line(lines, index, opening) + 1
+            continue
+        if lines[index].strip() != MARKER:
+            index += 1
             continue
         where = f"{source}:{index + 1}"
         opening = FENCE.match(lines[index + 1]) if index + 1 < len(lines) else None
@@ -63,16 +70,23 @@ def parse_blocks(source: str, text: str) -> list[Block]:
         language = opening["lang"]
         if language not in LANGUAGES:
             raise ValueError(f"{where}: a runnable block is one of {sorted(LANGUAGES)}, not {language!r}")
-        indent, fence = opening["indent"], opening["fence"]
-        body: list[str] = []
-        for end in range(index + 2, len(lines)):
-            if lines[end].strip().startswith(fence) and not lines[end].strip().strip(fence[0]):
-                break
-            body.append(lines[end].removeprefix(indent))
-        else:
+        end = closing_line(lines, index + 1, opening)
+        if end == len(lines):
             raise ValueError(f"{where}: the runnable block is never closed")
+        body = [line.removeprefix(opening["indent"]) for line in lines[index + 2 : end]]
         blocks.append(Block(source, index + 2, language, "\n".join(body) + "\n"))
+        index = end + 1
     return blocks
+
+
+def closing_line(lines: list[str], start: int, opening: re.Match[str]) -> int:
+    """The index of the fence that closes the block opened at `start` (len(lines): none)."""
+    fence = opening["fence"]
+    for end in range(start + 1, len(lines)):
+        stripped = lines[end].strip()
+        if stripped.startswith(fence) and not stripped.strip(fence[0]):
+            return end
+    return len(lines)
 
 
 FILES_WITH_BLOCKS = [path for path in documentation_files() if runnable_blocks(path)]
@@ -87,6 +101,11 @@ def test_the_docs_mark_blocks_as_runnable() -> None:
 def test_a_marker_without_a_block_is_refused() -> None:
     with pytest.raises(ValueError, match="right before a code fence"):
         parse_blocks("page.md", f"{MARKER}\nno fence here\n")
+
+
+def test_a_marker_shown_inside_a_block_is_not_one() -> None:
+    text = f"````markdown\n{MARKER}\n```bash\nzoo list\n```\n````\n"
+    assert parse_blocks("page.md", text) == []
 
 
 def test_a_marked_block_is_read_whole() -> None:
