@@ -99,9 +99,13 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
         stopping.set()
 
     async def index(request: Request) -> Response:
+        """The web page: pick a model, set its options, see and download the results. Needs no token."""
         return HTMLResponse(page)
 
     async def list_models(request: Request) -> Response:
+        """200, `{"models": [...]}`: per served export `name` (its directory's name), `model`,
+        `zoo_version`, `opset`, `precision`, `components`, `provider`, `image_options`,
+        `progress` (true: `?stream=1` works) and `options`, the sample options' JSON schema."""
         return JSONResponse(listing)
 
     def checked(model: ServedModel, body: bytes, content_type: str) -> SampleOptionsBase:
@@ -174,6 +178,28 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
             state.admitted -= 1
 
     async def sample(request: Request) -> Response:
+        """Sample from model `name` (see `GET /v1/models`).
+
+        Request: the sample options as a JSON object (`Content-Type: application/json`; an
+        image option holds a `data:` URI or base64), or `multipart/form-data` with an
+        `options` part (that JSON) and one file part per image option, named after it.
+        `?format=png` (or `Accept: image/png`) asks for the grid as one PNG; `?stream=1`
+        for server-sent events.
+
+        200, JSON: `images` (base64 PNGs), `texts`, `columns`, `extras` (e.g. `tokens`),
+        `omitted_extras` (name -> shape of extras too large to send), `seconds` (sampling),
+        `queued_seconds` (waiting for a worker). As PNG: the grid, with `X-Zoo-Seconds` and
+        `X-Zoo-Queued-Seconds` headers. Streamed (`text/event-stream`, a loop that reports
+        progress): `step` events `{"step": k, "image": "data:image/png;base64,..."}`, then
+        `result` (the JSON above) or `error`.
+
+        Errors, each `{"error": "one line"}`: 400 malformed body, or `stream=1` for a loop
+        without progress; 404 unknown model; 406 PNG asked of a text-only result; 408 body
+        too slow; 413 body over `--max-upload-mb`, image over the pixel limit or request
+        over `--max-request-mb`; 415 a body neither JSON nor
+        multipart, or an upload that is not an image; 422 options the schema
+        refuses; 503 `--workers` + `--max-queue` requests already in; 504 past
+        `--request-timeout`; 500 zoo's fault, with an `error_id` the log has."""
         name = request.path_params["name"]
         if name not in models:
             raise RequestError(404, str(UnknownNameError("model", name[:100], models)))
@@ -214,9 +240,11 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings) -> Starl
         return Response(grid, media_type="image/png", headers=headers)
 
     async def healthz(request: Request) -> Response:
+        """200, `{"status": "ok", "models": [names]}`. Needs no token: a liveness probe."""
         return JSONResponse({"status": "ok", "models": sorted(models)})
 
     async def metrics_text(request: Request) -> Response:
+        """Prometheus text: request counts by route and status, request and sampling latency histograms."""
         return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     routes: list[BaseRoute] = [
