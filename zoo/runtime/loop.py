@@ -102,7 +102,7 @@ class DeadlineComponents:
     def __init__(self, components: Components) -> None:
         self.inner = components
 
-    def __call__(self, name: str, *, resident: Sequence[str] = (), **inputs: np.ndarray | Resident) -> Outputs:
+    def __call__(self, name: str, *, resident: Sequence[str] = (), **inputs: Any) -> Outputs:
         deadline, stop = _deadline.get()
         if deadline is not None and time.monotonic() > deadline:
             raise SamplingTimeout(f"sampling stopped at its deadline, before graph {name!r}: ask for less work")
