@@ -77,7 +77,8 @@ class TorchComponents:
         for key in component.input_names:
             value = inputs[key]
             if isinstance(value, Resident):
-                args.append(value.value_for(self, f"input {key!r} of component {name!r}"))
+                tensor = value.value_for(torch.Tensor, f"input {key!r} of component {name!r}")
+                args.append(tensor.to(self.device))  # a no-op on its own device
             else:
                 args.append(torch.from_numpy(np.ascontiguousarray(value)).to(self.device))
                 self.host_transfers[(name, key)] += 1
@@ -90,7 +91,7 @@ class TorchComponents:
             value = value.float() if value.is_floating_point() else value
             if key in resident:
                 dtype = np.dtype(str(value.dtype).removeprefix("torch."))
-                results[key] = Resident(value, tuple(value.shape), dtype, self.device.type, self, (name, key))
+                results[key] = Resident(value, tuple(value.shape), dtype, self.device.type, (name, key))
             else:
                 results[key] = value.cpu().numpy()
                 self.host_transfers[(name, key)] += 1
@@ -99,6 +100,6 @@ class TorchComponents:
     def to_host(self, value: np.ndarray | Resident) -> np.ndarray:
         if not isinstance(value, Resident):
             return value
-        array = value.value_for(self, "the value to fetch").cpu().numpy()
+        array = value.value_for(torch.Tensor, "the value to fetch").cpu().numpy()
         self.host_transfers[value.source] += 1
         return array

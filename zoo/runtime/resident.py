@@ -5,7 +5,9 @@ PixelCNN caches) names it in the call: `components(name, resident=("new_cache",)
 That output comes back as a `Resident`, not as numpy: an onnxruntime `OrtValue` (CPU or
 CUDA memory) or a torch tensor on the model's device. A loop may pass it back as an input of
 the same engine, read its `shape` and `dtype` (no copy), or fetch it with
-`components.to_host(value)` (one counted copy). Everything else, tokens, logits, images,
+`components.to_host(value)` (one counted copy). Any session of onnxruntime takes any
+OrtValue (it copies one from another device itself), so exports' components may be mixed;
+the two engines' values do not mix. Everything else, tokens, logits, images,
 comes back as numpy as before, so only what the loop reads leaves the device.
 
 Engines count what crosses between host and device per (component, input or output name)
@@ -37,7 +39,6 @@ class Resident:
     shape: tuple[int, ...]
     dtype: np.dtype
     device: str  # "cpu", "cuda", ...: where the memory is
-    owner: object  # the engine (its Components object) that made it and may read it
     source: tuple[str, str]
 
     @property
@@ -47,12 +48,12 @@ class Resident:
     def __repr__(self) -> str:
         return f"Resident({self.source[0]}.{self.source[1]}, shape={self.shape}, dtype={self.dtype}, on {self.device})"
 
-    def value_for(self, engine: object, use: str) -> Any:
-        """The engine's object, after checking that `engine` made it (`use` names the use in
-        the error: "input 'cache' of component 'step'")."""
-        if self.owner is not engine:
+    def value_for(self, kind: type, use: str) -> Any:
+        """The engine's object, after checking that it is of the engine's `kind` (`use` names
+        the use in the error: "input 'cache' of component 'step'")."""
+        if not isinstance(self.value, kind):
             raise ForeignResident(
-                f"{use} is {self!r}, made by another engine: fetch it with that engine's "
-                "components.to_host(value) and pass the array"
+                f"{use} is {self!r}, made by another engine ({type(self.value).__name__}): fetch it with that "
+                "engine's components.to_host(value) and pass the array"
             )
         return self.value

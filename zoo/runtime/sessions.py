@@ -189,7 +189,7 @@ class OnnxComponents:
         binding = session.io_binding()
         for key, value in feeds.items():
             if isinstance(value, Resident):
-                binding.bind_ortvalue_input(key, value.value_for(self, f"input {key!r} of component {name!r}"))
+                binding.bind_ortvalue_input(key, value.value_for(ort.OrtValue, f"input {key!r} of component {name!r}"))
             else:
                 binding.bind_cpu_input(key, value)  # on CUDA: copied to the device by onnxruntime
                 self.host_transfers[(name, key)] += 1
@@ -207,7 +207,7 @@ class OnnxComponents:
             key = output["name"]
             if key in resident:
                 dtype = np.dtype(output["dtype"])
-                outputs[key] = Resident(value, tuple(value.shape()), dtype, self.binding_device, self, (name, key))
+                outputs[key] = Resident(value, tuple(value.shape()), dtype, self.binding_device, (name, key))
             else:
                 outputs[key] = value.numpy()
                 self.host_transfers[(name, key)] += 1
@@ -216,7 +216,7 @@ class OnnxComponents:
     def to_host(self, value: np.ndarray | Resident) -> np.ndarray:
         if not isinstance(value, Resident):
             return value
-        array = value.value_for(self, "the value to fetch").numpy()
+        array = value.value_for(ort.OrtValue, "the value to fetch").numpy()
         self.host_transfers[value.source] += 1
         return array
 
