@@ -53,7 +53,7 @@ def method_component(
 
 class TorchComponents:
     """The components' modules on `device`, called with numpy arrays or `Resident` handles of
-    this object's tensors; `host_transfers` counts as OnnxComponents' does."""
+    torch tensors; `host_transfers` counts as OnnxComponents' does."""
 
     def __init__(self, components: list[Component], device: torch.device | str) -> None:
         self.by_name = {component.name: component for component in components}

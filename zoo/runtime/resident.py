@@ -27,7 +27,7 @@ from zoo.errors import ZooError
 
 
 class ForeignResident(ZooError):
-    """A resident value passed to an engine that did not make it."""
+    """A resident value of one engine (torch, onnxruntime) passed to the other."""
 
 
 @dataclass(frozen=True, eq=False)
