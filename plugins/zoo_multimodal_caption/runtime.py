@@ -182,8 +182,8 @@ class CaptionRuntime(ModelRuntime[CaptionSampleOptions]):
         the new cache stays on the engine's device (False: numpy, for beam search)."""
         if kv_cache:
             new_tokens, cache = state.tokens[:, state.cache.shape[4] :], state.cache
-        else:  # the state's cache is the empty one `start` made (numpy)
-            new_tokens, cache = state.tokens, self.components.to_host(state.cache)[:, :, :, :, :0]
+        else:  # without the cache the state keeps the empty one `start` made
+            new_tokens, cache = state.tokens, state.cache
         keep = ("new_cache",) if kv_cache and resident else ()
         outputs = self.components(
             "text_decoder_step", resident=keep, tokens=new_tokens, latent=state.latents, cache=cache
