@@ -25,6 +25,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins"), str(ROOT / "exporters")]
@@ -38,6 +39,7 @@ import zoo.runtime  # noqa: E402
 from zoo.config import validate  # noqa: E402
 from zoo.errors import first_line  # noqa: E402
 from zoo.plugin import Component, ModelPlugin  # noqa: E402
+from zoo.runtime.resident import Resident  # noqa: E402
 from zoo_onnx import export_model  # noqa: E402
 
 BATCHES = (1, 16)
@@ -53,8 +55,13 @@ class MergedComponents:
     def __contains__(self, name: str) -> bool:
         return name in self.exports
 
-    def __call__(self, name: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+    def __call__(self, name: str, **inputs: Any) -> dict[str, Any]:
         return self.exports[name].components(name, **inputs)
+
+    def to_host(self, value: Any) -> np.ndarray:
+        if isinstance(value, Resident):  # fetched (and counted) by the export that made it
+            return self.exports[value.source[0]].components.to_host(value)
+        return value
 
 
 def batched_inputs(component: Component, batch: int) -> dict[str, torch.Tensor] | None:

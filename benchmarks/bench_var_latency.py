@@ -4,6 +4,7 @@ class 207, cfg 1.5, no top-k / top-p, random weights in the official layout.
     python benchmarks/bench_var_latency.py --official /work/official-var            # everything
     python benchmarks/bench_var_latency.py --official DIR --threads 2 --repeats 5
     python benchmarks/bench_var_latency.py --official DIR --profile                  # + where time goes
+    python benchmarks/bench_var_latency.py                                 # zoo's engines only, printed
 
 The random official files are those of bench_var_deploy.py (same key lists, same seeds); they,
 the `zoo import` run directory and the fp32 export (about 6 min and 13 GB of memory, once) are
@@ -14,7 +15,9 @@ timed there. In this process: zoo's torch path (`zoo.api.Run.sample`) and zoo's 
 path (`zoo.runtime.load(...).sample`). The three engines are timed interleaved (official, torch,
 onnxruntime, then again), after one warm-up call each, and the table shows their medians and
 the ratios official / engine (above 1: faster than the official code). Every engine uses
---threads threads (torch intra-op threads; onnxruntime intra-op threads).
+--threads threads (torch intra-op threads; onnxruntime intra-op threads). Without --official
+only zoo's two engines are timed (interleaved) and printed; the results file, which holds the
+official rows, is left as it is.
 
 --profile adds the breakdown: zoo torch per op (torch.profiler, one call), per graph call,
 and the time spent between graph calls (the loop's numpy, copies); the same for onnxruntime.
@@ -237,14 +240,14 @@ def main() -> None:
     vae, prior, run_dir, export_dir = prepare(args.cache)
     if args.prepare_only:
         return
-    if args.official is None or not (args.official / "models" / "var.py").exists():
+    if args.official is not None and not (args.official / "models" / "var.py").exists():
         raise SystemExit("--official must name a checkout of FoundationVision/VAR (with models/var.py)")
     bench(args, vae, prior, run_dir, export_dir)
 
 
 def bench(args: argparse.Namespace, vae: Path, prior: Path, run_dir: Path, export_dir: Path) -> None:
     torch.set_num_threads(args.threads)
-    official = OfficialEngine(args.official, vae, prior, args.threads)
+    official = OfficialEngine(args.official, vae, prior, args.threads) if args.official is not None else None
     run = zoo.api.load_run(run_dir, device="cpu")
     loaded = zoo.runtime.load(export_dir, provider="cpu", intra_op_threads=args.threads, inter_op_threads=1)
 
@@ -254,7 +257,9 @@ def bench(args: argparse.Namespace, vae: Path, prior: Path, run_dir: Path, expor
     def zoo_onnxruntime() -> tuple[float, float]:
         return timed(lambda: loaded.sample(ZOO_OPTIONS))
 
-    engines = {"official torch": official.sample, "zoo torch": zoo_torch, "zoo onnxruntime fp32": zoo_onnxruntime}
+    engines = {"zoo torch": zoo_torch, "zoo onnxruntime fp32": zoo_onnxruntime}
+    if official is not None:
+        engines = {"official torch": official.sample, **engines}
     warmup = {name: engine() for name, engine in engines.items()}
     print("warm-up (wall, CPU s):", {name: f"{w:.2f}, {c:.2f}" for name, (w, c) in warmup.items()}, flush=True)
     walls: dict[str, list[float]] = {name: [] for name in engines}
@@ -273,20 +278,27 @@ def bench(args: argparse.Namespace, vae: Path, prior: Path, run_dir: Path, expor
         )
     wall_median = {name: statistics.median(t) for name, t in walls.items()}
     cpu_median = {name: statistics.median(t) for name, t in cpus.items()}
+
+    def against_official(medians: dict[str, float], name: str) -> list[str]:
+        return [f"{medians['official torch'] / medians[name]:.2f}x"] if official is not None else []
+
     rows = [
         [
             name,
             f"{wall_median[name]:.2f}",
             " / ".join(f"{t:.2f}" for t in walls[name]),
-            f"{wall_median['official torch'] / wall_median[name]:.2f}x",
+            *against_official(wall_median, name),
             f"{cpu_median[name]:.2f}",
-            f"{cpu_median['official torch'] / cpu_median[name]:.2f}x",
+            *against_official(cpu_median, name),
         ]
         for name in engines
     ]
+    ratio = ["official / engine"] if official is not None else []
+    ratio_cpu = ["official / engine (CPU)"] if official is not None else []
     report = Report(
         RESULTS,
-        "# VAR batch-1 latency against the official code\n\n"
+        ("# VAR batch-1 latency against the official code" if official is not None else "# VAR batch-1 latency")
+        + "\n\n"
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; CPU: {cpu_name()}, {os.cpu_count()} cores, "
         f"{args.threads} thread(s) per engine; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; "
         f"load average (1 min) during the timed calls {min(loads):.2f} .. {max(loads):.2f}.\n\n"
@@ -296,14 +308,7 @@ def bench(args: argparse.Namespace, vae: Path, prior: Path, run_dir: Path, expor
     report.add(
         "## Seconds per image\n\n"
         + table(
-            [
-                "engine",
-                "wall s (median)",
-                "wall s per call",
-                "official / engine",
-                "CPU s (median)",
-                "official / engine (CPU)",
-            ],
+            ["engine", "wall s (median)", "wall s per call", *ratio, "CPU s (median)", *ratio_cpu],
             rows,
         )
         + f"\n\nMedians of {args.repeats} calls per engine, the engines interleaved, after one warm-up call each. "
@@ -311,7 +316,8 @@ def bench(args: argparse.Namespace, vae: Path, prior: Path, run_dir: Path, expor
     )
     if args.profile:
         header = ["op", "calls", "self CPU s"]
-        report.add("## Official torch: ops by self CPU time (one call)\n\n" + table(header, official.profile()))
+        if official is not None:
+            report.add("## Official torch: ops by self CPU time (one call)\n\n" + table(header, official.profile()))
         runtime = run.plugin.runtime_for(run.model, run.config, run.device)
         options = run.plugin.SampleOptions(**ZOO_OPTIONS)
         with torch.no_grad():
@@ -330,6 +336,9 @@ def bench(args: argparse.Namespace, vae: Path, prior: Path, run_dir: Path, expor
                 graph_breakdown(loaded.runtime, lambda: loaded.sample(ZOO_OPTIONS)),
             )
         )
+    if official is None:
+        print(f"\nnot written to {RESULTS}: it holds the official rows (run with --official to measure them again)")
+        return
     official.close()
     report.write()
 

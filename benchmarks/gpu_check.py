@@ -14,8 +14,9 @@ temporary directory with zoo's exporter:
   first (`get_providers()`), and onnxruntime's profile of a greedy sample shows its kernels on
   it (no compute kernel on the CPU, memcpy kernels counted);
 - device-resident loop: every value a loop feeds back into a later graph call (VAR's KV cache
-  and f_hat) is counted by where it lived in between; a numpy array is a round trip through
-  host memory (two copies). Measured on zoo's onnxruntime loop and its torch loop;
+  and f_hat, kept `resident` by the loop) is counted by where it lived in between; a numpy
+  array is a round trip through host memory (two copies). Measured on zoo's onnxruntime loop
+  and its torch loop;
 - greedy tokens (top-k 1) on CUDA equal to the CPU's, for onnxruntime and torch;
 - training (`zoo train` child processes, the trainer's own levers): a bf16 autocast step with a
   finite loss, `--compile` without falling back to eager, and `--nproc-per-node 2` (replicate)
@@ -53,6 +54,7 @@ import numpy as np
 import onnxruntime as ort
 
 from zoo.errors import ZooError, first_line
+from zoo.runtime.resident import Resident
 
 TINY_VAR = {
     "tokenizer": {
@@ -180,9 +182,11 @@ def placement_check(name: str, wanted: str, started: list[str], kernels: Counter
 
 
 def location(value: Any) -> str:
-    """'cpu' for numpy arrays; an OrtValue's or a torch tensor's device type otherwise."""
+    """'cpu' for numpy arrays; a Resident's device; an OrtValue's or a torch tensor's device type."""
     if isinstance(value, np.ndarray):
         return "cpu"
+    if isinstance(value, Resident):
+        return value.device
     device_name = getattr(value, "device_name", None)  # onnxruntime OrtValue
     if callable(device_name):
         return str(device_name()).lower()
@@ -203,7 +207,7 @@ class FeedbackCounter:
     def __contains__(self, name: str) -> bool:
         return name in self.inner
 
-    def __call__(self, name: str, **inputs: Any) -> dict[str, Any]:
+    def __call__(self, name: str, *, resident: tuple[str, ...] = (), **inputs: Any) -> dict[str, Any]:
         produced = {id(value) for outputs in self.last_outputs.values() for value in outputs.values()}
         for key, value in inputs.items():
             if id(value) in produced:
@@ -211,9 +215,12 @@ class FeedbackCounter:
                 self.fed_back[(key, where)] += 1
                 if where == "cpu":
                     self.host_bytes += 2 * int(getattr(value, "nbytes", 0))  # out to the host and back in
-        outputs = self.inner(name, **inputs)
+        outputs = self.inner(name, resident=resident, **inputs)
         self.last_outputs[name] = dict(outputs)
         return outputs
+
+    def to_host(self, value: Any) -> np.ndarray:
+        return self.inner.to_host(value)
 
     def summary(self) -> tuple[int, int, str]:
         """(values fed back, of them through host memory, a line naming them)."""
@@ -223,14 +230,14 @@ class FeedbackCounter:
         return total, host, ", ".join(parts) or "nothing fed back"
 
 
-def residency_check(name: str, counter: FeedbackCounter, gap: str) -> Check:
+def residency_check(name: str, counter: FeedbackCounter) -> Check:
     total, host, text = counter.summary()
     if total == 0:
         return Check(name, "FAIL", "the loop fed nothing back: nothing was measured")
     detail = (
         f"{host}/{total} fed-back values went through host memory ({text}; {counter.host_bytes / 1e6:.2f} MB copied)"
     )
-    return Check(name, "PASS" if host == 0 else "FAIL", detail if host == 0 else f"{detail}; {gap}")
+    return Check(name, "PASS" if host == 0 else "FAIL", detail)
 
 
 # -- greedy tokens ---------------------------------------------------------------------------------
@@ -321,13 +328,6 @@ def profiled_runtime(export_dir: Path, provider: str, profile_prefix: Path) -> t
     return runtime, sessions
 
 
-ORT_GAP = (
-    "gap: zoo's OnnxComponents hands numpy to the loop (zoo/runtime/sessions.py _run_bound copies every "
-    "output to the host), the device-resident loop of issue 26 item 3"
-)
-TORCH_GAP = "gap: zoo's TorchComponents returns numpy (.cpu().numpy() per output, zoo/torch_components.py)"
-
-
 def onnx_checks(found: CudaFound, run: Any, export_dir: Path, work: Path) -> list[Check]:
     from zoo_var.config import VARSampleOptions
 
@@ -352,7 +352,7 @@ def onnx_checks(found: CudaFound, run: Any, export_dir: Path, work: Path) -> lis
         started = [session.get_providers()[0] for session in sessions.values()]
         profiles = [Path(session.end_profiling()) for session in sessions.values()]
         checks.append(placement_check(f"onnxruntime {label} provider", wanted, started, kernel_placement(profiles)))
-        checks.append(residency_check(f"onnxruntime {label} cache on device", counter, ORT_GAP))
+        checks.append(residency_check(f"onnxruntime {label} cache on device", counter))
         checks.append(tokens_check(f"onnxruntime {label} greedy = CPU", tokens, reference, patch_nums))
     return checks
 
@@ -370,7 +370,7 @@ def torch_checks(found: CudaFound, run: Any) -> list[Check]:
     tokens = runtime.sample(options).extras["tokens"]
     run.model.to("cpu")
     return [
-        residency_check("torch CUDA cache on device", counter, TORCH_GAP),
+        residency_check("torch CUDA cache on device", counter),
         tokens_check("torch CUDA greedy = CPU", tokens, reference, run.config.tokenizer.patch_nums),
     ]
 

@@ -18,6 +18,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu_check  # noqa: E402
 
+from zoo.runtime.resident import Resident  # noqa: E402
+
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the script runs its real checks")
 def test_without_cuda_the_script_says_so_and_exits_0():
@@ -64,8 +66,9 @@ class _Loop:
     def __contains__(self, name):
         return True
 
-    def __call__(self, name, **inputs):
-        return {"state": self.keep(inputs["state"] + 1), "logits": np.zeros(2)}
+    def __call__(self, name, *, resident=(), **inputs):
+        state = inputs["state"].value if isinstance(inputs["state"], Resident) else inputs["state"]
+        return {"state": self.keep(state + 1), "logits": np.zeros(2)}
 
 
 def _run(counter, steps=3):
@@ -79,7 +82,7 @@ def test_feedback_counter_counts_host_round_trips():
     _run(counter)
     assert counter.summary()[:2] == (2, 2)  # the first input was the caller's, not fed back
     assert counter.host_bytes == 2 * 2 * 16
-    assert gpu_check.residency_check("x", counter, "gap").status == "FAIL"
+    assert gpu_check.residency_check("x", counter).status == "FAIL"
 
 
 def test_feedback_counter_passes_values_that_stay_on_the_device():
@@ -96,8 +99,18 @@ def test_feedback_counter_passes_values_that_stay_on_the_device():
     counter = gpu_check.FeedbackCounter(_Loop(OnDevice))
     _run(counter)
     assert counter.summary()[:2] == (2, 0)
-    assert gpu_check.residency_check("x", counter, "gap").status == "PASS"
+    assert gpu_check.residency_check("x", counter).status == "PASS"
     assert gpu_check.location(torch.zeros(1)) == "cpu"
+
+
+def test_feedback_counter_passes_resident_values_on_the_device():
+    def on_cuda(value):  # what OnnxComponents and TorchComponents return for a kept output on CUDA
+        return Resident(value, value.shape, value.dtype, "cuda", ("step", "state"))
+
+    counter = gpu_check.FeedbackCounter(_Loop(on_cuda))
+    _run(counter)
+    assert counter.summary() == (2, 0, "state 2x on cuda")
+    assert gpu_check.residency_check("x", counter).status == "PASS"
 
 
 def test_tokens_check_names_the_first_differing_scale():

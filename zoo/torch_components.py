@@ -1,10 +1,12 @@
 """Export components in torch: `method_component` makes one from a method of a model
 (no wrapper class per graph), and `TorchComponents` runs them behind the numpy interface
-of `zoo.runtime.loop.Components`, so `zoo sample` uses the same loop as `zoo run`."""
+of `zoo.runtime.loop.Components`, so `zoo sample` uses the same loop as `zoo run`; the
+outputs a call keeps `resident` stay tensors on the model's device."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,7 @@ from torch import nn
 
 from zoo.components import Component
 from zoo.errors import UnknownNameError
+from zoo.runtime.resident import Resident
 
 
 class MethodGraph(nn.Module):
@@ -49,9 +52,13 @@ def method_component(
 
 
 class TorchComponents:
-    def __init__(self, components: list[Component], device: torch.device) -> None:
+    """The components' modules on `device`, called with numpy arrays or `Resident` handles of
+    torch tensors; `host_transfers` counts as OnnxComponents' does."""
+
+    def __init__(self, components: list[Component], device: torch.device | str) -> None:
         self.by_name = {component.name: component for component in components}
         self.device = torch.device(device)
+        self.host_transfers: Counter[tuple[str, str]] = Counter()
         for component in components:
             component.module.to(self.device).eval()
 
@@ -59,15 +66,40 @@ class TorchComponents:
         return name in self.by_name
 
     @torch.inference_mode()
-    def __call__(self, name: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+    def __call__(self, name: str, *, resident: Sequence[str] = (), **inputs: np.ndarray | Resident) -> dict[str, Any]:
         if name not in self.by_name:
             raise UnknownNameError("component", name, self.by_name)
         component = self.by_name[name]
-        args = [torch.from_numpy(np.ascontiguousarray(inputs[key])).to(self.device) for key in component.input_names]
+        for key in resident:
+            if key not in component.output_names:
+                raise UnknownNameError(f"output of component {name!r}", key, component.output_names)
+        args = []
+        for key in component.input_names:
+            value = inputs[key]
+            if isinstance(value, Resident):
+                tensor = value.value_for(torch.Tensor, f"input {key!r} of component {name!r}")
+                args.append(tensor.to(self.device))  # a no-op on its own device
+            else:
+                args.append(torch.from_numpy(np.ascontiguousarray(value)).to(self.device))
+                self.host_transfers[(name, key)] += 1
         outputs = component.module(*args)
         if isinstance(outputs, torch.Tensor):
             outputs = (outputs,)
-        return {
-            key: value.float().cpu().numpy() if value.is_floating_point() else value.cpu().numpy()
-            for key, value in zip(component.output_names, outputs, strict=True)
-        }
+        results: dict[str, Any] = {}
+        for key, value in zip(component.output_names, outputs, strict=True):
+            # fp32 as the numpy outputs are, so a value fed back is the same on either route
+            value = value.float() if value.is_floating_point() else value
+            if key in resident:
+                dtype = np.dtype(str(value.dtype).removeprefix("torch."))
+                results[key] = Resident(value, tuple(value.shape), dtype, self.device.type, (name, key))
+            else:
+                results[key] = value.cpu().numpy()
+                self.host_transfers[(name, key)] += 1
+        return results
+
+    def to_host(self, value: np.ndarray | Resident) -> np.ndarray:
+        if not isinstance(value, Resident):
+            return value
+        array = value.value_for(torch.Tensor, "the value to fetch").cpu().numpy()
+        self.host_transfers[value.source] += 1
+        return array

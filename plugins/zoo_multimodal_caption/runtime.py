@@ -5,6 +5,9 @@ Graphs: `image_encoder` (images -> latents), `image_decoder` (latents -> images)
 cache). Everything between graph calls is here: tokenising, greedy / beam / top-k-top-p
 decoding, stopping, detokenising, cosine similarities. `zoo sample` runs this loop on the
 torch modules and `zoo run` on onnxruntime sessions, so both give the same captions.
+Greedy and sampled decoding keep the key/value cache on the engine's device (`resident`);
+beam search reorders the cache's rows after every step, which it does in numpy, so there
+the cache comes back to the host.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from zoo.outputs import SampleOutput, to_uint8
 from zoo.runtime.cost import FLOAT32, FLOAT64, Cost, decode_costs, widest_feature_map
 from zoo.runtime.images import describe_source, read_square, to_model_input
 from zoo.runtime.loop import ModelRuntime
+from zoo.runtime.resident import Resident
 from zoo.runtime.sampling import (
     batches,
     draw,
@@ -44,9 +48,10 @@ class DecoderState:
 
     latents: np.ndarray  # (N, latent)
     tokens: np.ndarray  # (N, t) int64
-    cache: np.ndarray  # (N, layers, 2, heads, cached positions, head_dim)
+    cache: np.ndarray | Resident  # (N, layers, 2, heads, cached positions, head_dim)
 
     def select(self, rows: np.ndarray) -> DecoderState:
+        assert isinstance(self.cache, np.ndarray), "only beam search selects rows, and its cache is numpy"
         return DecoderState(self.latents[rows], self.tokens[rows], self.cache[rows])
 
     def extend(self, next_tokens: np.ndarray) -> DecoderState:
@@ -215,15 +220,21 @@ class CaptionRuntime(ModelRuntime[CaptionSampleOptions]):
         cache = np.zeros((len(latents), layers, 2, heads, 0, head_dim), dtype=np.float32)
         return DecoderState(latents, tokens, cache)
 
-    def next_logits(self, state: DecoderState, kv_cache: bool) -> tuple[np.ndarray, DecoderState]:
+    def next_logits(
+        self, state: DecoderState, kv_cache: bool, resident: bool = True
+    ) -> tuple[np.ndarray, DecoderState]:
         """Logits (N, vocab) for the position after `state.tokens`, [PAD]/[BOS]/unused ids at -inf.
         With the cache only the tokens not cached yet go through the graph; without it the
-        whole prefix is recomputed from an empty cache (same numbers, more work)."""
+        whole prefix is recomputed from an empty cache (same numbers, more work). `resident`:
+        the new cache stays on the engine's device (False: numpy, for beam search)."""
         if kv_cache:
             new_tokens, cache = state.tokens[:, state.cache.shape[4] :], state.cache
-        else:
-            new_tokens, cache = state.tokens, state.cache[:, :, :, :, :0]
-        outputs = self.components("text_decoder_step", tokens=new_tokens, latent=state.latents, cache=cache)
+        else:  # without the cache the state keeps the empty one `start` made
+            new_tokens, cache = state.tokens, state.cache
+        keep = ("new_cache",) if kv_cache and resident else ()
+        outputs = self.components(
+            "text_decoder_step", resident=keep, tokens=new_tokens, latent=state.latents, cache=cache
+        )
         logits = np.where(self.banned, -np.inf, outputs["logits"][:, -1])
         if kv_cache:
             state = DecoderState(state.latents, state.tokens, outputs["new_cache"])
@@ -260,7 +271,7 @@ class CaptionRuntime(ModelRuntime[CaptionSampleOptions]):
         finished = np.zeros(count * width, dtype=bool)
         lengths = np.zeros(count * width)
         for _ in range(limit):
-            logits, state = self.next_logits(state, kv_cache)
+            logits, state = self.next_logits(state, kv_cache, resident=False)
             log_probs = log_softmax(logits)
             log_probs[finished] = -np.inf
             log_probs[finished, PAD_ID] = 0.0

@@ -7,6 +7,8 @@ top-k / top-p filter the logits (zoo.runtime.sampling: top_k 0 and top_p 1 keep 
 is drawn (argmax when top_k == 1), and `embed_k`
 adds its vectors to f_hat and returns the next scale's input. Editing keeps the edit
 image's tokens outside the mask at every scale (the paper's zero-shot in-/out-painting).
+The key/value cache and f_hat stay on the engine's device from scale to scale (`resident`):
+only logits, the next scale's input (small; the loop concatenates it) and images come back.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from zoo.outputs import SampleOutput, to_uint8
 from zoo.runtime.cost import FLOAT32, FLOAT64, Cost, decode_costs, widest_feature_map
 from zoo.runtime.images import open_image, read_square, square_resize, to_model_input
 from zoo.runtime.loop import ModelRuntime, progress_callback
+from zoo.runtime.resident import Resident
 from zoo.runtime.sampling import draw, filter_logits, merged_generators, request_rows, row_generators, softmax
 from zoo_var.config import DEFAULT_CLASSES, TokenizerConfig, TransformerConfig, VARSampleOptions
 from zoo_var.scales import area_matrix, scale_starts
@@ -119,7 +122,7 @@ class VARRuntime(ModelRuntime[VARSampleOptions]):
             for options, request_labels, rows in zip(requests, labels, request_rows(counts), strict=True)
         ]
 
-    def _decode(self, f_hat: np.ndarray) -> np.ndarray:
+    def _decode(self, f_hat: np.ndarray | Resident) -> np.ndarray:
         return to_uint8(self.components("decoder", f_hat=f_hat)["image"])
 
     def _finish(
@@ -211,8 +214,9 @@ class VARRuntime(ModelRuntime[VARSampleOptions]):
         geometry: Geometry,
         rngs: Sequence[np.random.Generator],
         edit: EditTargets | None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Scale by scale: returns the tokens (B, L) int64 and the final f_hat (B, C, h, w)."""
+    ) -> tuple[np.ndarray, np.ndarray | Resident]:
+        """Scale by scale: returns the tokens (B, L) int64 and the final f_hat (B, C, h, w),
+        still on the engine's device."""
         batch, code_dim, patch_nums = len(labels), geometry.code_dim, geometry.patch_nums
         num_scales, starts = len(patch_nums), scale_starts(patch_nums)
         codebook = self.arrays["codebook"].astype(np.float32)  # (codebook_size, code_dim)
@@ -221,8 +225,8 @@ class VARRuntime(ModelRuntime[VARSampleOptions]):
         empty_cache = np.zeros(  # (B, depth, keys/values, heads, past, head_dim)
             (2 * batch, geometry.depth, 2, geometry.heads, 0, geometry.head_dim), np.float32
         )
-        cache = empty_cache
-        f_hat = np.zeros((batch, code_dim, patch_nums[-1], patch_nums[-1]), np.float32)
+        cache: np.ndarray | Resident = empty_cache
+        f_hat: np.ndarray | Resident = np.zeros((batch, code_dim, patch_nums[-1], patch_nums[-1]), np.float32)
         scale_input = np.zeros((batch, patch_nums[0] ** 2, code_dim), np.float32)  # unused: scale 0 starts from SOS
         all_inputs: list[np.ndarray] = []  # the no-cache path recomputes from these
         tokens = []
@@ -233,6 +237,7 @@ class VARRuntime(ModelRuntime[VARSampleOptions]):
             if options.kv_cache:
                 out = self.components(
                     "transformer_step",
+                    resident=("new_cache",),
                     labels=both_labels,
                     scale_inputs=doubled_input,
                     positions=np.arange(start, end, dtype=np.int64),
@@ -264,7 +269,9 @@ class VARRuntime(ModelRuntime[VARSampleOptions]):
                 scale_tokens = np.where(keep[None], edit.tokens[k][None], scale_tokens)
                 codes = np.where(keep[None, :, None], codebook[edit.tokens[k]][None], codes)
             tokens.append(scale_tokens.astype(np.int64))
-            out = self.components(f"embed_{k}", codes=np.ascontiguousarray(codes, np.float32), f_hat=f_hat)
+            out = self.components(
+                f"embed_{k}", resident=("new_f_hat",), codes=np.ascontiguousarray(codes, np.float32), f_hat=f_hat
+            )
             f_hat = out["new_f_hat"]
             if on_scale is not None and k < num_scales - 1:  # the last scale's: decoded once, in `sample`
                 images = self.components("decoder", f_hat=f_hat)["image"]

@@ -21,7 +21,8 @@ from tests.exporter.tiny_export_runtime import TinyRuntime, TinySampleOptions
 from tests.tolerances import EPS16, assert_within_rounding, depth_of, magnitude
 from zoo.config import SampleOptionsBase
 from zoo.errors import ConfigError, ExportError, UnknownNameError
-from zoo.runtime.sessions import OnnxComponents, binding_device
+from zoo.runtime.resident import ForeignResident, Resident
+from zoo.runtime.sessions import binding_device
 from zoo.torch_components import TorchComponents
 
 
@@ -201,19 +202,72 @@ def test_inputs_the_graph_does_not_take_are_ignored_like_the_torch_engine(tiny, 
 
 
 def test_io_binding_path_gives_the_same_outputs(fp32_export):
-    """The IO-binding path that CUDA uses, exercised with CPU-bound inputs and outputs."""
+    """Every call goes through IO binding (the path CUDA takes), on the CPU too: it equals
+    onnxruntime's plain `session.run`."""
     loaded = zoo.runtime.load(fp32_export[0], provider="cpu", verify=False)
-    bound = OnnxComponents(loaded.components.sessions, loaded.manifest["components"], binding_device="cpu")
     inputs = {
         "tokens": np.array([3, 16], np.int64),
         "cache": np.random.default_rng(0).normal(size=(2, 5, 16)).astype(np.float32),
     }
-    plain, through_binding = loaded.components("step", **inputs), bound("step", **inputs)
+    session = loaded.components.sessions["step"]
+    plain = dict(zip(["logits", "new_cache"], session.run(["logits", "new_cache"], inputs), strict=True))
+    through_binding = loaded.components("step", **inputs)
     assert set(through_binding) == {"logits", "new_cache"}
     for name in plain:
         np.testing.assert_array_equal(plain[name], through_binding[name])
     assert binding_device("CUDAExecutionProvider") == "cuda"
-    assert binding_device("CPUExecutionProvider") is None
+    assert binding_device("CPUExecutionProvider") == "cpu"
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "torch"])
+def test_a_resident_output_feeds_back_and_is_fetched_once(tiny, fp32_export, engine):
+    plugin, config, model = tiny
+    if engine == "onnxruntime":
+        components = zoo.runtime.load(fp32_export[0], provider="cpu", verify=False).components
+    else:
+        components = TorchComponents(plugin.export_components(model, config), "cpu")
+    tokens = np.array([3, 16], np.int64)
+    cache = np.random.default_rng(0).normal(size=(2, 5, 16)).astype(np.float32)
+    first = components("step", tokens=tokens, cache=cache)
+    kept = components("step", resident=("new_cache",), tokens=tokens, cache=cache)
+    handle = kept["new_cache"]
+    assert isinstance(handle, Resident) and isinstance(kept["logits"], np.ndarray)
+    assert (handle.shape, handle.dtype, handle.device) == (first["new_cache"].shape, np.dtype(np.float32), "cpu")
+    components.host_transfers.clear()
+    from_handle = components("step", tokens=tokens, cache=handle)
+    from_array = components("step", tokens=tokens, cache=first["new_cache"])
+    np.testing.assert_array_equal(from_handle["new_cache"], from_array["new_cache"])
+    np.testing.assert_array_equal(components.to_host(handle), first["new_cache"])
+    # the handle went in without a copy; fetching it counts once, under the output that made it
+    assert components.host_transfers[("step", "cache")] == 1
+    assert components.host_transfers[("step", "new_cache")] == 2 + 1
+
+
+def test_resident_values_are_checked_and_stay_with_their_engine(tiny, fp32_export):
+    plugin, config, model = tiny
+    onnx_components = zoo.runtime.load(fp32_export[0], provider="cpu", verify=False).components
+    torch_components = TorchComponents(plugin.export_components(model, config), "cpu")
+    tokens = np.array([3, 16], np.int64)
+    cache = np.zeros((2, 5, 16), np.float32)
+    handles = {
+        "onnxruntime": onnx_components("step", resident=("new_cache",), tokens=tokens, cache=cache)["new_cache"],
+        "torch": torch_components("step", resident=("new_cache",), tokens=tokens, cache=cache)["new_cache"],
+    }
+    with pytest.raises(ForeignResident, match=r"made by another engine \(Tensor\): fetch it with that engine's"):
+        onnx_components("step", tokens=tokens, cache=handles["torch"])
+    with pytest.raises(ForeignResident, match="made by another engine"):
+        torch_components("step", tokens=tokens, cache=handles["onnxruntime"])
+    # onnxruntime's values go to any of its sessions (zoo's benchmarks mix the components of exports)
+    other_export = zoo.runtime.load(fp32_export[0], provider="cpu", verify=False).components
+    np.testing.assert_array_equal(
+        other_export("step", tokens=tokens, cache=handles["onnxruntime"])["logits"],
+        onnx_components("step", tokens=tokens, cache=handles["onnxruntime"])["logits"],
+    )
+    with pytest.raises(ExportError, match="disagree on axis 'batch': 'tokens' has 3, 'cache' has 2"):
+        onnx_components("step", tokens=np.zeros(3, np.int64), cache=handles["onnxruntime"])
+    for components in (onnx_components, torch_components):
+        with pytest.raises(UnknownNameError, match="unknown output of component 'step' 'new_cahce'"):
+            components("step", resident=("new_cahce",), tokens=tokens, cache=cache)
 
 
 def test_unknown_component(fp32_export):

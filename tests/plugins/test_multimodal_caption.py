@@ -316,10 +316,17 @@ def test_onnx_export_matches_torch_sampling(model, config, plugin, tmp_path):
     assert list(manifest["components"]) == plugin.component_names(config)
     loaded = zoo.runtime.load(tmp_path / "export", provider="cpu")
     for options in ({"n": 6, "max_length": 16}, {"n": 6, "max_length": 16, "decoding": "beam", "beam_width": 3}):
+        loaded.components.host_transfers.clear()
         exported = loaded.sample(options)
         eager = plugin.sample(model, config, CaptionSampleOptions(**options), CPU)
         np.testing.assert_array_equal(exported.extras["tokens"], eager.extras["tokens"])
         assert exported.texts == eager.texts
+        transfers = loaded.components.host_transfers
+        cache_transfers = (transfers[("text_decoder_step", "cache")], transfers[("text_decoder_step", "new_cache")])
+        steps = transfers[("text_decoder_step", "logits")]
+        # greedy: the cache stays on the device (in once, as the empty cache, never out);
+        # beam search reorders its rows in numpy, so it goes out and in at every step
+        assert cache_transfers == ((steps, steps) if options.get("decoding") == "beam" else (1, 0)), options
     caption = {"caption": ["two large blue stars at the top"]}
     exported_image = loaded.sample(caption).images.astype(int)
     eager_image = plugin.sample(model, config, CaptionSampleOptions(**caption), CPU).images.astype(int)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -364,6 +365,49 @@ def test_greedy_onnx_sampling_gives_the_torch_tokens(trained_run, tmp_path):
     onnx_output = zoo.runtime.load(tmp_path / "export").sample(options)
     np.testing.assert_array_equal(onnx_output.extras["tokens"], torch_output.extras["tokens"])
     assert np.abs(onnx_output.images.astype(int) - torch_output.images.astype(int)).max() <= 1
+
+
+def var_transfers(patch_nums: list[int], progress: bool = False) -> Counter[tuple[str, str]]:
+    """The host transfers of one greedy sample with the cache: per scale the transformer's
+    small inputs go in and its logits come back, each embed_k takes its codes and returns the
+    next scale's input; the cache and f_hat go in once each, as the zeros they start from;
+    the decoder returns images (one per scale with a progress callback) and takes f_hat from
+    the device."""
+    scales = len(patch_nums)
+    counts = Counter({("transformer_step", "cache"): 1, ("embed_0", "f_hat"): 1})
+    counts.update({("transformer_step", name): scales for name in ("labels", "scale_inputs", "positions", "logits")})
+    counts.update({(f"embed_{k}", "codes"): 1 for k in range(scales)})
+    counts.update({(f"embed_{k}", "next_input"): 1 for k in range(scales - 1)})
+    counts[("decoder", "image")] = scales if progress else 1
+    return counts
+
+
+def test_sampling_keeps_the_cache_and_f_hat_on_the_device(tmp_path):
+    import zoo.runtime
+    from zoo.runtime.loop import sampling_progress
+    from zoo_onnx import export_model
+
+    config = tiny_config()
+    model = randomised_model(config)
+    plugin = VARPlugin()
+    sampling = ["transformer_step", *(f"embed_{k}" for k in range(4)), "decoder"]
+    export_model(plugin, model, config, tmp_path / "export", components=sampling)
+    loaded = zoo.runtime.load(tmp_path / "export", provider="cpu", verify=False)
+    torch_runtime = plugin.runtime_for(model, config, torch.device("cpu"))
+    options = VARSampleOptions(classes=[1, 7], n=2, cfg=1.5, top_k=1)
+    onnx_tokens = loaded.runtime.sample(options).extras["tokens"]
+    torch_tokens = torch_runtime.sample(options).extras["tokens"]
+    np.testing.assert_array_equal(onnx_tokens, torch_tokens)
+    expected = var_transfers(config.tokenizer.patch_nums)
+    assert loaded.components.host_transfers == expected
+    assert torch_runtime.components.inner.host_transfers == expected
+
+    loaded.components.host_transfers.clear()
+    images = []
+    with sampling_progress(images.append):  # the decoder takes each scale's f_hat where it is
+        loaded.runtime.sample(options)
+    assert len(images) == 4
+    assert loaded.components.host_transfers == var_transfers(config.tokenizer.patch_nums, progress=True)
 
 
 def test_editing_keeps_the_tokens_outside_the_mask(trained_run, tmp_path):

@@ -334,3 +334,39 @@ def test_greedy_onnx_sampling_gives_the_torch_codes(trained_run, tmp_path):
     for key in ("top_codes", "bottom_codes"):
         np.testing.assert_array_equal(onnx_output.extras[key], torch_output.extras[key])
     assert np.abs(onnx_output.images.astype(int) - torch_output.images.astype(int)).max() <= 1
+
+
+def test_sampling_keeps_the_priors_caches_on_the_device(tmp_path):
+    import zoo.runtime
+    from zoo_onnx import export_model
+
+    config, model = tiny_model()
+    fast_path = ["decoder"] + [
+        f"{prior}_{part}" for prior in ("prior_top", "prior_bottom") for part in ("condition", "row", "step")
+    ]
+    export_model(PLUGIN, model, config, tmp_path / "export", components=fast_path)
+    loaded = zoo.runtime.load(tmp_path / "export", provider="cpu", verify=False)
+    torch_runtime = PLUGIN.runtime_for(model, config, CPU)
+    options = VQVAE2SampleOptions(n=2, classes=[1, 4], top_k=1)
+    onnx_output, torch_output = loaded.runtime.sample(options), torch_runtime.sample(options)
+    for key in ("top_codes", "bottom_codes"):
+        np.testing.assert_array_equal(onnx_output.extras[key], torch_output.extras[key])
+    transfers = loaded.components.host_transfers
+    assert torch_runtime.components.inner.host_transfers == transfers  # one loop, one contract
+    for prior, side in (("prior_top", config.top_side), ("prior_bottom", config.bottom_side)):
+        on_device = [
+            (f"{prior}_condition", "condition"),
+            (f"{prior}_row", "condition"),
+            (f"{prior}_row", "row_bias"),
+            (f"{prior}_row", "new_vertical_cache"),
+            (f"{prior}_step", "row_bias"),
+            (f"{prior}_step", "new_horizontal_cache"),
+        ]
+        assert {key: transfers[key] for key in on_device} == dict.fromkeys(on_device, 0)
+        # the caches' zeros: the vertical one's once, the horizontal one's at each row's start
+        assert transfers[(f"{prior}_row", "vertical_cache")] == 1
+        assert transfers[(f"{prior}_row", "previous_row")] == 1
+        assert transfers[(f"{prior}_step", "horizontal_cache")] == side
+        # what the loop reads and writes: logits out and the code map in, at every position
+        assert transfers[(f"{prior}_step", "logits")] == side * side
+        assert transfers[(f"{prior}_step", "codes")] == side * side

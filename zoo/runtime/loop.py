@@ -2,7 +2,10 @@
 
 A loop calls graphs by component name with numpy inputs and gets numpy outputs back.
 `zoo sample` hands it the torch modules (zoo.torch_components), `zoo run` the
-onnxruntime sessions (zoo.runtime.sessions): one algorithm, two engines.
+onnxruntime sessions (zoo.runtime.sessions): one algorithm, two engines. State the loop
+only feeds back into later calls (a key/value cache) stays on the engine's device: the
+call names those outputs (`resident=(...)`) and gets them as `Resident` handles
+(zoo.runtime.resident), which later calls take as inputs.
 
 Before it runs, a loop states what a request will cost (`cost`: peak memory and graph
 calls, zoo.runtime.cost), so that `zoo serve` can refuse one over its budget. While it runs,
@@ -30,6 +33,7 @@ from zoo.config import SampleOptionsT
 from zoo.errors import ZooError
 from zoo.outputs import SampleOutput
 from zoo.runtime.cost import Cost
+from zoo.runtime.resident import Resident
 
 _deadline: ContextVar[tuple[float | None, threading.Event | None]] = ContextVar(
     "zoo_sampling_deadline", default=(None, None)
@@ -73,9 +77,20 @@ def progress_callback() -> ProgressCallback | None:
     return _progress.get()
 
 
+# A graph call's outputs by name: numpy arrays, and `Resident` handles for the names the call
+# asked to keep (typed Any so a loop's numpy arithmetic on the arrays type-checks).
+Outputs = dict[str, Any]
+
+
 class Components(Protocol):
-    def __call__(self, name: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
-        """Run component `name`; outputs keyed by the component's output names."""
+    def __call__(self, name: str, *, resident: Sequence[str] = (), **inputs: np.ndarray | Resident) -> Outputs:
+        """Run component `name`; outputs keyed by the component's output names, as numpy
+        except those named in `resident`, which stay on the engine's device (`Resident`).
+        Inputs are numpy arrays or this engine's `Resident` handles."""
+        ...
+
+    def to_host(self, value: np.ndarray | Resident) -> np.ndarray:
+        """A `Resident`'s value copied to numpy (an array is returned as it is)."""
         ...
 
     def __contains__(self, name: str) -> bool: ...
@@ -87,13 +102,18 @@ class DeadlineComponents:
     def __init__(self, components: Components) -> None:
         self.inner = components
 
-    def __call__(self, name: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+    def __call__(self, name: str, *, resident: Sequence[str] = (), **inputs: Any) -> Outputs:
         deadline, stop = _deadline.get()
         if deadline is not None and time.monotonic() > deadline:
             raise SamplingTimeout(f"sampling stopped at its deadline, before graph {name!r}: ask for less work")
         if stop is not None and stop.is_set():
             raise SamplingTimeout(f"sampling stopped before graph {name!r}: the server is shutting down")
-        return self.inner(name, **inputs)
+        if not resident:  # engines written before `resident` existed take no such keyword
+            return self.inner(name, **inputs)
+        return self.inner(name, resident=resident, **inputs)
+
+    def to_host(self, value: np.ndarray | Resident) -> np.ndarray:
+        return self.inner.to_host(value)
 
     def __contains__(self, name: str) -> bool:
         return name in self.inner

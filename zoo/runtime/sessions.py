@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from zoo.errors import ConfigError, ExportError, UnknownNameError, first_line
+from zoo.runtime.resident import Resident
 
 EXECUTION_PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -144,21 +147,28 @@ def _sessions_on(
 
 
 class OnnxComponents:
-    """Runs an export's graphs by component name with numpy inputs (the `Components`
-    protocol of zoo.runtime.loop). Inputs are checked against the manifest first, so a
-    wrong shape gives one line instead of onnxruntime's page-long error. On CUDA and
-    TensorRT, inputs and outputs go through IO binding (outputs are allocated on the
-    device, then copied back once) instead of `session.run`'s implicit copies."""
+    """Runs an export's graphs by component name (the `Components` protocol of
+    zoo.runtime.loop). Inputs are checked against the manifest first, so a wrong shape gives
+    one line instead of onnxruntime's page-long error.
+
+    Every call runs through IO binding, on the CPU as on CUDA, so the CPU tests exercise the
+    path a GPU takes: numpy inputs are bound from host memory (copied to a GPU), `Resident`
+    inputs as the OrtValues they are; outputs named in `resident` are allocated on the
+    session's device and returned as `Resident` (zoo.runtime.resident), the others are written
+    to host memory and returned as numpy. `host_transfers` counts the host side of each
+    (component, input or output name); with several threads sampling at once a count may miss
+    an increment (it is a diagnostic, not a lock)."""
 
     def __init__(
         self,
         sessions: dict[str, ort.InferenceSession],
         specs: dict[str, dict[str, Any]],
-        binding_device: str | None = None,
+        binding_device: str = "cpu",
     ) -> None:
         self.sessions = sessions
         self.specs = specs
-        self.binding_device = binding_device  # "cuda" to run through IO binding; None: session.run
+        self.binding_device = binding_device  # where resident outputs live: "cpu" or "cuda" (binding_device())
+        self.host_transfers: Counter[tuple[str, str]] = Counter()
 
     def __contains__(self, name: str) -> bool:
         return name in self.sessions
@@ -166,41 +176,54 @@ class OnnxComponents:
     def __iter__(self):
         return iter(self.sessions)
 
-    def __call__(self, name: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+    def __call__(self, name: str, *, resident: Sequence[str] = (), **inputs: np.ndarray | Resident) -> dict[str, Any]:
         if name not in self.sessions:
             raise UnknownNameError("component", name, self.sessions)
         spec = self.specs[name]
         feeds = check_inputs(name, spec["inputs"], inputs)
         output_names = [output["name"] for output in spec["outputs"]]
+        for key in resident:
+            if key not in output_names:
+                raise UnknownNameError(f"output of component {name!r}", key, output_names)
         session = self.sessions[name]
-        try:
-            if self.binding_device:
-                values = _run_bound(session, feeds, output_names, self.binding_device)
+        binding = session.io_binding()
+        for key, value in feeds.items():
+            if isinstance(value, Resident):
+                binding.bind_ortvalue_input(key, value.value_for(ort.OrtValue, f"input {key!r} of component {name!r}"))
             else:
-                values = session.run(output_names, feeds)
+                binding.bind_cpu_input(key, value)  # on CUDA: copied to the device by onnxruntime
+                self.host_transfers[(name, key)] += 1
+        for key in output_names:
+            binding.bind_output(key, self.binding_device if key in resident else "cpu")
+        try:
+            session.run_with_iobinding(binding)
         except Exception as error:  # onnxruntime's own exception types
             shapes = {key: value.shape for key, value in feeds.items()}
             raise ExportError(
                 f"component {name!r} failed in onnxruntime on inputs {shapes}: {first_line(error, 300)}"
             ) from None
-        return dict(zip(output_names, values, strict=True))
+        outputs: dict[str, Any] = {}
+        for output, value in zip(spec["outputs"], binding.get_outputs(), strict=True):
+            key = output["name"]
+            if key in resident:
+                dtype = np.dtype(output["dtype"])
+                outputs[key] = Resident(value, tuple(value.shape()), dtype, self.binding_device, (name, key))
+            else:
+                outputs[key] = value.numpy()
+                self.host_transfers[(name, key)] += 1
+        return outputs
+
+    def to_host(self, value: np.ndarray | Resident) -> np.ndarray:
+        if not isinstance(value, Resident):
+            return value
+        array = value.value_for(ort.OrtValue, "the value to fetch").numpy()
+        self.host_transfers[value.source] += 1
+        return array
 
 
-def binding_device(provider: str) -> str | None:
-    """Where IO binding puts inputs and outputs for a provider (None: no IO binding)."""
-    return "cuda" if provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else None
-
-
-def _run_bound(
-    session: ort.InferenceSession, feeds: dict[str, np.ndarray], output_names: list[str], device: str
-) -> list[np.ndarray]:
-    binding = session.io_binding()
-    for name, array in feeds.items():
-        binding.bind_cpu_input(name, array)  # copied to the device once
-    for name in output_names:
-        binding.bind_output(name, device)  # allocated on the device by onnxruntime
-    session.run_with_iobinding(binding)
-    return binding.copy_outputs_to_cpu()
+def binding_device(provider: str) -> str:
+    """Where IO binding keeps the resident outputs of a provider's sessions."""
+    return "cuda" if provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
 
 
 class _shape_text:
@@ -213,26 +236,30 @@ class _shape_text:
         return "(" + ", ".join(str(dim) for dim in self.shape) + ")"
 
 
-def check_inputs(component: str, specs: list[dict[str, Any]], inputs: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The graph's inputs by name as contiguous arrays, after checking dtypes, ranks,
-    fixed sizes, and that axes sharing a name (e.g. `batch`) agree. Inputs the graph does
-    not take are ignored, as the torch engine (zoo.torch_components) ignores them, so one
-    loop can pass e.g. `labels` to a prior whether or not its config is conditional."""
+def check_inputs(
+    component: str, specs: list[dict[str, Any]], inputs: dict[str, Any]
+) -> dict[str, np.ndarray | Resident]:
+    """The graph's inputs by name as contiguous arrays (`Resident` handles as they are), after
+    checking dtypes, ranks, fixed sizes, and that axes sharing a name (e.g. `batch`) agree.
+    Inputs the graph does not take are ignored, as the torch engine (zoo.torch_components)
+    ignores them, so one loop can pass e.g. `labels` to a prior whether or not its config is
+    conditional."""
     expected = [spec["name"] for spec in specs]
     missing = [name for name in expected if name not in inputs]
     if missing:
         raise ExportError(f"component {component!r} needs input {missing[0]!r}; its inputs are {', '.join(expected)}")
-    feeds: dict[str, np.ndarray] = {}
+    feeds: dict[str, np.ndarray | Resident] = {}
     named_sizes: dict[str, tuple[str, int]] = {}  # axis name -> (input that set it, size)
     for spec in specs:
         name, shape = spec["name"], spec["shape"]
-        array = np.ascontiguousarray(inputs[name])
+        value = inputs[name]
+        array = value if isinstance(value, Resident) else np.ascontiguousarray(value)
         wanted_shape = _shape_text(shape)
         if array.dtype != np.dtype(spec["dtype"]):
             raise ExportError(
                 f"input {name!r} of component {component!r} must be {spec['dtype']}, got {array.dtype}; convert it with .astype"
             )
-        if array.ndim != len(shape):
+        if len(array.shape) != len(shape):
             raise ExportError(
                 f"input {name!r} of component {component!r} must have {len(shape)} dimensions {wanted_shape}, got shape {array.shape}"
             )
