@@ -67,10 +67,19 @@ def test_the_default_budget_is_half_the_memory_over_the_workers(var_export):
 
 
 def test_the_workers_share_the_cores_unless_threads_are_given(var_export, monkeypatch):
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.setattr("zoo.runtime.serve.settings.available_cpus", lambda: 8)
     assert ServeSettings([var_export], workers=2).session_threads == 4
     assert ServeSettings([var_export], workers=16).session_threads == 1
     assert ServeSettings([var_export], workers=2, threads=3).session_threads == 3
+
+
+def test_the_cores_are_those_this_process_may_use(monkeypatch):
+    """A container or `taskset` allows fewer CPUs than the machine has: the share counts."""
+    from zoo.runtime.cpus import available_cpus
+
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert available_cpus() == 2
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ from zoo.data.augment import reading_epoch
 from zoo.data.sources import LazyImages
 from zoo.distributed import WorldInfo
 from zoo.errors import TrainingError
+from zoo.runtime.cpus import available_cpus
 
 MAX_AUTO_WORKERS = 8
 EpochItem = tuple[int, int]  # (epoch, item index)
@@ -115,13 +116,6 @@ def lazy_sources(dataset: Any, depth: int = 4) -> list[LazyImages]:
 
     visit(dataset, depth)
     return found
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def worker_count(config: LoaderConfig, dataset: Dataset) -> int:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zoo.errors import ConfigError
+from zoo.runtime.cpus import available_cpus
 
 DEFAULT_MAX_UPLOAD_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_IMAGE_SIDE = 16_384  # a side past this is refused before decoding (a 1 x 64,000,000 strip)
@@ -88,7 +89,7 @@ class ServeSettings:
         onnxruntime would give every call one thread per core, so with 2 workers on 2 cores four
         threads took turns on two (measured: benchmarks/results/serve.md), each op that
         parallelises waiting for a core; merged calls, whose ops parallelise most, lost most."""
-        return self.threads or max(1, (os.cpu_count() or 1) // self.workers)
+        return self.threads or max(1, available_cpus() // self.workers)
 
     @property
     def request_budget(self) -> int:
