@@ -99,7 +99,10 @@ def register(commands: Any) -> None:
     )
     for flag, spec in RUN_FLAGS.items():
         if flag == "--threads":  # the workers share the cores
-            spec = {**spec, "help": "onnxruntime intra-op threads per session (default: the CPUs this process may use / --workers)"}
+            spec = {
+                **spec,
+                "help": "onnxruntime intra-op threads per session (default: the CPUs this process may use / --workers)",
+            }
         serving.add_argument(flag, **spec)
     serving.set_defaults(handler=cmd_serve)
 
