@@ -24,6 +24,7 @@ from PIL import Image
 from tests.serve.conftest import free_port, running_server, serve_command, serve_env, shared_export
 from zoo.outputs import SampleOutput
 from zoo.runtime.images import data_uri
+from zoo.runtime.loop import SamplingTimeout
 from zoo.runtime.serve.batching import Batcher
 
 
@@ -122,6 +123,9 @@ def fake_model(key: str | None) -> Any:
     return SimpleNamespace(name="fake", loaded=SimpleNamespace(runtime=runtime))
 
 
+SLOW_SEED = 1000  # the fake loop's calls holding it stop at their deadline
+
+
 def run_batcher(scenario, max_rows: int = 8, max_wait: float = 30.0) -> list[list[int]]:
     """Run `scenario(batcher, worker, sample)` on an event loop with one worker -> the seeds of
     each call, in order. `sample(seed, n, key)` starts a request as a task; the groups wait
@@ -132,6 +136,8 @@ def run_batcher(scenario, max_rows: int = 8, max_wait: float = 30.0) -> list[lis
         calls.append([options.seed for options in requests])
         if any(options.seed < 0 for options in requests):
             raise ValueError("a negative seed: the input this fake loop refuses")
+        if any(options.seed >= SLOW_SEED for options in requests):
+            raise SamplingTimeout("sampling stopped at its deadline")
         return [options.seed for options in requests]
 
     async def main() -> None:
@@ -142,8 +148,8 @@ def run_batcher(scenario, max_rows: int = 8, max_wait: float = 30.0) -> list[lis
 
                 def sample(seed: int, n: int = 1, key: str | None = "same") -> None:
                     async def one() -> None:
-                        if seed < 0:
-                            with pytest.raises(ValueError, match="negative seed"):
+                        if seed < 0 or seed >= SLOW_SEED:
+                            with pytest.raises(ValueError if seed < 0 else SamplingTimeout):
                                 await batcher.sample(fake_model(key), SimpleNamespace(seed=seed, n=n))
                             return
                         assert await batcher.sample(fake_model(key), SimpleNamespace(seed=seed, n=n)) == seed
@@ -189,6 +195,18 @@ def test_a_merged_call_that_fails_runs_again_request_by_request():
         worker.release()
 
     assert run_batcher(scenario) == [[1, -2, 3], [1], [-2], [3]]  # only -2 fails (checked in `sample`)
+
+
+def test_a_merged_call_stopped_at_its_deadline_fails_every_request_without_running_again():
+    async def scenario(batcher, worker, sample):
+        await worker.acquire()
+        for seed in (SLOW_SEED, SLOW_SEED + 1, SLOW_SEED + 2):
+            sample(seed)
+        await anyio.sleep(0.2)
+        worker.release()
+
+    # one call, not one more per request; each request's SamplingTimeout is checked in `sample`
+    assert run_batcher(scenario) == [[SLOW_SEED, SLOW_SEED + 1, SLOW_SEED + 2]]
 
 
 def test_a_group_waits_for_a_request_on_its_way_in_but_not_past_max_wait():

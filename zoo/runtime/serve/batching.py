@@ -26,6 +26,7 @@ import anyio
 import anyio.to_thread
 
 from zoo.config import SampleOptionsBase
+from zoo.runtime.loop import SamplingTimeout
 from zoo.runtime.serve.models import ServedModel
 
 ResultT = TypeVar("ResultT")
@@ -131,16 +132,18 @@ class Batcher(Generic[ResultT]):
 
     async def _run(self, model: ServedModel, waiters: list[Waiter[ResultT]]) -> None:
         """One call for all; if it fails, one call each (in the same worker), so that a request
-        whose input the loop refuses (an unreadable image) fails alone."""
+        whose input the loop refuses (an unreadable image) fails alone. A call stopped at its
+        deadline or by shutdown fails them all: run again, each would take as long or stop too."""
         try:
             results = await anyio.to_thread.run_sync(self.run, model, [waiter.options for waiter in waiters])
         except Exception as error:
-            if len(waiters) > 1:
+            if len(waiters) > 1 and not isinstance(error, SamplingTimeout):
                 for waiter in waiters:
                     await self._run(model, [waiter])
                 return
-            waiters[0].error = error
-            waiters[0].done.set()
+            for waiter in waiters:
+                waiter.error = error
+                waiter.done.set()
             return
         for waiter, result in zip(waiters, results, strict=True):
             waiter.result = result
