@@ -246,7 +246,7 @@ def main() -> None:
         nargs="+",
         default=[0],
         help="zoo serve --threads (onnxruntime intra-op threads per session) of the first model, one case each "
-        "(0: onnxruntime's default, one per core)",
+        "(0: zoo serve's default, the CPUs it may use over --workers)",
     )
     parser.add_argument("--repeats", type=int, default=3, help="runs of each level on each server, in turn")
     parser.add_argument("--options", default='{"classes": [3], "n": 1}', help="sample options of every request")
@@ -311,7 +311,7 @@ def main() -> None:
     header = ["model", "--max-batch", "clients", "runs x requests", "p50 ms", "p99 ms", "requests/s (median)"]
     report.add(table([*header, "responses equal to their seed alone"], rows))
     report.add("\n".join(f"- {line}" for line in ratios))
-    report.add(f"Load average (1, 5, 15 min) of the 2 cores: {'; '.join(loads)}.")
+    report.add(f"Load average (1, 5, 15 min) of the {os.cpu_count()} cores: {'; '.join(loads)}.")
     report.add(
         "Without --max-batch, requests are sampled one per worker thread; past --workers, requests wait "
         "for a free worker. With --max-batch 8 (--max-wait-ms 10), requests of equal options but seed are "
